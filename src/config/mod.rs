@@ -1,0 +1,65 @@
+//! Configuration: the only place that reads config text.
+//!
+//! Owns: parsing YAML/JSON into a validated [`Config`], reporting every problem
+//! at once with its path and line. Never: touches sockets or routing state.
+
+mod decode;
+pub mod model;
+mod schema;
+pub mod yaml;
+
+use std::path::Path;
+
+pub use decode::{parse_duration, ConfigError, ConfigErrors};
+pub use model::*;
+pub use schema::{percent, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN};
+
+/// Parses and validates config text (YAML or JSON).
+pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    let root = yaml::parse(text).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            line: Some(e.line),
+            message: format!("YAML syntax error at column {}: {}", e.column, e.message),
+        }])
+    })?;
+    let mut decoder = decode::Decoder::default();
+    let config = schema::decode(&mut decoder, &root);
+    decoder.finish()?;
+    // With no errors recorded every decoder step returned Some.
+    config.ok_or_else(|| {
+        ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            line: None,
+            message: "config could not be decoded".into(),
+        }])
+    })
+}
+
+/// Why a config file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is invalid:\n{errors}")]
+    Invalid { path: String, errors: ConfigErrors },
+}
+
+/// Reads and validates a config file; returns the config and its text.
+pub fn load(path: &Path) -> Result<(Config, String), LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let config = parse(&text).map_err(|errors| LoadError::Invalid {
+        path: path.display().to_string(),
+        errors,
+    })?;
+    Ok((config, text))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,520 @@
+//! The abgate config schema: walks a [`Node`] tree into a validated [`Config`].
+//!
+//! Owns: field names, defaults and cross-field rules (weights sum to 100, arms
+//! name existing backends, ...). Every rule reports through the [`Decoder`] so a
+//! user sees all problems at once.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::decode::{index, Decoder, Fields};
+use super::model::*;
+use super::yaml::{Node, Value};
+
+const TOP: &[&str] = &[
+    "listen",
+    "admin",
+    "state_dir",
+    "backends",
+    "default_backend",
+    "experiments",
+    "timeouts",
+];
+const ADMIN: &[&str] = &["listen", "token_file"];
+const BACKEND: &[&str] = &["url", "response_timeout"];
+const EXPERIMENT: &[&str] = &["name", "salt", "match", "unit", "allow_override", "arms"];
+const MATCH: &[&str] = &["host", "path_prefix", "headers"];
+const HEADER_MATCH: &[&str] = &["name", "exact", "prefix", "regex"];
+const UNIT: &[&str] = &["header", "cookie"];
+const ARM: &[&str] = &["name", "backend", "weight"];
+const TIMEOUTS: &[&str] = &[
+    "upstream_connect",
+    "upstream_response",
+    "header_read",
+    "shutdown_grace",
+];
+
+/// Default data-plane address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default admin address: loopback only, so an unauthenticated admin API is never exposed.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+
+/// Decodes and validates a whole document. `None` means errors were recorded.
+pub fn decode(d: &mut Decoder, root: &Node) -> Option<Config> {
+    // An empty file is an empty config (every field has a default).
+    let empty = Node {
+        line: root.line,
+        value: Value::Map(Vec::new()),
+    };
+    let root = if root.value == Value::Null {
+        &empty
+    } else {
+        root
+    };
+    let top = d.fields(root, "", TOP)?;
+    let listen = addr(d, &top, "listen", DEFAULT_LISTEN);
+    let admin = admin(d, &top);
+    let state_dir = match top.get("state_dir") {
+        Some(n) => d.name(n, "state_dir").map(PathBuf::from),
+        None => Some(PathBuf::from("./abgate-state")),
+    };
+    let backends = backends(d, &top);
+    let names: HashSet<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+    let default_backend = top.get("default_backend").and_then(|n| {
+        let name = d.name(n, "default_backend")?;
+        if !names.contains(name.as_str()) {
+            d.error("default_backend", n.line, unknown_backend(&name, &names));
+        }
+        Some(name)
+    });
+    let experiments = experiments(d, &top, &names);
+    let timeouts = timeouts(d, &top);
+    Some(Config {
+        listen: listen?,
+        admin: admin?,
+        state_dir: state_dir?,
+        backends,
+        default_backend,
+        experiments: experiments?,
+        timeouts: timeouts?,
+    })
+}
+
+fn addr(d: &mut Decoder, f: &Fields, key: &str, default: &str) -> Option<SocketAddr> {
+    let Some(node) = f.get(key) else {
+        return default.parse().ok();
+    };
+    let path = f.path_of(key);
+    let text = d.string(node, &path)?;
+    match text.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            d.error(
+                path,
+                node.line,
+                format!("{text:?} is not an IP:port address, e.g. \"127.0.0.1:8080\""),
+            );
+            None
+        }
+    }
+}
+
+fn admin(d: &mut Decoder, top: &Fields) -> Option<AdminConfig> {
+    let Some(node) = top.get("admin") else {
+        return Some(AdminConfig {
+            listen: DEFAULT_ADMIN_LISTEN.parse().ok()?,
+            token_file: None,
+        });
+    };
+    let f = d.fields(node, "admin", ADMIN)?;
+    let listen = addr(d, &f, "listen", DEFAULT_ADMIN_LISTEN);
+    let token_file = f
+        .get("token_file")
+        .and_then(|n| d.name(n, "admin.token_file").map(PathBuf::from));
+    Some(AdminConfig {
+        listen: listen?,
+        token_file,
+    })
+}
+
+fn backends(d: &mut Decoder, top: &Fields) -> Vec<Backend> {
+    let Some(node) = top.get("backends") else {
+        return Vec::new();
+    };
+    let Some(f) = d.fields(node, "backends", &[]) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in f.entries() {
+        let path = f.path_of(&entry.key);
+        if entry.key.is_empty() {
+            d.error(&path, entry.key_line, "backend name must not be empty");
+            continue;
+        }
+        let Some(bf) = d.fields(&entry.value, &path, BACKEND) else {
+            continue;
+        };
+        let url = match bf.get("url") {
+            Some(n) => backend_url(d, n, &bf.path_of("url")),
+            None => {
+                d.error(&path, entry.value.line, "missing field `url`");
+                None
+            }
+        };
+        let response_timeout = bf
+            .get("response_timeout")
+            .and_then(|n| d.duration(n, &bf.path_of("response_timeout")));
+        if let Some(url) = url {
+            out.push(Backend {
+                name: entry.key.clone(),
+                url,
+                response_timeout,
+            });
+        }
+    }
+    out
+}
+
+fn backend_url(d: &mut Decoder, node: &Node, path: &str) -> Option<BackendUrl> {
+    let text = d.string(node, path)?;
+    let uri: http::Uri = match text.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            d.error(path, node.line, format!("{text:?} is not a URL: {e}"));
+            return None;
+        }
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
+        d.error(
+            path,
+            node.line,
+            format!("{text:?} must be absolute, e.g. \"http://127.0.0.1:9001\""),
+        );
+        return None;
+    };
+    if scheme != http::uri::Scheme::HTTP {
+        d.error(
+            path,
+            node.line,
+            format!("scheme {scheme} is not supported yet; use http://"),
+        );
+        return None;
+    }
+    if uri.query().is_some() {
+        d.error(path, node.line, "a backend URL must not have a query");
+        return None;
+    }
+    Some(BackendUrl {
+        text: text.clone(),
+        scheme,
+        authority,
+        base_path: uri.path().trim_end_matches('/').to_string(),
+    })
+}
+
+fn unknown_backend(name: &str, names: &HashSet<&str>) -> String {
+    let mut known: Vec<&str> = names.iter().copied().collect();
+    known.sort_unstable();
+    format!(
+        "unknown backend {name:?}; declared backends: {}",
+        if known.is_empty() {
+            "(none)".to_string()
+        } else {
+            known.join(", ")
+        }
+    )
+}
+
+fn experiments(d: &mut Decoder, top: &Fields, backends: &HashSet<&str>) -> Option<Vec<Experiment>> {
+    let Some(node) = top.get("experiments") else {
+        return Some(Vec::new());
+    };
+    let items = d.seq(node, "experiments")?;
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = index("experiments", i);
+        // Checked on the raw node so a duplicate is reported even when the
+        // experiment has other errors.
+        if let Some(name) = peek_name(item) {
+            if !seen.insert(name) {
+                d.error(
+                    format!("{path}.name"),
+                    item.line,
+                    format!("duplicate experiment name {name:?}"),
+                );
+            }
+        }
+        if let Some(exp) = experiment(d, item, &path, backends) {
+            out.push(exp);
+        }
+    }
+    Some(out)
+}
+
+fn peek_name(node: &Node) -> Option<&str> {
+    let Value::Map(entries) = &node.value else {
+        return None;
+    };
+    entries
+        .iter()
+        .find(|e| e.key == "name")
+        .and_then(|e| match &e.value.value {
+            Value::Scalar(s) => Some(s.text.as_str()),
+            _ => None,
+        })
+}
+
+fn experiment(
+    d: &mut Decoder,
+    node: &Node,
+    path: &str,
+    backends: &HashSet<&str>,
+) -> Option<Experiment> {
+    let f = d.fields(node, path, EXPERIMENT)?;
+    let name = match f.get("name") {
+        Some(n) => d.name(n, &f.path_of("name")),
+        None => {
+            d.error(path, node.line, "missing field `name`");
+            None
+        }
+    };
+    let salt = f.get("salt").and_then(|n| d.name(n, &f.path_of("salt")));
+    let matcher = match f.get("match") {
+        Some(n) => matcher(d, n, &f.path_of("match")),
+        None => Some(Match::default()),
+    };
+    let unit = match f.get("unit") {
+        Some(n) => unit(d, n, &f.path_of("unit")).map(Some),
+        None => Some(None),
+    };
+    let allow_override = match f.get("allow_override") {
+        Some(n) => d.bool(n, &f.path_of("allow_override")),
+        None => Some(false),
+    };
+    let arms = match f.get("arms") {
+        Some(n) => arms(d, n, &f.path_of("arms"), backends),
+        None => {
+            d.error(path, node.line, "missing field `arms`");
+            None
+        }
+    };
+    let name = name?;
+    Some(Experiment {
+        salt: salt.unwrap_or_else(|| name.clone()),
+        name,
+        matcher: matcher?,
+        unit: unit?,
+        allow_override: allow_override?,
+        arms: arms?,
+    })
+}
+
+fn matcher(d: &mut Decoder, node: &Node, path: &str) -> Option<Match> {
+    let f = d.fields(node, path, MATCH)?;
+    let host = f.get("host").and_then(|n| {
+        let h = d.name(n, &f.path_of("host"))?;
+        match h.parse::<http::uri::Authority>() {
+            Ok(a) if a.port().is_none() => Some(a.host().to_ascii_lowercase()),
+            _ => {
+                d.error(
+                    f.path_of("host"),
+                    n.line,
+                    format!("{h:?} must be a host name without port"),
+                );
+                None
+            }
+        }
+    });
+    let path_prefix = f.get("path_prefix").and_then(|n| {
+        let p = d.string(n, &f.path_of("path_prefix"))?;
+        if !p.starts_with('/') {
+            d.error(
+                f.path_of("path_prefix"),
+                n.line,
+                format!("{p:?} must start with '/'"),
+            );
+            return None;
+        }
+        Some(p)
+    });
+    let mut headers = Vec::new();
+    if let Some(n) = f.get("headers") {
+        if let Some(items) = d.seq(n, &f.path_of("headers")) {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(h) = header_match(d, item, &index(&f.path_of("headers"), i)) {
+                    headers.push(h);
+                }
+            }
+        }
+    }
+    Some(Match {
+        host,
+        path_prefix,
+        headers,
+    })
+}
+
+fn header_name(d: &mut Decoder, node: &Node, path: &str) -> Option<http::HeaderName> {
+    let text = d.name(node, path)?;
+    match http::HeaderName::from_bytes(text.as_bytes()) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            d.error(
+                path,
+                node.line,
+                format!("{text:?} is not a valid header name"),
+            );
+            None
+        }
+    }
+}
+
+fn header_match(d: &mut Decoder, node: &Node, path: &str) -> Option<HeaderMatch> {
+    let f = d.fields(node, path, HEADER_MATCH)?;
+    let name = match f.get("name") {
+        Some(n) => header_name(d, n, &f.path_of("name")),
+        None => {
+            d.error(path, node.line, "missing field `name`");
+            None
+        }
+    };
+    let given: Vec<&str> = ["exact", "prefix", "regex"]
+        .into_iter()
+        .filter(|k| f.get(k).is_some())
+        .collect();
+    if given.len() != 1 {
+        d.error(
+            path,
+            node.line,
+            "give exactly one of `exact`, `prefix` or `regex`",
+        );
+        return None;
+    }
+    let key = given[0];
+    let vnode = f.get(key)?;
+    let value = d.string(vnode, &f.path_of(key))?;
+    let rule = match key {
+        "exact" => HeaderRule::Exact(value),
+        "prefix" => HeaderRule::Prefix(value),
+        _ => match regex::Regex::new(&value) {
+            Ok(r) => HeaderRule::Regex(r),
+            Err(e) => {
+                d.error(f.path_of(key), vnode.line, format!("invalid regex: {e}"));
+                return None;
+            }
+        },
+    };
+    Some(HeaderMatch { name: name?, rule })
+}
+
+fn unit(d: &mut Decoder, node: &Node, path: &str) -> Option<UnitSource> {
+    let f = d.fields(node, path, UNIT)?;
+    match (f.get("header"), f.get("cookie")) {
+        (Some(h), None) => header_name(d, h, &f.path_of("header")).map(UnitSource::Header),
+        (None, Some(c)) => d.name(c, &f.path_of("cookie")).map(UnitSource::Cookie),
+        _ => {
+            d.error(path, node.line, "give exactly one of `header` or `cookie`");
+            None
+        }
+    }
+}
+
+fn arms(d: &mut Decoder, node: &Node, path: &str, backends: &HashSet<&str>) -> Option<Vec<Arm>> {
+    let items = d.seq(node, path)?;
+    if items.is_empty() {
+        d.error(path, node.line, "an experiment needs at least one arm");
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    let mut names = HashSet::new();
+    for (i, item) in items.iter().enumerate() {
+        let apath = index(path, i);
+        let Some(f) = d.fields(item, &apath, ARM) else {
+            ok = false;
+            continue;
+        };
+        let name = required(d, &f, "name").and_then(|n| d.name(n, &f.path_of("name")));
+        let backend = required(d, &f, "backend").and_then(|n| {
+            let b = d.name(n, &f.path_of("backend"))?;
+            if !backends.contains(b.as_str()) {
+                d.error(f.path_of("backend"), n.line, unknown_backend(&b, backends));
+                return None;
+            }
+            Some(b)
+        });
+        let weight = required(d, &f, "weight").and_then(|n| weight(d, n, &f.path_of("weight")));
+        if let Some(name) = &name {
+            if !names.insert(name.clone()) {
+                d.error(
+                    f.path_of("name"),
+                    item.line,
+                    format!("duplicate arm name {name:?}"),
+                );
+                ok = false;
+            }
+        }
+        match (name, backend, weight) {
+            (Some(name), Some(backend), Some(weight)) => out.push(Arm {
+                name,
+                backend,
+                weight,
+            }),
+            _ => ok = false,
+        }
+    }
+    if !ok {
+        return None;
+    }
+    let total: u32 = out.iter().map(|a| a.weight).sum();
+    if total != BUCKETS {
+        d.error(
+            path,
+            node.line,
+            format!("arm weights must sum to 100, got {}", percent(total)),
+        );
+        return None;
+    }
+    Some(out)
+}
+
+fn required<'a>(d: &mut Decoder, f: &Fields<'a>, key: &str) -> Option<&'a Node> {
+    let n = f.get(key);
+    if n.is_none() {
+        d.error(&f.path, f.line, format!("missing field `{key}`"));
+    }
+    n
+}
+
+/// Reads a percentage with at most two decimals into basis points.
+fn weight(d: &mut Decoder, node: &Node, path: &str) -> Option<BasisPoints> {
+    let v = d.number(node, path)?;
+    let bp = v * 100.0;
+    if !(0.0..=100.0).contains(&v) || (bp - bp.round()).abs() > 1e-6 {
+        d.error(
+            path,
+            node.line,
+            format!("must be a percentage in 0..=100 with at most two decimals, got {v}"),
+        );
+        return None;
+    }
+    Some(bp.round() as BasisPoints)
+}
+
+/// Formats basis points as a percentage for messages.
+pub fn percent(bp: BasisPoints) -> String {
+    if bp % 100 == 0 {
+        format!("{}", bp / 100)
+    } else {
+        format!("{:.2}", f64::from(bp) / 100.0)
+    }
+}
+
+fn timeouts(d: &mut Decoder, top: &Fields) -> Option<Timeouts> {
+    let mut t = Timeouts::default();
+    let Some(node) = top.get("timeouts") else {
+        return Some(t);
+    };
+    let f = d.fields(node, "timeouts", TIMEOUTS)?;
+    let mut ok = true;
+    for (key, slot) in [
+        ("upstream_connect", &mut t.upstream_connect),
+        ("upstream_response", &mut t.upstream_response),
+        ("header_read", &mut t.header_read),
+        ("shutdown_grace", &mut t.shutdown_grace),
+    ] {
+        if let Some(n) = f.get(key) {
+            match d.duration(n, &f.path_of(key)) {
+                Some(v) if v.is_zero() && key != "shutdown_grace" => {
+                    d.error(f.path_of(key), n.line, "must be greater than zero");
+                    ok = false;
+                }
+                Some(v) => *slot = v,
+                None => ok = false,
+            }
+        }
+    }
+    ok.then_some(t)
+}

@@ -1,0 +1,193 @@
+use super::*;
+
+const EXAMPLE: &str = r#"
+listen: 127.0.0.1:8080
+admin: { listen: 127.0.0.1:9901 }
+state_dir: ./abgate-state
+backends:
+  sentiment-v1: { url: "http://127.0.0.1:9001" }
+  sentiment-v2: { url: "http://127.0.0.1:9002/base/" }
+experiments:
+  - name: sentiment
+    match: { path_prefix: /v1/models/sentiment }
+    unit: { header: x-user-id }
+    allow_override: true
+    arms:
+      - { name: stable, backend: sentiment-v1, weight: 90 }
+      - { name: canary, backend: sentiment-v2, weight: 10 }
+"#;
+
+#[test]
+fn the_issue_example_parses() {
+    let c = parse(EXAMPLE).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.backends.len(), 2);
+    assert_eq!(c.backends[1].url.base_path, "/base");
+    let e = &c.experiments[0];
+    assert_eq!(e.salt, "sentiment");
+    assert_eq!(
+        e.unit,
+        Some(UnitSource::Header("x-user-id".parse().unwrap()))
+    );
+    assert!(e.allow_override);
+    assert_eq!(e.arms[0].weight, 9000);
+    assert_eq!(e.arms[1].weight, 1000);
+}
+
+#[test]
+fn every_error_is_reported_with_path_and_line() {
+    let bad = r#"
+listen: nowhere
+backends:
+  a: { url: "http://127.0.0.1:1" }
+experiments:
+  - name: one
+    colour: blue
+    unit: { header: x-u, cookie: c }
+    arms:
+      - { name: x, backend: a, weight: 120 }
+      - { name: y, backend: missing, weight: 10 }
+  - name: one
+    arms:
+      - { name: x, backend: a, weight: 50 }
+      - { name: x, backend: a, weight: 40 }
+timeouts: { upstream_connect: 5 }
+"#;
+    let errs = parse(bad).unwrap_err().0;
+    let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    let has = |needle: &str| text.iter().any(|t| t.contains(needle));
+    assert!(
+        has("listen: \"nowhere\" is not an IP:port address"),
+        "{text:#?}"
+    );
+    assert!(has("experiments[0].colour: unknown field"), "{text:#?}");
+    assert!(has("experiments[0].unit: give exactly one"), "{text:#?}");
+    assert!(
+        has("experiments[0].arms[0].weight: must be a percentage"),
+        "{text:#?}"
+    );
+    assert!(
+        has("experiments[0].arms[1].backend: unknown backend \"missing\""),
+        "{text:#?}"
+    );
+    assert!(
+        has("experiments[1].arms[1].name: duplicate arm name"),
+        "{text:#?}"
+    );
+    assert!(
+        has("experiments[1].name: duplicate experiment name"),
+        "{text:#?}"
+    );
+    assert!(
+        has("timeouts.upstream_connect: duration \"5\" needs a unit"),
+        "{text:#?}"
+    );
+    let colour = errs
+        .iter()
+        .find(|e| e.path == "experiments[0].colour")
+        .unwrap();
+    assert_eq!(colour.line, Some(7));
+    let weight = errs
+        .iter()
+        .find(|e| e.path.ends_with("arms[0].weight"))
+        .unwrap();
+    assert_eq!(weight.line, Some(10));
+}
+
+#[test]
+fn weights_must_sum_to_100() {
+    let bad = r#"
+backends: { a: { url: "http://127.0.0.1:1" } }
+experiments:
+  - name: e
+    arms:
+      - { name: x, backend: a, weight: 90 }
+      - { name: y, backend: a, weight: 5.5 }
+"#;
+    let errs = parse(bad).unwrap_err().0;
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].path, "experiments[0].arms");
+    assert!(errs[0].message.contains("got 95.50"), "{}", errs[0].message);
+    assert_eq!(errs[0].line, Some(6));
+}
+
+#[test]
+fn fractional_weights_keep_two_decimals() {
+    let ok = r#"
+backends: { a: { url: "http://127.0.0.1:1" } }
+experiments:
+  - name: e
+    arms:
+      - { name: x, backend: a, weight: 99.75 }
+      - { name: y, backend: a, weight: 0.25 }
+"#;
+    let c = parse(ok).unwrap();
+    assert_eq!(c.experiments[0].arms[1].weight, 25);
+    let bad = ok.replace("99.75", "99.745").replace("0.25", "0.255");
+    assert!(parse(&bad).is_err());
+}
+
+#[test]
+fn header_matches_and_cookie_units_decode() {
+    let ok = r#"
+backends: { a: { url: "http://127.0.0.1:1" } }
+default_backend: a
+experiments:
+  - name: e
+    match:
+      host: API.example.com
+      headers:
+        - { name: x-tenant, exact: acme }
+        - { name: x-model, regex: "^gpt-[0-9]+$" }
+    unit: { cookie: uid }
+    arms:
+      - { name: x, backend: a, weight: 100 }
+"#;
+    let c = parse(ok).unwrap();
+    let e = &c.experiments[0];
+    assert_eq!(e.matcher.host.as_deref(), Some("api.example.com"));
+    assert_eq!(e.matcher.headers.len(), 2);
+    assert_eq!(e.unit, Some(UnitSource::Cookie("uid".into())));
+    assert_eq!(c.default_backend.as_deref(), Some("a"));
+}
+
+#[test]
+fn bad_regex_and_bad_default_backend_are_reported() {
+    let bad = r#"
+backends: { a: { url: "https://x" } }
+default_backend: nope
+experiments:
+  - name: e
+    match: { headers: [ { name: x, regex: "(" } ], path_prefix: v1 }
+    arms: [ { name: x, backend: a, weight: 100 } ]
+"#;
+    let errs = parse(bad).unwrap_err().0;
+    let text = ConfigErrors(errs).to_string();
+    assert!(
+        text.contains("backends.a.url: scheme https is not supported yet"),
+        "{text}"
+    );
+    assert!(
+        text.contains("default_backend: unknown backend \"nope\""),
+        "{text}"
+    );
+    assert!(text.contains("invalid regex"), "{text}");
+    assert!(
+        text.contains("path_prefix: \"v1\" must start with '/'"),
+        "{text}"
+    );
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let errs = parse("backends:\n  a: { url: \"http://x\"\nexperiments: []\n").unwrap_err();
+    assert!(errs.0[0].line.is_some());
+    assert!(errs.to_string().contains("YAML syntax error"));
+}
+
+#[test]
+fn an_empty_document_is_a_valid_empty_config() {
+    let c = parse("").unwrap();
+    assert!(c.experiments.is_empty());
+    assert_eq!(c.admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
+}

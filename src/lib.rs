@@ -1,0 +1,15 @@
+//! abgate: an A/B-testing and canary traffic router for ML inference.
+//!
+//! A request's life, by module: [`proxy`] accepts it, [`routing`] picks the
+//! experiment and arm from one immutable table, [`proxy`] forwards and streams the
+//! answer, [`outcomes`] records what happened per arm; [`admin`] exposes it and
+//! [`config`] is the only reader of config text.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod outcomes;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod telemetry;

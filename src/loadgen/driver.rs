@@ -1,0 +1,268 @@
+//! Open- and closed-loop scheduling of a bounded load run.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderMap;
+use serde_json::{json, Value};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::client::{self, HttpClient};
+use super::error::LoadError;
+use super::feedback::{FeedbackEvent, FeedbackPoster, FeedbackSink};
+use super::recorder::{ErrorKind, InFlightGuard, LoadProgress, Recorder, ResponseSample};
+use super::report::LoadReport;
+use super::request::{abgate_server_timing, arm_of, exchange, RequestTemplate, HEADER_TOKEN};
+use super::spec::{loopback_uri, FeedbackValue, LoadMode, LoadSpec, Protocol};
+
+/// How often progress snapshots are published.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Runs `spec` to completion and reports. Stops by itself: scheduling ends at `max_requests`
+/// or `max_duration`, whichever comes first, and every request (including time queued for a
+/// slot) is abandoned as `timeout` at `max_duration + request_timeout` after the start at the
+/// latest; the feedback flush adds at most one more `request_timeout`.
+pub async fn run(spec: LoadSpec) -> Result<LoadReport, LoadError> {
+    run_inner(spec, None).await
+}
+
+/// Like [`run`], publishing a [`LoadProgress`] snapshot every 100 ms and a final one with
+/// `done: true`.
+pub async fn run_with_progress(
+    spec: LoadSpec,
+    progress: watch::Sender<LoadProgress>,
+) -> Result<LoadReport, LoadError> {
+    run_inner(spec, Some(progress)).await
+}
+
+/// Shared by all request tasks of one run.
+struct Ctx {
+    client: HttpClient,
+    template: RequestTemplate,
+    recorder: Arc<Recorder>,
+    feedback: Option<FeedbackSink>,
+    feedback_metric: String,
+    feedback_value: FeedbackValue,
+    request_timeout: Duration,
+    hard_deadline: Instant,
+}
+
+async fn run_inner(
+    spec: LoadSpec,
+    progress: Option<watch::Sender<LoadProgress>>,
+) -> Result<LoadReport, LoadError> {
+    spec.validate()?;
+    let url = spec.request_url();
+    let uri = loopback_uri(&url)?;
+    let connections = match spec.mode {
+        LoadMode::OpenLoop { connections, .. } | LoadMode::ClosedLoop { connections } => {
+            connections
+        }
+    };
+    let client = client::build(spec.protocol, connections, spec.request_timeout);
+    let recorder = Arc::new(Recorder::default());
+    let poster = if spec.feedback.fraction > 0.0 {
+        let fb_uri = loopback_uri(&spec.feedback_url())?;
+        Some(FeedbackPoster::spawn(
+            client.clone(),
+            fb_uri,
+            &spec.feedback,
+            spec.request_timeout,
+            recorder.clone(),
+        ))
+    } else {
+        None
+    };
+    let start = Instant::now();
+    let ctx = Arc::new(Ctx {
+        client,
+        template: RequestTemplate::new(&spec, uri),
+        recorder: recorder.clone(),
+        feedback: poster.as_ref().map(FeedbackPoster::sink),
+        feedback_metric: spec.feedback.metric.clone(),
+        feedback_value: spec.feedback.value,
+        request_timeout: spec.request_timeout,
+        hard_deadline: start + spec.max_duration + spec.request_timeout,
+    });
+    let ticker = progress.clone().map(|tx| {
+        let recorder = recorder.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
+            loop {
+                tick.tick().await;
+                tx.send_replace(recorder.progress(start.elapsed(), false));
+            }
+        })
+    });
+
+    let end = start + spec.max_duration;
+    let mode = match spec.mode {
+        LoadMode::OpenLoop {
+            rate_per_s,
+            connections,
+            max_in_flight,
+        } => {
+            open_loop(&ctx, start, end, spec.max_requests, rate_per_s, connections, max_in_flight)
+                .await;
+            "open_loop"
+        }
+        LoadMode::ClosedLoop { connections } => {
+            closed_loop(&ctx, end, spec.max_requests, connections).await;
+            "closed_loop"
+        }
+    };
+    let duration = start.elapsed();
+    // All request tasks are done, so this is the last reference: dropping it releases the
+    // feedback sink and lets the poster drain and exit.
+    drop(ctx);
+    if let Some(poster) = poster {
+        poster.finish().await;
+    }
+    if let Some(ticker) = ticker {
+        ticker.abort();
+        let _ = ticker.await;
+    }
+    if let Some(tx) = progress {
+        tx.send_replace(recorder.progress(duration, true));
+    }
+    let protocol = match spec.protocol {
+        Protocol::Http1 => "http1",
+        Protocol::H2 => "h2",
+    };
+    Ok(recorder.report(url, mode, protocol, duration))
+}
+
+/// Releases request `i` at `start + i / rate`. A request that is due is released even when the
+/// scheduler is late (with its original timestamp); it then waits for one of `connections`
+/// send slots unless `max_in_flight` requests are already outstanding (→ `overloaded`).
+async fn open_loop(
+    ctx: &Arc<Ctx>,
+    start: Instant,
+    end: Instant,
+    max_requests: u64,
+    rate_per_s: f64,
+    connections: usize,
+    max_in_flight: usize,
+) {
+    let slots = Arc::new(Semaphore::new(connections));
+    let outstanding = Arc::new(Semaphore::new(max_in_flight));
+    let mut tasks = JoinSet::new();
+    for i in 0..max_requests {
+        let scheduled = start + Duration::from_secs_f64(i as f64 / rate_per_s);
+        if scheduled >= end {
+            break;
+        }
+        if scheduled > Instant::now() {
+            tokio::time::sleep_until(scheduled).await;
+        }
+        ctx.recorder.scheduled.fetch_add(1, Ordering::Relaxed);
+        match outstanding.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let (ctx, slots) = (ctx.clone(), slots.clone());
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    one_request(&ctx, i, scheduled, Some(slots)).await;
+                });
+            }
+            Err(_) => ctx.recorder.error(ErrorKind::Overloaded),
+        }
+        // Reap finished tasks so the set stays as small as the in-flight count.
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// `connections` workers claim request indices from a shared counter (so exactly
+/// `max_requests` at most are sent) until the counter or `end` is reached.
+async fn closed_loop(ctx: &Arc<Ctx>, end: Instant, max_requests: u64, connections: usize) {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = JoinSet::new();
+    for _ in 0..connections {
+        let (ctx, next) = (ctx.clone(), next.clone());
+        workers.spawn(async move {
+            loop {
+                if Instant::now() >= end {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= max_requests {
+                    break;
+                }
+                ctx.recorder.scheduled.fetch_add(1, Ordering::Relaxed);
+                one_request(&ctx, i, Instant::now(), None).await;
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+}
+
+/// Sends request `index` (after taking a send slot, if any) and records its outcome, with
+/// latency measured from `origin`.
+async fn one_request(ctx: &Ctx, index: u64, origin: Instant, slots: Option<Arc<Semaphore>>) {
+    let rec = &ctx.recorder;
+    let _in_flight = InFlightGuard::new(rec);
+    let _slot = match slots {
+        Some(slots) => match tokio::time::timeout_at(ctx.hard_deadline, slots.acquire_owned()).await
+        {
+            Ok(Ok(slot)) => Some(slot),
+            // Still queued at the hard deadline (or semaphore closed, which never happens).
+            _ => {
+                rec.error(ErrorKind::Timeout);
+                return;
+            }
+        },
+        None => None,
+    };
+    let draw = ctx.template.draw(index);
+    let req = ctx.template.build(draw);
+    rec.sent.fetch_add(1, Ordering::Relaxed);
+    let deadline = (Instant::now() + ctx.request_timeout).min(ctx.hard_deadline);
+    match tokio::time::timeout_at(deadline, exchange(&ctx.client, req, origin)).await {
+        Err(_) => rec.error(ErrorKind::Timeout),
+        Ok(Err(kind)) => rec.error(kind),
+        Ok(Ok(ex)) => {
+            rec.response(&ResponseSample {
+                status: ex.status,
+                arm: arm_of(&ex.headers),
+                latency: ex.latency,
+                ttfb: ex.ttfb,
+                abgate_dur_ms: abgate_server_timing(&ex.headers),
+            });
+            if draw.feedback && (200..300).contains(&ex.status) {
+                ctx.offer_feedback(&ex.headers);
+            }
+        }
+    }
+}
+
+impl Ctx {
+    /// Queues feedback for a successful response that carries a proxy token.
+    fn offer_feedback(&self, headers: &HeaderMap) {
+        let Some(sink) = &self.feedback else { return };
+        let Some(token) = headers.get(HEADER_TOKEN).and_then(|v| v.to_str().ok()) else {
+            // Not routed through abgate: there is nothing to attribute feedback to.
+            return;
+        };
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let value: Option<Value> = match self.feedback_value {
+            FeedbackValue::Outcome => header(crate::mock::HEADER_OUTCOME)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|v| json!(v)),
+            FeedbackValue::Reward => header(crate::mock::HEADER_REWARD)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|v| v.is_finite())
+                .map(|v| json!(v)),
+        };
+        match value {
+            Some(value) => sink.offer(FeedbackEvent {
+                token: token.to_string(),
+                metric: self.feedback_metric.clone(),
+                value,
+            }),
+            None => sink.skip(),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! A lock-free log-linear histogram of microsecond values.
+//!
+//! Owns: recording with one atomic add and reading quantiles from a snapshot.
+//! Why not hdrhistogram: its `record` needs `&mut self`, which would put a lock
+//! (or per-thread sharding) on the request path; here every bucket is an atomic.
+//!
+//! Layout: values below 32 µs get one bucket each; above that, every power of two
+//! is split into 16 linear sub-buckets, so a bucket's width is at most 1/16 of its
+//! lower bound (quantiles are within ~6.25%, reported at the bucket midpoint).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+const LINEAR: u64 = 32;
+const SUB_BITS: u32 = 4;
+const SUB: usize = 1 << SUB_BITS;
+/// Enough for 2^44 µs (about 200 days): larger values saturate into the last bucket.
+const MAX_EXP: u32 = 44;
+const BUCKETS: usize = LINEAR as usize + (MAX_EXP as usize - 4) * SUB;
+
+pub struct AtomicHistogram {
+    counts: Box<[AtomicU64]>,
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Default for AtomicHistogram {
+    fn default() -> Self {
+        AtomicHistogram {
+            counts: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+fn bucket_of(v: u64) -> usize {
+    if v < LINEAR {
+        return v as usize;
+    }
+    let exp = 63 - v.leading_zeros(); // >= 5
+    let exp = exp.min(MAX_EXP - 1);
+    let sub = ((v >> (exp - SUB_BITS)) as usize) & (SUB - 1);
+    (LINEAR as usize + (exp as usize - 5) * SUB + sub).min(BUCKETS - 1)
+}
+
+/// Lower bound and width of a bucket, in µs.
+fn bucket_range(i: usize) -> (u64, u64) {
+    if i < LINEAR as usize {
+        return (i as u64, 1);
+    }
+    let j = i - LINEAR as usize;
+    let exp = (j / SUB) as u32 + 5;
+    let sub = (j % SUB) as u64;
+    let width = 1u64 << (exp - SUB_BITS);
+    ((1u64 << exp) + sub * width, width)
+}
+
+impl AtomicHistogram {
+    /// Records one value in microseconds.
+    pub fn record(&self, us: u64) {
+        self.counts[bucket_of(us)].fetch_add(1, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// A consistent-enough copy for reading quantiles (concurrent records may be
+    /// partly included; counts never go backwards).
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            counts: self.counts.iter().map(|c| c.load(Relaxed)).collect(),
+            sum_us: self.sum_us.load(Relaxed),
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HistogramSnapshot {
+    counts: Vec<u64>,
+    sum_us: u64,
+}
+
+impl HistogramSnapshot {
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Mean in microseconds; `None` when empty.
+    pub fn mean_us(&self) -> Option<f64> {
+        let n = self.count();
+        (n > 0).then(|| self.sum_us as f64 / n as f64)
+    }
+
+    /// The `q`-quantile (0..=1) in microseconds, at the bucket midpoint; `None` when empty.
+    pub fn quantile_us(&self, q: f64) -> Option<f64> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                let (lo, width) = bucket_range(i);
+                return Some(lo as f64 + (width as f64 - 1.0) / 2.0);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_cover_values_in_order() {
+        let mut last = 0;
+        for v in [
+            0,
+            1,
+            31,
+            32,
+            33,
+            63,
+            64,
+            100,
+            1000,
+            10_000,
+            1 << 30,
+            u64::MAX,
+        ] {
+            let b = bucket_of(v);
+            assert!(b >= last, "bucket order broke at {v}");
+            last = b;
+            let (lo, width) = bucket_range(b);
+            if v < (1u64 << (MAX_EXP - 1)) {
+                assert!(
+                    lo <= v && v < lo + width,
+                    "{v} not in [{lo}, {})",
+                    lo + width
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn quantiles_are_within_bucket_precision() {
+        let h = AtomicHistogram::default();
+        for v in 1..=10_000u64 {
+            h.record(v);
+        }
+        let s = h.snapshot();
+        assert_eq!(s.count(), 10_000);
+        for (q, exact) in [(0.5, 5000.0), (0.99, 9900.0), (0.999, 9990.0)] {
+            let got = s.quantile_us(q).unwrap();
+            assert!((got - exact).abs() / exact < 0.07, "q{q}: {got} vs {exact}");
+        }
+        assert!((s.mean_us().unwrap() - 5000.5).abs() < 1e-9);
+        assert_eq!(AtomicHistogram::default().snapshot().quantile_us(0.5), None);
+    }
+}

@@ -1,0 +1,338 @@
+//! Per-arm outcome recorders.
+//!
+//! Owns: counting what happened to each routed request, per (experiment, arm),
+//! with atomics only. Recorders live in a [`RecorderRegistry`] keyed by names so
+//! they outlive routing-table swaps: reweighting keeps counts, a renamed arm
+//! starts fresh.
+//!
+//! Forced requests (arm chosen by the override header) are kept in a separate
+//! [`OutcomeSet`] so statistics can exclude them while `/metrics` counts both.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+
+use super::histogram::{AtomicHistogram, HistogramSnapshot};
+use crate::telemetry::Telemetry;
+
+/// HTTP status class of the response abgate sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusClass {
+    Informational,
+    Success,
+    Redirect,
+    ClientError,
+    ServerError,
+}
+
+impl StatusClass {
+    pub const ALL: [StatusClass; 5] = [
+        StatusClass::Informational,
+        StatusClass::Success,
+        StatusClass::Redirect,
+        StatusClass::ClientError,
+        StatusClass::ServerError,
+    ];
+
+    pub fn of(status: http::StatusCode) -> StatusClass {
+        match status.as_u16() {
+            100..=199 => StatusClass::Informational,
+            200..=299 => StatusClass::Success,
+            300..=399 => StatusClass::Redirect,
+            400..=499 => StatusClass::ClientError,
+            _ => StatusClass::ServerError,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            StatusClass::Informational => "1xx",
+            StatusClass::Success => "2xx",
+            StatusClass::Redirect => "3xx",
+            StatusClass::ClientError => "4xx",
+            StatusClass::ServerError => "5xx",
+        }
+    }
+}
+
+/// Why a request did not complete normally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The backend refused or failed the TCP connection.
+    ConnectRefused,
+    /// The backend did not accept the connection in time.
+    ConnectTimeout,
+    /// No response headers within the response timeout.
+    ResponseTimeout,
+    /// The connection broke (before or during the response body).
+    Reset,
+    /// The backend answered with something that is not valid HTTP.
+    BadResponse,
+    /// The client went away before the response was complete.
+    ClientGone,
+}
+
+impl FailureKind {
+    pub const ALL: [FailureKind; 6] = [
+        FailureKind::ConnectRefused,
+        FailureKind::ConnectTimeout,
+        FailureKind::ResponseTimeout,
+        FailureKind::Reset,
+        FailureKind::BadResponse,
+        FailureKind::ClientGone,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::ConnectRefused => "connect_refused",
+            FailureKind::ConnectTimeout => "connect_timeout",
+            FailureKind::ResponseTimeout => "response_timeout",
+            FailureKind::Reset => "reset",
+            FailureKind::BadResponse => "bad_response",
+            FailureKind::ClientGone => "client_gone",
+        }
+    }
+
+    /// Whether this counts as the arm's fault for the `error` metric
+    /// (a client leaving is not the model's failure).
+    pub fn is_upstream_fault(self) -> bool {
+        !matches!(self, FailureKind::ClientGone)
+    }
+}
+
+/// Counts for one population of requests (assigned or forced) of one arm.
+#[derive(Default)]
+pub struct OutcomeSet {
+    classes: [AtomicU64; 5],
+    failures: [AtomicU64; 6],
+    /// Requests whose response was a 5xx or that failed in transport (each request once).
+    errors: AtomicU64,
+    /// Requests whose client left before any response head was sent.
+    abandoned: AtomicU64,
+    latency: AtomicHistogram,
+    ttfb: AtomicHistogram,
+}
+
+/// A point-in-time copy of an [`OutcomeSet`].
+#[derive(Debug, Clone)]
+pub struct OutcomeSnapshot {
+    /// Responses by [`StatusClass::ALL`] order.
+    pub classes: [u64; 5],
+    /// Failures by [`FailureKind::ALL`] order.
+    pub failures: [u64; 6],
+    pub errors: u64,
+    pub abandoned: u64,
+    pub latency: HistogramSnapshot,
+    pub ttfb: HistogramSnapshot,
+}
+
+impl OutcomeSnapshot {
+    /// Requests that got a response head plus those whose client left before one
+    /// (every upstream failure produces a 502/504 head, so it is in `classes`).
+    pub fn requests(&self) -> u64 {
+        self.classes.iter().sum::<u64>() + self.abandoned
+    }
+
+    pub fn class(&self, class: StatusClass) -> u64 {
+        self.classes[class as usize]
+    }
+
+    pub fn failure(&self, kind: FailureKind) -> u64 {
+        self.failures[kind as usize]
+    }
+}
+
+impl OutcomeSet {
+    fn snapshot(&self) -> OutcomeSnapshot {
+        OutcomeSnapshot {
+            classes: std::array::from_fn(|i| self.classes[i].load(Relaxed)),
+            failures: std::array::from_fn(|i| self.failures[i].load(Relaxed)),
+            errors: self.errors.load(Relaxed),
+            abandoned: self.abandoned.load(Relaxed),
+            latency: self.latency.snapshot(),
+            ttfb: self.ttfb.snapshot(),
+        }
+    }
+}
+
+/// Prometheus handles of one arm, registered once so the hot path only increments.
+struct PromHandles {
+    classes: [metrics::Counter; 5],
+    failures: [metrics::Counter; 6],
+    forced: metrics::Counter,
+    duration: metrics::Histogram,
+    ttfb: metrics::Histogram,
+}
+
+/// Everything recorded for one (experiment, arm).
+pub struct ArmRecorder {
+    pub experiment: String,
+    pub arm: String,
+    assigned: OutcomeSet,
+    forced: OutcomeSet,
+    prom: PromHandles,
+}
+
+/// A point-in-time copy of an arm's recorder.
+#[derive(Debug, Clone)]
+pub struct ArmSnapshot {
+    pub experiment: String,
+    pub arm: String,
+    /// Requests routed by assignment: what statistics use.
+    pub assigned: OutcomeSnapshot,
+    /// Requests routed by the override header: shown, never analysed.
+    pub forced: OutcomeSnapshot,
+}
+
+impl ArmRecorder {
+    fn new(experiment: &str, arm: &str, telemetry: &Telemetry) -> Self {
+        let prom = PromHandles {
+            classes: StatusClass::ALL.map(|c| {
+                telemetry.counter(
+                    "abgate_requests_total",
+                    &[
+                        ("experiment", experiment),
+                        ("arm", arm),
+                        ("class", c.label()),
+                    ],
+                )
+            }),
+            failures: FailureKind::ALL.map(|k| {
+                telemetry.counter(
+                    "abgate_upstream_errors_total",
+                    &[
+                        ("experiment", experiment),
+                        ("arm", arm),
+                        ("kind", k.label()),
+                    ],
+                )
+            }),
+            forced: telemetry.counter(
+                "abgate_forced_requests_total",
+                &[("experiment", experiment), ("arm", arm)],
+            ),
+            duration: telemetry.histogram(
+                "abgate_request_duration_seconds",
+                &[("experiment", experiment), ("arm", arm)],
+            ),
+            ttfb: telemetry.histogram(
+                "abgate_time_to_first_byte_seconds",
+                &[("experiment", experiment), ("arm", arm)],
+            ),
+        };
+        ArmRecorder {
+            experiment: experiment.to_string(),
+            arm: arm.to_string(),
+            assigned: OutcomeSet::default(),
+            forced: OutcomeSet::default(),
+            prom,
+        }
+    }
+
+    fn set(&self, forced: bool) -> &OutcomeSet {
+        if forced {
+            &self.forced
+        } else {
+            &self.assigned
+        }
+    }
+
+    /// A response head was sent to the client with this status.
+    pub fn record_response(&self, forced: bool, status: http::StatusCode) {
+        let class = StatusClass::of(status);
+        let set = self.set(forced);
+        set.classes[class as usize].fetch_add(1, Relaxed);
+        if class == StatusClass::ServerError {
+            set.errors.fetch_add(1, Relaxed);
+        }
+        self.prom.classes[class as usize].increment(1);
+        if forced {
+            self.prom.forced.increment(1);
+        }
+    }
+
+    /// A transport failure or client disconnect. `counted_as_error` is false when
+    /// the request was already counted as an error (e.g. a 5xx head, then a reset).
+    pub fn record_failure(&self, forced: bool, kind: FailureKind, counted_as_error: bool) {
+        let set = self.set(forced);
+        set.failures[kind as usize].fetch_add(1, Relaxed);
+        if kind.is_upstream_fault() && !counted_as_error {
+            set.errors.fetch_add(1, Relaxed);
+        }
+        self.prom.failures[kind as usize].increment(1);
+    }
+
+    /// The client left before a response head was sent: not the arm's fault.
+    pub fn record_abandoned(&self, forced: bool) {
+        let set = self.set(forced);
+        set.abandoned.fetch_add(1, Relaxed);
+        set.failures[FailureKind::ClientGone as usize].fetch_add(1, Relaxed);
+        self.prom.failures[FailureKind::ClientGone as usize].increment(1);
+    }
+
+    /// Time to the first response body byte.
+    pub fn record_ttfb(&self, forced: bool, elapsed: Duration) {
+        self.set(forced).ttfb.record(elapsed.as_micros() as u64);
+        self.prom.ttfb.record(elapsed.as_secs_f64());
+    }
+
+    /// Time to the last response byte (or to the failure).
+    pub fn record_latency(&self, forced: bool, elapsed: Duration) {
+        self.set(forced).latency.record(elapsed.as_micros() as u64);
+        self.prom.duration.record(elapsed.as_secs_f64());
+    }
+
+    pub fn snapshot(&self) -> ArmSnapshot {
+        ArmSnapshot {
+            experiment: self.experiment.clone(),
+            arm: self.arm.clone(),
+            assigned: self.assigned.snapshot(),
+            forced: self.forced.snapshot(),
+        }
+    }
+}
+
+/// All recorders of a server, keyed by (experiment, arm) names. Tables resolve
+/// their arms' recorders here at build time, so the request path never looks up.
+pub struct RecorderRegistry {
+    telemetry: Arc<Telemetry>,
+    arms: DashMap<(String, String), Arc<ArmRecorder>>,
+}
+
+impl RecorderRegistry {
+    pub fn new(telemetry: Arc<Telemetry>) -> Self {
+        RecorderRegistry {
+            telemetry,
+            arms: DashMap::new(),
+        }
+    }
+
+    /// The recorder for (experiment, arm), created on first use.
+    pub fn arm(&self, experiment: &str, arm: &str) -> Arc<ArmRecorder> {
+        if let Some(r) = self.arms.get(&(experiment.to_string(), arm.to_string())) {
+            return r.clone();
+        }
+        self.arms
+            .entry((experiment.to_string(), arm.to_string()))
+            .or_insert_with(|| Arc::new(ArmRecorder::new(experiment, arm, &self.telemetry)))
+            .clone()
+    }
+
+    /// Snapshots of every arm of an experiment (including arms no longer routed).
+    pub fn experiment(&self, experiment: &str) -> Vec<ArmSnapshot> {
+        let mut out: Vec<ArmSnapshot> = self
+            .arms
+            .iter()
+            .filter(|e| e.key().0 == experiment)
+            .map(|e| e.value().snapshot())
+            .collect();
+        out.sort_by(|a, b| a.arm.cmp(&b.arm));
+        out
+    }
+
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+}

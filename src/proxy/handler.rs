@@ -1,0 +1,278 @@
+//! The request path: validate, route, assign, forward, tag, record.
+//!
+//! Hot path rules: one `ArcSwap` load per request, no locks, no per-request
+//! logging above debug, allocation only where hyper or header values need it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+
+use super::body::{ProxyBody, RecordingBody};
+use super::headers::{add_forwarded, strip_hop_by_hop};
+use super::problem::ProxyError;
+use crate::outcomes::{ArmRecorder, FailureKind};
+use crate::routing::table::Target;
+use crate::routing::{matcher, RequestView, Route, RoutingTable};
+use crate::telemetry::Telemetry;
+
+static X_EXPERIMENT: HeaderName = HeaderName::from_static("x-abgate-experiment");
+static X_ARM: HeaderName = HeaderName::from_static("x-abgate-arm");
+static SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+
+/// What every connection of the data plane shares.
+pub struct DataPlane {
+    pub table: ArcSwap<RoutingTable>,
+    pub telemetry: Arc<Telemetry>,
+}
+
+/// Facts about one client connection.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// `http` or `https`, for `x-forwarded-proto`.
+    pub proto: &'static str,
+}
+
+/// Per-request tags copied from the routing decision.
+struct Tags {
+    experiment: Option<HeaderValue>,
+    arm: Option<HeaderValue>,
+}
+
+/// hyper service entry point: never fails, every error becomes a response.
+pub async fn handle(
+    plane: Arc<DataPlane>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let table = plane.table.load_full();
+    Ok(match route_and_forward(&table, &conn, req, started).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            // Rejections before routing; upstream failures are recorded per arm.
+            plane.telemetry.rejected(e.slug());
+            error_response(&e)
+        }
+    })
+}
+
+fn error_response(e: &ProxyError) -> Response<ProxyBody> {
+    e.to_response().map(ProxyBody::full)
+}
+
+/// Validates Host: HTTP/1.1 needs exactly one; HTTP/2 may carry `:authority` instead.
+fn request_host(req: &Request<Incoming>) -> Result<Option<&HeaderValue>, ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::DuplicateHost);
+    }
+    if first.is_none() && req.version() == Version::HTTP_11 {
+        return Err(ProxyError::MissingHost);
+    }
+    Ok(first)
+}
+
+async fn route_and_forward(
+    table: &RoutingTable,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    started: Instant,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let host_header = request_host(&req)?.cloned();
+    let host_str = host_header
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .map(matcher::host_without_port);
+    let view = RequestView {
+        host: host_str,
+        path: req.uri().path(),
+        headers: req.headers(),
+    };
+    let (target, recorder, forced, tags) = match table.route(&view) {
+        Route::NotFound => {
+            return Err(ProxyError::NoRoute {
+                path: req.uri().path().to_string(),
+            })
+        }
+        Route::Default(d) => (
+            &d.target,
+            &d.recorder,
+            false,
+            Tags {
+                experiment: None,
+                arm: None,
+            },
+        ),
+        Route::Experiment(e) => {
+            let a = e
+                .assign(req.headers(), || {
+                    rand::random_range(0..crate::config::BUCKETS)
+                })
+                .map_err(|err| ProxyError::UnknownOverrideArm(err.to_string()))?;
+            let arm = &e.arms[a.arm];
+            (
+                &arm.target,
+                &arm.recorder,
+                a.forced,
+                Tags {
+                    experiment: Some(e.name_header.clone()),
+                    arm: Some(arm.name_header.clone()),
+                },
+            )
+        }
+    };
+    Ok(forward(
+        conn,
+        req,
+        host_header,
+        target,
+        recorder,
+        forced,
+        tags,
+        started,
+    )
+    .await)
+}
+
+/// Records a client that left before the response head, unless disarmed.
+struct AbandonGuard<'a> {
+    recorder: &'a ArmRecorder,
+    forced: bool,
+    armed: bool,
+}
+
+impl Drop for AbandonGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.recorder.record_abandoned(self.forced);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    host: Option<HeaderValue>,
+    target: &Target,
+    recorder: &Arc<ArmRecorder>,
+    forced: bool,
+    tags: Tags,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    add_forwarded(
+        &mut parts.headers,
+        conn.peer.ip(),
+        conn.proto,
+        host.as_ref(),
+    );
+    parts
+        .headers
+        .insert(header::HOST, target.upstream.host_header.clone());
+    parts.uri = target.upstream.uri_for(parts.uri.path_and_query());
+    parts.version = Version::HTTP_11;
+    let upstream_req = Request::from_parts(parts, body);
+
+    let mut guard = AbandonGuard {
+        recorder,
+        forced,
+        armed: true,
+    };
+    let sent = Instant::now();
+    let result = tokio::time::timeout(
+        target.response_timeout,
+        target.upstream.request(upstream_req),
+    )
+    .await;
+    let upstream_time = sent.elapsed();
+    guard.armed = false;
+
+    let outcome = match result {
+        Err(_) => Err(FailureKind::ResponseTimeout),
+        Ok(Err(e)) => Err(classify(&e)),
+        Ok(Ok(resp)) => Ok(resp),
+    };
+    let mut response = match outcome {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            recorder.record_response(forced, parts.status);
+            let head_was_error = parts.status.is_server_error();
+            let body = RecordingBody::new(body, recorder.clone(), forced, started, head_was_error);
+            Response::from_parts(parts, ProxyBody::Upstream(body))
+        }
+        Err(kind) => {
+            let err = ProxyError::from_failure(
+                kind,
+                &target.backend,
+                target.response_timeout.as_millis(),
+            );
+            recorder.record_response(forced, err.status());
+            recorder.record_failure(forced, kind, true);
+            recorder.record_ttfb(forced, started.elapsed());
+            recorder.record_latency(forced, started.elapsed());
+            error_response(&err)
+        }
+    };
+    tag(&mut response, tags, started.elapsed(), upstream_time);
+    response
+}
+
+fn tag(resp: &mut Response<ProxyBody>, tags: Tags, total: Duration, upstream: Duration) {
+    let h = resp.headers_mut();
+    if let Some(e) = tags.experiment {
+        h.insert(X_EXPERIMENT.clone(), e);
+    }
+    if let Some(a) = tags.arm {
+        h.insert(X_ARM.clone(), a);
+    }
+    let own = total.saturating_sub(upstream);
+    let timing = format!(
+        "abgate;dur={:.3}, upstream;dur={:.3}",
+        own.as_secs_f64() * 1e3,
+        upstream.as_secs_f64() * 1e3
+    );
+    if let Ok(v) = HeaderValue::from_str(&timing) {
+        h.append(SERVER_TIMING.clone(), v);
+    }
+}
+
+/// Maps a client error to the failure kind recorded and reported.
+fn classify(err: &hyper_util::client::legacy::Error) -> FailureKind {
+    use std::error::Error as _;
+    let mut source = err.source();
+    let mut io_kind = None;
+    let mut hyper_err = None;
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            io_kind.get_or_insert(io.kind());
+        }
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            hyper_err.get_or_insert(h);
+        }
+        source = s.source();
+    }
+    if err.is_connect() {
+        return if io_kind == Some(std::io::ErrorKind::TimedOut) {
+            FailureKind::ConnectTimeout
+        } else {
+            FailureKind::ConnectRefused
+        };
+    }
+    match hyper_err {
+        Some(h) if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() => {
+            FailureKind::BadResponse
+        }
+        _ => FailureKind::Reset,
+    }
+}

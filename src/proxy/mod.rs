@@ -1,0 +1,11 @@
+//! The data plane: listeners, forwarding with header hygiene, streaming bodies,
+//! and error mapping to JSON problem responses.
+//!
+//! Never: decides routing (see `routing`) or judges outcomes (see `stats`).
+
+pub mod body;
+pub mod handler;
+pub mod headers;
+pub mod problem;
+pub mod server;
+pub mod upstream;

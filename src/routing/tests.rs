@@ -1,0 +1,176 @@
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+use super::*;
+use crate::config;
+use crate::outcomes::RecorderRegistry;
+use crate::proxy::upstream::UpstreamPool;
+use crate::telemetry::Telemetry;
+
+fn table(yaml: &str) -> RoutingTable {
+    let c = config::parse(yaml).unwrap();
+    let recorders = RecorderRegistry::new(Telemetry::new());
+    RoutingTable::build(&c, 1, &UpstreamPool::default(), &recorders)
+}
+
+fn split(canary: u32) -> String {
+    format!(
+        r#"
+backends: {{ a: {{ url: "http://127.0.0.1:1" }}, b: {{ url: "http://127.0.0.1:2" }} }}
+experiments:
+  - name: s
+    unit: {{ header: x-user-id }}
+    arms:
+      - {{ name: stable, backend: a, weight: {} }}
+      - {{ name: canary, backend: b, weight: {canary} }}
+"#,
+        100 - canary
+    )
+}
+
+fn with_user(u: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("x-user-id", u.parse().unwrap());
+    h
+}
+
+#[test]
+fn ramping_the_last_arm_only_moves_units_into_it() {
+    let t5 = table(&split(5));
+    let t10 = table(&split(10));
+    let (e5, e10) = (&t5.experiments[0], &t10.experiments[0]);
+    let mut moved_in = 0;
+    for i in 0..5000 {
+        let h = with_user(&format!("user-{i}"));
+        let a = e5.assign(&h, || unreachable!()).unwrap().arm;
+        let b = e10.assign(&h, || unreachable!()).unwrap().arm;
+        if a == 1 {
+            assert_eq!(b, 1, "user-{i} left the canary");
+        } else if b == 1 {
+            moved_in += 1;
+        }
+    }
+    // About 5% of 5000 move in; a broken split would move none or everyone.
+    assert!((150..=350).contains(&moved_in), "{moved_in}");
+}
+
+#[test]
+fn keyless_requests_use_the_random_bucket() {
+    let t = table(&split(10));
+    let e = &t.experiments[0];
+    let none = HeaderMap::new();
+    assert_eq!(e.assign(&none, || 0).unwrap().arm, 0);
+    assert_eq!(e.assign(&none, || 8999).unwrap().arm, 0);
+    assert_eq!(e.assign(&none, || 9000).unwrap().arm, 1);
+    assert_eq!(e.assign(&none, || 9999).unwrap().arm, 1);
+}
+
+#[test]
+fn zero_weight_arms_are_never_chosen() {
+    let t = table(&split(0));
+    let e = &t.experiments[0];
+    for b in [0, 5000, 9999] {
+        assert_eq!(e.arm_for_bucket(b), 0);
+    }
+    let t = table(&split(100));
+    assert_eq!(t.experiments[0].arm_for_bucket(0), 1);
+}
+
+#[test]
+fn override_is_honoured_only_when_allowed() {
+    let mut h = with_user("u1");
+    h.insert(OVERRIDE_HEADER, "canary".parse().unwrap());
+    let t = table(&split(0));
+    assert_eq!(
+        t.experiments[0].assign(&h, || 0).unwrap(),
+        Assignment {
+            arm: 0,
+            forced: false
+        }
+    );
+    let allowed = split(0).replace("unit:", "allow_override: true\n    unit:");
+    let t = table(&allowed);
+    assert_eq!(
+        t.experiments[0].assign(&h, || 0).unwrap(),
+        Assignment {
+            arm: 1,
+            forced: true
+        }
+    );
+    h.insert(OVERRIDE_HEADER, "nope".parse().unwrap());
+    assert!(matches!(
+        t.experiments[0].assign(&h, || 0),
+        Err(AssignError::UnknownArm { .. })
+    ));
+}
+
+#[test]
+fn cookie_units_are_parsed() {
+    let yaml = split(50).replace("{ header: x-user-id }", "{ cookie: uid }");
+    let t = table(&yaml);
+    let e = &t.experiments[0];
+    let mut h = HeaderMap::new();
+    h.insert("cookie", "a=1; uid=alice; b=2".parse().unwrap());
+    assert_eq!(e.unit_key(&h), Some(&b"alice"[..]));
+    h.insert("cookie", "uid=; other=x".parse().unwrap());
+    assert_eq!(e.unit_key(&h), None);
+    h.insert("cookie", "xuid=bob".parse().unwrap());
+    assert_eq!(e.unit_key(&h), None);
+}
+
+#[test]
+fn routes_match_in_declared_order_then_default() {
+    let yaml = r#"
+backends: { a: { url: "http://127.0.0.1:1" }, b: { url: "http://127.0.0.1:2" } }
+default_backend: b
+experiments:
+  - name: first
+    match: { path_prefix: /v1/a }
+    arms: [ { name: x, backend: a, weight: 100 } ]
+  - name: second
+    match: { path_prefix: /v1 }
+    arms: [ { name: x, backend: a, weight: 100 } ]
+"#;
+    let t = table(yaml);
+    let h = HeaderMap::new();
+    let name = |path| match t.route(&RequestView {
+        host: None,
+        path,
+        headers: &h,
+    }) {
+        Route::Experiment(e) => e.name.clone(),
+        Route::Default(d) => format!("default:{}", d.target.backend),
+        Route::NotFound => "404".into(),
+    };
+    assert_eq!(name("/v1/a/x"), "first");
+    assert_eq!(name("/v1/b"), "second");
+    assert_eq!(name("/v2"), "default:b");
+    let no_default = table(&yaml.replace("default_backend: b\n", ""));
+    assert!(matches!(
+        no_default.route(&RequestView {
+            host: None,
+            path: "/v2",
+            headers: &h
+        }),
+        Route::NotFound
+    ));
+}
+
+#[test]
+fn pools_are_shared_across_builds() {
+    let c = config::parse(&split(10)).unwrap();
+    let recorders = RecorderRegistry::new(Telemetry::new());
+    let pools = UpstreamPool::default();
+    let t1 = RoutingTable::build(&c, 1, &pools, &recorders);
+    let t2 = RoutingTable::build(&config::parse(&split(20)).unwrap(), 2, &pools, &recorders);
+    assert!(Arc::ptr_eq(
+        &t1.experiments[0].arms[1].target.upstream,
+        &t2.experiments[0].arms[1].target.upstream
+    ));
+    assert!(Arc::ptr_eq(
+        &t1.experiments[0].arms[1].recorder,
+        &t2.experiments[0].arms[1].recorder
+    ));
+    assert_eq!(pools.len(), 2);
+}

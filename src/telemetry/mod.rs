@@ -1,0 +1,107 @@
+//! Prometheus metrics owned by one server instance.
+//!
+//! Owns: the exporter's recorder and rendering `/metrics`.
+//! Why per instance and not the global `metrics` recorder: several servers run in
+//! one test process, and each `/metrics` must show exactly its own counts.
+//! Hot-path code never looks metrics up by name: it registers handles once (per
+//! arm, per table build) and increments those.
+
+use std::sync::Arc;
+
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+/// Upper bounds (seconds) of the duration histograms: sub-millisecond proxy
+/// overhead up to minute-long streamed completions.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0,
+];
+
+pub struct Telemetry {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+}
+
+static METADATA: Metadata<'static> = Metadata::new("abgate", Level::INFO, Some("abgate"));
+
+fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+    let labels: Vec<Label> = labels
+        .iter()
+        .map(|(k, v)| Label::new(*k, v.to_string()))
+        .collect();
+    Key::from_parts(name, labels)
+}
+
+impl Telemetry {
+    pub fn new() -> Arc<Self> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
+            .expect("bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        let t = Telemetry { recorder, handle };
+        t.describe();
+        Arc::new(t)
+    }
+
+    fn describe(&self) {
+        let counters = [
+            ("abgate_requests_total", "Responses sent to clients, by experiment, arm and status class."),
+            ("abgate_upstream_errors_total", "Transport failures and client disconnects, by experiment, arm and kind."),
+            ("abgate_forced_requests_total", "Requests whose arm was forced by the x-abgate-arm header (excluded from statistics)."),
+            ("abgate_rejected_requests_total", "Requests rejected before routing, by reason."),
+        ];
+        for (name, help) in counters {
+            self.recorder
+                .describe_counter(KeyName::from(name), Some(Unit::Count), help.into());
+        }
+        let histograms = [
+            (
+                "abgate_request_duration_seconds",
+                "Time from request received to last response byte.",
+            ),
+            (
+                "abgate_time_to_first_byte_seconds",
+                "Time from request received to the first response body byte.",
+            ),
+        ];
+        for (name, help) in histograms {
+            self.recorder
+                .describe_histogram(KeyName::from(name), Some(Unit::Seconds), help.into());
+        }
+    }
+
+    pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+        self.recorder
+            .register_counter(&key(name, labels), &METADATA)
+    }
+
+    pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+        self.recorder.register_gauge(&key(name, labels), &METADATA)
+    }
+
+    pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
+        self.recorder
+            .register_histogram(&key(name, labels), &METADATA)
+    }
+
+    /// Counts a request rejected before routing (bad Host, limits, ...).
+    pub fn rejected(&self, reason: &'static str) {
+        self.counter("abgate_rejected_requests_total", &[("reason", reason)])
+            .increment(1);
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Folds buffered histogram samples; call periodically so memory stays bounded
+    /// even when nobody scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
