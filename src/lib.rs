@@ -8,8 +8,11 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod loadgen;
+pub mod mock;
 pub mod outcomes;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod stats;
 pub mod telemetry;

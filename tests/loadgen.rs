@@ -117,7 +117,7 @@ fn fake_response(n: u64, proxy_headers: bool) -> Response<Full<Bytes>> {
         "server-timing",
         "abgate;dur=2, upstream;dur=5".parse().unwrap(),
     );
-    if n % 30 == 0 {
+    if n.is_multiple_of(30) {
         *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     }
     resp
@@ -149,6 +149,7 @@ async fn open_loop_counts_queueing_delay_no_coordinated_omission() {
     spec.max_requests = 200;
     spec.max_duration = Duration::from_secs(1);
     let report = run(spec).await.unwrap();
+    println!("{report}");
     assert_eq!(report.requests_completed, 200, "{report}");
     assert_eq!(state.hits.load(Ordering::Relaxed), 200);
     assert!(report.latency_ms.max >= 240.0, "{report}");

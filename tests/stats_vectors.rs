@@ -210,9 +210,12 @@ fn srm_path_day() {
     }
 }
 
+/// (look, n per arm, successes A, successes B, expected running minima (mSPRT, GB)).
+type Look = (u64, u64, u64, u64, Option<(f64, f64)>);
+
 #[test]
 fn av_p_path_binary() {
-    let mut looks: Vec<(u64, u64, u64, u64, Option<(f64, f64)>)> = vectors("av_p_path_binary")
+    let mut looks: Vec<Look> = vectors("av_p_path_binary")
         .iter()
         .map(|v| {
             let i = &v["inputs"];

@@ -3,6 +3,7 @@
 //! Exit codes are a contract for scripts: 0 success, 1 invalid config or failed
 //! action, 2 bad usage or bad input file.
 
+mod analyze;
 mod check;
 mod serve;
 
@@ -27,6 +28,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Validate config files; print every error with its line.
     Check(check::CheckArgs),
+    /// Re-check an experiment's statistics offline (sequential tests, SRM, verdict).
+    Analyze(analyze::AnalyzeArgs),
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -35,5 +38,6 @@ pub fn run() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Check(args) => check::run(args),
+        Command::Analyze(args) => analyze::run(args),
     }
 }

@@ -60,7 +60,12 @@ pub fn decode(d: &mut Decoder, root: &Node) -> Option<Config> {
         None => Some(PathBuf::from("./abgate-state")),
     };
     let backends = backends(d, &top);
-    let names: HashSet<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+    // Names count as declared even when their URL is wrong, so one mistake is
+    // reported once rather than again at every arm that uses the backend.
+    let names: HashSet<&str> = match top.get("backends").map(|n| &n.value) {
+        Some(Value::Map(entries)) => entries.iter().map(|e| e.key.as_str()).collect(),
+        _ => HashSet::new(),
+    };
     let default_backend = top.get("default_backend").and_then(|n| {
         let name = d.name(n, "default_backend")?;
         if !names.contains(name.as_str()) {
@@ -409,6 +414,8 @@ fn arms(d: &mut Decoder, node: &Node, path: &str, backends: &HashSet<&str>) -> O
     }
     let mut out = Vec::new();
     let mut ok = true;
+    let mut weights_ok = true;
+    let mut total: BasisPoints = 0;
     let mut names = HashSet::new();
     for (i, item) in items.iter().enumerate() {
         let apath = index(path, i);
@@ -436,6 +443,10 @@ fn arms(d: &mut Decoder, node: &Node, path: &str, backends: &HashSet<&str>) -> O
                 ok = false;
             }
         }
+        match weight {
+            Some(w) => total += w,
+            None => weights_ok = false,
+        }
         match (name, backend, weight) {
             (Some(name), Some(backend), Some(weight)) => out.push(Arm {
                 name,
@@ -445,11 +456,7 @@ fn arms(d: &mut Decoder, node: &Node, path: &str, backends: &HashSet<&str>) -> O
             _ => ok = false,
         }
     }
-    if !ok {
-        return None;
-    }
-    let total: u32 = out.iter().map(|a| a.weight).sum();
-    if total != BUCKETS {
+    if weights_ok && total != BUCKETS {
         d.error(
             path,
             node.line,
@@ -457,7 +464,7 @@ fn arms(d: &mut Decoder, node: &Node, path: &str, backends: &HashSet<&str>) -> O
         );
         return None;
     }
-    Some(out)
+    ok.then_some(out)
 }
 
 fn required<'a>(d: &mut Decoder, f: &Fields<'a>, key: &str) -> Option<&'a Node> {
@@ -485,7 +492,7 @@ fn weight(d: &mut Decoder, node: &Node, path: &str) -> Option<BasisPoints> {
 
 /// Formats basis points as a percentage for messages.
 pub fn percent(bp: BasisPoints) -> String {
-    if bp % 100 == 0 {
+    if bp.is_multiple_of(100) {
         format!("{}", bp / 100)
     } else {
         format!("{:.2}", f64::from(bp) / 100.0)

@@ -108,7 +108,7 @@ experiments:
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_eq!(errs[0].path, "experiments[0].arms");
     assert!(errs[0].message.contains("got 95.50"), "{}", errs[0].message);
-    assert_eq!(errs[0].line, Some(6));
+    assert_eq!(errs[0].line, Some(5), "the `arms:` key's line");
 }
 
 #[test]

@@ -132,11 +132,19 @@ impl TreeBuilder {
                 pending_key,
                 ..
             }) => match pending_key.take() {
-                Some((key, key_line)) => entries.push(Entry {
-                    key,
-                    key_line,
-                    value: node,
-                }),
+                Some((key, key_line)) => {
+                    // A block collection starts on the line after its key; errors
+                    // about the whole collection read better at the key's line.
+                    let mut value = node;
+                    if matches!(value.value, Value::Seq(_) | Value::Map(_)) {
+                        value.line = value.line.min(key_line);
+                    }
+                    entries.push(Entry {
+                        key,
+                        key_line,
+                        value,
+                    })
+                }
                 None => match node.value {
                     Value::Scalar(s) => *pending_key = Some((s.text, line)),
                     Value::Null => *pending_key = Some((String::new(), line)),

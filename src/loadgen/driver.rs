@@ -105,8 +105,16 @@ async fn run_inner(
             connections,
             max_in_flight,
         } => {
-            open_loop(&ctx, start, end, spec.max_requests, rate_per_s, connections, max_in_flight)
-                .await;
+            open_loop(
+                &ctx,
+                start,
+                end,
+                spec.max_requests,
+                rate_per_s,
+                connections,
+                max_in_flight,
+            )
+            .await;
             "open_loop"
         }
         LoadMode::ClosedLoop { connections } => {
@@ -157,6 +165,10 @@ async fn open_loop(
         }
         if scheduled > Instant::now() {
             tokio::time::sleep_until(scheduled).await;
+        } else if i % 64 == 63 {
+            // Running behind never awaits; yield now and then so request tasks still make
+            // progress on a current-thread runtime (e.g. an in-process demo).
+            tokio::task::yield_now().await;
         }
         ctx.recorder.scheduled.fetch_add(1, Ordering::Relaxed);
         match outstanding.clone().try_acquire_owned() {
@@ -205,15 +217,16 @@ async fn one_request(ctx: &Ctx, index: u64, origin: Instant, slots: Option<Arc<S
     let rec = &ctx.recorder;
     let _in_flight = InFlightGuard::new(rec);
     let _slot = match slots {
-        Some(slots) => match tokio::time::timeout_at(ctx.hard_deadline, slots.acquire_owned()).await
-        {
-            Ok(Ok(slot)) => Some(slot),
-            // Still queued at the hard deadline (or semaphore closed, which never happens).
-            _ => {
-                rec.error(ErrorKind::Timeout);
-                return;
+        Some(slots) => {
+            match tokio::time::timeout_at(ctx.hard_deadline, slots.acquire_owned()).await {
+                Ok(Ok(slot)) => Some(slot),
+                // Still queued at the hard deadline (or semaphore closed, which never happens).
+                _ => {
+                    rec.error(ErrorKind::Timeout);
+                    return;
+                }
             }
-        },
+        }
         None => None,
     };
     let draw = ctx.template.draw(index);

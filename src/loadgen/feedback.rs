@@ -231,7 +231,10 @@ mod tests {
     fn counts_result_shapes() {
         assert_eq!(count_results(br#"{"accepted":3,"rejected":1}"#, 4), (3, 1));
         assert_eq!(
-            count_results(br#"{"results":[{"ok":true},{"ok":false,"error":"bad token"}]}"#, 2),
+            count_results(
+                br#"{"results":[{"ok":true},{"ok":false,"error":"bad token"}]}"#,
+                2
+            ),
             (1, 1)
         );
         assert_eq!(

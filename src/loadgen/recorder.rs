@@ -178,7 +178,13 @@ impl Recorder {
     }
 
     /// Builds the final report; `duration` is the load phase length.
-    pub fn report(&self, url: String, mode: &str, protocol: &str, duration: Duration) -> LoadReport {
+    pub fn report(
+        &self,
+        url: String,
+        mode: &str,
+        protocol: &str,
+        duration: Duration,
+    ) -> LoadReport {
         let p = self.progress(duration, true);
         let t = self.tallies();
         let secs = duration.as_secs_f64();

@@ -134,7 +134,11 @@ pub struct LoadReport {
 
 impl fmt::Display for LoadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "target     {} ({}, {})", self.url, self.mode, self.protocol)?;
+        writeln!(
+            f,
+            "target     {} ({}, {})",
+            self.url, self.mode, self.protocol
+        )?;
         writeln!(
             f,
             "requests   scheduled {}  sent {}  completed {}  ok {}  in {:.2} s  ({:.1} resp/s)",

@@ -73,8 +73,7 @@ impl RequestTemplate {
     /// Random choices of request `index`.
     pub fn draw(&self, index: u64) -> Draw {
         // Golden-ratio mixing keeps streams of neighbouring seeds/indices apart.
-        let mut rng =
-            StdRng::seed_from_u64(self.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = StdRng::seed_from_u64(self.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let user = rng.random_range(0..self.users);
         let feedback = rng.random::<f64>() < self.feedback_fraction;
         Draw { user, feedback }
@@ -208,7 +207,10 @@ mod tests {
             counts[d.user as usize] += 1;
             fb += u32::from(d.feedback);
         }
-        assert!(counts.iter().all(|&c| (850..1150).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (850..1150).contains(&c)),
+            "{counts:?}"
+        );
         assert!((2300..2700).contains(&fb), "{fb}");
     }
 

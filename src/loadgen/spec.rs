@@ -232,9 +232,7 @@ impl LoadSpec {
                     return bad("connections and max_in_flight must be > 0");
                 }
             }
-            LoadMode::ClosedLoop { connections } if connections == 0 => {
-                return bad("connections must be > 0")
-            }
+            LoadMode::ClosedLoop { connections: 0 } => return bad("connections must be > 0"),
             LoadMode::ClosedLoop { .. } => {}
         }
         if self.users == 0 {

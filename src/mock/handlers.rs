@@ -83,7 +83,10 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Handled {
     }
     // Read and discard (after a lenient JSON parse) the body, bounded so a client cannot
     // make the mock buffer without limit.
-    let body = match Limited::new(req.into_body(), MAX_REQUEST_BODY).collect().await {
+    let body = match Limited::new(req.into_body(), MAX_REQUEST_BODY)
+        .collect()
+        .await
+    {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Handled::Respond(error_response(
@@ -177,10 +180,7 @@ fn kserve(shared: &Shared, model: &str, request: &Value, d: &Decision) -> Respon
     if let Some(id) = request.get("id") {
         value["id"] = id.clone();
     }
-    json_response(
-        StatusCode::OK,
-        &padded(value, shared.spec.response_bytes),
-    )
+    json_response(StatusCode::OK, &padded(value, shared.spec.response_bytes))
 }
 
 fn predict(shared: &Shared, d: &Decision) -> Response<MockBody> {
@@ -189,10 +189,7 @@ fn predict(shared: &Shared, d: &Decision) -> Response<MockBody> {
         "prediction": u8::from(d.outcome),
         "score": d.reward,
     });
-    json_response(
-        StatusCode::OK,
-        &padded(value, shared.spec.response_bytes),
-    )
+    json_response(StatusCode::OK, &padded(value, shared.spec.response_bytes))
 }
 
 /// Adds a `padding` string field so the serialized object is about `target` bytes.

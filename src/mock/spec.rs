@@ -151,18 +151,15 @@ impl MockSpec {
                 non_neg("latency", sigma)?;
             }
         }
-        match self.reward {
-            RewardDist::Fixed { value } if !value.is_finite() => Err(SpecError::OutOfRange {
+        let reward_ok = match self.reward {
+            RewardDist::Fixed { value } => value.is_finite(),
+            RewardDist::Normal { mean, sd } => mean.is_finite() && sd.is_finite() && sd >= 0.0,
+        };
+        if !reward_ok {
+            return Err(SpecError::OutOfRange {
                 key: "reward",
-                value: value.to_string(),
-            })?,
-            RewardDist::Normal { mean, sd } if !mean.is_finite() || !(sd.is_finite() && sd >= 0.0) => {
-                Err(SpecError::OutOfRange {
-                    key: "reward",
-                    value: format!("{mean}:{sd}"),
-                })?
-            }
-            _ => {}
+                value: format!("{:?}", self.reward),
+            });
         }
         non_neg("token_delay_ms", self.stream.token_delay_ms)
     }

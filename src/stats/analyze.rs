@@ -164,11 +164,7 @@ struct Input {
     metrics: Vec<MetricInput>,
 }
 
-fn parse_metric_arm(
-    raw: Value,
-    kind: MetricType,
-    path: &str,
-) -> Result<ArmData, AnalyzeError> {
+fn parse_metric_arm(raw: Value, kind: MetricType, path: &str) -> Result<ArmData, AnalyzeError> {
     let r: RawMetricArm = parse(raw, path)?;
     let n: u64 = required(r.n, &format!("{path}.n"))?;
     if n == 0 {
@@ -178,7 +174,10 @@ fn parse_metric_arm(
         MetricType::Binary => {
             for (name, v) in [("mean", &r.mean), ("variance", &r.variance)] {
                 if v.is_some() {
-                    return Err(err(&format!("{path}.{name}"), "not allowed for a binary metric (give successes)"));
+                    return Err(err(
+                        &format!("{path}.{name}"),
+                        "not allowed for a binary metric (give successes)",
+                    ));
                 }
             }
             let s_path = format!("{path}.successes");
@@ -190,7 +189,10 @@ fn parse_metric_arm(
         }
         MetricType::Continuous => {
             if r.successes.is_some() {
-                return Err(err(&format!("{path}.successes"), "not allowed for a continuous metric (give mean and variance)"));
+                return Err(err(
+                    &format!("{path}.successes"),
+                    "not allowed for a continuous metric (give mean and variance)",
+                ));
             }
             let m_path = format!("{path}.mean");
             let mean = finite(required(r.mean, &m_path)?, &m_path)?;
@@ -207,7 +209,8 @@ fn parse_metric_arm(
 }
 
 fn parse_input(input: &str) -> Result<Input, AnalyzeError> {
-    let root: Value = serde_json::from_str(input).map_err(|e| AnalyzeError::Syntax(e.to_string()))?;
+    let root: Value =
+        serde_json::from_str(input).map_err(|e| AnalyzeError::Syntax(e.to_string()))?;
     if !root.is_object() {
         return Err(err("(root)", "expected a JSON object"));
     }
@@ -216,15 +219,21 @@ fn parse_input(input: &str) -> Result<Input, AnalyzeError> {
     if !(alpha > 0.0 && alpha < 0.5) {
         return Err(err("alpha", format!("must be in (0, 0.5), got {alpha}")));
     }
-    let design_samples =
-        optional::<f64>(raw.design_samples, "design_samples")?.unwrap_or(super::DEFAULT_DESIGN_SAMPLES);
+    let design_samples = optional::<f64>(raw.design_samples, "design_samples")?
+        .unwrap_or(super::DEFAULT_DESIGN_SAMPLES);
     if !(design_samples.is_finite() && design_samples > 0.0) {
-        return Err(err("design_samples", format!("must be > 0, got {design_samples}")));
+        return Err(err(
+            "design_samples",
+            format!("must be > 0, got {design_samples}"),
+        ));
     }
     let srm_concentration = optional::<f64>(raw.srm_concentration, "srm_concentration")?
         .unwrap_or(super::DEFAULT_SRM_CONCENTRATION);
     if !(srm_concentration.is_finite() && srm_concentration > 0.0) {
-        return Err(err("srm_concentration", format!("must be > 0, got {srm_concentration}")));
+        return Err(err(
+            "srm_concentration",
+            format!("must be > 0, got {srm_concentration}"),
+        ));
     }
     let baseline: String = required(raw.baseline, "baseline")?;
 
@@ -245,7 +254,10 @@ fn parse_input(input: &str) -> Result<Input, AnalyzeError> {
         arms.push((name, weight, assigned));
     }
     if !arms.iter().any(|(n, _, _)| *n == baseline) {
-        return Err(err("baseline", format!("`{baseline}` is not among the arms")));
+        return Err(err(
+            "baseline",
+            format!("`{baseline}` is not among the arms"),
+        ));
     }
 
     let raw_metrics: Map<String, Value> = required(raw.metrics, "metrics")?;
@@ -258,7 +270,10 @@ fn parse_input(input: &str) -> Result<Input, AnalyzeError> {
         let role: Option<Role> = optional(m.role, &format!("{path}.role"))?;
         if role == Some(Role::Primary) {
             if let Some(other) = &primary_seen {
-                return Err(err(&format!("{path}.role"), format!("only one metric can be primary (`{other}` already is)")));
+                return Err(err(
+                    &format!("{path}.role"),
+                    format!("only one metric can be primary (`{other}` already is)"),
+                ));
             }
             primary_seen = Some(name.clone());
         }
@@ -283,7 +298,10 @@ fn parse_input(input: &str) -> Result<Input, AnalyzeError> {
         }
         for (arm, _, _) in &arms {
             if !data.contains_key(arm) {
-                return Err(err(&format!("{a_path}.{arm}"), "missing (every arm needs data)"));
+                return Err(err(
+                    &format!("{a_path}.{arm}"),
+                    "missing (every arm needs data)",
+                ));
             }
         }
         metrics.push(MetricInput {
@@ -330,7 +348,8 @@ pub fn analyze_json(input: &str) -> Result<Value, AnalyzeError> {
     let srm = if inp.arms.iter().all(|(_, _, a)| a.is_some()) {
         let counts: Vec<u64> = inp.arms.iter().map(|(_, _, a)| a.unwrap_or(0)).collect();
         let weights: Vec<f64> = inp.arms.iter().map(|(_, w, _)| *w).collect();
-        let r = srm_test(&counts, &weights, inp.srm_concentration).map_err(|e| err("arms", e.to_string()))?;
+        let r = srm_test(&counts, &weights, inp.srm_concentration)
+            .map_err(|e| err("arms", e.to_string()))?;
         json!({"p_value": r.p_value, "chi2_p": r.chi2_p, "chi2": r.chi2})
     } else {
         Value::Null
@@ -338,7 +357,11 @@ pub fn analyze_json(input: &str) -> Result<Value, AnalyzeError> {
 
     let mut metrics = Map::new();
     for m in &inp.metrics {
-        let base = m.arms.get(&inp.baseline).map(ArmData::moments).unwrap_or_default();
+        let base = m
+            .arms
+            .get(&inp.baseline)
+            .map(ArmData::moments)
+            .unwrap_or_default();
         let mut per_arm = Map::new();
         for (arm, data) in &m.arms {
             if *arm == inp.baseline {

@@ -84,6 +84,10 @@ pub struct ErrorAttribution {
     pub log_lr: Vec<f64>,
     /// Log-likelihood of each log-RR grid point of the confidence sequence.
     pub cs_loglik: Vec<f64>,
+    /// `ln` of the prior-averaged likelihood over the CS grid, cached at each
+    /// period so reading the CS at a look costs no `exp`.
+    #[serde(default)]
+    pub cs_log_marginal: f64,
     /// Largest mixture log e-value seen after any period ("ever crossed").
     pub max_log_e: f64,
     /// Events observed on the canary arm.
@@ -109,6 +113,7 @@ impl ErrorAttribution {
             null_rr,
             log_lr: vec![0.0; RR_GRID.len()],
             cs_loglik: vec![0.0; points],
+            cs_log_marginal: 0.0,
             max_log_e: 0.0,
             canary_events: 0,
             baseline_events: 0,
@@ -145,6 +150,8 @@ impl ErrorAttribution {
             let q = attribution_q(share_w, Self::cs_log_rr(i).exp());
             *ll += kc * q.ln() + kb * (-q).ln_1p();
         }
+        // Uniform prior over G points: log m_t = logsumexp(ll) − ln G.
+        self.cs_log_marginal = log_sum_exp(&self.cs_loglik) - (self.cs_loglik.len() as f64).ln();
         self.canary_events += canary_events;
         self.baseline_events += baseline_events;
         self.max_log_e = self.max_log_e.max(self.log_e());
@@ -177,17 +184,20 @@ impl ErrorAttribution {
         if self.total_events() == 0 {
             return None;
         }
-        let (imax, _) = self
-            .cs_loglik
-            .iter()
-            .enumerate()
-            .fold((0, f64::NEG_INFINITY), |acc, (i, &v)| {
-                if v > acc.1 {
-                    (i, v)
-                } else {
-                    acc
-                }
-            });
+        let (imax, _) =
+            self.cs_loglik
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f64::NEG_INFINITY),
+                    |acc, (i, &v)| {
+                        if v > acc.1 {
+                            (i, v)
+                        } else {
+                            acc
+                        }
+                    },
+                );
         let mut x = Self::cs_log_rr(imax);
         if imax > 0 && imax + 1 < self.cs_loglik.len() {
             let (a, b, c) = (
@@ -210,9 +220,7 @@ impl ErrorAttribution {
         if self.total_events() == 0 {
             return None;
         }
-        // Uniform prior over G points: log m_t = logsumexp(ll) − ln G.
-        let log_m = log_sum_exp(&self.cs_loglik) - (self.cs_loglik.len() as f64).ln();
-        let cut = log_m - ln_inv(alpha);
+        let cut = self.cs_log_marginal - ln_inv(alpha);
         let inside = |ll: &f64| *ll >= cut;
         let first = self.cs_loglik.iter().position(inside)?;
         let last = self.cs_loglik.iter().rposition(inside)?;

@@ -111,6 +111,10 @@ fn default_scale() -> Scale {
 }
 
 /// A metric that must not get worse.
+///
+/// Binary/continuous guardrails use one-sided normal mixtures on the margin's
+/// scale; a relative margin cannot be evaluated while the baseline mean is 0 (no
+/// evidence, so no action) — prefer an event (attribution) metric for rare errors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GuardrailPolicy {
     /// Metric name.
@@ -197,13 +201,19 @@ fn bad(field: &str, message: String) -> PolicyError {
 impl Policy {
     /// Checks ranges: levels in (0, 0.5), N* and k > 0, margins finite and ≥ 0.
     pub fn validate(&self) -> Result<(), PolicyError> {
-        for (name, a) in [("alpha", self.alpha), ("guardrail_alpha", self.guardrail_alpha)] {
+        for (name, a) in [
+            ("alpha", self.alpha),
+            ("guardrail_alpha", self.guardrail_alpha),
+        ] {
             if !(a > 0.0 && a < 0.5) {
                 return Err(bad(name, format!("must be in (0, 0.5), got {a}")));
             }
         }
         if !(self.srm_alpha > 0.0 && self.srm_alpha < 1.0) {
-            return Err(bad("srm_alpha", format!("must be in (0, 1), got {}", self.srm_alpha)));
+            return Err(bad(
+                "srm_alpha",
+                format!("must be in (0, 1), got {}", self.srm_alpha),
+            ));
         }
         for (name, v) in [
             ("design_samples", self.design_samples),
@@ -224,11 +234,17 @@ impl Policy {
         }
         if let Some(p) = &self.primary {
             if !(p.min_effect.is_finite() && p.min_effect >= 0.0) {
-                return Err(bad("primary.min_effect", format!("must be >= 0, got {}", p.min_effect)));
+                return Err(bad(
+                    "primary.min_effect",
+                    format!("must be >= 0, got {}", p.min_effect),
+                ));
             }
             if let Some(e) = p.equivalence_margin {
                 if !(e.is_finite() && e > 0.0) {
-                    return Err(bad("primary.equivalence_margin", format!("must be > 0, got {e}")));
+                    return Err(bad(
+                        "primary.equivalence_margin",
+                        format!("must be > 0, got {e}"),
+                    ));
                 }
             }
         }
@@ -636,8 +652,14 @@ pub fn decide(policy: &Policy, evidence: &ExperimentEvidence, facts: &StepFacts)
         for arm in evidence.treatment_arms() {
             if let Some(rec) = evidence.comparison(&p.metric, &arm.name) {
                 if primary_side(p, rec) == Some(false) {
-                    let e =
-                        evidence_of(&p.metric, &arm.name, rec, TestKind::TwoSided, policy, lv.primary);
+                    let e = evidence_of(
+                        &p.metric,
+                        &arm.name,
+                        rec,
+                        TestKind::TwoSided,
+                        policy,
+                        lv.primary,
+                    );
                     return Verdict::Rollback {
                         metric: p.metric.clone(),
                         arm: arm.name.clone(),
@@ -722,8 +744,14 @@ pub fn decide(policy: &Policy, evidence: &ExperimentEvidence, facts: &StepFacts)
                     let Some(guards) = guardrails_ni(&arm.name) else {
                         continue;
                     };
-                    let e =
-                        evidence_of(&p.metric, &arm.name, rec, TestKind::TwoSided, policy, lv.primary);
+                    let e = evidence_of(
+                        &p.metric,
+                        &arm.name,
+                        rec,
+                        TestKind::TwoSided,
+                        policy,
+                        lv.primary,
+                    );
                     let score = p.direction.sign() * e.estimate;
                     if best.as_ref().is_none_or(|(s, _)| score > *s) {
                         best = Some((
@@ -748,23 +776,25 @@ pub fn decide(policy: &Policy, evidence: &ExperimentEvidence, facts: &StepFacts)
         if let Some(delta) = p.equivalence_margin {
             let mut all = Vec::new();
             let every = evidence.treatment_arms().all(|arm| {
-                evidence.comparison(&p.metric, &arm.name).is_some_and(|rec| {
-                    let inside = rec.ready
-                        && rec
-                            .interval
-                            .is_some_and(|[lo, hi]| lo > -delta && hi < delta);
-                    if inside {
-                        all.push(evidence_of(
-                            &p.metric,
-                            &arm.name,
-                            rec,
-                            TestKind::TwoSided,
-                            policy,
-                            lv.primary,
-                        ));
-                    }
-                    inside
-                })
+                evidence
+                    .comparison(&p.metric, &arm.name)
+                    .is_some_and(|rec| {
+                        let inside = rec.ready
+                            && rec
+                                .interval
+                                .is_some_and(|[lo, hi]| lo > -delta && hi < delta);
+                        if inside {
+                            all.push(evidence_of(
+                                &p.metric,
+                                &arm.name,
+                                rec,
+                                TestKind::TwoSided,
+                                policy,
+                                lv.primary,
+                            ));
+                        }
+                        inside
+                    })
             });
             if every {
                 return Verdict::NoDifference { evidence: all };
@@ -782,13 +812,24 @@ pub fn decide(policy: &Policy, evidence: &ExperimentEvidence, facts: &StepFacts)
 }
 
 /// Primary evidence of the arm with the best signed estimate, for context.
-fn best_primary(policy: &Policy, ev: &ExperimentEvidence, lv: &Levels) -> Option<ComparisonEvidence> {
+fn best_primary(
+    policy: &Policy,
+    ev: &ExperimentEvidence,
+    lv: &Levels,
+) -> Option<ComparisonEvidence> {
     let p = policy.primary.as_ref()?;
     ev.treatment_arms()
         .filter_map(|arm| {
             let rec = ev.comparison(&p.metric, &arm.name)?;
             rec.latest?;
-            Some(evidence_of(&p.metric, &arm.name, rec, TestKind::TwoSided, policy, lv.primary))
+            Some(evidence_of(
+                &p.metric,
+                &arm.name,
+                rec,
+                TestKind::TwoSided,
+                policy,
+                lv.primary,
+            ))
         })
         .max_by(|a, b| {
             (p.direction.sign() * a.estimate).total_cmp(&(p.direction.sign() * b.estimate))

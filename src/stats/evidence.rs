@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::decision::{MetricData, Policy, PolicyError, Snapshot};
 use super::mixture::{
-    difference, halfwidth_two_sided, log_e_one_sided_for, two_sided, MixtureConfig,
-    NotComputable, Scale, SequentialEstimate,
+    difference, halfwidth_two_sided, log_e_one_sided_for, two_sided, MixtureConfig, NotComputable,
+    Scale, SequentialEstimate,
 };
 use super::srm::{srm_test, SrmResult};
 use super::sufficient::Moments;
@@ -120,7 +120,7 @@ impl ComparisonRecord {
 }
 
 /// Running SRM evidence.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SrmRecord {
     /// Latest look (static-allocation test), if any.
     pub latest: Option<SrmResult>,
@@ -132,6 +132,19 @@ pub struct SrmRecord {
     pub counts: Vec<u64>,
     /// Expected shares per arm (normalised weights).
     pub expected_shares: Vec<f64>,
+}
+
+impl Default for SrmRecord {
+    /// No evidence yet: running p = 1 (a zero here would mean "SRM proven").
+    fn default() -> Self {
+        Self {
+            latest: None,
+            min_p: 1.0,
+            arms: Vec::new(),
+            counts: Vec::new(),
+            expected_shares: Vec::new(),
+        }
+    }
 }
 
 /// Units seen on one arm (max over assignment count and metric sample sizes).
@@ -161,13 +174,7 @@ pub struct ExperimentEvidence {
 impl ExperimentEvidence {
     /// Fresh evidence (no looks yet).
     pub fn new() -> Self {
-        Self {
-            srm: SrmRecord {
-                min_p: 1.0,
-                ..SrmRecord::default()
-            },
-            ..Self::default()
-        }
+        Self::default()
     }
 
     /// Record for `metric` / treatment `arm`, if it was ever observed.
@@ -410,7 +417,8 @@ fn observe_events(
     rec.events_arm = att.canary_events;
     rec.events_baseline = att.baseline_events;
     rec.rate_ratio = att.estimate();
-    rec.ready = units_arm >= min_units && units_base >= min_units && att.total_events() >= min_events;
+    rec.ready =
+        units_arm >= min_units && units_base >= min_units && att.total_events() >= min_events;
     // The attribution likelihood is exact (no plug-in variance), so its running
     // e-value is valid from the first event; only actions wait for burn-in.
     rec.harm_min_p = rec.harm_min_p.min(att.p_value());

@@ -231,7 +231,13 @@ pub fn difference(
 
 /// Two-sided mixture estimate (gbstats `SequentialTwoSidedTTest`) for an
 /// estimate `est` with variance `var` resting on `n_total` units.
-pub fn two_sided(est: f64, var: f64, n_total: u64, scale: Scale, cfg: &MixtureConfig) -> Comparison {
+pub fn two_sided(
+    est: f64,
+    var: f64,
+    n_total: u64,
+    scale: Scale,
+    cfg: &MixtureConfig,
+) -> Comparison {
     if n_total == 0 {
         return Err(NotComputable::EmptyArm);
     }

@@ -22,6 +22,8 @@
 //!
 //! Formulas follow `shared/reference/STATISTICS.md` and mirror `avi.py`.
 
+#![warn(missing_docs)]
+
 pub mod analyze;
 pub mod attribution;
 pub mod decision;
@@ -30,22 +32,23 @@ pub mod mixture;
 pub mod srm;
 pub mod sufficient;
 
-
-pub use decision::{
-    decide, ArmSnapshot, ComparisonEvidence, Direction, ExperimentKind, GuardrailPolicy, HoldReason,
-    Margin, MetricData, MetricSnapshot, Policy, PolicyError, PrimaryPolicy, Snapshot, StepFacts,
-    Verdict,
-};
-pub use evidence::{ArmUnits, ComparisonRecord, EffectScale, ExperimentEvidence, SrmRecord, TestKind};
 pub use analyze::{analyze_json, render_table, AnalyzeError};
 pub use attribution::{attribution_q, ErrorAttribution, RR_GRID};
+pub use decision::{
+    decide, ArmSnapshot, ComparisonEvidence, Direction, ExperimentKind, GuardrailPolicy,
+    HoldReason, Margin, MetricData, MetricSnapshot, Policy, PolicyError, PrimaryPolicy, Snapshot,
+    StepFacts, Verdict,
+};
+pub use evidence::{
+    ArmUnits, ComparisonRecord, EffectScale, ExperimentEvidence, SrmRecord, TestKind,
+};
 
 pub use mixture::{
-    compare, Comparison, MixtureConfig, NotComputable, Scale, SequentialEstimate,
-    DEFAULT_ALPHA, DEFAULT_DESIGN_SAMPLES,
+    compare, Comparison, MixtureConfig, NotComputable, Scale, SequentialEstimate, DEFAULT_ALPHA,
+    DEFAULT_DESIGN_SAMPLES,
 };
 pub use srm::{SrmMonitor, SrmResult, DEFAULT_SRM_ALPHA, DEFAULT_SRM_CONCENTRATION};
-pub use sufficient::{BinaryStats, ContinuousStats, EventCounts, Moments};
+pub use sufficient::{AssignmentCounts, BinaryStats, ContinuousStats, EventCounts, Moments};
 
 /// Errors for invalid inputs to the statistics functions (programming or
 /// configuration errors, as opposed to [`NotComputable`], which is a legitimate

@@ -3,6 +3,8 @@
 //! Every accumulator can be merged, so per-shard or per-period state can be
 //! combined in any order without loss (Chan et al. for the continuous moments).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::StatsError;
@@ -184,5 +186,37 @@ impl EventCounts {
         } else {
             self.events as f64 / self.exposures as f64
         }
+    }
+}
+
+/// Units assigned per arm by the router (for SRM), keyed by arm name.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AssignmentCounts {
+    /// Arm name → units assigned.
+    pub counts: BTreeMap<String, u64>,
+}
+
+impl AssignmentCounts {
+    /// Records one assignment to `arm`.
+    pub fn record(&mut self, arm: &str) {
+        match self.counts.get_mut(arm) {
+            Some(c) => *c = c.saturating_add(1),
+            None => {
+                self.counts.insert(arm.to_string(), 1);
+            }
+        }
+    }
+
+    /// Adds another shard's or period's counts.
+    pub fn merge(&mut self, other: &Self) {
+        for (arm, n) in &other.counts {
+            let c = self.counts.entry(arm.clone()).or_insert(0);
+            *c = c.saturating_add(*n);
+        }
+    }
+
+    /// Units assigned to `arm` (0 if never seen).
+    pub fn get(&self, arm: &str) -> u64 {
+        self.counts.get(arm).copied().unwrap_or(0)
     }
 }

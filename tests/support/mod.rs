@@ -1,0 +1,298 @@
+//! Shared test fixtures: fake backends that tag their answers, an in-process
+//! abgate on 127.0.0.1:0, a pooled client, raw sockets, and deadline polling.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// What a fake backend does with each request.
+#[derive(Clone, Copy, Debug)]
+pub enum Behaviour {
+    /// 200 with body "<name>".
+    Ok,
+    /// SSE: `events` events, one every `every`.
+    Sse { events: usize, every: Duration },
+    /// Accepts the request and never answers.
+    Hang,
+    /// Promises 1000 bytes, sends 100, then resets the connection.
+    ResetMidBody,
+    /// Answers with bytes that are not HTTP.
+    Garbage,
+    /// Answers 500.
+    Fail,
+}
+
+pub struct FakeBackend {
+    pub addr: SocketAddr,
+    pub name: &'static str,
+    /// Requests that reached the handler.
+    pub requests: Arc<AtomicUsize>,
+    /// TCP connections accepted.
+    pub connections: Arc<AtomicUsize>,
+    /// Set when an SSE stream noticed its client (abgate) went away.
+    pub stream_cancelled: Arc<AtomicBool>,
+    /// Raw request heads received (for header assertions), most recent last.
+    pub seen_headers: Arc<std::sync::Mutex<Vec<http::HeaderMap>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for FakeBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeBackend {
+    pub async fn start(name: &'static str, behaviour: Behaviour) -> FakeBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let stream_cancelled = Arc::new(AtomicBool::new(false));
+        let seen_headers = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (r, c, s, h) = (
+            requests.clone(),
+            connections.clone(),
+            stream_cancelled.clone(),
+            seen_headers.clone(),
+        );
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (r, s, h) = (r.clone(), s.clone(), h.clone());
+                tokio::spawn(async move {
+                    match behaviour {
+                        Behaviour::ResetMidBody => reset_mid_body(stream).await,
+                        Behaviour::Garbage => garbage(stream).await,
+                        _ => serve_http(stream, name, behaviour, r, s, h).await,
+                    }
+                });
+            }
+        });
+        FakeBackend {
+            addr,
+            name,
+            requests,
+            connections,
+            stream_cancelled,
+            seen_headers,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn serve_http(
+    stream: TcpStream,
+    name: &'static str,
+    behaviour: Behaviour,
+    requests: Arc<AtomicUsize>,
+    cancelled: Arc<AtomicBool>,
+    seen: Arc<std::sync::Mutex<Vec<http::HeaderMap>>>,
+) {
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let (requests, cancelled, seen) = (requests.clone(), cancelled.clone(), seen.clone());
+        async move {
+            requests.fetch_add(1, Ordering::SeqCst);
+            seen.lock().unwrap().push(req.headers().clone());
+            let _ = req.into_body().collect().await;
+            let resp: Response<BoxBody> = match behaviour {
+                Behaviour::Ok => Response::builder()
+                    .header("x-backend", name)
+                    .body(Full::new(Bytes::from(name)).boxed())
+                    .unwrap(),
+                Behaviour::Fail => Response::builder()
+                    .status(500)
+                    .header("x-backend", name)
+                    .body(Full::new(Bytes::from("boom")).boxed())
+                    .unwrap(),
+                Behaviour::Hang => {
+                    std::future::pending::<()>().await;
+                    unreachable!()
+                }
+                Behaviour::Sse { events, every } => {
+                    let (tx, rx) =
+                        tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+                    tokio::spawn(async move {
+                        for i in 0..events {
+                            let ev = Frame::data(Bytes::from(format!("data: event-{i}\n\n")));
+                            if tx.send(Ok(ev)).await.is_err() {
+                                cancelled.store(true, Ordering::SeqCst);
+                                return;
+                            }
+                            tokio::time::sleep(every).await;
+                        }
+                        // Dropping the sender ends the body.
+                    });
+                    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+                    Response::builder()
+                        .header("content-type", "text/event-stream")
+                        .header("x-backend", name)
+                        .body(BodyExt::boxed(body))
+                        .unwrap()
+                }
+                Behaviour::ResetMidBody | Behaviour::Garbage => unreachable!(),
+            };
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
+}
+
+async fn reset_mid_body(mut stream: TcpStream) {
+    let mut buf = [0u8; 4096];
+    let _ = stream.read(&mut buf).await;
+    let _ = stream
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\nx-backend: reset\r\n\r\n")
+        .await;
+    let _ = stream.write_all(&[b'x'; 100]).await;
+    let _ = stream.flush().await;
+    // Let the head and partial body reach abgate before the RST.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Deprecated because a non-zero linger blocks the dropping thread; a zero
+    // linger sends RST at once, which is exactly the failure under test.
+    #[allow(deprecated)]
+    let _ = stream.set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+async fn garbage(mut stream: TcpStream) {
+    let mut buf = [0u8; 4096];
+    let _ = stream.read(&mut buf).await;
+    let _ = stream.write_all(b"NOT HTTP AT ALL\r\n\r\n").await;
+    let _ = stream.flush().await;
+}
+
+/// A port nothing listens on.
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+/// Starts abgate in-process with `yaml` (listen/admin forced to 127.0.0.1:0).
+pub async fn start_abgate(yaml: &str) -> abgate::server::RunningServer {
+    let yaml = format!("listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\n{yaml}");
+    let config = abgate::config::parse(&yaml).unwrap_or_else(|e| panic!("bad test config:\n{e}"));
+    abgate::server::start(&config).await.unwrap()
+}
+
+pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A finished response: status, headers, whole body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+}
+
+pub async fn get(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut req = Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(req.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Sends raw bytes and reads until the server closes or `limit` passes.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Polls `check` until it returns true or the deadline passes.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Reads `/metrics` from the admin listener.
+pub async fn metrics(admin: SocketAddr) -> String {
+    let c = client();
+    let a = get(&c, &format!("http://{admin}/metrics"), &[]).await;
+    String::from_utf8(a.body.to_vec()).unwrap()
+}
+
+/// The value of one Prometheus sample line, e.g.
+/// `metric_value(&text, "abgate_requests_total", &[("arm","canary"),("class","2xx")])`.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| {
+            let rest = &l[name.len()..];
+            rest.starts_with('{') || rest.starts_with(' ')
+        })
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
