@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod loadgen;
 pub mod mock;
 pub mod outcomes;
@@ -15,4 +16,5 @@ pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod stats;
+pub mod store;
 pub mod telemetry;

@@ -61,6 +61,8 @@ pub struct Experiment {
     /// Mixed into the assignment hash; defaults to the name. Two experiments with
     /// different salts assign independently.
     pub salt: String,
+    /// The arm a rollback sends all traffic to (default: the first arm).
+    pub baseline: String,
     pub matcher: Match,
     pub unit: Option<UnitSource>,
     pub allow_override: bool,
@@ -138,5 +140,9 @@ impl Default for Timeouts {
 impl Config {
     pub fn backend(&self, name: &str) -> Option<&Backend> {
         self.backends.iter().find(|b| b.name == name)
+    }
+
+    pub fn experiment(&self, name: &str) -> Option<&Experiment> {
+        self.experiments.iter().find(|e| e.name == name)
     }
 }

@@ -23,7 +23,15 @@ const TOP: &[&str] = &[
 ];
 const ADMIN: &[&str] = &["listen", "token_file"];
 const BACKEND: &[&str] = &["url", "response_timeout"];
-const EXPERIMENT: &[&str] = &["name", "salt", "match", "unit", "allow_override", "arms"];
+const EXPERIMENT: &[&str] = &[
+    "name",
+    "salt",
+    "baseline",
+    "match",
+    "unit",
+    "allow_override",
+    "arms",
+];
 const MATCH: &[&str] = &["host", "path_prefix", "headers"];
 const HEADER_MATCH: &[&str] = &["name", "exact", "prefix", "regex"];
 const UNIT: &[&str] = &["header", "cookie"];
@@ -285,8 +293,25 @@ fn experiment(
             None
         }
     };
+    let baseline = match (f.get("baseline"), &arms) {
+        (Some(n), Some(arms)) => {
+            let b = d.name(n, &f.path_of("baseline"))?;
+            if !arms.iter().any(|a| a.name == b) {
+                d.error(
+                    f.path_of("baseline"),
+                    n.line,
+                    format!("baseline {b:?} is not one of this experiment's arms"),
+                );
+                return None;
+            }
+            Some(b)
+        }
+        (None, Some(arms)) => Some(arms[0].name.clone()),
+        (_, None) => None,
+    };
     let name = name?;
     Some(Experiment {
+        baseline: baseline?,
         salt: salt.unwrap_or_else(|| name.clone()),
         name,
         matcher: matcher?,
