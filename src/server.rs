@@ -18,11 +18,14 @@ use crate::admin::auth::{AdminAuth, AuthError};
 use crate::admin::Admin;
 use crate::config::{self, Config, ConfigErrors};
 use crate::control::ControlPlane;
+use crate::outcomes::feedback::FeedbackService;
+use crate::outcomes::token::{KeyError, TokenKeys};
 use crate::outcomes::RecorderRegistry;
 use crate::proxy::handler::DataPlane;
 use crate::proxy::server::{self as listener, ListenerSettings};
 use crate::proxy::upstream::UpstreamPool;
 use crate::routing::RoutingTable;
+use crate::store::feedback::FeedbackLog;
 use crate::store::{SqliteStore, StoreError};
 use crate::telemetry::Telemetry;
 
@@ -67,6 +70,8 @@ pub enum StartError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    TokenKeys(#[from] KeyError),
 }
 
 /// What to start from.
@@ -79,6 +84,8 @@ pub struct StartOptions {
     pub watch_file: bool,
     /// The admin bearer token from the environment (`ABGATE_ADMIN_TOKEN`).
     pub admin_token: Option<String>,
+    /// Outcome-token keys from the environment (`ABGATE_TOKEN_KEYS`, `id:secret,...`).
+    pub token_keys: Option<String>,
 }
 
 /// A started server. Call [`RunningServer::shutdown`] to stop it.
@@ -123,9 +130,22 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
     let pools = UpstreamPool::default();
     // Placeholder until the control plane publishes the restored table.
     let empty = config::parse("").map_err(StartError::Config)?;
+    let tokens = Arc::new(TokenKeys::load(
+        opts.token_keys.as_deref(),
+        file_config.tokens.key_file.as_deref(),
+        &file_config.state_dir,
+    )?);
+    let feedback = FeedbackService::start(
+        FeedbackLog::open(&file_config.state_dir)?,
+        tokens.clone(),
+        recorders.metrics.clone(),
+        telemetry.clone(),
+    )?;
     let plane = Arc::new(DataPlane {
         table: ArcSwap::from_pointee(RoutingTable::build(&empty, 0, &pools, &recorders)),
         telemetry: telemetry.clone(),
+        tokens,
+        feedback,
     });
     let shared = Arc::new(Shared {
         plane: plane.clone(),

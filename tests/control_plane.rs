@@ -484,6 +484,7 @@ async fn the_watched_file_applies_valid_changes_and_rejects_invalid_ones() {
         config_path: Some(path.clone()),
         watch_file: true,
         admin_token: None,
+        token_keys: None,
     })
     .await
     .unwrap();

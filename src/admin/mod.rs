@@ -107,11 +107,25 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
     };
     let c = &admin.control;
     match (&method, segments.as_slice()) {
-        (&Method::GET, ["metrics"]) => Ok(text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            c.shared.telemetry.render(),
-        )),
+        (&Method::GET, ["metrics"]) => {
+            // Per-arm means of declared metrics, refreshed at scrape time.
+            for ((e, a, m), sums) in c.shared.recorders.metrics.all() {
+                if let Some(mean) = sums.mean() {
+                    c.shared
+                        .telemetry
+                        .gauge(
+                            "abgate_metric_mean",
+                            &[("experiment", &e), ("arm", &a), ("metric", &m)],
+                        )
+                        .set(mean);
+                }
+            }
+            Ok(text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                c.shared.telemetry.render(),
+            ))
+        }
         (&Method::GET, ["healthz"]) => Ok(json_ok(&json!({"status": "ok"}))),
         (&Method::GET, ["readyz"]) => Ok(json_ok(
             &json!({"status": "ready", "table_version": c.shared.plane.table.load().version}),
@@ -125,6 +139,11 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
             }
             Ok(json_ok(&json!({"experiments": list})))
         }
+        (&Method::GET, ["v1", "experiments", name, "export"]) => c
+            .export(name)
+            .await
+            .map(|v| json_ok(&v))
+            .ok_or_else(|| unknown_experiment(name)),
         (&Method::GET, ["v1", "experiments", name]) => c
             .experiment_view(name)
             .await

@@ -17,6 +17,9 @@ pub struct ServeArgs {
     /// Bearer token for the admin API's state-changing calls.
     #[arg(long, env = "ABGATE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Outcome-token signing keys, `id:secret[,id:secret...]`, newest last.
+    #[arg(long, env = "ABGATE_TOKEN_KEYS", hide_env_values = true)]
+    token_keys: Option<String>,
 }
 
 pub fn run(args: ServeArgs) -> ExitCode {
@@ -47,6 +50,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
             config_path: Some(args.config.clone()),
             watch_file: !args.no_watch,
             admin_token: args.admin_token,
+            token_keys: args.token_keys,
         })
         .await
         {

@@ -28,6 +28,62 @@ pub struct Config {
     /// Experiments in declared order: the first match wins.
     pub experiments: Vec<Experiment>,
     pub timeouts: Timeouts,
+    pub feedback: FeedbackConfig,
+    pub tokens: TokensConfig,
+}
+
+/// The feedback endpoint on the data-plane listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedbackConfig {
+    pub path: String,
+    /// Largest request body accepted (413 above), bytes.
+    pub max_body: usize,
+}
+
+impl Default for FeedbackConfig {
+    fn default() -> Self {
+        FeedbackConfig {
+            path: "/_abgate/v1/feedback".into(),
+            // 1,000 events of ~200 bytes fit with room; larger is a misuse.
+            max_body: 1024 * 1024,
+        }
+    }
+}
+
+/// Where outcome-token keys come from when `ABGATE_TOKEN_KEYS` is not set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokensConfig {
+    pub key_file: Option<PathBuf>,
+}
+
+/// Metrics every arm has without declaring them.
+pub const BUILTIN_METRICS: [&str; 4] = ["error", "latency_ms", "ttfb_ms", "slow"];
+
+/// A per-experiment metric beyond the built-ins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricDef {
+    pub name: String,
+    pub source: MetricSource,
+    pub kind: MetricKind,
+    /// Inclusive bounds for continuous values (feedback outside is 422).
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricSource {
+    /// Posted later by clients against a token.
+    Feedback,
+    /// Read from the backend's response header of that name.
+    ResponseHeader(http::HeaderName),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricKind {
+    /// 0 or 1.
+    Binary,
+    Continuous,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +124,17 @@ pub struct Experiment {
     pub allow_override: bool,
     /// Declared order is bucket order: arm 0 owns the lowest buckets.
     pub arms: Vec<Arm>,
+    pub metrics: Vec<MetricDef>,
+    /// Feedback for a token older than this is refused (410).
+    pub attribution_window: Duration,
+    /// Latency above this counts as `slow`.
+    pub slow_threshold: Duration,
+}
+
+impl Experiment {
+    pub fn metric(&self, name: &str) -> Option<&MetricDef> {
+        self.metrics.iter().find(|m| m.name == name)
+    }
 }
 
 #[derive(Debug, Clone, Default)]

@@ -20,7 +20,12 @@ const TOP: &[&str] = &[
     "default_backend",
     "experiments",
     "timeouts",
+    "feedback",
+    "tokens",
 ];
+const FEEDBACK: &[&str] = &["path", "max_body"];
+const TOKENS: &[&str] = &["key_file"];
+const METRIC: &[&str] = &["name", "source", "type", "header", "min", "max"];
 const ADMIN: &[&str] = &["listen", "token_file"];
 const BACKEND: &[&str] = &["url", "response_timeout"];
 const EXPERIMENT: &[&str] = &[
@@ -31,6 +36,9 @@ const EXPERIMENT: &[&str] = &[
     "unit",
     "allow_override",
     "arms",
+    "metrics",
+    "attribution_window",
+    "slow_threshold",
 ];
 const MATCH: &[&str] = &["host", "path_prefix", "headers"];
 const HEADER_MATCH: &[&str] = &["name", "exact", "prefix", "regex"];
@@ -83,6 +91,16 @@ pub fn decode(d: &mut Decoder, root: &Node) -> Option<Config> {
     });
     let experiments = experiments(d, &top, &names);
     let timeouts = timeouts(d, &top);
+    let feedback = feedback(d, &top);
+    let tokens = match top.get("tokens") {
+        Some(n) => d.fields(n, "tokens", TOKENS).map(|f| TokensConfig {
+            key_file: f
+                .get("key_file")
+                .and_then(|k| d.name(k, "tokens.key_file"))
+                .map(PathBuf::from),
+        }),
+        None => Some(TokensConfig::default()),
+    };
     Some(Config {
         listen: listen?,
         admin: admin?,
@@ -91,7 +109,159 @@ pub fn decode(d: &mut Decoder, root: &Node) -> Option<Config> {
         default_backend,
         experiments: experiments?,
         timeouts: timeouts?,
+        feedback: feedback?,
+        tokens: tokens?,
     })
+}
+
+fn feedback(d: &mut Decoder, top: &Fields) -> Option<FeedbackConfig> {
+    let mut fb = FeedbackConfig::default();
+    let Some(node) = top.get("feedback") else {
+        return Some(fb);
+    };
+    let f = d.fields(node, "feedback", FEEDBACK)?;
+    if let Some(n) = f.get("path") {
+        let p = d.string(n, "feedback.path")?;
+        if !p.starts_with('/') {
+            d.error(
+                "feedback.path",
+                n.line,
+                format!("{p:?} must start with '/'"),
+            );
+            return None;
+        }
+        fb.path = p;
+    }
+    if let Some(n) = f.get("max_body") {
+        fb.max_body = d.integer(n, "feedback.max_body", 1024, 64 * 1024 * 1024)? as usize;
+    }
+    Some(fb)
+}
+
+/// Names travel in tokens, metric labels and URL paths: keep them to a safe,
+/// bounded alphabet.
+fn safe_name(d: &mut Decoder, node: &Node, path: &str) -> Option<String> {
+    let s = d.name(node, path)?;
+    let ok = s.len() <= crate::outcomes::token::MAX_NAME
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !ok {
+        d.error(
+            path,
+            node.line,
+            format!("{s:?} must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"),
+        );
+        return None;
+    }
+    Some(s)
+}
+
+fn metrics(d: &mut Decoder, node: &Node, path: &str) -> Option<Vec<MetricDef>> {
+    let items = d.seq(node, path)?;
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let mpath = index(path, i);
+        let Some(f) = d.fields(item, &mpath, METRIC) else {
+            ok = false;
+            continue;
+        };
+        let name = required(d, &f, "name").and_then(|n| {
+            let name = safe_name(d, n, &f.path_of("name"))?;
+            if BUILTIN_METRICS.contains(&name.as_str()) {
+                d.error(
+                    f.path_of("name"),
+                    n.line,
+                    format!("{name:?} is a built-in metric; it needs no declaration"),
+                );
+                return None;
+            }
+            if out.iter().any(|m: &MetricDef| m.name == name) {
+                d.error(
+                    f.path_of("name"),
+                    n.line,
+                    format!("duplicate metric {name:?}"),
+                );
+                return None;
+            }
+            Some(name)
+        });
+        let kind =
+            required(d, &f, "type").and_then(|n| match d.string(n, &f.path_of("type"))?.as_str() {
+                "binary" => Some(MetricKind::Binary),
+                "continuous" => Some(MetricKind::Continuous),
+                other => {
+                    d.error(
+                        f.path_of("type"),
+                        n.line,
+                        format!("{other:?} is not a metric type; use binary or continuous"),
+                    );
+                    None
+                }
+            });
+        let source = required(d, &f, "source").and_then(|n| {
+            match d.string(n, &f.path_of("source"))?.as_str() {
+                "feedback" => {
+                    if let Some(h) = f.get("header") {
+                        d.error(
+                            f.path_of("header"),
+                            h.line,
+                            "only response_header metrics take a header",
+                        );
+                        return None;
+                    }
+                    Some(MetricSource::Feedback)
+                }
+                "response_header" => match f.get("header") {
+                    Some(h) => {
+                        header_name(d, h, &f.path_of("header")).map(MetricSource::ResponseHeader)
+                    }
+                    None => {
+                        d.error(&mpath, item.line, "a response_header metric needs `header`");
+                        None
+                    }
+                },
+                other => {
+                    d.error(
+                        f.path_of("source"),
+                        n.line,
+                        format!(
+                            "{other:?} is not a metric source; use feedback or response_header"
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+        let min = f.get("min").and_then(|n| d.number(n, &f.path_of("min")));
+        let max = f.get("max").and_then(|n| d.number(n, &f.path_of("max")));
+        if let (Some(lo), Some(hi)) = (min, max) {
+            if lo > hi {
+                d.error(&mpath, item.line, format!("min {lo} is above max {hi}"));
+                ok = false;
+            }
+        }
+        if kind == Some(MetricKind::Binary) && (min.is_some() || max.is_some()) {
+            d.error(
+                &mpath,
+                item.line,
+                "binary metrics are 0 or 1; min/max apply to continuous metrics",
+            );
+            ok = false;
+        }
+        match (name, source, kind) {
+            (Some(name), Some(source), Some(kind)) => out.push(MetricDef {
+                name,
+                source,
+                kind,
+                min,
+                max,
+            }),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(out)
 }
 
 fn addr(d: &mut Decoder, f: &Fields, key: &str, default: &str) -> Option<SocketAddr> {
@@ -267,11 +437,24 @@ fn experiment(
 ) -> Option<Experiment> {
     let f = d.fields(node, path, EXPERIMENT)?;
     let name = match f.get("name") {
-        Some(n) => d.name(n, &f.path_of("name")),
+        Some(n) => safe_name(d, n, &f.path_of("name")),
         None => {
             d.error(path, node.line, "missing field `name`");
             None
         }
+    };
+    let metrics = match f.get("metrics") {
+        Some(n) => metrics(d, n, &f.path_of("metrics")),
+        None => Some(Vec::new()),
+    };
+    let attribution_window = match f.get("attribution_window") {
+        Some(n) => d.duration(n, &f.path_of("attribution_window")),
+        // A day covers "the user accepted the suggestion later that session".
+        None => Some(std::time::Duration::from_secs(24 * 3600)),
+    };
+    let slow_threshold = match f.get("slow_threshold") {
+        Some(n) => d.duration(n, &f.path_of("slow_threshold")),
+        None => Some(std::time::Duration::from_secs(1)),
     };
     let salt = f.get("salt").and_then(|n| d.name(n, &f.path_of("salt")));
     let matcher = match f.get("match") {
@@ -318,6 +501,9 @@ fn experiment(
         unit: unit?,
         allow_override: allow_override?,
         arms: arms?,
+        metrics: metrics?,
+        attribution_window: attribution_window?,
+        slow_threshold: slow_threshold?,
     })
 }
 
@@ -448,7 +634,7 @@ fn arms(d: &mut Decoder, node: &Node, path: &str, backends: &HashSet<&str>) -> O
             ok = false;
             continue;
         };
-        let name = required(d, &f, "name").and_then(|n| d.name(n, &f.path_of("name")));
+        let name = required(d, &f, "name").and_then(|n| safe_name(d, n, &f.path_of("name")));
         let backend = required(d, &f, "backend").and_then(|n| {
             let b = d.name(n, &f.path_of("backend"))?;
             if !backends.contains(b.as_str()) {

@@ -37,9 +37,10 @@ impl ControlPlane {
 
     /// One experiment's state, weights and per-arm outcomes; `None` if unknown.
     pub async fn experiment_view(&self, name: &str) -> Option<Value> {
-        let (config_version, phase, baseline, arms_cfg) = {
+        let (config_version, phase, baseline, arms_cfg, experiment) = {
             let cur = self.current.lock().await;
             let e = cur.config.experiment(name)?;
+            let experiment = e.clone();
             let phase = cur
                 .states
                 .get(name)
@@ -49,8 +50,16 @@ impl ControlPlane {
                 .iter()
                 .map(|a| (a.name.clone(), a.backend.clone()))
                 .collect();
-            (cur.config_version, phase, e.baseline.clone(), arms)
+            (
+                cur.config_version,
+                phase,
+                e.baseline.clone(),
+                arms,
+                experiment,
+            )
         };
+        let metric_stats =
+            crate::outcomes::summary::experiment_metrics(&self.shared.recorders, &experiment);
         let table = self.shared.plane.table.load_full();
         let route = table.experiment(name)?;
         let snaps = self.shared.recorders.experiment(name);
@@ -63,7 +72,18 @@ impl ControlPlane {
                     .find(|a| &a.name == arm)
                     .map_or(0, |a| a.weight);
                 let snap = snaps.iter().find(|s| &s.arm == arm);
+                let metrics: serde_json::Map<String, Value> = metric_stats
+                    .iter()
+                    .find(|m| &m.arm == arm)
+                    .map(|m| {
+                        m.metrics
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.to_json()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 json!({
+                    "metrics": metrics,
                     "name": arm,
                     "backend": backend,
                     "weight": f64::from(weight) / 100.0,
@@ -95,5 +115,29 @@ impl ControlPlane {
             "removed_arms": removed,
             "last_decision": last_decision,
         }))
+    }
+}
+
+impl ControlPlane {
+    /// The `abgate analyze` input for an experiment's current statistics.
+    pub async fn export(&self, name: &str) -> Option<Value> {
+        let experiment = {
+            let cur = self.current.lock().await;
+            cur.config.experiment(name)?.clone()
+        };
+        let table = self.shared.plane.table.load_full();
+        let weights = table
+            .experiment(name)?
+            .arms
+            .iter()
+            .map(|a| (a.name.clone(), a.weight))
+            .collect();
+        let arms =
+            crate::outcomes::summary::experiment_metrics(&self.shared.recorders, &experiment);
+        Some(crate::outcomes::summary::analyze_input(
+            &experiment,
+            &weights,
+            &arms,
+        ))
     }
 }

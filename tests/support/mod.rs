@@ -224,6 +224,7 @@ pub async fn start_abgate_with(yaml: &str, token: Option<&str>) -> abgate::serve
         config_path: None,
         watch_file: false,
         admin_token: token.map(str::to_string),
+        token_keys: None,
     })
     .await
     .unwrap_or_else(|e| panic!("abgate did not start: {e}"))
