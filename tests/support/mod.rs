@@ -215,16 +215,26 @@ pub async fn start_abgate(yaml: &str) -> abgate::server::RunningServer {
 
 /// As [`start_abgate`], with an admin token.
 pub async fn start_abgate_with(yaml: &str, token: Option<&str>) -> abgate::server::RunningServer {
+    start_abgate_opts(yaml, token, None, &temp_state_dir()).await
+}
+
+/// As [`start_abgate`], with every option: admin token, token keys, state_dir.
+pub async fn start_abgate_opts(
+    yaml: &str,
+    token: Option<&str>,
+    token_keys: Option<&str>,
+    state_dir: &std::path::Path,
+) -> abgate::server::RunningServer {
     let yaml = format!(
         "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nstate_dir: {}\n{yaml}",
-        temp_state_dir().display()
+        state_dir.display()
     );
     abgate::server::start(abgate::server::StartOptions {
         config_text: yaml,
         config_path: None,
         watch_file: false,
         admin_token: token.map(str::to_string),
-        token_keys: None,
+        token_keys: token_keys.map(str::to_string),
     })
     .await
     .unwrap_or_else(|e| panic!("abgate did not start: {e}"))
