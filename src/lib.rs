@@ -9,6 +9,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod controller;
 pub mod loadgen;
 pub mod mock;
 pub mod outcomes;

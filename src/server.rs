@@ -98,6 +98,7 @@ pub struct RunningServer {
     data_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
     upkeep_task: JoinHandle<()>,
+    controller_task: JoinHandle<()>,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -170,6 +171,7 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
         crate::control::watch::reload_on_sighup(control.clone());
     }
 
+    let controller_task = crate::controller::spawn(control.clone());
     let (stop, stopped) = watch::channel(false);
     let data_addr = data.local_addr().expect("bound socket has an address");
     let admin_addr = admin.local_addr().expect("bound socket has an address");
@@ -197,6 +199,7 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
         data_task,
         admin_task,
         upkeep_task,
+        controller_task,
         _watcher: watcher,
     })
 }
@@ -209,5 +212,6 @@ impl RunningServer {
         let _ = self.data_task.await;
         let _ = self.admin_task.await;
         self.upkeep_task.abort();
+        self.controller_task.abort();
     }
 }

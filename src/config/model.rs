@@ -129,6 +129,77 @@ pub struct Experiment {
     pub attribution_window: Duration,
     /// Latency above this counts as `slow`.
     pub slow_threshold: Duration,
+    /// Automatic analysis and decisions; `None` for a manually run experiment.
+    pub policy: Option<ControlPolicy>,
+}
+
+/// How the controller runs an experiment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlPolicy {
+    pub kind: ExperimentKind,
+    /// Canary: the candidate's weight (basis points) at each step, increasing.
+    pub steps: Vec<BasisPoints>,
+    /// A step may advance only after this many candidate requests...
+    pub step_min_samples: u64,
+    /// ...and this long at the step.
+    pub step_min_duration: Duration,
+    pub interval: Duration,
+    pub alpha: f64,
+    pub design_samples: f64,
+    /// Burn-in per arm before any action.
+    pub min_units_per_arm: u64,
+    /// Burn-in in events (errors, successes) per comparison before it can act.
+    pub min_events: u64,
+    pub guardrails: Vec<Guardrail>,
+    pub primary: Option<Primary>,
+    pub on_success: OnSuccess,
+    pub on_failure: OnFailure,
+    pub max_duration: Duration,
+    pub notify_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExperimentKind {
+    Canary,
+    Ab,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Increase,
+    Decrease,
+}
+
+/// A metric that must not get worse by more than a margin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guardrail {
+    pub metric: String,
+    /// The harmful direction.
+    pub harm: Direction,
+    /// `true`: margin is a fraction of the baseline; `false`: metric units.
+    pub relative: bool,
+    pub margin: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Primary {
+    pub metric: String,
+    /// The improving direction.
+    pub direction: Direction,
+    /// Smallest relative effect worth promoting.
+    pub min_effect: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnSuccess {
+    Promote,
+    Hold,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    Rollback,
+    Pause,
 }
 
 impl Experiment {

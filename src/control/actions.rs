@@ -53,6 +53,7 @@ pub fn phase_name(p: ExperimentPhase) -> &'static str {
         ExperimentPhase::Paused => "paused",
         ExperimentPhase::RolledBack => "rolled_back",
         ExperimentPhase::Promoted => "promoted",
+        ExperimentPhase::Concluded => "concluded",
     }
 }
 
@@ -64,21 +65,50 @@ fn all_to(e: &config::Experiment, arm: &str) -> Weights {
         .collect()
 }
 
-/// The state an experiment is in after a decision of `kind` moved it to `to`.
-pub fn state_after(kind: &str, e: &config::Experiment, to: &Weights) -> ExperimentState {
-    let phase = match kind {
-        "pause" => ExperimentPhase::Paused,
-        "rollback" => ExperimentPhase::RolledBack,
-        "promote" => ExperimentPhase::Promoted,
-        _ => ExperimentPhase::Running,
-    };
+/// The phase a decision of `kind` leaves an experiment in (`None`: unchanged).
+pub fn phase_after(kind: &str) -> Option<ExperimentPhase> {
+    match kind {
+        "pause" | "winner" => Some(ExperimentPhase::Paused),
+        "rollback" => Some(ExperimentPhase::RolledBack),
+        "promote" => Some(ExperimentPhase::Promoted),
+        "conclude" => Some(ExperimentPhase::Concluded),
+        "resume" | "advance" | "start" => Some(ExperimentPhase::Running),
+        _ => None,
+    }
+}
+
+/// The state an experiment is in after a decision moved it to `to`
+/// (`reason.step` carries a canary's new step).
+pub fn state_after(
+    kind: &str,
+    e: &config::Experiment,
+    to: &Weights,
+    reason: &serde_json::Value,
+    previous: Option<&ExperimentState>,
+) -> ExperimentState {
+    let now = now_ms();
+    let phase = phase_after(kind)
+        .or(previous.map(|p| p.phase))
+        .unwrap_or(ExperimentPhase::Running);
     let configured: Weights = e.arms.iter().map(|a| (a.name.clone(), a.weight)).collect();
+    let new_step = reason
+        .get("step")
+        .and_then(|s| s.as_u64())
+        .map(|s| s as usize);
+    let prev_step = previous.and_then(|p| p.step);
     ExperimentState {
         experiment: e.name.clone(),
         phase,
         weights: (to != &configured).then(|| to.clone()),
         arms_fingerprint: arms_fingerprint(e),
-        updated_at_ms: now_ms(),
+        updated_at_ms: now,
+        step: new_step.or(prev_step),
+        step_started_ms: if new_step.is_some() && new_step != prev_step {
+            now
+        } else {
+            previous.map_or(now, |p| p.step_started_ms)
+        },
+        started_ms: previous.map_or(now, |p| p.started_ms),
     }
 }
 
@@ -135,24 +165,62 @@ impl ControlPlane {
                 all_to(&e, arm)
             }
         };
-        let id = self.store.record_decision(&NewDecision {
-            experiment: experiment.to_string(),
-            kind: action.kind().to_string(),
-            from_weights: from,
-            to_weights: to.clone(),
-            reason: serde_json::json!({
-                "manual": true,
-                "summary": format!("{} by {}", action.kind(), actor.name),
-                "source": actor.source,
-            }),
-            actor: actor.name.clone(),
-        })?;
-        let state = state_after(action.kind(), &e, &to);
-        self.store.save_state(&state)?;
-        cur.states.insert(experiment.to_string(), state);
-        self.shared.apply(&effective(&cur.config, &cur.states));
-        self.store.mark_applied(id)?;
+        let reason = serde_json::json!({
+            "manual": true,
+            "summary": format!("{} by {}", action.kind(), actor.name),
+            "source": actor.source,
+        });
+        let id =
+            self.record_and_apply(&mut cur, &e, action.kind(), from, to, reason, &actor.name)?;
         tracing::info!(experiment, action = action.kind(), actor = %actor.name, id, "manual action applied");
         Ok(id)
+    }
+
+    /// Write-ahead: records the decision, saves the state it leads to, swaps
+    /// the table, then marks the decision applied.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn record_and_apply(
+        &self,
+        cur: &mut super::Current,
+        e: &config::Experiment,
+        kind: &str,
+        from: Weights,
+        to: Weights,
+        reason: serde_json::Value,
+        actor: &str,
+    ) -> Result<i64, StoreError> {
+        let id = self.store.record_decision(&NewDecision {
+            experiment: e.name.clone(),
+            kind: kind.to_string(),
+            from_weights: from,
+            to_weights: to.clone(),
+            reason: reason.clone(),
+            actor: actor.to_string(),
+        })?;
+        crash_if_failpoint("decision-recorded");
+        let state = state_after(kind, e, &to, &reason, cur.states.get(&e.name));
+        self.store.save_state(&state)?;
+        cur.states.insert(e.name.clone(), state);
+        self.shared.apply(&effective(&cur.config, &cur.states));
+        self.store.mark_applied(id)?;
+        self.shared
+            .telemetry
+            .counter(
+                "abgate_decisions_total",
+                &[("experiment", &e.name), ("kind", kind)],
+            )
+            .increment(1);
+        Ok(id)
+    }
+}
+
+/// Test hook: `ABGATE_FAILPOINT=<name>` aborts the process at that point, so a
+/// test can crash between two steps of the write-ahead protocol.
+fn crash_if_failpoint(name: &str) {
+    static FAILPOINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let set = FAILPOINT.get_or_init(|| std::env::var("ABGATE_FAILPOINT").ok());
+    if set.as_deref() == Some(name) {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
     }
 }

@@ -7,6 +7,7 @@
 //! never waits for it.
 
 pub mod actions;
+mod automatic;
 pub mod view;
 pub mod watch;
 
@@ -23,7 +24,7 @@ use crate::store::{now_ms, ConfigRecord, ExperimentState, Store, StoreError};
 pub use actions::{Action, ActionError};
 
 /// The config in force and what the store says about each experiment.
-struct Current {
+pub(crate) struct Current {
     config_version: u64,
     text: String,
     config: Config,
@@ -36,6 +37,8 @@ pub struct ControlPlane {
     /// The watched config file, if the server was started from one.
     pub config_path: Option<PathBuf>,
     current: tokio::sync::Mutex<Current>,
+    /// The controller's latest analysis per experiment (for people to read).
+    analysis: dashmap::DashMap<String, serde_json::Value>,
 }
 
 /// Why a config change was not applied.
@@ -169,7 +172,13 @@ impl ControlPlane {
         // the two) is applied now, once; applying it again is idempotent.
         for d in store.unapplied_decisions()? {
             if let Some(e) = config.experiment(&d.experiment) {
-                let state = actions::state_after(&d.kind, e, &d.to_weights);
+                let state = actions::state_after(
+                    &d.kind,
+                    e,
+                    &d.to_weights,
+                    &d.reason,
+                    states.get(&d.experiment),
+                );
                 store.save_state(&state)?;
                 states.insert(d.experiment.clone(), state);
                 tracing::info!(id = d.id, experiment = %d.experiment, kind = %d.kind, "applied a decision recorded before a restart");
@@ -188,6 +197,7 @@ impl ControlPlane {
                 config,
                 states,
             }),
+            analysis: dashmap::DashMap::new(),
         })
     }
 

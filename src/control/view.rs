@@ -114,6 +114,7 @@ impl ControlPlane {
             "arms": arms,
             "removed_arms": removed,
             "last_decision": last_decision,
+            "analysis": self.analysis(name),
         }))
     }
 }

@@ -39,6 +39,8 @@ pub enum ExperimentPhase {
     RolledBack,
     /// All traffic on the promoted arm; ended.
     Promoted,
+    /// Ended without a winner (no difference, inconclusive); all traffic on the baseline.
+    Concluded,
 }
 
 impl ExperimentPhase {
@@ -64,6 +66,15 @@ pub struct ExperimentState {
     /// experimenter later edits the arms, the edit wins and this state is dropped.
     pub arms_fingerprint: String,
     pub updated_at_ms: u64,
+    /// Canary: the index of the step in force.
+    #[serde(default)]
+    pub step: Option<usize>,
+    /// When the current step began (Unix ms).
+    #[serde(default)]
+    pub step_started_ms: u64,
+    /// When the controller first started the experiment (Unix ms).
+    #[serde(default)]
+    pub started_ms: u64,
 }
 
 /// A manual or automatic change to an experiment, written before it is applied.

@@ -256,6 +256,9 @@ mod tests {
                 weights: Some([("a".to_string(), 10000)].into()),
                 arms_fingerprint: "f".into(),
                 updated_at_ms: 2,
+                step: None,
+                step_started_ms: 0,
+                started_ms: 0,
             })
             .unwrap();
         }
