@@ -264,3 +264,78 @@ async fn the_cli_drives_a_running_server() {
         .unwrap();
     assert_eq!(code, 3, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_recorded_before_a_crash_is_applied_exactly_once_on_restart() {
+    let (v1, v2) = (
+        FakeBackend::start("v1", Behaviour::Ok).await,
+        FakeBackend::start("v2", Behaviour::Ok).await,
+    );
+    let dir = temp_state_dir();
+    let cfg = write_config(&dir, &split(&v1, &v2, 50));
+    // The process aborts right after the decision is recorded, before the swap.
+    let mut p = Proc::start(
+        &cfg,
+        &["--no-watch"],
+        &[("ABGATE_FAILPOINT", "decision-recorded")],
+    );
+    let r = admin_call_result(
+        "POST",
+        &format!("http://{}/v1/experiments/exp/rollback", p.admin_addr),
+    )
+    .await;
+    assert!(
+        r.is_err() || r.unwrap() >= 500,
+        "the crash happens mid-request"
+    );
+    let status = p.child.wait().unwrap();
+    assert!(!status.success(), "the failpoint must have crashed abgate");
+
+    let p = Proc::start(&cfg, &["--no-watch"], &[]);
+    let e = experiment(p.admin_addr).await;
+    assert_eq!(e["state"], "rolled_back", "{e}");
+    assert_eq!(e["arms"][1]["weight"], 0.0);
+    let d = get(
+        &client(),
+        &format!("http://{}/v1/decisions?experiment=exp", p.admin_addr),
+        &[],
+    )
+    .await
+    .json();
+    let decisions = d["decisions"].as_array().unwrap();
+    assert_eq!(
+        decisions.len(),
+        1,
+        "applied once, not re-recorded: {decisions:?}"
+    );
+    assert_eq!(decisions[0]["applied"], true);
+    drop(p);
+    // A second restart changes nothing.
+    let p = Proc::start(&cfg, &["--no-watch"], &[]);
+    let d = get(
+        &client(),
+        &format!("http://{}/v1/decisions?experiment=exp", p.admin_addr),
+        &[],
+    )
+    .await
+    .json();
+    assert_eq!(d["decisions"].as_array().unwrap().len(), 1);
+    assert_eq!(experiment(p.admin_addr).await["state"], "rolled_back");
+}
+
+/// A POST whose connection may die mid-request: Ok(status) or Err(()).
+async fn admin_call_result(method: &str, url: &str) -> Result<u16, ()> {
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let c: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::new(bytes::Bytes::new()))
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), c.request(req)).await {
+        Ok(Ok(r)) => Ok(r.status().as_u16()),
+        _ => Err(()),
+    }
+}

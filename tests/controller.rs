@@ -125,6 +125,19 @@ async fn a_canary_with_ten_times_the_errors_is_rolled_back() {
     let summary = d["reason"]["summary"].as_str().unwrap();
     assert!(summary.contains("error"), "{summary}");
     eprintln!("rolled back after {took:?} and {canary_requests} canary requests: {summary}");
+    let m = metrics(server.admin_addr).await;
+    assert_eq!(
+        metric_value(&m, "abgate_experiment_state", &[("experiment", "exp")]),
+        2.0
+    );
+    assert_eq!(
+        metric_value(&m, "abgate_experiment_weight", &[("arm", "canary")]),
+        0.0
+    );
+    assert_eq!(
+        metric_value(&m, "abgate_decisions_total", &[("kind", "rollback")]),
+        1.0
+    );
     // After the rollback no new traffic reaches the canary.
     let before = canary.requests_served();
     for i in 0..50 {

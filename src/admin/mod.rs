@@ -108,6 +108,7 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
     let c = &admin.control;
     match (&method, segments.as_slice()) {
         (&Method::GET, ["metrics"]) => {
+            c.refresh_gauges().await;
             // Per-arm means of declared metrics, refreshed at scrape time.
             for ((e, a, m), sums) in c.shared.recorders.metrics.all() {
                 if let Some(mean) = sums.mean() {

@@ -125,6 +125,21 @@ pub fn render(experiments: &[Value]) -> String {
                 .collect();
             out.push_str(&format!("  {}\n", line.join("  ").trim_end()));
         }
+        if let Some(a) = e["analysis"].as_object() {
+            if let Some(step) = a.get("step").and_then(|s| s.as_u64()) {
+                let steps = a
+                    .get("steps")
+                    .and_then(|s| s.as_array())
+                    .map_or(0, |s| s.len());
+                out.push_str(&format!("  step {step}/{steps}\n"));
+            }
+            if let Some(v) = a.get("verdict").and_then(|v| v.as_str()) {
+                out.push_str(&format!(
+                    "  verdict: {v}: {}\n",
+                    a.get("explain").and_then(|x| x.as_str()).unwrap_or("")
+                ));
+            }
+        }
         if let Some(d) = e["last_decision"].as_object() {
             out.push_str(&format!(
                 "  last decision: {} by {} ({})\n",

@@ -142,3 +142,47 @@ impl ControlPlane {
         ))
     }
 }
+
+impl ControlPlane {
+    /// Refreshes `abgate_experiment_state` (0 running, 1 paused, 2 rolled back,
+    /// 3 promoted, 4 concluded) and `abgate_experiment_weight{arm}` (percent)
+    /// before a scrape.
+    pub async fn refresh_gauges(&self) {
+        let phases: Vec<(String, ExperimentPhase)> = {
+            let cur = self.current.lock().await;
+            cur.config
+                .experiments
+                .iter()
+                .map(|e| {
+                    let p = cur
+                        .states
+                        .get(&e.name)
+                        .map_or(ExperimentPhase::Running, |s| s.phase);
+                    (e.name.clone(), p)
+                })
+                .collect()
+        };
+        let t = &self.shared.telemetry;
+        for (name, phase) in &phases {
+            let code = match phase {
+                ExperimentPhase::Running => 0.0,
+                ExperimentPhase::Paused => 1.0,
+                ExperimentPhase::RolledBack => 2.0,
+                ExperimentPhase::Promoted => 3.0,
+                ExperimentPhase::Concluded => 4.0,
+            };
+            t.gauge("abgate_experiment_state", &[("experiment", name)])
+                .set(code);
+        }
+        let table = self.shared.plane.table.load_full();
+        for e in table.experiments.iter() {
+            for a in e.arms.iter() {
+                t.gauge(
+                    "abgate_experiment_weight",
+                    &[("experiment", &e.name), ("arm", &a.name)],
+                )
+                .set(f64::from(a.weight) / 100.0);
+            }
+        }
+    }
+}
