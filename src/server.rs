@@ -16,7 +16,9 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::outcomes::RecorderRegistry;
 use crate::proxy::handler::DataPlane;
+use crate::proxy::limits::RequestLimits;
 use crate::proxy::server::{self as listener, ListenerSettings};
+use crate::proxy::tls::TlsTerminator;
 use crate::proxy::upstream::UpstreamPool;
 use crate::routing::RoutingTable;
 use crate::telemetry::Telemetry;
@@ -27,6 +29,8 @@ pub struct Shared {
     pub telemetry: Arc<Telemetry>,
     pub recorders: RecorderRegistry,
     pub pools: UpstreamPool,
+    /// The data-plane listener's certificate, when it terminates TLS.
+    pub tls: Option<Arc<TlsTerminator>>,
     next_version: AtomicU64,
 }
 
@@ -40,6 +44,18 @@ impl Shared {
         self.pools.prune();
         version
     }
+
+    /// Re-reads the listener certificate and key named by `config.tls`; call it
+    /// whenever a config is re-applied so renewed certificates take effect for
+    /// new connections. On error the old certificate stays in use. Turning TLS on
+    /// or off needs a restart (the listener's mode is fixed at bind).
+    pub fn reload_tls(&self, config: &Config) -> Result<(), String> {
+        match (&self.tls, &config.tls) {
+            (Some(t), Some(files)) => t.reload(files),
+            (None, None) => Ok(()),
+            _ => Err("enabling or disabling TLS on the listener needs a restart".into()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +66,8 @@ pub enum StartError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error("cannot set up TLS on the data plane: {0}")]
+    Tls(String),
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -73,6 +91,12 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Start
 pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     let data = bind(config.listen, "data plane").await?;
     let admin = bind(config.admin.listen, "admin").await?;
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(
+            TlsTerminator::new(files).map_err(StartError::Tls)?,
+        )),
+        None => None,
+    };
     let telemetry = Telemetry::new();
     let recorders = RecorderRegistry::new(telemetry.clone());
     let pools = UpstreamPool::default();
@@ -80,19 +104,18 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
     let plane = Arc::new(DataPlane {
         table: ArcSwap::from_pointee(table),
         telemetry: telemetry.clone(),
+        limits: RequestLimits::new(&config.limits, &config.timeouts),
     });
     let shared = Arc::new(Shared {
         plane: plane.clone(),
         telemetry: telemetry.clone(),
         recorders,
         pools,
+        tls: tls.clone(),
         next_version: AtomicU64::new(2),
     });
     let (stop, stopped) = watch::channel(false);
-    let settings = ListenerSettings {
-        header_read_timeout: config.timeouts.header_read,
-        shutdown_grace: config.timeouts.shutdown_grace,
-    };
+    let settings = ListenerSettings::from_config(config, tls);
     let data_addr = data.local_addr().expect("bound socket has an address");
     let admin_addr = admin.local_addr().expect("bound socket has an address");
     let data_task = tokio::spawn(listener::serve(data, plane, settings, stopped.clone()));

@@ -14,8 +14,11 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
 use super::body::{ProxyBody, RecordingBody};
+use super::guarded_body::{BodyTrip, IdleBody, RequestBody, TripWire};
 use super::headers::{add_forwarded, strip_hop_by_hop};
+use super::limits::{check_head, RequestLimits};
 use super::problem::ProxyError;
+use crate::config::UpstreamProtocol;
 use crate::outcomes::{ArmRecorder, FailureKind};
 use crate::routing::table::Target;
 use crate::routing::{matcher, RequestView, Route, RoutingTable};
@@ -29,6 +32,8 @@ static SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 pub struct DataPlane {
     pub table: ArcSwap<RoutingTable>,
     pub telemetry: Arc<Telemetry>,
+    /// Size limits and body timeouts, fixed for the listener's lifetime.
+    pub limits: RequestLimits,
 }
 
 /// Facts about one client connection.
@@ -51,15 +56,21 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
+    if let Err(e) = check_head(&req, &plane.limits) {
+        plane.telemetry.rejected(e.slug());
+        return Ok(error_response(&e));
+    }
     let table = plane.table.load_full();
-    Ok(match route_and_forward(&table, &conn, req, started).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            // Rejections before routing; upstream failures are recorded per arm.
-            plane.telemetry.rejected(e.slug());
-            error_response(&e)
-        }
-    })
+    Ok(
+        match route_and_forward(&plane, &table, &conn, req, started).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                // Rejections before routing; upstream failures are recorded per arm.
+                plane.telemetry.rejected(e.slug());
+                error_response(&e)
+            }
+        },
+    )
 }
 
 fn error_response(e: &ProxyError) -> Response<ProxyBody> {
@@ -80,6 +91,7 @@ fn request_host(req: &Request<Incoming>) -> Result<Option<&HeaderValue>, ProxyEr
 }
 
 async fn route_and_forward(
+    plane: &DataPlane,
     table: &RoutingTable,
     conn: &ConnInfo,
     req: Request<Incoming>,
@@ -130,6 +142,7 @@ async fn route_and_forward(
         }
     };
     Ok(forward(
+        plane,
         conn,
         req,
         host_header,
@@ -159,6 +172,7 @@ impl Drop for AbandonGuard<'_> {
 
 #[allow(clippy::too_many_arguments)]
 async fn forward(
+    plane: &DataPlane,
     conn: &ConnInfo,
     req: Request<Incoming>,
     host: Option<HeaderValue>,
@@ -169,7 +183,21 @@ async fn forward(
     started: Instant,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
+    // gRPC over h2 needs `te: trailers` end to end; it is the only TE value
+    // HTTP/2 allows, and only an h2 upstream may see it.
+    let wants_trailers = target.upstream.protocol == UpstreamProtocol::Http2
+        && parts.headers.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
     strip_hop_by_hop(&mut parts.headers);
+    if wants_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     add_forwarded(
         &mut parts.headers,
         conn.peer.ip(),
@@ -180,7 +208,13 @@ async fn forward(
         .headers
         .insert(header::HOST, target.upstream.host_header.clone());
     parts.uri = target.upstream.uri_for(parts.uri.path_and_query());
-    parts.version = Version::HTTP_11;
+    parts.version = match target.upstream.protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::Http2 => Version::HTTP_2,
+    };
+    let limits = &plane.limits;
+    let wire = TripWire::default();
+    let body = RequestBody::new(body, limits.max_body_bytes, limits.body_idle, wire.clone());
     let upstream_req = Request::from_parts(parts, body);
 
     let mut guard = AbandonGuard {
@@ -199,7 +233,28 @@ async fn forward(
 
     let outcome = match result {
         Err(_) => Err(FailureKind::ResponseTimeout),
-        Ok(Err(e)) => Err(classify(&e)),
+        Ok(Err(e)) => {
+            // The client's own body broke the request: answer for the client's
+            // fault (413/408), not the backend's, and keep the arm's error count clean.
+            if let Some(trip) = wire.get() {
+                let err = match trip {
+                    BodyTrip::TooLarge => ProxyError::BodyTooLarge {
+                        limit: limits.max_body_bytes,
+                    },
+                    BodyTrip::Idle => ProxyError::BodyTimeout {
+                        timeout_ms: limits.body_idle.as_millis(),
+                    },
+                };
+                plane.telemetry.rejected(err.slug());
+                recorder.record_response(forced, err.status());
+                recorder.record_ttfb(forced, started.elapsed());
+                recorder.record_latency(forced, started.elapsed());
+                let mut response = error_response(&err);
+                tag(&mut response, tags, started.elapsed(), upstream_time);
+                return response;
+            }
+            Err(classify(&e))
+        }
         Ok(Ok(resp)) => Ok(resp),
     };
     let mut response = match outcome {
@@ -208,6 +263,7 @@ async fn forward(
             strip_hop_by_hop(&mut parts.headers);
             recorder.record_response(forced, parts.status);
             let head_was_error = parts.status.is_server_error();
+            let body = IdleBody::new(body, limits.stream_idle);
             let body = RecordingBody::new(body, recorder.clone(), forced, started, head_was_error);
             Response::from_parts(parts, ProxyBody::Upstream(body))
         }
