@@ -58,7 +58,14 @@ pub async fn handle(
     let started = Instant::now();
     if let Err(e) = check_head(&req, &plane.limits) {
         plane.telemetry.rejected(e.slug());
-        return Ok(error_response(&e));
+        let mut resp = error_response(&e);
+        // Whatever follows a head with doubtful framing (or an unread body) on
+        // this HTTP/1 connection cannot be trusted to be the next request.
+        if req.version() <= Version::HTTP_11 {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return Ok(resp);
     }
     let table = plane.table.load_full();
     Ok(
