@@ -67,9 +67,9 @@ async fn slow_backend(hold: Duration) -> (String, Arc<AtomicUsize>, tokio::task:
                         peak.fetch_max(now, Ordering::SeqCst);
                         tokio::time::sleep(hold).await;
                         current.fetch_sub(1, Ordering::SeqCst);
-                        Ok::<_, Infallible>(Response::new(http_body_util::Full::new(
-                            Bytes::from("slow"),
-                        )))
+                        Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from(
+                            "slow",
+                        ))))
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -204,7 +204,10 @@ async fn an_h2_backend_gets_te_trailers_and_its_trailers_reach_the_client() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let collected = resp.into_body().collect().await.unwrap();
-    let trailers = collected.trailers().cloned().expect("trailers passed through");
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .expect("trailers passed through");
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(&collected.to_bytes()[..], b"\0\0\0\0\x02hi");
     assert!(saw_te.load(Ordering::SeqCst), "te: trailers was stripped");
