@@ -217,3 +217,66 @@ async fn an_h2_backend_gets_te_trailers_and_its_trailers_reach_the_client() {
     task.abort();
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_after_keepalive_idle_but_long_streams_are_not() {
+    let sse = FakeBackend::start(
+        "sse",
+        Behaviour::Sse {
+            events: 8,
+            every: Duration::from_millis(100),
+        },
+    )
+    .await;
+    let s = start_abgate(&default_backend_config(
+        &sse.url(),
+        "timeouts: { keepalive_idle: 300ms, header_read: 10s }",
+    ))
+    .await;
+    let limit = Duration::from_secs(5);
+
+    // HTTP/2: a stream of ~800 ms (longer than the idle limit) is activity.
+    let tcp = TcpStream::connect(s.data_addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn_task = tokio::spawn(conn);
+    let resp = sender
+        .send_request(
+            Request::get(format!("http://{}/stream", s.data_addr))
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = resp.into_body().collect().await.expect("stream not cut");
+    assert_eq!(
+        String::from_utf8_lossy(&body.to_bytes())
+            .matches("data:")
+            .count(),
+        8
+    );
+    // Then idle: abgate sends GOAWAY and the connection ends cleanly.
+    let started = std::time::Instant::now();
+    tokio::time::timeout(limit, conn_task)
+        .await
+        .expect("idle h2 connection closed")
+        .unwrap()
+        .expect("closed gracefully");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // HTTP/1: closed after keepalive_idle even though header_read is longer.
+    let (resp, took) = raw_until_close(
+        s.data_addr,
+        b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n",
+        limit,
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_still_serving(s.data_addr, "/after").await;
+    s.shutdown().await;
+}

@@ -164,6 +164,10 @@ pub struct Timeouts {
     pub downstream_write_idle: Duration,
     /// A TLS client must finish its handshake within this.
     pub tls_handshake: Duration,
+    /// A client connection with no request in flight for this long is closed
+    /// gracefully (GOAWAY on HTTP/2). HTTP/1 connections are usually closed
+    /// sooner by `header_read`, which hyper restarts as soon as they go idle.
+    pub keepalive_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -194,6 +198,9 @@ impl Default for Timeouts {
             // rustls has no handshake timeout of its own; 10s matches header_read,
             // ample for a handshake even across continents.
             tls_handshake: Duration::from_secs(10),
+            // nginx keepalive_timeout is 75s; an idle HTTP/2 connection costs memory
+            // on both sides, and clients reconnect transparently after a GOAWAY.
+            keepalive_idle: Duration::from_secs(75),
         }
     }
 }

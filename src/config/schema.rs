@@ -55,6 +55,7 @@ const TIMEOUTS: &[&str] = &[
     "stream_idle",
     "downstream_write_idle",
     "tls_handshake",
+    "keepalive_idle",
 ];
 
 /// Default data-plane address.
@@ -551,6 +552,7 @@ fn timeouts(d: &mut Decoder, top: &Fields) -> Option<Timeouts> {
         ("stream_idle", &mut t.stream_idle),
         ("downstream_write_idle", &mut t.downstream_write_idle),
         ("tls_handshake", &mut t.tls_handshake),
+        ("keepalive_idle", &mut t.keepalive_idle),
     ] {
         if let Some(n) = f.get(key) {
             match d.duration(n, &f.path_of(key)) {

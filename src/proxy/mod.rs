@@ -3,6 +3,7 @@
 //!
 //! Never: decides routing (see `routing`) or judges outcomes (see `stats`).
 
+pub mod activity;
 pub mod body;
 pub mod guarded_body;
 pub mod handler;

@@ -10,11 +10,11 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use super::activity::{Activity, ActivityBody};
 use super::handler::{handle, ConnInfo, DataPlane};
 use super::limits::WriteIdleIo;
 use super::tls::TlsTerminator;
@@ -32,6 +32,8 @@ pub struct ListenerSettings {
     pub max_header_count: usize,
     pub h2_max_concurrent_streams: u32,
     pub downstream_write_idle: Duration,
+    /// A connection with no request in flight for this long is closed gracefully.
+    pub keepalive_idle: Duration,
     pub tls_handshake_timeout: Duration,
     /// `Some` terminates TLS on this listener.
     pub tls: Option<Arc<TlsTerminator>>,
@@ -48,6 +50,7 @@ impl ListenerSettings {
             max_header_count: config.limits.max_header_count,
             h2_max_concurrent_streams: config.limits.h2_max_concurrent_streams,
             downstream_write_idle: config.timeouts.downstream_write_idle,
+            keepalive_idle: config.timeouts.keepalive_idle,
             tls_handshake_timeout: config.timeouts.tls_handshake,
             tls,
         }
@@ -90,7 +93,7 @@ fn http_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves until `shutdown` flips to true, then drains connections for up to the
-/// grace period. Returns when every connection has finished or been cut.
+/// grace period. Returns when every connection has finished or the grace is over.
 pub async fn serve(
     listener: TcpListener,
     plane: Arc<DataPlane>,
@@ -101,7 +104,6 @@ pub async fn serve(
     let settings = Arc::new(settings);
     let permits = Arc::new(Semaphore::new(settings.max_connections));
     let open = plane.telemetry.gauge("abgate_downstream_connections", &[]);
-    let graceful = GracefulShutdown::new();
     loop {
         // The permit is taken before accept: at the limit, new clients wait in
         // the kernel's accept queue instead of costing abgate memory.
@@ -122,87 +124,109 @@ pub async fn serve(
             _ = stop_requested(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let (plane, builder, settings) = (plane.clone(), builder.clone(), settings.clone());
-        let watcher = graceful.watcher();
+        let conn = Conn {
+            peer,
+            plane: plane.clone(),
+            builder: builder.clone(),
+            settings: settings.clone(),
+            shutdown: shutdown.clone(),
+        };
         let open = open.clone();
         open.increment(1.0);
         tokio::spawn(async move {
-            connection(stream, peer, plane, builder, settings, watcher).await;
+            conn.run(stream).await;
             open.decrement(1.0);
             drop(permit);
         });
     }
     drop(listener);
+    // Every connection task holds one permit until it ends, so having them all
+    // back means every connection has drained.
+    let all = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = permits.acquire_many(all) => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(settings.shutdown_grace) => {
             tracing::warn!(grace = ?settings.shutdown_grace, "grace period over; cutting remaining connections");
         }
     }
 }
 
-/// One client connection: optional TLS handshake (bounded), then HTTP.
-async fn connection(
-    stream: TcpStream,
+/// One client connection and what it needs.
+struct Conn {
     peer: std::net::SocketAddr,
     plane: Arc<DataPlane>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     settings: Arc<ListenerSettings>,
-    watcher: Watcher,
-) {
-    let io = WriteIdleIo::new(stream, settings.downstream_write_idle);
-    let Some(tls) = &settings.tls else {
-        serve_http(
-            io,
-            ConnInfo {
-                peer,
-                proto: "http",
-            },
-            plane,
-            &builder,
-            watcher,
-        )
-        .await;
-        return;
-    };
-    let acceptor = tls.acceptor();
-    match tokio::time::timeout(settings.tls_handshake_timeout, acceptor.accept(io)).await {
-        Ok(Ok(tls_stream)) => {
-            let info = ConnInfo {
-                peer,
-                proto: "https",
-            };
-            serve_http(tls_stream, info, plane, &builder, watcher).await;
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            plane.telemetry.rejected("tls-handshake-failed");
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "TLS handshake timed out");
-            plane.telemetry.rejected("tls-handshake-timeout");
-        }
-    }
+    shutdown: watch::Receiver<bool>,
 }
 
-async fn serve_http<I>(
-    io: I,
-    info: ConnInfo,
-    plane: Arc<DataPlane>,
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: Watcher,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let conn_info = Arc::new(info);
-    let svc_plane = plane.clone();
-    let svc = service_fn(move |req| handle(svc_plane.clone(), conn_info.clone(), req));
-    let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        if let Some(reason) = connection_error_reason(&*e) {
-            plane.telemetry.rejected(reason);
+impl Conn {
+    /// Optional TLS handshake (bounded), then HTTP.
+    async fn run(self, stream: TcpStream) {
+        let io = WriteIdleIo::new(stream, self.settings.downstream_write_idle);
+        let Some(tls) = &self.settings.tls else {
+            self.serve_http(io, "http").await;
+            return;
+        };
+        let acceptor = tls.acceptor();
+        let handshake = acceptor.accept(io);
+        match tokio::time::timeout(self.settings.tls_handshake_timeout, handshake).await {
+            Ok(Ok(tls_stream)) => self.serve_http(tls_stream, "https").await,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                self.plane.telemetry.rejected("tls-handshake-failed");
+            }
+            Err(_) => {
+                tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                self.plane.telemetry.rejected("tls-handshake-timeout");
+            }
         }
-        tracing::debug!(error = %e, "connection ended with an error");
+    }
+
+    /// Serves HTTP/1 or HTTP/2 until the client leaves, the connection has been
+    /// idle for `keepalive_idle`, or shutdown is requested (then it finishes its
+    /// in-flight requests: GOAWAY on h2, close after the response on h1).
+    async fn serve_http<I>(mut self, io: I, proto: &'static str)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let conn_info = Arc::new(ConnInfo {
+            peer: self.peer,
+            proto,
+        });
+        let activity = Arc::new(Activity::new());
+        let (plane, act) = (self.plane.clone(), activity.clone());
+        let svc = service_fn(move |req| {
+            let guard = act.begin();
+            let fut = handle(plane.clone(), conn_info.clone(), req);
+            async move {
+                let resp = fut.await?;
+                Ok::<_, std::convert::Infallible>(resp.map(|b| ActivityBody::new(b, guard)))
+            }
+        });
+        let conn = self.builder.serve_connection(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        let idle_limit = self.settings.keepalive_idle;
+        let mut closing = false;
+        let result = loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                _ = stop_requested(&mut self.shutdown), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = activity.idle_for(idle_limit), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        };
+        if let Err(e) = result {
+            if let Some(reason) = connection_error_reason(&*e) {
+                self.plane.telemetry.rejected(reason);
+            }
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
     }
 }
 
