@@ -376,3 +376,29 @@ async fn connections_past_max_connections_wait_for_a_free_slot() {
     .await;
     s.shutdown().await;
 }
+
+#[test]
+fn limit_and_timeout_errors_name_their_path_and_line() {
+    let errs = abgate::config::parse(
+        "limits:\n  max_header_bytes: 100\n  max_request_body_bytes: 10MB\n  max_conections: 5\ntimeouts:\n  stream_idle: 0\n  request_body_idle: soon\n",
+    )
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "limits.max_header_bytes: must be in 8192..=1048576, got 100 (line 2)",
+        "limits.max_request_body_bytes: \"10MB\" has unknown unit \"MB\"; use KiB, MiB or GiB (line 3)",
+        "limits.max_conections: unknown field",
+        "timeouts.stream_idle: must be greater than zero (line 6)",
+        "timeouts.request_body_idle:",
+    ] {
+        assert!(errs.contains(want), "missing {want:?} in:\n{errs}");
+    }
+    let ok = abgate::config::parse(
+        "limits: { max_connections: 5, max_request_body_bytes: 1GiB, h2_max_concurrent_streams: 10 }\ntimeouts: { keepalive_idle: 2m, tls_handshake: 5s }\n",
+    )
+    .unwrap();
+    assert_eq!(ok.limits.max_connections, 5);
+    assert_eq!(ok.limits.max_request_body_bytes, 1 << 30);
+    assert_eq!(ok.limits.h2_max_concurrent_streams, 10);
+    assert_eq!(ok.timeouts.keepalive_idle, Duration::from_secs(120));
+}

@@ -220,13 +220,40 @@ fn unreadable_tls_files_are_config_errors_with_lines() {
     assert!(errs.contains("(line 4)"), "{errs}");
 }
 
-/// An https backend whose certificate is signed by `pki`'s CA.
-async fn https_backend(pki: &Pki) -> (String, tokio::task::JoinHandle<()>) {
-    let cfg = abgate::proxy::tls::server_config(&abgate::config::ListenerTls {
-        cert: Path::new(&pki.path("cert.pem")).to_path_buf(),
-        key: Path::new(&pki.path("key.pem")).to_path_buf(),
-    })
-    .unwrap();
+/// An https backend whose certificate is signed by `pki`'s CA; with
+/// `require_client_cert` it also demands a client certificate from that CA.
+async fn https_backend(
+    pki: &Pki,
+    require_client_cert: bool,
+) -> (String, tokio::task::JoinHandle<()>) {
+    let cfg = if require_client_cert {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki.ca_der.clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                abgate::proxy::tls::load_certs(Path::new(&pki.path("cert.pem"))).unwrap(),
+                abgate::proxy::tls::load_key(Path::new(&pki.path("key.pem"))).unwrap(),
+            )
+            .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        cfg
+    } else {
+        abgate::proxy::tls::server_config(&abgate::config::ListenerTls {
+            cert: Path::new(&pki.path("cert.pem")).to_path_buf(),
+            key: Path::new(&pki.path("key.pem")).to_path_buf(),
+        })
+        .unwrap()
+    };
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -255,7 +282,7 @@ async fn https_backend(pki: &Pki) -> (String, tokio::task::JoinHandle<()>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_upstreams_verify_the_backend_certificate() {
     let pki = Pki::new("upstream");
-    let (url, task) = https_backend(&pki).await;
+    let (url, task) = https_backend(&pki, false).await;
     let yaml = format!(
         r#"
 backends:
@@ -283,6 +310,37 @@ experiments:
     let a = get(&c, &format!("http://{}/trusted", s.data_addr), &[]).await;
     assert_eq!((a.status, &a.body[..]), (200, &b"secure"[..]));
     let a = get(&c, &format!("http://{}/h2", s.data_addr), &[]).await;
+    assert_eq!((a.status, &a.body[..]), (200, &b"secure"[..]));
+    task.abort();
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstreams_present_a_client_certificate_when_configured() {
+    let pki = Pki::new("mtls");
+    let (url, task) = https_backend(&pki, true).await;
+    let yaml = format!(
+        r#"
+backends:
+  anonymous: {{ url: "{url}", ca_file: "{ca}" }}
+  identified: {{ url: "{url}", ca_file: "{ca}", client_cert: "{cert}", client_key: "{key}" }}
+experiments:
+  - name: a
+    match: {{ path_prefix: /anonymous }}
+    arms: [ {{ name: a, backend: anonymous, weight: 100 }} ]
+  - name: i
+    match: {{ path_prefix: /identified }}
+    arms: [ {{ name: i, backend: identified, weight: 100 }} ]
+"#,
+        ca = pki.path("ca.pem"),
+        cert = pki.path("cert.pem"),
+        key = pki.path("key.pem"),
+    );
+    let s = start_abgate(&yaml).await;
+    let c = client();
+    let a = get(&c, &format!("http://{}/anonymous", s.data_addr), &[]).await;
+    assert_eq!(a.status, 502, "{:?}", a.body);
+    let a = get(&c, &format!("http://{}/identified", s.data_addr), &[]).await;
     assert_eq!((a.status, &a.body[..]), (200, &b"secure"[..]));
     task.abort();
     s.shutdown().await;
