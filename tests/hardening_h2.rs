@@ -280,3 +280,59 @@ async fn idle_connections_are_closed_after_keepalive_idle_but_long_streams_are_n
     assert_still_serving(s.data_addr, "/after").await;
     s.shutdown().await;
 }
+
+/// Writes one HTTP/2 frame header plus payload.
+fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    let len = payload.len() as u32;
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapid_reset_flood_is_cut_with_goaway_and_others_are_still_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rec = RecordingBackend::start().await;
+    let s = start_abgate(&default_backend_config(&rec.url(), "")).await;
+    // CVE-2023-44487: open streams and cancel them at once, thousands per write.
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut bytes, 0x4, 0, 0, &[]); // SETTINGS
+                                       // HPACK: :method GET, :scheme http, :path /, :authority "x" (not indexed).
+    let headers = [0x82, 0x86, 0x84, 0x01, 0x01, b'x'];
+    for i in 0..2000u32 {
+        let id = 2 * i + 1;
+        frame(&mut bytes, 0x1, 0x5, id, &headers); // HEADERS, END_STREAM|END_HEADERS
+        frame(&mut bytes, 0x3, 0, id, &8u32.to_be_bytes()); // RST_STREAM CANCEL
+    }
+    let mut conn = TcpStream::connect(s.data_addr).await.unwrap();
+    // abgate may close mid-write once it has seen enough.
+    let _ = conn.write_all(&bytes).await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut got)).await;
+    // Find a GOAWAY (type 7) and read its error code.
+    let mut at = 0;
+    let mut goaway = None;
+    while at + 9 <= got.len() {
+        let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+        if got[at + 3] == 0x7 && at + 9 + 8 <= got.len() {
+            let p = &got[at + 9..];
+            goaway = Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+        }
+        at += 9 + len;
+    }
+    // ENHANCE_YOUR_CALM (0xb): h2's pending-accept reset limit tripped.
+    assert_eq!(
+        goaway,
+        Some(0xb),
+        "no GOAWAY(ENHANCE_YOUR_CALM) in {} bytes",
+        got.len()
+    );
+    assert_still_serving(s.data_addr, "/after").await;
+    assert!(
+        rec.paths().len() < 2000,
+        "every flooded stream reached the backend"
+    );
+    s.shutdown().await;
+}
