@@ -402,3 +402,34 @@ fn limit_and_timeout_errors_name_their_path_and_line() {
     assert_eq!(ok.limits.h2_max_concurrent_streams, 10);
     assert_eq!(ok.timeouts.keepalive_idle, Duration::from_secs(120));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_upload_is_not_a_504() {
+    let ok = RecordingBackend::start().await;
+    let s = server(
+        &ok.url(),
+        "timeouts: { upstream_response: 300ms, request_body_idle: 1s }",
+    )
+    .await;
+    let mut conn = TcpStream::connect(s.data_addr).await.unwrap();
+    conn.write_all(
+        b"POST /up HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 8\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // A client on a slow link: one byte every 100 ms, 800 ms in all, longer
+    // than upstream_response but never idle for request_body_idle.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        conn.write_all(b"u").await.unwrap();
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(LIMIT, conn.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let resp = String::from_utf8_lossy(&out);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(ok.seen.lock().unwrap()[0].body_len, 8);
+    s.shutdown().await;
+}

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::future::Future as _;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -43,24 +43,58 @@ impl std::error::Error for BodyTrip {}
 
 /// Shared between a [`RequestBody`] (inside the upstream connection task) and
 /// the handler awaiting the upstream response: the handler reads it to tell a
-/// client-side failure (413/408) from an upstream one (502).
-#[derive(Clone, Default)]
-pub struct TripWire(Arc<AtomicU8>);
+/// client-side failure (413/408) from an upstream one (502), and to start the
+/// response-header timeout only once the whole body has been sent.
+#[derive(Clone)]
+pub struct TripWire(Arc<WireState>);
+
+struct WireState {
+    trip: AtomicU8,
+    /// Milliseconds after `base` when the body's last byte was handed to the
+    /// upstream connection; `u64::MAX` while it is still being sent.
+    sent_ms: AtomicU64,
+    base: Instant,
+}
 
 impl TripWire {
+    /// `already_sent` is true for a request without a body.
+    pub fn new(already_sent: bool) -> Self {
+        TripWire(Arc::new(WireState {
+            trip: AtomicU8::new(0),
+            sent_ms: AtomicU64::new(if already_sent { 0 } else { u64::MAX }),
+            base: Instant::now(),
+        }))
+    }
+
     fn set(&self, trip: BodyTrip) {
         let v = match trip {
             BodyTrip::TooLarge => 1,
             BodyTrip::Idle => 2,
         };
-        self.0.store(v, Ordering::Release);
+        self.0.trip.store(v, Ordering::Release);
+    }
+
+    fn sent(&self) {
+        let ms = self.0.base.elapsed().as_millis() as u64;
+        let _ = self
+            .0
+            .sent_ms
+            .compare_exchange(u64::MAX, ms, Ordering::AcqRel, Ordering::Acquire);
     }
 
     pub fn get(&self) -> Option<BodyTrip> {
-        match self.0.load(Ordering::Acquire) {
+        match self.0.trip.load(Ordering::Acquire) {
             1 => Some(BodyTrip::TooLarge),
             2 => Some(BodyTrip::Idle),
             _ => None,
+        }
+    }
+
+    /// When the whole body had been sent, or `None` while it is still uploading.
+    pub fn sent_at(&self) -> Option<Instant> {
+        match self.0.sent_ms.load(Ordering::Acquire) {
+            u64::MAX => None,
+            ms => Some(self.0.base + Duration::from_millis(ms)),
         }
     }
 }
@@ -153,10 +187,17 @@ impl Body for RequestBody {
                         return this.trip(BodyTrip::TooLarge);
                     }
                 }
+                // A sized body is not polled again after its last frame.
+                if this.inner.is_end_stream() {
+                    this.wire.sent();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.wire.sent();
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 if this.idle.expired(cx) {
                     this.trip(BodyTrip::Idle)

@@ -220,7 +220,7 @@ async fn forward(
         UpstreamProtocol::Http2 => Version::HTTP_2,
     };
     let limits = &plane.limits;
-    let wire = TripWire::default();
+    let wire = TripWire::new(http_body::Body::is_end_stream(&body));
     let body = RequestBody::new(body, limits.max_body_bytes, limits.body_idle, wire.clone());
     let upstream_req = Request::from_parts(parts, body);
 
@@ -230,9 +230,10 @@ async fn forward(
         armed: true,
     };
     let sent = Instant::now();
-    let result = tokio::time::timeout(
-        target.response_timeout,
+    let result = await_response(
         target.upstream.request(upstream_req),
+        target.response_timeout,
+        &wire,
     )
     .await;
     let upstream_time = sent.elapsed();
@@ -289,6 +290,35 @@ async fn forward(
     };
     tag(&mut response, tags, started.elapsed(), upstream_time);
     response
+}
+
+/// Waits for the response head. The `upstream_response` clock starts when the
+/// request body has been sent completely (nginx's `proxy_read_timeout` works the
+/// same way), so a slow but steady upload is never mistaken for a slow backend;
+/// a stalled upload is cut by the body idle timeout instead.
+async fn await_response<F, T>(fut: F, limit: Duration, wire: &TripWire) -> Result<T, ()>
+where
+    F: std::future::Future<Output = T>,
+{
+    tokio::pin!(fut);
+    let sleep = tokio::time::sleep(limit);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            r = &mut fut => return Ok(r),
+            _ = &mut sleep => match wire.sent_at() {
+                Some(at) => {
+                    let deadline = at + limit;
+                    if deadline <= tokio::time::Instant::now() {
+                        return Err(());
+                    }
+                    sleep.as_mut().reset(deadline);
+                }
+                // Still uploading: check again one limit later.
+                None => sleep.as_mut().reset(tokio::time::Instant::now() + limit),
+            },
+        }
+    }
 }
 
 fn tag(resp: &mut Response<ProxyBody>, tags: Tags, total: Duration, upstream: Duration) {
