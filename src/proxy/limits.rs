@@ -35,11 +35,17 @@ use crate::config::{Limits, Timeouts};
 /// The limits the request path needs, copied out of the config at startup.
 #[derive(Debug, Clone)]
 pub struct RequestLimits {
+    /// Request line plus headers, in bytes, as on the wire (431 above).
     pub max_header_bytes: usize,
+    /// Header fields, counting each repeated name (431 above).
     pub max_header_count: usize,
+    /// Authority plus path and query, in bytes (414 above).
     pub max_uri_bytes: usize,
+    /// Request body bytes (413 above).
     pub max_body_bytes: u64,
+    /// Longest gap between two request body frames (408 on expiry).
     pub body_idle: Duration,
+    /// Longest gap between two response body frames from a backend (stream cut).
     pub stream_idle: Duration,
 }
 

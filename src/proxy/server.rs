@@ -23,17 +23,24 @@ use crate::config::Config;
 /// Listener settings that do not change with the routing table.
 #[derive(Clone)]
 pub struct ListenerSettings {
+    /// A client must send a complete request head within this (and an idle
+    /// HTTP/1 connection is closed after it).
     pub header_read_timeout: Duration,
+    /// How long in-flight requests may take to finish after shutdown starts.
     pub shutdown_grace: Duration,
     /// Open connections at most; the accept loop waits for a free permit.
     pub max_connections: usize,
     /// Request line plus headers, in bytes (`limits.max_header_bytes`).
     pub max_header_bytes: usize,
+    /// Header fields per request (`limits.max_header_count`).
     pub max_header_count: usize,
+    /// Concurrent streams per HTTP/2 connection.
     pub h2_max_concurrent_streams: u32,
+    /// A write to a client blocked this long closes the connection.
     pub downstream_write_idle: Duration,
     /// A connection with no request in flight for this long is closed gracefully.
     pub keepalive_idle: Duration,
+    /// A TLS client must complete its handshake within this.
     pub tls_handshake_timeout: Duration,
     /// `Some` terminates TLS on this listener.
     pub tls: Option<Arc<TlsTerminator>>,
@@ -56,12 +63,6 @@ impl ListenerSettings {
         }
     }
 }
-
-/// Default ceiling of hyper's HTTP/1 read buffer (used when settings give none).
-/// hyper's own default (~400 KiB) lets one client pin a lot of memory; Envoy's
-/// `max_request_headers_kb` default is 60 KiB and nginx's
-/// `large_client_header_buffers` 4×8 KiB, so 64 KiB fits real clients.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// HTTP/2 keep-alive pings find peers that vanished without a FIN (NAT timeouts,
 /// pulled cables); 20 s matches hyper's ping timeout.
