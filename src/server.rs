@@ -22,7 +22,9 @@ use crate::outcomes::feedback::FeedbackService;
 use crate::outcomes::token::{KeyError, TokenKeys};
 use crate::outcomes::RecorderRegistry;
 use crate::proxy::handler::DataPlane;
+use crate::proxy::limits::RequestLimits;
 use crate::proxy::server::{self as listener, ListenerSettings};
+use crate::proxy::tls::TlsTerminator;
 use crate::proxy::upstream::UpstreamPool;
 use crate::routing::RoutingTable;
 use crate::store::feedback::FeedbackLog;
@@ -35,6 +37,8 @@ pub struct Shared {
     pub telemetry: Arc<Telemetry>,
     pub recorders: RecorderRegistry,
     pub pools: UpstreamPool,
+    /// The data-plane listener's certificate, when it terminates TLS.
+    pub tls: Option<Arc<TlsTerminator>>,
     next_version: AtomicU64,
 }
 
@@ -48,6 +52,18 @@ impl Shared {
         self.plane.table.store(Arc::new(table));
         self.pools.prune();
         version
+    }
+
+    /// Re-reads the listener certificate and key named by `config.tls`; call it
+    /// whenever a config is re-applied so renewed certificates take effect for
+    /// new connections. On error the old certificate stays in use. Turning TLS on
+    /// or off needs a restart (the listener's mode is fixed at bind).
+    pub fn reload_tls(&self, config: &Config) -> Result<(), String> {
+        match (&self.tls, &config.tls) {
+            (Some(t), Some(files)) => t.reload(files),
+            (None, None) => Ok(()),
+            _ => Err("enabling or disabling TLS on the listener needs a restart".into()),
+        }
     }
 }
 
@@ -72,6 +88,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     TokenKeys(#[from] KeyError),
+    #[error("cannot set up TLS on the data plane: {0}")]
+    Tls(String),
 }
 
 /// What to start from.
@@ -121,11 +139,12 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
     let store = Arc::new(SqliteStore::open(&file_config.state_dir)?);
     let data = bind(file_config.listen, "data plane").await?;
     let admin = bind(file_config.admin.listen, "admin").await?;
-    let settings = ListenerSettings {
-        header_read_timeout: file_config.timeouts.header_read,
-        shutdown_grace: file_config.timeouts.shutdown_grace,
+    let tls = match &file_config.tls {
+        Some(files) => Some(Arc::new(
+            TlsTerminator::new(files).map_err(StartError::Tls)?,
+        )),
+        None => None,
     };
-
     let telemetry = Telemetry::new();
     let recorders = RecorderRegistry::new(telemetry.clone());
     let pools = UpstreamPool::default();
@@ -147,14 +166,17 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
         telemetry: telemetry.clone(),
         tokens,
         feedback,
+        limits: RequestLimits::new(&file_config.limits, &file_config.timeouts),
     });
     let shared = Arc::new(Shared {
         plane: plane.clone(),
         telemetry: telemetry.clone(),
         recorders,
         pools,
+        tls: tls.clone(),
         next_version: AtomicU64::new(1),
     });
+    let settings = ListenerSettings::from_config(&file_config, tls);
     let control = Arc::new(ControlPlane::restore(
         shared.clone(),
         store,

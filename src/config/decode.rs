@@ -236,6 +236,19 @@ impl Decoder {
         Some(v as u64)
     }
 
+    /// Reads a byte size or count: a plain integer, or a string with a binary unit
+    /// such as `64KiB`, `16MiB`, `1GiB`.
+    pub fn size(&mut self, node: &Node, path: &str) -> Option<u64> {
+        let text = self.string(node, path)?;
+        match parse_size(&text) {
+            Ok(v) => Some(v),
+            Err(msg) => {
+                self.error(path, node.line, msg);
+                None
+            }
+        }
+    }
+
     /// Reads a duration such as `250ms`, `30s`, `5m`, `24h`, `7d`.
     pub fn duration(&mut self, node: &Node, path: &str) -> Option<Duration> {
         let text = self.string(node, path)?;
@@ -256,6 +269,30 @@ fn kind(node: &Node) -> &'static str {
         Value::Seq(_) => "a list",
         Value::Map(_) => "a mapping",
     }
+}
+
+/// Parses a whole number with an optional binary unit (`KiB`, `MiB`, `GiB`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: u64 = num
+        .parse()
+        .map_err(|_| format!("{t:?} is not a whole number, e.g. 65536 or \"64KiB\""))?;
+    let scale: u64 = match unit.trim() {
+        "" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "{t:?} has unknown unit {other:?}; use KiB, MiB or GiB"
+            ))
+        }
+    };
+    value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{t:?} is out of range"))
 }
 
 /// Parses `<number><unit>` with unit one of ms, s, m, h, d. A bare `0` is allowed.
@@ -299,5 +336,14 @@ mod tests {
         assert!(parse_duration("30").unwrap_err().contains("unit"));
         assert!(parse_duration("3 weeks").is_err());
         assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert_eq!(parse_size("64KiB").unwrap(), 65536);
+        assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
+        assert!(parse_size("1.5MiB").is_err());
+        assert!(parse_size("10MB").unwrap_err().contains("unknown unit"));
     }
 }

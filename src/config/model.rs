@@ -28,6 +28,10 @@ pub struct Config {
     /// Experiments in declared order: the first match wins.
     pub experiments: Vec<Experiment>,
     pub timeouts: Timeouts,
+    /// Size and count limits of the data-plane listener.
+    pub limits: Limits,
+    /// TLS termination on the data-plane listener; `None` serves plain HTTP (and h2c).
+    pub tls: Option<ListenerTls>,
     pub feedback: FeedbackConfig,
     pub tokens: TokensConfig,
 }
@@ -86,6 +90,15 @@ pub enum MetricKind {
     Continuous,
 }
 
+/// Certificate chain and private key files (PEM) of the data-plane listener.
+/// Both are read at startup and again by `reload_tls`, so a renewed certificate
+/// takes effect on config reload without a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
@@ -98,6 +111,31 @@ pub struct Backend {
     pub url: BackendUrl,
     /// Overrides `timeouts.upstream_response` for this backend.
     pub response_timeout: Option<Duration>,
+    /// HTTP version spoken to the backend.
+    pub protocol: UpstreamProtocol,
+    /// TLS settings for `https://` backends (ignored for `http://`).
+    pub tls: UpstreamTls,
+}
+
+/// The HTTP version abgate speaks to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with a keep-alive pool (the default; what most model servers speak).
+    #[default]
+    Http1,
+    /// HTTP/2 only: prior knowledge (h2c) on `http://`, ALPN `h2` on `https://`.
+    /// gRPC backends need this; trailers pass through.
+    Http2,
+}
+
+/// Trust and identity for an `https://` backend.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct UpstreamTls {
+    /// PEM CA bundle that replaces the system roots; `None` trusts the system store.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain and key for mutual TLS (both or neither).
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 /// An upstream base URL, split once so the hot path never re-parses it.
@@ -255,6 +293,21 @@ pub struct Timeouts {
     pub header_read: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Longest gap between two pieces of a request body (408 on expiry).
+    pub request_body_idle: Duration,
+    /// Longest gap between two frames of a backend's response body; the stream is
+    /// cut on expiry. An idle limit, not a total one: a slow but alive stream
+    /// (SSE, token streaming) is never cut.
+    pub stream_idle: Duration,
+    /// Longest time a write to a client may stay blocked (a client that stops
+    /// reading); the connection is closed on expiry.
+    pub downstream_write_idle: Duration,
+    /// A TLS client must finish its handshake within this.
+    pub tls_handshake: Duration,
+    /// A client connection with no request in flight for this long is closed
+    /// gracefully (GOAWAY on HTTP/2). HTTP/1 connections are usually closed
+    /// sooner by `header_read`, which hyper restarts as soon as they go idle.
+    pub keepalive_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -271,6 +324,66 @@ impl Default for Timeouts {
             header_read: Duration::from_secs(10),
             // Long enough for a typical streamed completion to finish.
             shutdown_grace: Duration::from_secs(30),
+            // nginx client_body_timeout is 60s between two reads; a client uploading a
+            // prompt or an image over a slow link still sends something every few
+            // seconds, and a stalled one should not hold a backend connection longer.
+            request_body_idle: Duration::from_secs(60),
+            // Envoy's stream_idle_timeout default is 5 min. LLMs can think for a long
+            // time before the next token, so this is generous; it only needs to free
+            // streams whose backend died silently.
+            stream_idle: Duration::from_secs(300),
+            // nginx send_timeout is 60s between two writes; a client that reads
+            // nothing for a minute is gone or hostile.
+            downstream_write_idle: Duration::from_secs(60),
+            // rustls has no handshake timeout of its own; 10s matches header_read,
+            // ample for a handshake even across continents.
+            tls_handshake: Duration::from_secs(10),
+            // nginx keepalive_timeout is 75s; an idle HTTP/2 connection costs memory
+            // on both sides, and clients reconnect transparently after a GOAWAY.
+            keepalive_idle: Duration::from_secs(75),
+        }
+    }
+}
+
+/// Size and count limits. Every rejection is a JSON problem counted in
+/// `abgate_rejected_requests_total{reason}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Open client connections; further clients wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Bytes of request line plus headers (431 above).
+    pub max_header_bytes: usize,
+    /// Number of request headers (431 above).
+    pub max_header_count: usize,
+    /// Bytes of the request target (414 above).
+    pub max_uri_bytes: usize,
+    /// Bytes of a request body (413: before reading when Content-Length says so,
+    /// otherwise as soon as the streamed body passes it).
+    pub max_request_body_bytes: u64,
+    /// Concurrent streams per HTTP/2 client connection.
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            // Envoy's edge guide sets a 10,000 per-listener connection_limit; each idle
+            // connection costs abgate a few KiB, so this bounds memory well under 100 MiB.
+            max_connections: 10_000,
+            // Envoy's max_request_headers_kb default is 60 KiB, nginx allows 4x8 KiB;
+            // 64 KiB fits JWTs and long cookies while bounding memory per connection.
+            max_header_bytes: 64 * 1024,
+            // hyper and Envoy default to 100 headers, HAProxy to 101 lines.
+            max_header_count: 100,
+            // nginx answers 414 above 8 KiB (large_client_header_buffers); inference
+            // APIs put payloads in bodies, not query strings.
+            max_uri_bytes: 8 * 1024,
+            // nginx client_max_body_size is 1 MiB, which is too small for base64 images
+            // and long-context prompts; 16 MiB bounds what a client can push through.
+            max_request_body_bytes: 16 * 1024 * 1024,
+            // HAProxy's default and Envoy's edge recommendation (nginx: 128); hyper's
+            // own default of 200 lets one connection take a large share of a backend.
+            h2_max_concurrent_streams: 100,
         }
     }
 }

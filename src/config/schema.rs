@@ -22,12 +22,30 @@ const TOP: &[&str] = &[
     "timeouts",
     "feedback",
     "tokens",
+    "limits",
+    "tls",
 ];
 const FEEDBACK: &[&str] = &["path", "max_body"];
 const TOKENS: &[&str] = &["key_file"];
 const METRIC: &[&str] = &["name", "source", "type", "header", "min", "max"];
 const ADMIN: &[&str] = &["listen", "token_file"];
-const BACKEND: &[&str] = &["url", "response_timeout"];
+const BACKEND: &[&str] = &[
+    "url",
+    "response_timeout",
+    "protocol",
+    "ca_file",
+    "client_cert",
+    "client_key",
+];
+const LISTENER_TLS: &[&str] = &["cert", "key"];
+const LIMITS: &[&str] = &[
+    "max_connections",
+    "max_header_bytes",
+    "max_header_count",
+    "max_uri_bytes",
+    "max_request_body_bytes",
+    "h2_max_concurrent_streams",
+];
 const EXPERIMENT: &[&str] = &[
     "name",
     "salt",
@@ -76,6 +94,11 @@ const TIMEOUTS: &[&str] = &[
     "upstream_response",
     "header_read",
     "shutdown_grace",
+    "request_body_idle",
+    "stream_idle",
+    "downstream_write_idle",
+    "tls_handshake",
+    "keepalive_idle",
 ];
 
 /// Default data-plane address.
@@ -128,6 +151,11 @@ pub fn decode(d: &mut Decoder, root: &Node) -> Option<Config> {
         }),
         None => Some(TokensConfig::default()),
     };
+    let limits = limits(d, &top);
+    let tls = match top.get("tls") {
+        Some(n) => listener_tls(d, n).map(Some),
+        None => Some(None),
+    };
     Some(Config {
         listen: listen?,
         admin: admin?,
@@ -138,6 +166,8 @@ pub fn decode(d: &mut Decoder, root: &Node) -> Option<Config> {
         timeouts: timeouts?,
         feedback: feedback?,
         tokens: tokens?,
+        limits: limits?,
+        tls: tls?,
     })
 }
 
@@ -355,11 +385,18 @@ fn backends(d: &mut Decoder, top: &Fields) -> Vec<Backend> {
         let response_timeout = bf
             .get("response_timeout")
             .and_then(|n| d.duration(n, &bf.path_of("response_timeout")));
-        if let Some(url) = url {
+        let protocol = match bf.get("protocol") {
+            Some(n) => upstream_protocol(d, n, &bf.path_of("protocol")),
+            None => Some(UpstreamProtocol::default()),
+        };
+        let tls = upstream_tls(d, &bf);
+        if let (Some(url), Some(protocol), Some(tls)) = (url, protocol, tls) {
             out.push(Backend {
                 name: entry.key.clone(),
                 url,
                 response_timeout,
+                protocol,
+                tls,
             });
         }
     }
@@ -383,11 +420,11 @@ fn backend_url(d: &mut Decoder, node: &Node, path: &str) -> Option<BackendUrl> {
         );
         return None;
     };
-    if scheme != http::uri::Scheme::HTTP {
+    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
         d.error(
             path,
             node.line,
-            format!("scheme {scheme} is not supported yet; use http://"),
+            format!("scheme {scheme} is not supported; use http:// or https://"),
         );
         return None;
     }
@@ -1076,6 +1113,11 @@ fn timeouts(d: &mut Decoder, top: &Fields) -> Option<Timeouts> {
         ("upstream_response", &mut t.upstream_response),
         ("header_read", &mut t.header_read),
         ("shutdown_grace", &mut t.shutdown_grace),
+        ("request_body_idle", &mut t.request_body_idle),
+        ("stream_idle", &mut t.stream_idle),
+        ("downstream_write_idle", &mut t.downstream_write_idle),
+        ("tls_handshake", &mut t.tls_handshake),
+        ("keepalive_idle", &mut t.keepalive_idle),
     ] {
         if let Some(n) = f.get(key) {
             match d.duration(n, &f.path_of(key)) {
@@ -1089,4 +1131,127 @@ fn timeouts(d: &mut Decoder, top: &Fields) -> Option<Timeouts> {
         }
     }
     ok.then_some(t)
+}
+
+fn upstream_protocol(d: &mut Decoder, node: &Node, path: &str) -> Option<UpstreamProtocol> {
+    match d.string(node, path)?.as_str() {
+        "http1" => Some(UpstreamProtocol::Http1),
+        "http2" => Some(UpstreamProtocol::Http2),
+        other => {
+            d.error(
+                path,
+                node.line,
+                format!("unknown protocol {other:?}; expected http1 or http2"),
+            );
+            None
+        }
+    }
+}
+
+/// Reads a PEM file path and checks now that it holds what it should, so a
+/// typo is a config error with a line rather than a failure at first request.
+fn pem_file(d: &mut Decoder, f: &Fields, key: &str, want: PemKind) -> Option<PathBuf> {
+    let node = f.get(key)?;
+    let path = f.path_of(key);
+    let file = PathBuf::from(d.name(node, &path)?);
+    let checked = match want {
+        PemKind::Certs => crate::proxy::tls::load_certs(&file).map(drop),
+        PemKind::Key => crate::proxy::tls::load_key(&file).map(drop),
+    };
+    match checked {
+        Ok(()) => Some(file),
+        Err(e) => {
+            d.error(path, node.line, e);
+            None
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum PemKind {
+    Certs,
+    Key,
+}
+
+fn upstream_tls(d: &mut Decoder, bf: &Fields) -> Option<UpstreamTls> {
+    let mut ok = true;
+    let mut file = |d: &mut Decoder, key: &str, kind| {
+        let present = bf.get(key).is_some();
+        let f = pem_file(d, bf, key, kind);
+        ok &= f.is_some() || !present;
+        f
+    };
+    let ca_file = file(d, "ca_file", PemKind::Certs);
+    let client_cert = file(d, "client_cert", PemKind::Certs);
+    let client_key = file(d, "client_key", PemKind::Key);
+    if bf.get("client_cert").is_some() != bf.get("client_key").is_some() {
+        d.error(
+            &bf.path,
+            bf.line,
+            "client_cert and client_key must be given together",
+        );
+        ok = false;
+    }
+    ok.then_some(UpstreamTls {
+        ca_file,
+        client_cert,
+        client_key,
+    })
+}
+
+fn listener_tls(d: &mut Decoder, node: &Node) -> Option<ListenerTls> {
+    let f = d.fields(node, "tls", LISTENER_TLS)?;
+    let cert = required(d, &f, "cert").and_then(|_| pem_file(d, &f, "cert", PemKind::Certs));
+    let key = required(d, &f, "key").and_then(|_| pem_file(d, &f, "key", PemKind::Key));
+    Some(ListenerTls {
+        cert: cert?,
+        key: key?,
+    })
+}
+
+fn limits(d: &mut Decoder, top: &Fields) -> Option<Limits> {
+    let mut l = Limits::default();
+    let Some(node) = top.get("limits") else {
+        return Some(l);
+    };
+    let f = d.fields(node, "limits", LIMITS)?;
+    let mut ok = true;
+    // (key, minimum, maximum, slot): maxima keep values inside what hyper accepts.
+    let mut read = |d: &mut Decoder, key: &str, min: u64, max: u64| -> Option<u64> {
+        let n = f.get(key)?;
+        let path = f.path_of(key);
+        match d.size(n, &path) {
+            Some(v) if (min..=max).contains(&v) => Some(v),
+            Some(v) => {
+                d.error(path, n.line, format!("must be in {min}..={max}, got {v}"));
+                ok = false;
+                None
+            }
+            None => {
+                ok = false;
+                None
+            }
+        }
+    };
+    if let Some(v) = read(d, "max_connections", 1, 1 << 20) {
+        l.max_connections = v as usize;
+    }
+    // hyper's read buffer cannot be smaller than 8 KiB.
+    if let Some(v) = read(d, "max_header_bytes", 8192, 1 << 20) {
+        l.max_header_bytes = v as usize;
+    }
+    if let Some(v) = read(d, "max_header_count", 1, 10_000) {
+        l.max_header_count = v as usize;
+    }
+    // hyper refuses request targets of 65,534 bytes and more with a bare 414.
+    if let Some(v) = read(d, "max_uri_bytes", 1, 65_000) {
+        l.max_uri_bytes = v as usize;
+    }
+    if let Some(v) = read(d, "max_request_body_bytes", 0, u64::MAX) {
+        l.max_request_body_bytes = v;
+    }
+    if let Some(v) = read(d, "h2_max_concurrent_streams", 1, 10_000) {
+        l.h2_max_concurrent_streams = v as u32;
+    }
+    ok.then_some(l)
 }

@@ -154,7 +154,7 @@ experiments:
 #[test]
 fn bad_regex_and_bad_default_backend_are_reported() {
     let bad = r#"
-backends: { a: { url: "https://x" } }
+backends: { a: { url: "ftp://x" } }
 default_backend: nope
 experiments:
   - name: e
@@ -164,7 +164,7 @@ experiments:
     let errs = parse(bad).unwrap_err().0;
     let text = ConfigErrors(errs).to_string();
     assert!(
-        text.contains("backends.a.url: scheme https is not supported yet"),
+        text.contains("backends.a.url: scheme ftp is not supported"),
         "{text}"
     );
     assert!(

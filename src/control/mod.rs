@@ -266,6 +266,10 @@ impl ControlPlane {
         let mut states = std::mem::take(&mut cur.states);
         retain_matching(&config, &mut states, self.store.as_ref());
         self.shared.apply(&effective(&config, &states));
+        // Renewed certificates take effect for new connections.
+        if let Err(e) = self.shared.reload_tls(&config) {
+            tracing::warn!(error = %e, "listener certificate not reloaded; the previous one stays in use");
+        }
         *cur = Current {
             config_version: version,
             text,

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::guarded_body::{BoxError, IdleBody, StreamIdle};
 use crate::outcomes::{ArmRecorder, FailureKind};
 
 /// The body abgate sends to clients.
@@ -28,12 +29,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
@@ -59,8 +60,10 @@ impl Body for ProxyBody {
 /// Wraps a backend's body: records TTFB at the first data frame and latency at the
 /// end; a body dropped before its end means the client went away (dropping the
 /// inner body also closes the upstream connection, which cancels the backend's work).
+/// A body that stays silent past `timeouts.stream_idle` is cut and counted as a
+/// response timeout.
 pub struct RecordingBody {
-    inner: Incoming,
+    inner: IdleBody<Incoming>,
     recorder: Arc<ArmRecorder>,
     forced: bool,
     started: Instant,
@@ -72,7 +75,7 @@ pub struct RecordingBody {
 
 impl RecordingBody {
     pub fn new(
-        inner: Incoming,
+        inner: IdleBody<Incoming>,
         recorder: Arc<ArmRecorder>,
         forced: bool,
         started: Instant,
@@ -115,12 +118,12 @@ impl RecordingBody {
 
 impl Body for RecordingBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
@@ -134,7 +137,14 @@ impl Body for RecordingBody {
                     this.finish(None);
                 }
             }
-            Poll::Ready(Some(Err(_))) => this.finish(Some(FailureKind::Reset)),
+            Poll::Ready(Some(Err(e))) => {
+                let kind = if e.is::<StreamIdle>() {
+                    FailureKind::ResponseTimeout
+                } else {
+                    FailureKind::Reset
+                };
+                this.finish(Some(kind));
+            }
             Poll::Ready(None) => this.finish(None),
             Poll::Pending => {}
         }

@@ -14,8 +14,11 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
 use super::body::{ProxyBody, RecordingBody};
+use super::guarded_body::{BodyTrip, IdleBody, RequestBody, TripWire};
 use super::headers::{add_forwarded, strip_hop_by_hop};
+use super::limits::{check_head, RequestLimits};
 use super::problem::ProxyError;
+use crate::config::UpstreamProtocol;
 use crate::outcomes::feedback::FeedbackService;
 use crate::outcomes::token::TokenKeys;
 use crate::outcomes::{ArmRecorder, FailureKind};
@@ -35,6 +38,8 @@ pub struct DataPlane {
     /// Signs the outcome token on every routed response.
     pub tokens: Arc<TokenKeys>,
     pub feedback: Arc<FeedbackService>,
+    /// Size limits and body timeouts, fixed for the listener's lifetime.
+    pub limits: RequestLimits,
 }
 
 /// Facts about one client connection.
@@ -62,6 +67,17 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
+    if let Err(e) = check_head(&req, &plane.limits) {
+        plane.telemetry.rejected(e.slug());
+        let mut resp = error_response(&e);
+        // Whatever follows a head with doubtful framing (or an unread body) on
+        // this HTTP/1 connection cannot be trusted to be the next request.
+        if req.version() <= Version::HTTP_11 {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return Ok(resp);
+    }
     let table = plane.table.load_full();
     if req.uri().path() == table.feedback_path {
         return Ok(plane
@@ -152,6 +168,7 @@ async fn route_and_forward(
         }
     };
     let mut resp = forward(
+        plane,
         conn,
         req,
         host_header,
@@ -194,6 +211,7 @@ impl Drop for AbandonGuard<'_> {
 
 #[allow(clippy::too_many_arguments)]
 async fn forward(
+    plane: &DataPlane,
     conn: &ConnInfo,
     req: Request<Incoming>,
     host: Option<HeaderValue>,
@@ -204,7 +222,21 @@ async fn forward(
     started: Instant,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
+    // gRPC over h2 needs `te: trailers` end to end; it is the only TE value
+    // HTTP/2 allows, and only an h2 upstream may see it.
+    let wants_trailers = target.upstream.protocol == UpstreamProtocol::Http2
+        && parts.headers.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
     strip_hop_by_hop(&mut parts.headers);
+    if wants_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     add_forwarded(
         &mut parts.headers,
         conn.peer.ip(),
@@ -215,7 +247,13 @@ async fn forward(
         .headers
         .insert(header::HOST, target.upstream.host_header.clone());
     parts.uri = target.upstream.uri_for(parts.uri.path_and_query());
-    parts.version = Version::HTTP_11;
+    parts.version = match target.upstream.protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::Http2 => Version::HTTP_2,
+    };
+    let limits = &plane.limits;
+    let wire = TripWire::new(http_body::Body::is_end_stream(&body));
+    let body = RequestBody::new(body, limits.max_body_bytes, limits.body_idle, wire.clone());
     let upstream_req = Request::from_parts(parts, body);
 
     let mut guard = AbandonGuard {
@@ -224,9 +262,10 @@ async fn forward(
         armed: true,
     };
     let sent = Instant::now();
-    let result = tokio::time::timeout(
-        target.response_timeout,
+    let result = await_response(
         target.upstream.request(upstream_req),
+        target.response_timeout,
+        &wire,
     )
     .await;
     let upstream_time = sent.elapsed();
@@ -234,7 +273,28 @@ async fn forward(
 
     let outcome = match result {
         Err(_) => Err(FailureKind::ResponseTimeout),
-        Ok(Err(e)) => Err(classify(&e)),
+        Ok(Err(e)) => {
+            // The client's own body broke the request: answer for the client's
+            // fault (413/408), not the backend's, and keep the arm's error count clean.
+            if let Some(trip) = wire.get() {
+                let err = match trip {
+                    BodyTrip::TooLarge => ProxyError::BodyTooLarge {
+                        limit: limits.max_body_bytes,
+                    },
+                    BodyTrip::Idle => ProxyError::BodyTimeout {
+                        timeout_ms: limits.body_idle.as_millis(),
+                    },
+                };
+                plane.telemetry.rejected(err.slug());
+                recorder.record_response(forced, err.status());
+                recorder.record_ttfb(forced, started.elapsed());
+                recorder.record_latency(forced, started.elapsed());
+                let mut response = error_response(&err);
+                tag(&mut response, tags, started.elapsed(), upstream_time);
+                return response;
+            }
+            Err(classify(&e))
+        }
         Ok(Ok(resp)) => Ok(resp),
     };
     let mut response = match outcome {
@@ -246,6 +306,7 @@ async fn forward(
                 record_header_metrics(arm, &parts.headers);
             }
             let head_was_error = parts.status.is_server_error();
+            let body = IdleBody::new(body, limits.stream_idle);
             let body = RecordingBody::new(body, recorder.clone(), forced, started, head_was_error);
             Response::from_parts(parts, ProxyBody::Upstream(body))
         }
@@ -264,6 +325,35 @@ async fn forward(
     };
     tag(&mut response, tags, started.elapsed(), upstream_time);
     response
+}
+
+/// Waits for the response head. The `upstream_response` clock starts when the
+/// request body has been sent completely (nginx's `proxy_read_timeout` works the
+/// same way), so a slow but steady upload is never mistaken for a slow backend;
+/// a stalled upload is cut by the body idle timeout instead.
+async fn await_response<F, T>(fut: F, limit: Duration, wire: &TripWire) -> Result<T, ()>
+where
+    F: std::future::Future<Output = T>,
+{
+    tokio::pin!(fut);
+    let sleep = tokio::time::sleep(limit);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            r = &mut fut => return Ok(r),
+            _ = &mut sleep => match wire.sent_at() {
+                Some(at) => {
+                    let deadline = at + limit;
+                    if deadline <= tokio::time::Instant::now() {
+                        return Err(());
+                    }
+                    sleep.as_mut().reset(deadline);
+                }
+                // Still uploading: check again one limit later.
+                None => sleep.as_mut().reset(tokio::time::Instant::now() + limit),
+            },
+        }
+    }
 }
 
 /// Reads declared response-header metrics (e.g. token counts) into the arm's sums.

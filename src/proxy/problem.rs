@@ -27,6 +27,20 @@ pub enum ProxyError {
     UpstreamReset { backend: String },
     #[error("backend {backend} sent an invalid HTTP response")]
     BadResponse { backend: String },
+    #[error("the request target is longer than {limit} bytes")]
+    UriTooLong { limit: usize },
+    #[error("the request carries more than {limit} header fields")]
+    TooManyHeaders { limit: usize },
+    #[error("the request line and headers are larger than {limit} bytes")]
+    HeadersTooLarge { limit: usize },
+    #[error("Transfer-Encoding must be exactly `chunked`")]
+    BadTransferEncoding,
+    #[error("the request carries conflicting or invalid Content-Length values")]
+    ConflictingContentLength,
+    #[error("the request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("the client sent no request body bytes for {timeout_ms} ms")]
+    BodyTimeout { timeout_ms: u128 },
 }
 
 impl ProxyError {
@@ -46,7 +60,16 @@ impl ProxyError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::MissingHost | ProxyError::DuplicateHost => StatusCode::BAD_REQUEST,
+            ProxyError::MissingHost
+            | ProxyError::DuplicateHost
+            | ProxyError::BadTransferEncoding
+            | ProxyError::ConflictingContentLength => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ProxyError::TooManyHeaders { .. } | ProxyError::HeadersTooLarge { .. } => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UnknownOverrideArm(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -69,6 +92,13 @@ impl ProxyError {
             ProxyError::ResponseTimeout { .. } => "upstream-response-timeout",
             ProxyError::UpstreamReset { .. } => "upstream-reset",
             ProxyError::BadResponse { .. } => "upstream-bad-response",
+            ProxyError::UriTooLong { .. } => "uri-too-long",
+            ProxyError::TooManyHeaders { .. } => "too-many-headers",
+            ProxyError::HeadersTooLarge { .. } => "headers-too-large",
+            ProxyError::BadTransferEncoding => "bad-transfer-encoding",
+            ProxyError::ConflictingContentLength => "conflicting-content-length",
+            ProxyError::BodyTooLarge { .. } => "body-too-large",
+            ProxyError::BodyTimeout { .. } => "body-timeout",
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The data-plane listener: accept loop, per-connection tasks, graceful drain.
 //!
-//! Shape (after mini-redis): accept, one task per connection, a shutdown signal
-//! that stops accepting, then a drain bounded by the grace period.
+//! Shape (after mini-redis): take a connection permit, then accept, one task per
+//! connection (TLS handshake bounded by its own timeout, then HTTP/1 or HTTP/2),
+//! a shutdown signal that stops accepting, then a drain bounded by the grace period.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,74 +10,251 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
 
+use super::activity::{Activity, ActivityBody};
 use super::handler::{handle, ConnInfo, DataPlane};
+use super::limits::WriteIdleIo;
+use super::tls::TlsTerminator;
+use crate::config::Config;
 
 /// Listener settings that do not change with the routing table.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ListenerSettings {
+    /// A client must send a complete request head within this (and an idle
+    /// HTTP/1 connection is closed after it).
     pub header_read_timeout: Duration,
+    /// How long in-flight requests may take to finish after shutdown starts.
     pub shutdown_grace: Duration,
+    /// Open connections at most; the accept loop waits for a free permit.
+    pub max_connections: usize,
+    /// Request line plus headers, in bytes (`limits.max_header_bytes`).
+    pub max_header_bytes: usize,
+    /// Header fields per request (`limits.max_header_count`).
+    pub max_header_count: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    pub h2_max_concurrent_streams: u32,
+    /// A write to a client blocked this long closes the connection.
+    pub downstream_write_idle: Duration,
+    /// A connection with no request in flight for this long is closed gracefully.
+    pub keepalive_idle: Duration,
+    /// A TLS client must complete its handshake within this.
+    pub tls_handshake_timeout: Duration,
+    /// `Some` terminates TLS on this listener.
+    pub tls: Option<Arc<TlsTerminator>>,
 }
 
-/// Largest request head abgate buffers. hyper's default (~400 KiB) lets one
-/// client pin a lot of memory; Envoy's `max_request_headers_kb` default is 60 KiB
-/// and nginx's `large_client_header_buffers` 4×8 KiB, so 64 KiB fits real clients.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+impl ListenerSettings {
+    /// Settings for `config`'s data-plane listener; `tls` was built from `config.tls`.
+    pub fn from_config(config: &Config, tls: Option<Arc<TlsTerminator>>) -> Self {
+        ListenerSettings {
+            header_read_timeout: config.timeouts.header_read,
+            shutdown_grace: config.timeouts.shutdown_grace,
+            max_connections: config.limits.max_connections,
+            max_header_bytes: config.limits.max_header_bytes,
+            max_header_count: config.limits.max_header_count,
+            h2_max_concurrent_streams: config.limits.h2_max_concurrent_streams,
+            downstream_write_idle: config.timeouts.downstream_write_idle,
+            keepalive_idle: config.timeouts.keepalive_idle,
+            tls_handshake_timeout: config.timeouts.tls_handshake,
+            tls,
+        }
+    }
+}
+
+/// HTTP/2 keep-alive pings find peers that vanished without a FIN (NAT timeouts,
+/// pulled cables); 20 s matches hyper's ping timeout.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+
+fn http_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own limits sit at twice ours, so a moderately oversized head still
+    // reaches `limits::check_head` and gets a JSON 431; only abuse far past the
+    // limit meets hyper's bare answer and a closed connection.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size((settings.max_header_bytes * 2).max(8192))
+        .max_headers(settings.max_header_count * 2);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.h2_max_concurrent_streams)
+        // Pinned explicitly (hyper's defaults are not promised stable): the
+        // Rapid Reset (CVE-2023-44487) and error-reset (RUSTSEC-2024-0003) guards.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
+        .max_header_list_size(settings.max_header_bytes as u32)
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_INTERVAL);
+    builder
+}
 
 /// Serves until `shutdown` flips to true, then drains connections for up to the
-/// grace period. Returns when every connection has finished or been cut.
+/// grace period. Returns when every connection has finished or the grace is over.
 pub async fn serve(
     listener: TcpListener,
     plane: Arc<DataPlane>,
     settings: ListenerSettings,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(MAX_HEAD_BYTES);
-    builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(http_builder(&settings));
+    let settings = Arc::new(settings);
+    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let open = plane.telemetry.gauge("abgate_downstream_connections", &[]);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let conn_info = Arc::new(ConnInfo { peer, proto: "http" });
-                let plane = plane.clone();
-                let svc = service_fn(move |req| handle(plane.clone(), conn_info.clone(), req));
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
+        // The permit is taken before accept: at the limit, new clients wait in
+        // the kernel's accept queue instead of costing abgate memory.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             _ = stop_requested(&mut shutdown) => break,
-        }
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop_requested(&mut shutdown) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Conn {
+            peer,
+            plane: plane.clone(),
+            builder: builder.clone(),
+            settings: settings.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let open = open.clone();
+        open.increment(1.0);
+        tokio::spawn(async move {
+            conn.run(stream).await;
+            open.decrement(1.0);
+            drop(permit);
+        });
     }
     drop(listener);
+    // Every connection task holds one permit until it ends, so having them all
+    // back means every connection has drained.
+    let all = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = permits.acquire_many(all) => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(settings.shutdown_grace) => {
             tracing::warn!(grace = ?settings.shutdown_grace, "grace period over; cutting remaining connections");
         }
     }
+}
+
+/// One client connection and what it needs.
+struct Conn {
+    peer: std::net::SocketAddr,
+    plane: Arc<DataPlane>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    settings: Arc<ListenerSettings>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Conn {
+    /// Optional TLS handshake (bounded), then HTTP.
+    async fn run(self, stream: TcpStream) {
+        let io = WriteIdleIo::new(stream, self.settings.downstream_write_idle);
+        let Some(tls) = &self.settings.tls else {
+            self.serve_http(io, "http").await;
+            return;
+        };
+        let acceptor = tls.acceptor();
+        let handshake = acceptor.accept(io);
+        match tokio::time::timeout(self.settings.tls_handshake_timeout, handshake).await {
+            Ok(Ok(tls_stream)) => self.serve_http(tls_stream, "https").await,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                self.plane.telemetry.rejected("tls-handshake-failed");
+            }
+            Err(_) => {
+                tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                self.plane.telemetry.rejected("tls-handshake-timeout");
+            }
+        }
+    }
+
+    /// Serves HTTP/1 or HTTP/2 until the client leaves, the connection has been
+    /// idle for `keepalive_idle`, or shutdown is requested (then it finishes its
+    /// in-flight requests: GOAWAY on h2, close after the response on h1).
+    async fn serve_http<I>(mut self, io: I, proto: &'static str)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let conn_info = Arc::new(ConnInfo {
+            peer: self.peer,
+            proto,
+        });
+        let activity = Arc::new(Activity::new());
+        let (plane, act) = (self.plane.clone(), activity.clone());
+        let svc = service_fn(move |req| {
+            let guard = act.begin();
+            let fut = handle(plane.clone(), conn_info.clone(), req);
+            async move {
+                let resp = fut.await?;
+                Ok::<_, std::convert::Infallible>(resp.map(|b| ActivityBody::new(b, guard)))
+            }
+        });
+        let conn = self.builder.serve_connection(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        let idle_limit = self.settings.keepalive_idle;
+        let mut closing = false;
+        let result = loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                _ = stop_requested(&mut self.shutdown), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = activity.idle_for(idle_limit), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        };
+        if let Err(e) = result {
+            if let Some(reason) = connection_error_reason(&*e) {
+                self.plane.telemetry.rejected(reason);
+            }
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// Requests hyper refused before our handler saw them, named for
+/// `abgate_rejected_requests_total{reason}`; `None` for ordinary disconnects.
+fn connection_error_reason(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            if h.is_timeout() {
+                return Some("header-read-timeout");
+            }
+            if h.is_parse_too_large() {
+                return Some("head-too-large");
+            }
+            if h.is_parse() {
+                return Some("malformed-request");
+            }
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return Some("downstream-write-timeout");
+            }
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// Resolves once `rx` reads true (or its sender is gone). Kept in its own fn so

@@ -10,44 +10,79 @@ use std::time::Duration;
 use dashmap::DashMap;
 use http::uri::{PathAndQuery, Uri};
 use http::HeaderValue;
-use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::BackendUrl;
+use super::guarded_body::RequestBody;
+use crate::config::{Backend, BackendUrl, UpstreamProtocol, UpstreamTls};
 
-/// The body type abgate sends upstream: the client's body, streamed.
-pub type UpstreamRequestBody = Incoming;
+/// The body type abgate sends upstream: the client's body, streamed through
+/// its size and idle limits.
+pub type UpstreamRequestBody = RequestBody;
 
-type HttpClient = Client<HttpConnector, UpstreamRequestBody>;
+/// One connector type for every backend: plain TCP for `http://`, rustls for
+/// `https://` (the scheme of the request URI decides).
+type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>;
 
 /// One backend's connection pool.
 pub struct Upstream {
     pub url: BackendUrl,
     /// The `Host` header sent upstream (the backend's own authority).
     pub host_header: HeaderValue,
+    pub protocol: UpstreamProtocol,
     client: HttpClient,
 }
 
 impl Upstream {
-    fn new(url: BackendUrl, connect_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
+    fn new(
+        url: BackendUrl,
+        protocol: UpstreamProtocol,
+        tls: &UpstreamTls,
+        connect_timeout: Duration,
+    ) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        // The TLS layer above needs https URIs passed down.
+        http.enforce_http(false);
+        // The files were checked when the config was validated; if they broke
+        // since, every connection to this backend fails (502) with the reason
+        // logged here, rather than the whole table failing to build.
+        let tls_config = super::tls::client_config(tls).unwrap_or_else(|e| {
+            tracing::error!(backend = %url.text, error = %e, "TLS settings unusable; https requests will fail");
+            super::tls::client_config(&UpstreamTls::default())
+                .expect("a config with system roots and no client cert always builds")
+        });
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config)
+            .https_or_http();
+        let connector = match protocol {
+            UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
+            UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
+        };
+        let mut client = Client::builder(TokioExecutor::new());
+        client
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             // Backends close idle keep-alive connections too; 90s like Go's
             // http.Transport keeps warm connections without hoarding them.
             .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
+            // hyper-util's default is unbounded; 64 idle connections per backend
+            // covers bursts without pinning sockets after them.
+            .pool_max_idle_per_host(64);
+        if protocol == UpstreamProtocol::Http2 {
+            // Prior knowledge on http:// (h2c); on https:// ALPN offers only h2.
+            client.http2_only(true);
+        }
+        let client = client.build(connector);
         let host_header = HeaderValue::from_str(url.authority.as_str())
             .expect("an http::uri::Authority is a valid header value");
         Upstream {
             url,
             host_header,
+            protocol,
             client,
         }
     }
@@ -80,18 +115,35 @@ impl Upstream {
     }
 }
 
-/// Every backend's pool, keyed by (URL, connect timeout). A table rebuild asks for
-/// its backends here, so unchanged backends keep their warm connections.
+/// What makes two backends share a pool: same URL, protocol, TLS files and
+/// connect timeout.
+type PoolKey = (String, UpstreamProtocol, UpstreamTls, Duration);
+
+/// Every backend's pool, keyed by [`PoolKey`]. A table rebuild asks for its
+/// backends here, so unchanged backends keep their warm connections.
 #[derive(Default)]
 pub struct UpstreamPool {
-    pools: DashMap<(String, Duration), Arc<Upstream>>,
+    pools: DashMap<PoolKey, Arc<Upstream>>,
 }
 
 impl UpstreamPool {
-    pub fn get(&self, url: &BackendUrl, connect_timeout: Duration) -> Arc<Upstream> {
+    pub fn get(&self, backend: &Backend, connect_timeout: Duration) -> Arc<Upstream> {
+        let key = (
+            backend.url.text.clone(),
+            backend.protocol,
+            backend.tls.clone(),
+            connect_timeout,
+        );
         self.pools
-            .entry((url.text.clone(), connect_timeout))
-            .or_insert_with(|| Arc::new(Upstream::new(url.clone(), connect_timeout)))
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Upstream::new(
+                    backend.url.clone(),
+                    backend.protocol,
+                    &backend.tls,
+                    connect_timeout,
+                ))
+            })
             .clone()
     }
 

@@ -117,7 +117,7 @@ impl RoutingTable {
                 .backend(backend)
                 .expect("validated config: arms and default_backend name declared backends");
             Target {
-                upstream: pools.get(&b.url, config.timeouts.upstream_connect),
+                upstream: pools.get(b, config.timeouts.upstream_connect),
                 backend: b.name.clone(),
                 response_timeout: b
                     .response_timeout

@@ -451,3 +451,151 @@ pub async fn admin_call(
             .unwrap_or_default(),
     }
 }
+
+// ---- Hardening fixtures (appended) ----
+
+/// What a [`RecordingBackend`] saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: http::HeaderMap,
+    pub body_len: usize,
+    pub version: http::Version,
+}
+
+/// An HTTP/1.1 + h2c backend that records every request it receives (method,
+/// path, headers, body length) and answers 200 "rec".
+pub struct RecordingBackend {
+    pub addr: SocketAddr,
+    pub seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RecordingBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RecordingBackend {
+    pub async fn start() -> RecordingBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let s = s.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body_len = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes().len())
+                                .unwrap_or(0);
+                            s.lock().unwrap().push(Seen {
+                                method: parts.method.to_string(),
+                                path: parts.uri.path().to_string(),
+                                headers: parts.headers,
+                                body_len,
+                                version: parts.version,
+                            });
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("rec"))))
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        RecordingBackend { addr, seen, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn paths(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.path.clone())
+            .collect()
+    }
+}
+
+/// Config routing everything to `url` as the default backend, with extra YAML.
+pub fn default_backend_config(url: &str, extra: &str) -> String {
+    format!("backends:\n  main: {{ url: \"{url}\" }}\ndefault_backend: main\n{extra}\n")
+}
+
+/// Sends raw bytes and returns what came back before the server closed, and
+/// how long that took; panics if the server has not closed within `limit`.
+pub async fn raw_until_close(
+    addr: SocketAddr,
+    bytes: &[u8],
+    limit: Duration,
+) -> (String, Duration) {
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        r.is_ok(),
+        "server did not close within {limit:?}; got {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// A plain GET to `path` on abgate must answer 200: the process still serves.
+pub async fn assert_still_serving(addr: SocketAddr, path: &str) {
+    let c = client();
+    let a = get(&c, &format!("http://{addr}{path}"), &[]).await;
+    assert_eq!(a.status, 200, "a normal request after the bad one failed");
+}
+
+/// The number of times `reason` was counted as a rejection.
+pub async fn rejected(admin: SocketAddr, reason: &str) -> f64 {
+    metric_value(
+        &metrics(admin).await,
+        "abgate_rejected_requests_total",
+        &[("reason", reason)],
+    )
+}
+
+/// Waits until `reason` was counted `n` times.
+pub async fn expect_rejected(admin: SocketAddr, reason: &str, n: f64) {
+    let reason = reason.to_string();
+    eventually(
+        Duration::from_secs(5),
+        &format!("{reason} counted {n}"),
+        || {
+            let reason = reason.clone();
+            async move { rejected(admin, &reason).await == n }
+        },
+    )
+    .await;
+}

@@ -1,0 +1,291 @@
+//! Bodies with limits: the client's request body streamed upstream (size cap and
+//! idle timeout) and the backend's response body (idle timeout).
+//!
+//! Owns: cutting a body that is too large or has stalled, and telling the
+//! handler which of the two happened so it can answer 413 or 408.
+//! Never: buffers a body; every frame passes through as it arrives.
+
+use std::fmt;
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+/// Errors of guarded bodies, as hyper wants them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a request body was cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyTrip {
+    /// More bytes than `limits.max_request_body_bytes`.
+    TooLarge,
+    /// No bytes for `timeouts.request_body_idle`.
+    Idle,
+}
+
+impl fmt::Display for BodyTrip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BodyTrip::TooLarge => "request body exceeds the size limit",
+            BodyTrip::Idle => "request body stalled past the idle timeout",
+        })
+    }
+}
+
+impl std::error::Error for BodyTrip {}
+
+/// Shared between a [`RequestBody`] (inside the upstream connection task) and
+/// the handler awaiting the upstream response: the handler reads it to tell a
+/// client-side failure (413/408) from an upstream one (502), and to start the
+/// response-header timeout only once the whole body has been sent.
+#[derive(Clone)]
+pub struct TripWire(Arc<WireState>);
+
+struct WireState {
+    trip: AtomicU8,
+    /// Milliseconds after `base` when the body's last byte was handed to the
+    /// upstream connection; `u64::MAX` while it is still being sent.
+    sent_ms: AtomicU64,
+    base: Instant,
+}
+
+impl TripWire {
+    /// `already_sent` is true for a request without a body.
+    pub fn new(already_sent: bool) -> Self {
+        TripWire(Arc::new(WireState {
+            trip: AtomicU8::new(0),
+            sent_ms: AtomicU64::new(if already_sent { 0 } else { u64::MAX }),
+            base: Instant::now(),
+        }))
+    }
+
+    fn set(&self, trip: BodyTrip) {
+        let v = match trip {
+            BodyTrip::TooLarge => 1,
+            BodyTrip::Idle => 2,
+        };
+        self.0.trip.store(v, Ordering::Release);
+    }
+
+    fn sent(&self) {
+        let ms = self.0.base.elapsed().as_millis() as u64;
+        let _ = self
+            .0
+            .sent_ms
+            .compare_exchange(u64::MAX, ms, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    pub fn get(&self) -> Option<BodyTrip> {
+        match self.0.trip.load(Ordering::Acquire) {
+            1 => Some(BodyTrip::TooLarge),
+            2 => Some(BodyTrip::Idle),
+            _ => None,
+        }
+    }
+
+    /// When the whole body had been sent, or `None` while it is still uploading.
+    pub fn sent_at(&self) -> Option<Instant> {
+        match self.0.sent_ms.load(Ordering::Acquire) {
+            u64::MAX => None,
+            ms => Some(self.0.base + Duration::from_millis(ms)),
+        }
+    }
+}
+
+/// A lazily armed idle timer: armed when the body is polled and has nothing,
+/// disarmed by any frame. One timer reset per stall, none per frame.
+struct IdleTimer {
+    limit: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl IdleTimer {
+    fn new(limit: Duration) -> Self {
+        IdleTimer {
+            limit,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    fn progress(&mut self) {
+        self.armed = false;
+    }
+
+    /// Called when the inner body is pending; true once the limit has passed.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.armed {
+            self.armed = true;
+            let deadline = Instant::now() + self.limit;
+            match &mut self.sleep {
+                Some(s) => s.as_mut().reset(deadline),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        match &mut self.sleep {
+            Some(s) => s.as_mut().poll(cx).is_ready(),
+            None => false,
+        }
+    }
+}
+
+/// The client's request body on its way upstream.
+pub struct RequestBody {
+    inner: Incoming,
+    limit: u64,
+    seen: u64,
+    idle: IdleTimer,
+    wire: TripWire,
+    tripped: bool,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, limit: u64, idle: Duration, wire: TripWire) -> Self {
+        RequestBody {
+            inner,
+            limit,
+            seen: 0,
+            idle: IdleTimer::new(idle),
+            wire,
+            tripped: false,
+        }
+    }
+
+    fn trip(&mut self, why: BodyTrip) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.tripped = true;
+        self.wire.set(why);
+        Poll::Ready(Some(Err(Box::new(why))))
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.tripped {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.idle.progress();
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.limit {
+                        return this.trip(BodyTrip::TooLarge);
+                    }
+                }
+                // A sized body is not polled again after its last frame.
+                if this.inner.is_end_stream() {
+                    this.wire.sent();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => {
+                this.wire.sent();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.idle.expired(cx) {
+                    this.trip(BodyTrip::Idle)
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.tripped || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A backend's response body went quiet for longer than `timeouts.stream_idle`.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamIdle;
+
+impl fmt::Display for StreamIdle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("backend response body produced nothing within the stream idle timeout")
+    }
+}
+
+impl std::error::Error for StreamIdle {}
+
+/// A backend's response body, cut when no frame arrives for the idle limit.
+/// Frames only reset the timer, so a slow but alive stream runs forever.
+pub struct IdleBody<B> {
+    inner: B,
+    idle: IdleTimer,
+    cut: bool,
+}
+
+impl<B> IdleBody<B> {
+    pub fn new(inner: B, limit: Duration) -> Self {
+        IdleBody {
+            inner,
+            idle: IdleTimer::new(limit),
+            cut: false,
+        }
+    }
+}
+
+impl<B> Body for IdleBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.cut {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.idle.progress();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                if this.idle.expired(cx) {
+                    this.cut = true;
+                    Poll::Ready(Some(Err(Box::new(StreamIdle))))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
