@@ -7,6 +7,7 @@
 mod analyze;
 mod check;
 mod control;
+mod demo;
 mod remote;
 mod serve;
 mod status;
@@ -30,6 +31,8 @@ struct Cli {
 enum Command {
     /// Run the proxy and its admin API.
     Serve(serve::ServeArgs),
+    /// See a canary rolled back (or, with --canary good, promoted) in under a minute.
+    Demo(demo::DemoArgs),
     /// Validate config files; print every error with its line.
     Check(check::CheckArgs),
     /// Re-check an experiment's statistics offline (sequential tests, SRM, verdict).
@@ -54,6 +57,7 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Check(args) => check::run(args),
         Command::Analyze(args) => analyze::run(args),
         Command::Status(args) => status::run(args),

@@ -1,0 +1,33 @@
+//! `abgate demo` in non-terminal mode: the README's first command tells a story
+//! that ends in a decision.
+
+use std::process::Command;
+
+fn demo(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_abgate"))
+        .arg("demo")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn the_default_demo_rolls_back_the_flawed_canary() {
+    let (ok, out) = demo(&["--duration", "30s"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("decision: rollback"), "{out}");
+    assert!(out.contains("why: rolled back"), "{out}");
+    // Plain lines, no terminal control codes, when stdout is not a terminal.
+    assert!(!out.contains('\x1b'), "{out}");
+}
+
+#[test]
+fn a_good_canary_is_promoted() {
+    let (ok, out) = demo(&["--canary", "good", "--duration", "45s"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("decision: promote"), "{out}");
+}
