@@ -15,6 +15,7 @@ pub mod mock;
 pub mod outcomes;
 pub mod proxy;
 pub mod routing;
+pub mod scenario;
 pub mod server;
 pub mod stats;
 pub mod store;

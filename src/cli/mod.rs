@@ -9,8 +9,11 @@ mod check;
 mod control;
 mod demo;
 mod remote;
+mod scenario;
 mod serve;
 mod status;
+
+pub use status::render as render_status;
 
 use std::process::ExitCode;
 
@@ -33,6 +36,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// See a canary rolled back (or, with --canary good, promoted) in under a minute.
     Demo(demo::DemoArgs),
+    /// Run a scenario from load/scenarios/ and print the controller's decisions.
+    Scenario(scenario::ScenarioArgs),
     /// Validate config files; print every error with its line.
     Check(check::CheckArgs),
     /// Re-check an experiment's statistics offline (sequential tests, SRM, verdict).
@@ -58,6 +63,7 @@ pub fn run() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Scenario(args) => scenario::run(args),
         Command::Check(args) => check::run(args),
         Command::Analyze(args) => analyze::run(args),
         Command::Status(args) => status::run(args),

@@ -222,9 +222,50 @@ impl MarkedEventReceiver for TreeBuilder {
     }
 }
 
+/// Converts a tree to JSON: plain scalars become numbers, booleans or null where
+/// they read as such (YAML 1.2 core schema), everything else a string.
+pub fn to_json(node: &Node) -> serde_json::Value {
+    use serde_json::Value as J;
+    match &node.value {
+        Value::Null => J::Null,
+        Value::Scalar(s) if s.plain => match s.text.as_str() {
+            "true" => J::Bool(true),
+            "false" => J::Bool(false),
+            t => t
+                .parse::<i64>()
+                .map(J::from)
+                .ok()
+                .or_else(|| {
+                    t.parse::<f64>()
+                        .ok()
+                        .and_then(serde_json::Number::from_f64)
+                        .map(J::Number)
+                })
+                .unwrap_or_else(|| J::String(t.to_string())),
+        },
+        Value::Scalar(s) => J::String(s.text.clone()),
+        Value::Seq(items) => J::Array(items.iter().map(to_json).collect()),
+        Value::Map(entries) => J::Object(
+            entries
+                .iter()
+                .map(|e| (e.key.clone(), to_json(&e.value)))
+                .collect(),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn converts_to_json() {
+        let node = parse("a: 1\nb: [x, \"2\", 2.5, true, ~]\n").unwrap();
+        assert_eq!(
+            to_json(&node),
+            serde_json::json!({"a": 1, "b": ["x", "2", 2.5, true, null]})
+        );
+    }
 
     #[test]
     fn lines_are_recorded_for_nested_nodes() {
