@@ -166,13 +166,15 @@ impl Conn {
     async fn run(self, stream: TcpStream) {
         let io = WriteIdleIo::new(stream, self.settings.downstream_write_idle);
         let Some(tls) = &self.settings.tls else {
-            self.serve_http(io, "http").await;
+            // Boxed so a plain connection's task does not reserve room for the
+            // (much larger) TLS variant of this future, and vice versa.
+            Box::pin(self.serve_http(io, "http")).await;
             return;
         };
         let acceptor = tls.acceptor();
         let handshake = acceptor.accept(io);
         match tokio::time::timeout(self.settings.tls_handshake_timeout, handshake).await {
-            Ok(Ok(tls_stream)) => self.serve_http(tls_stream, "https").await,
+            Ok(Ok(tls_stream)) => Box::pin(self.serve_http(tls_stream, "https")).await,
             Ok(Err(e)) => {
                 tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
                 self.plane.telemetry.rejected("tls-handshake-failed");
@@ -199,7 +201,10 @@ impl Conn {
         let (plane, act) = (self.plane.clone(), activity.clone());
         let svc = service_fn(move |req| {
             let guard = act.begin();
-            let fut = handle(plane.clone(), conn_info.clone(), req);
+            // hyper keeps a slot sized for this future in every connection, idle
+            // or not; boxing the request's own future keeps that slot small and
+            // costs one allocation per request instead of ~5 KiB per connection.
+            let fut = Box::pin(handle(plane.clone(), conn_info.clone(), req));
             async move {
                 let resp = fut.await?;
                 Ok::<_, std::convert::Infallible>(resp.map(|b| ActivityBody::new(b, guard)))

@@ -6,7 +6,7 @@
 //! but the configured files.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
@@ -91,28 +91,49 @@ impl TlsTerminator {
     }
 }
 
+/// The platform trust store, read once per process: it is ~150 KiB of parsed
+/// certificates and a directory scan, not something to repeat per backend.
+fn native_roots() -> Arc<RootCertStore> {
+    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = RootCertStore::empty();
+            // Certificates the platform store holds but webpki cannot parse are
+            // skipped, as every rustls-based client does.
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            Arc::new(roots)
+        })
+        .clone()
+}
+
+/// The client config of an `http://` backend: never used for a handshake (the
+/// scheme decides), so it trusts nothing and costs nothing to build.
+pub fn plain_client_config() -> ClientConfig {
+    ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth()
+}
+
 /// Builds the client config for an `https://` backend: trust `ca_file` when
 /// given, the system store otherwise; present a client certificate if configured;
 /// ALPN is left empty: the connector builder sets exactly the configured protocol.
 pub fn client_config(tls: &UpstreamTls) -> Result<ClientConfig, String> {
-    let mut roots = RootCertStore::empty();
-    match &tls.ca_file {
+    let roots = match &tls.ca_file {
         Some(ca) => {
+            let mut roots = RootCertStore::empty();
             for cert in load_certs(ca)? {
                 roots
                     .add(cert)
                     .map_err(|e| format!("{}: unusable CA certificate: {e}", ca.display()))?;
             }
+            Arc::new(roots)
         }
-        None => {
-            // Certificates the platform store holds but webpki cannot parse are
-            // skipped, as every rustls-based client does.
-            let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
+        None => native_roots(),
+    };
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(|e| e.to_string())?

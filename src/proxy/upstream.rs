@@ -50,11 +50,14 @@ impl Upstream {
         // The files were checked when the config was validated; if they broke
         // since, every connection to this backend fails (502) with the reason
         // logged here, rather than the whole table failing to build.
-        let tls_config = super::tls::client_config(tls).unwrap_or_else(|e| {
-            tracing::error!(backend = %url.text, error = %e, "TLS settings unusable; https requests will fail");
-            super::tls::client_config(&UpstreamTls::default())
-                .expect("a config with system roots and no client cert always builds")
-        });
+        let tls_config = if url.scheme == http::uri::Scheme::HTTPS {
+            super::tls::client_config(tls).unwrap_or_else(|e| {
+                tracing::error!(backend = %url.text, error = %e, "TLS settings unusable; https requests will fail");
+                super::tls::plain_client_config()
+            })
+        } else {
+            super::tls::plain_client_config()
+        };
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls_config)
             .https_or_http();
