@@ -8,6 +8,8 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod controller;
 pub mod loadgen;
 pub mod mock;
 pub mod outcomes;
@@ -15,4 +17,5 @@ pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod stats;
+pub mod store;
 pub mod telemetry;

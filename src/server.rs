@@ -1,9 +1,10 @@
-//! Assembles a running abgate: data plane, admin API, and the state they share.
+//! Assembles a running abgate: store, control plane, data plane, admin API.
 //!
-//! Owns: startup (bind, build the first table), table swaps, and shutdown.
+//! Owns: startup (bind, restore state, build the first table), and shutdown.
 //! Everything is per instance (no globals) so tests can run several servers.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::admin::auth::{AdminAuth, AuthError};
+use crate::admin::Admin;
+use crate::config::{self, Config, ConfigErrors};
+use crate::control::ControlPlane;
+use crate::outcomes::feedback::FeedbackService;
+use crate::outcomes::token::{KeyError, TokenKeys};
 use crate::outcomes::RecorderRegistry;
 use crate::proxy::handler::DataPlane;
 use crate::proxy::limits::RequestLimits;
@@ -21,9 +27,11 @@ use crate::proxy::server::{self as listener, ListenerSettings};
 use crate::proxy::tls::TlsTerminator;
 use crate::proxy::upstream::UpstreamPool;
 use crate::routing::RoutingTable;
+use crate::store::feedback::FeedbackLog;
+use crate::store::{SqliteStore, StoreError};
 use crate::telemetry::Telemetry;
 
-/// State shared by the data plane, the admin API and (later) the controller.
+/// State shared by the data plane, the control plane and the admin API.
 pub struct Shared {
     pub plane: Arc<DataPlane>,
     pub telemetry: Arc<Telemetry>,
@@ -35,8 +43,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Builds a table from `config` off the hot path and publishes it in one store.
-    /// Returns the new version.
+    /// Builds a table from `config` off the hot path and publishes it with one
+    /// store; in-flight requests finish on the table they loaded. Returns the
+    /// new table version. Only the control plane calls this.
     pub fn apply(&self, config: &Config) -> u64 {
         let version = self.next_version.fetch_add(1, Ordering::SeqCst);
         let table = RoutingTable::build(config, version, &self.pools, &self.recorders);
@@ -60,6 +69,8 @@ impl Shared {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("invalid config:\n{0}")]
+    Config(ConfigErrors),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         addr: SocketAddr,
@@ -68,17 +79,45 @@ pub enum StartError {
     },
     #[error("cannot set up TLS on the data plane: {0}")]
     Tls(String),
+    #[error(
+        "refusing to start: the admin listener {0} is not loopback and no admin token is configured \
+         (set ABGATE_ADMIN_TOKEN or admin.token_file, or listen on 127.0.0.1)"
+    )]
+    InsecureAdmin(SocketAddr),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    TokenKeys(#[from] KeyError),
 }
 
-/// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
+/// What to start from.
+pub struct StartOptions {
+    /// The config text (YAML or JSON).
+    pub config_text: String,
+    /// The file it came from: re-read on SIGHUP (and on change with `watch_file`).
+    pub config_path: Option<PathBuf>,
+    /// Watch `config_path` for changes.
+    pub watch_file: bool,
+    /// The admin bearer token from the environment (`ABGATE_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
+    /// Outcome-token keys from the environment (`ABGATE_TOKEN_KEYS`, `id:secret,...`).
+    pub token_keys: Option<String>,
+}
+
+/// A started server. Call [`RunningServer::shutdown`] to stop it.
 pub struct RunningServer {
     pub data_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub shared: Arc<Shared>,
+    pub control: Arc<ControlPlane>,
     stop: watch::Sender<bool>,
     data_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
     upkeep_task: JoinHandle<()>,
+    controller_task: JoinHandle<()>,
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
@@ -87,39 +126,85 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Start
         .map_err(|source| StartError::Bind { addr, what, source })
 }
 
-/// Binds both listeners and starts serving `config`.
-pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
-    let data = bind(config.listen, "data plane").await?;
-    let admin = bind(config.admin.listen, "admin").await?;
-    let tls = match &config.tls {
+/// Validates the config, opens the store, binds both listeners and serves.
+pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
+    let file_config = config::parse(&opts.config_text).map_err(StartError::Config)?;
+    let auth = AdminAuth::load(
+        opts.admin_token.as_deref(),
+        file_config.admin.token_file.as_deref(),
+    )?;
+    if !file_config.admin.listen.ip().is_loopback() && !auth.is_configured() {
+        return Err(StartError::InsecureAdmin(file_config.admin.listen));
+    }
+    let store = Arc::new(SqliteStore::open(&file_config.state_dir)?);
+    let data = bind(file_config.listen, "data plane").await?;
+    let admin = bind(file_config.admin.listen, "admin").await?;
+    let tls = match &file_config.tls {
         Some(files) => Some(Arc::new(
             TlsTerminator::new(files).map_err(StartError::Tls)?,
         )),
         None => None,
     };
+    let settings = ListenerSettings::from_config(&file_config, tls.clone());
+
     let telemetry = Telemetry::new();
     let recorders = RecorderRegistry::new(telemetry.clone());
     let pools = UpstreamPool::default();
-    let table = RoutingTable::build(config, 1, &pools, &recorders);
+    // Placeholder until the control plane publishes the restored table.
+    let empty = config::parse("").map_err(StartError::Config)?;
+    let tokens = Arc::new(TokenKeys::load(
+        opts.token_keys.as_deref(),
+        file_config.tokens.key_file.as_deref(),
+        &file_config.state_dir,
+    )?);
+    let feedback = FeedbackService::start(
+        FeedbackLog::open(&file_config.state_dir)?,
+        tokens.clone(),
+        recorders.metrics.clone(),
+        telemetry.clone(),
+    )?;
     let plane = Arc::new(DataPlane {
-        table: ArcSwap::from_pointee(table),
+        table: ArcSwap::from_pointee(RoutingTable::build(&empty, 0, &pools, &recorders)),
         telemetry: telemetry.clone(),
-        limits: RequestLimits::new(&config.limits, &config.timeouts),
+        limits: RequestLimits::new(&file_config.limits, &file_config.timeouts),
+        tokens,
+        feedback,
     });
     let shared = Arc::new(Shared {
         plane: plane.clone(),
         telemetry: telemetry.clone(),
         recorders,
         pools,
-        tls: tls.clone(),
-        next_version: AtomicU64::new(2),
+        tls,
+        next_version: AtomicU64::new(1),
     });
+    let control = Arc::new(ControlPlane::restore(
+        shared.clone(),
+        store,
+        opts.config_path.clone(),
+        opts.config_text,
+        file_config,
+    )?);
+    let watcher = if opts.watch_file {
+        crate::control::watch::watch_file(control.clone())
+    } else {
+        None
+    };
+    if opts.config_path.is_some() {
+        crate::control::watch::reload_on_sighup(control.clone());
+    }
+
+    let controller_task = crate::controller::spawn(control.clone());
     let (stop, stopped) = watch::channel(false);
-    let settings = ListenerSettings::from_config(config, tls);
     let data_addr = data.local_addr().expect("bound socket has an address");
     let admin_addr = admin.local_addr().expect("bound socket has an address");
+    let admin_state = Arc::new(Admin {
+        control: control.clone(),
+        auth,
+        listen: admin_addr,
+    });
     let data_task = tokio::spawn(listener::serve(data, plane, settings, stopped.clone()));
-    let admin_task = tokio::spawn(crate::admin::serve(admin, shared.clone(), stopped));
+    let admin_task = tokio::spawn(crate::admin::serve(admin, admin_state, stopped));
     let upkeep_task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
@@ -132,10 +217,13 @@ pub async fn start(config: &Config) -> Result<RunningServer, StartError> {
         data_addr,
         admin_addr,
         shared,
+        control,
         stop,
         data_task,
         admin_task,
         upkeep_task,
+        controller_task,
+        _watcher: watcher,
     })
 }
 
@@ -147,5 +235,6 @@ impl RunningServer {
         let _ = self.data_task.await;
         let _ = self.admin_task.await;
         self.upkeep_task.abort();
+        self.controller_task.abort();
     }
 }

@@ -1,31 +1,43 @@
-//! The admin listener: metrics and health now; experiments, decisions and config
-//! changes as the control plane grows.
+//! The admin listener: experiments, decisions, manual actions, config, metrics, health.
 //!
-//! Owns: admin routing and its JSON answers. Never: serves data-plane traffic.
+//! Owns: admin routing, authentication and JSON answers. GET never mutates; state
+//! changes are POST/PUT only and need a bearer token when one is configured.
+//! Never: serves data-plane traffic.
+
+pub mod auth;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::control::{Action, ActionError, Actor, ApplyError, ControlPlane};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::problem::problem_response;
 use crate::proxy::server::stop_requested;
-use crate::server::Shared;
+use auth::{host_is_local, AdminAuth};
+
+/// Largest config or action body accepted.
+const MAX_ADMIN_BODY: usize = 4 * 1024 * 1024;
+
+pub struct Admin {
+    pub control: Arc<ControlPlane>,
+    pub auth: AdminAuth,
+    pub listen: SocketAddr,
+}
 
 /// Serves the admin API until `shutdown` flips to true.
-pub async fn serve(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -34,9 +46,9 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _peer)) = accepted else { continue };
-                let shared = shared.clone();
-                let svc = service_fn(move |req| handle(shared.clone(), req));
+                let Ok((stream, peer)) = accepted else { continue };
+                let admin = admin.clone();
+                let svc = service_fn(move |req| handle(admin.clone(), peer, req));
                 let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                 tokio::spawn(async move {
                     let _ = conn.await;
@@ -47,36 +59,319 @@ pub async fn serve(
     }
 }
 
+/// An admin error: status plus a problem body.
+struct Problem(StatusCode, &'static str, String);
+
+type Answer = Result<Response<ProxyBody>, Problem>;
+
 async fn handle(
-    shared: Arc<Shared>,
+    admin: Arc<Admin>,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let resp = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            shared.telemetry.render(),
-        ),
-        (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-        (&Method::GET, "/readyz") => {
-            let version = shared.plane.table.load().version;
-            json(
-                StatusCode::OK,
-                &serde_json::json!({"status": "ready", "table_version": version}),
-            )
+    Ok(match route(&admin, peer, req).await {
+        Ok(r) => r,
+        Err(Problem(status, slug, detail)) => {
+            problem_response(status, slug, &detail).map(ProxyBody::full)
         }
-        (_, "/metrics" | "/healthz" | "/readyz") => problem(
+    })
+}
+
+async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answer {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if let Some(h) = host {
+        if !host_is_local(h, admin.listen) {
+            return Err(Problem(
+                StatusCode::FORBIDDEN,
+                "foreign-host",
+                format!("Host {h:?} does not name this admin listener"),
+            ));
+        }
+    }
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = req.method().clone();
+    // Everything that changes state, and the config (which may hold secrets), needs the token.
+    let needs_auth = method != Method::GET || path == "/v1/config";
+    let actor_name = if needs_auth {
+        authorize(admin, &req)?
+    } else {
+        String::new()
+    };
+    let actor = Actor {
+        name: actor_name,
+        source: peer.to_string(),
+    };
+    let c = &admin.control;
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["metrics"]) => {
+            c.refresh_gauges().await;
+            // Per-arm means of declared metrics, refreshed at scrape time.
+            for ((e, a, m), sums) in c.shared.recorders.metrics.all() {
+                if let Some(mean) = sums.mean() {
+                    c.shared
+                        .telemetry
+                        .gauge(
+                            "abgate_metric_mean",
+                            &[("experiment", &e), ("arm", &a), ("metric", &m)],
+                        )
+                        .set(mean);
+                }
+            }
+            Ok(text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                c.shared.telemetry.render(),
+            ))
+        }
+        (&Method::GET, ["healthz"]) => Ok(json_ok(&json!({"status": "ok"}))),
+        (&Method::GET, ["readyz"]) => Ok(json_ok(
+            &json!({"status": "ready", "table_version": c.shared.plane.table.load().version}),
+        )),
+        (&Method::GET, ["v1", "experiments"]) => {
+            let mut list = Vec::new();
+            for name in c.experiment_names().await {
+                if let Some(v) = c.experiment_view(&name).await {
+                    list.push(v);
+                }
+            }
+            Ok(json_ok(&json!({"experiments": list})))
+        }
+        (&Method::GET, ["v1", "experiments", name, "export"]) => c
+            .export(name)
+            .await
+            .map(|v| json_ok(&v))
+            .ok_or_else(|| unknown_experiment(name)),
+        (&Method::GET, ["v1", "experiments", name]) => c
+            .experiment_view(name)
+            .await
+            .map(|v| json_ok(&v))
+            .ok_or_else(|| unknown_experiment(name)),
+        (&Method::POST, ["v1", "experiments", name, verb]) => {
+            let name = name.to_string();
+            let action = match *verb {
+                "pause" => Action::Pause,
+                "resume" => Action::Resume,
+                "rollback" => Action::Rollback,
+                "promote" => {
+                    let body = read_json(req).await?;
+                    let arm = body.get("arm").and_then(|a| a.as_str()).ok_or_else(|| {
+                        Problem(
+                            StatusCode::BAD_REQUEST,
+                            "bad-request",
+                            "promote needs a JSON body {\"arm\": \"NAME\"}".into(),
+                        )
+                    })?;
+                    Action::Promote {
+                        arm: arm.to_string(),
+                    }
+                }
+                other => {
+                    return Err(Problem(
+                        StatusCode::NOT_FOUND,
+                        "not-found",
+                        format!("no action {other:?}; use pause, resume, rollback or promote"),
+                    ))
+                }
+            };
+            let id = c.act(&name, action, &actor).await.map_err(action_problem)?;
+            let view = c.experiment_view(&name).await.unwrap_or(json!({}));
+            Ok(json_ok(&json!({"decision_id": id, "experiment": view})))
+        }
+        (&Method::GET, ["v1", "decisions"]) => {
+            let query = req.uri().query().unwrap_or("");
+            let mut experiment = None;
+            let mut limit = 50usize;
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                match pair.split_once('=') {
+                    Some(("experiment", v)) if !v.is_empty() => experiment = Some(v.to_string()),
+                    Some(("limit", v)) => {
+                        limit = v.parse().map_err(|_| {
+                            Problem(
+                                StatusCode::BAD_REQUEST,
+                                "bad-request",
+                                format!("limit must be a whole number, got {v:?}"),
+                            )
+                        })?
+                    }
+                    Some(("experiment", _)) => {}
+                    _ => {
+                        return Err(Problem(
+                            StatusCode::BAD_REQUEST,
+                            "bad-request",
+                            format!("unknown query parameter {pair:?}; use experiment= and limit="),
+                        ))
+                    }
+                }
+            }
+            let decisions = c
+                .store
+                .decisions(experiment.as_deref(), limit)
+                .map_err(|e| Problem(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
+            Ok(json_ok(&json!({"decisions": decisions})))
+        }
+        (&Method::GET, ["v1", "config"]) => {
+            let (version, text_body) = c.config_text().await;
+            let mut r = json_ok(
+                &json!({"version": version, "hash": crate::control::text_hash(&text_body), "text": text_body}),
+            );
+            if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
+                r.headers_mut().insert(header::ETAG, etag);
+            }
+            Ok(r)
+        }
+        (&Method::PUT, ["v1", "config"]) => {
+            let expected = if_match(&req)?;
+            let bytes = read_body(req).await?;
+            let text_body = String::from_utf8(bytes.to_vec()).map_err(|_| {
+                Problem(
+                    StatusCode::BAD_REQUEST,
+                    "bad-request",
+                    "config must be UTF-8".into(),
+                )
+            })?;
+            match c.apply_text(text_body, &actor, Some(expected)).await {
+                Ok(version) => {
+                    let mut r = json_ok(&json!({"version": version}));
+                    if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
+                        r.headers_mut().insert(header::ETAG, etag);
+                    }
+                    Ok(r)
+                }
+                Err(ApplyError::StaleVersion { current, expected }) => Err(Problem(
+                    StatusCode::PRECONDITION_FAILED,
+                    "stale-version",
+                    format!("If-Match names version {expected} but version {current} is current; GET /v1/config and retry"),
+                )),
+                Err(ApplyError::Invalid(errors)) => {
+                    let body = json!({
+                        "type": "urn:abgate:problem:invalid-config",
+                        "title": "Unprocessable Entity",
+                        "status": 422,
+                        "detail": format!("{} error(s); the config was rejected whole and the running config stays", errors.0.len()),
+                        "errors": errors.0,
+                    });
+                    let mut r = text(StatusCode::UNPROCESSABLE_ENTITY, "application/problem+json", body.to_string());
+                    *r.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+                    Ok(r)
+                }
+                Err(ApplyError::Store(e)) => Err(Problem(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string())),
+            }
+        }
+        (_, ["metrics" | "healthz" | "readyz"])
+        | (_, ["v1", "experiments", ..])
+        | (_, ["v1", "decisions" | "config"]) => Err(Problem(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
-            "use GET",
-        ),
-        (_, path) => problem(
+            format!("{method} is not allowed on {path}"),
+        )),
+        _ => Err(Problem(
             StatusCode::NOT_FOUND,
             "not-found",
-            &format!("no admin endpoint at {path}"),
+            format!("no admin endpoint at {path}"),
+        )),
+    }
+}
+
+fn authorize(admin: &Admin, req: &Request<Incoming>) -> Result<String, Problem> {
+    if !admin.auth.is_configured() {
+        // Only possible on a loopback listener (checked at startup).
+        return Ok("local".to_string());
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    admin.auth.check(presented).ok_or_else(|| {
+        Problem(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid `Authorization: Bearer <token>` is required".into(),
+        )
+    })
+}
+
+fn if_match(req: &Request<Incoming>) -> Result<u64, Problem> {
+    let raw = req
+        .headers()
+        .get(header::IF_MATCH)
+        .ok_or_else(|| {
+            Problem(
+                StatusCode::PRECONDITION_REQUIRED,
+                "if-match-required",
+                "PUT /v1/config needs `If-Match: <version>` (from GET /v1/config) so concurrent edits are not lost".into(),
+            )
+        })?
+        .to_str()
+        .unwrap_or("");
+    raw.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .map_err(|_| {
+            Problem(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                format!("If-Match must be a version number, got {raw:?}"),
+            )
+        })
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Problem> {
+    Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too-large",
+                    format!("body over {MAX_ADMIN_BODY} bytes"),
+                )
+            } else {
+                Problem(
+                    StatusCode::BAD_REQUEST,
+                    "bad-request",
+                    format!("cannot read body: {e}"),
+                )
+            }
+        })
+}
+
+async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, Problem> {
+    let bytes = read_body(req).await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Problem(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            format!("invalid JSON: {e}"),
+        )
+    })
+}
+
+fn unknown_experiment(name: &str) -> Problem {
+    Problem(
+        StatusCode::NOT_FOUND,
+        "unknown-experiment",
+        format!("no experiment named {name:?}"),
+    )
+}
+
+fn action_problem(e: ActionError) -> Problem {
+    match e {
+        ActionError::UnknownExperiment(n) => unknown_experiment(&n),
+        ActionError::UnknownArm { .. } => Problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown-arm",
+            e.to_string(),
         ),
-    };
-    Ok(resp)
+        ActionError::Conflict { .. } => Problem(StatusCode::CONFLICT, "conflict", e.to_string()),
+        ActionError::Store(_) => Problem(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+    }
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<ProxyBody> {
@@ -87,10 +382,6 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     r
 }
 
-fn json(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
-    text(status, "application/json", value.to_string())
-}
-
-fn problem(status: StatusCode, slug: &str, detail: &str) -> Response<ProxyBody> {
-    problem_response(status, slug, detail).map(|b: Bytes| ProxyBody::full(b))
+fn json_ok(value: &serde_json::Value) -> Response<ProxyBody> {
+    text(StatusCode::OK, "application/json", value.to_string())
 }

@@ -1,11 +1,15 @@
 //! The `abgate` command line: parses arguments and calls into the library.
 //!
-//! Exit codes are a contract for scripts: 0 success, 1 invalid config or failed
-//! action, 2 bad usage or bad input file.
+//! Exit codes are a contract for scripts: 0 success, 1 invalid config or an
+//! action the server refused, 2 bad usage or bad input file, 3 the admin API
+//! could not be reached.
 
 mod analyze;
 mod check;
+mod control;
+mod remote;
 mod serve;
+mod status;
 
 use std::process::ExitCode;
 
@@ -30,6 +34,19 @@ enum Command {
     Check(check::CheckArgs),
     /// Re-check an experiment's statistics offline (sequential tests, SRM, verdict).
     Analyze(analyze::AnalyzeArgs),
+    /// Experiments, weights and per-arm outcomes from a running abgate.
+    Status(status::StatusArgs),
+    /// Freeze an experiment's weights and stop automatic decisions.
+    Pause(control::ActionArgs),
+    /// Resume a paused experiment.
+    Resume(control::ActionArgs),
+    /// Send all traffic to the experiment's baseline arm (ends it).
+    Rollback(control::ActionArgs),
+    /// Send all traffic to one arm (ends the experiment).
+    Promote(control::PromoteArgs),
+    /// Read or replace the running config.
+    #[command(subcommand)]
+    Config(control::ConfigCommand),
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -39,5 +56,11 @@ pub fn run() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Check(args) => check::run(args),
         Command::Analyze(args) => analyze::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Pause(args) => control::action("pause", args),
+        Command::Resume(args) => control::action("resume", args),
+        Command::Rollback(args) => control::action("rollback", args),
+        Command::Promote(args) => control::promote(args),
+        Command::Config(cmd) => control::config(cmd),
     }
 }

@@ -4,23 +4,39 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config;
+use crate::server::StartOptions;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
-    /// The YAML (or JSON) config file.
+    /// The YAML (or JSON) config file (watched for changes; SIGHUP re-reads it).
     #[arg(long, short)]
     config: PathBuf,
+    /// Do not watch the config file (reload only on SIGHUP or through the API).
+    #[arg(long)]
+    no_watch: bool,
+    /// Bearer token for the admin API's state-changing calls.
+    #[arg(long, env = "ABGATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Outcome-token signing keys, `id:secret[,id:secret...]`, newest last.
+    #[arg(long, env = "ABGATE_TOKEN_KEYS", hide_env_values = true)]
+    token_keys: Option<String>,
 }
 
 pub fn run(args: ServeArgs) -> ExitCode {
     init_logging();
-    let cfg = match config::load(&args.config) {
-        Ok((c, _text)) => c,
+    let text = match std::fs::read_to_string(&args.config) {
+        Ok(t) => t,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{}: cannot read: {e}", args.config.display());
             return ExitCode::from(1);
         }
     };
+    if let Err(errors) = config::parse(&text) {
+        for e in &errors.0 {
+            eprintln!("{}: {e}", args.config.display());
+        }
+        return ExitCode::from(1);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -29,7 +45,15 @@ pub fn run(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let server = match crate::server::start(&cfg).await {
+        let server = match crate::server::start(StartOptions {
+            config_text: text,
+            config_path: Some(args.config.clone()),
+            watch_file: !args.no_watch,
+            admin_token: args.admin_token,
+            token_keys: args.token_keys,
+        })
+        .await
+        {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("{e}");

@@ -235,6 +235,20 @@ impl Decoder {
         }
     }
 
+    /// Reads a whole number in `min..=max`.
+    pub fn integer(&mut self, node: &Node, path: &str, min: u64, max: u64) -> Option<u64> {
+        let v = self.number(node, path)?;
+        if v.fract() != 0.0 || v < min as f64 || v > max as f64 {
+            self.error(
+                path,
+                node.line,
+                format!("must be a whole number in {min}..={max}, got {v}"),
+            );
+            return None;
+        }
+        Some(v as u64)
+    }
+
     /// Reads a duration such as `250ms`, `30s`, `5m`, `24h`, `7d`.
     pub fn duration(&mut self, node: &Node, path: &str) -> Option<Duration> {
         let text = self.string(node, path)?;

@@ -32,6 +32,8 @@ pub struct Config {
     pub limits: Limits,
     /// TLS termination on the data-plane listener; `None` serves plain HTTP (and h2c).
     pub tls: Option<ListenerTls>,
+    pub feedback: FeedbackConfig,
+    pub tokens: TokensConfig,
 }
 
 /// Certificate chain and private key files (PEM) of the data-plane listener.
@@ -41,6 +43,60 @@ pub struct Config {
 pub struct ListenerTls {
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// The feedback endpoint on the data-plane listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedbackConfig {
+    pub path: String,
+    /// Largest request body accepted (413 above), bytes.
+    pub max_body: usize,
+}
+
+impl Default for FeedbackConfig {
+    fn default() -> Self {
+        FeedbackConfig {
+            path: "/_abgate/v1/feedback".into(),
+            // 1,000 events of ~200 bytes fit with room; larger is a misuse.
+            max_body: 1024 * 1024,
+        }
+    }
+}
+
+/// Where outcome-token keys come from when `ABGATE_TOKEN_KEYS` is not set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokensConfig {
+    pub key_file: Option<PathBuf>,
+}
+
+/// Metrics every arm has without declaring them.
+pub const BUILTIN_METRICS: [&str; 4] = ["error", "latency_ms", "ttfb_ms", "slow"];
+
+/// A per-experiment metric beyond the built-ins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricDef {
+    pub name: String,
+    pub source: MetricSource,
+    pub kind: MetricKind,
+    /// Inclusive bounds for continuous values (feedback outside is 422).
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricSource {
+    /// Posted later by clients against a token.
+    Feedback,
+    /// Read from the backend's response header of that name.
+    ResponseHeader(http::HeaderName),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricKind {
+    /// 0 or 1.
+    Binary,
+    Continuous,
 }
 
 #[derive(Debug, Clone)]
@@ -99,11 +155,95 @@ pub struct Experiment {
     /// Mixed into the assignment hash; defaults to the name. Two experiments with
     /// different salts assign independently.
     pub salt: String,
+    /// The arm a rollback sends all traffic to (default: the first arm).
+    pub baseline: String,
     pub matcher: Match,
     pub unit: Option<UnitSource>,
     pub allow_override: bool,
     /// Declared order is bucket order: arm 0 owns the lowest buckets.
     pub arms: Vec<Arm>,
+    pub metrics: Vec<MetricDef>,
+    /// Feedback for a token older than this is refused (410).
+    pub attribution_window: Duration,
+    /// Latency above this counts as `slow`.
+    pub slow_threshold: Duration,
+    /// Automatic analysis and decisions; `None` for a manually run experiment.
+    pub policy: Option<ControlPolicy>,
+}
+
+/// How the controller runs an experiment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlPolicy {
+    pub kind: ExperimentKind,
+    /// Canary: the candidate's weight (basis points) at each step, increasing.
+    pub steps: Vec<BasisPoints>,
+    /// A step may advance only after this many candidate requests...
+    pub step_min_samples: u64,
+    /// ...and this long at the step.
+    pub step_min_duration: Duration,
+    pub interval: Duration,
+    pub alpha: f64,
+    pub design_samples: f64,
+    /// Burn-in per arm before any action.
+    pub min_units_per_arm: u64,
+    /// Burn-in in events (errors, successes) per comparison before it can act.
+    pub min_events: u64,
+    pub guardrails: Vec<Guardrail>,
+    pub primary: Option<Primary>,
+    pub on_success: OnSuccess,
+    pub on_failure: OnFailure,
+    pub max_duration: Duration,
+    pub notify_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExperimentKind {
+    Canary,
+    Ab,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Increase,
+    Decrease,
+}
+
+/// A metric that must not get worse by more than a margin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guardrail {
+    pub metric: String,
+    /// The harmful direction.
+    pub harm: Direction,
+    /// `true`: margin is a fraction of the baseline; `false`: metric units.
+    pub relative: bool,
+    pub margin: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Primary {
+    pub metric: String,
+    /// The improving direction.
+    pub direction: Direction,
+    /// Smallest relative effect worth promoting.
+    pub min_effect: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnSuccess {
+    Promote,
+    Hold,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    Rollback,
+    Pause,
+}
+
+impl Experiment {
+    pub fn metric(&self, name: &str) -> Option<&MetricDef> {
+        self.metrics.iter().find(|m| m.name == name)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -251,5 +391,9 @@ impl Default for Limits {
 impl Config {
     pub fn backend(&self, name: &str) -> Option<&Backend> {
         self.backends.iter().find(|b| b.name == name)
+    }
+
+    pub fn experiment(&self, name: &str) -> Option<&Experiment> {
+        self.experiments.iter().find(|e| e.name == name)
     }
 }

@@ -22,7 +22,12 @@ const TOP: &[&str] = &[
     "timeouts",
     "limits",
     "tls",
+    "feedback",
+    "tokens",
 ];
+const FEEDBACK: &[&str] = &["path", "max_body"];
+const TOKENS: &[&str] = &["key_file"];
+const METRIC: &[&str] = &["name", "source", "type", "header", "min", "max"];
 const ADMIN: &[&str] = &["listen", "token_file"];
 const BACKEND: &[&str] = &[
     "url",
@@ -41,7 +46,45 @@ const LIMITS: &[&str] = &[
     "max_request_body_bytes",
     "h2_max_concurrent_streams",
 ];
-const EXPERIMENT: &[&str] = &["name", "salt", "match", "unit", "allow_override", "arms"];
+const EXPERIMENT: &[&str] = &[
+    "name",
+    "salt",
+    "baseline",
+    "match",
+    "unit",
+    "allow_override",
+    "arms",
+    "metrics",
+    "attribution_window",
+    "slow_threshold",
+    "kind",
+    "steps",
+    "step",
+    "analysis",
+    "on_success",
+    "on_failure",
+    "max_duration",
+    "notify",
+];
+const STEP: &[&str] = &["min_samples", "min_duration"];
+const ANALYSIS: &[&str] = &[
+    "interval",
+    "alpha",
+    "design_samples",
+    "min_units_per_arm",
+    "min_events",
+    "guardrails",
+    "primary",
+];
+const GUARDRAIL: &[&str] = &[
+    "metric",
+    "max_relative_increase",
+    "max_absolute_increase",
+    "max_relative_decrease",
+    "max_absolute_decrease",
+];
+const PRIMARY: &[&str] = &["metric", "direction", "min_effect"];
+const NOTIFY: &[&str] = &["url"];
 const MATCH: &[&str] = &["host", "path_prefix", "headers"];
 const HEADER_MATCH: &[&str] = &["name", "exact", "prefix", "regex"];
 const UNIT: &[&str] = &["header", "cookie"];
@@ -103,6 +146,16 @@ pub fn decode(d: &mut Decoder, root: &Node) -> Option<Config> {
         Some(n) => listener_tls(d, n).map(Some),
         None => Some(None),
     };
+    let feedback = feedback(d, &top);
+    let tokens = match top.get("tokens") {
+        Some(n) => d.fields(n, "tokens", TOKENS).map(|f| TokensConfig {
+            key_file: f
+                .get("key_file")
+                .and_then(|k| d.name(k, "tokens.key_file"))
+                .map(PathBuf::from),
+        }),
+        None => Some(TokensConfig::default()),
+    };
     Some(Config {
         listen: listen?,
         admin: admin?,
@@ -113,7 +166,159 @@ pub fn decode(d: &mut Decoder, root: &Node) -> Option<Config> {
         timeouts: timeouts?,
         limits: limits?,
         tls: tls?,
+        feedback: feedback?,
+        tokens: tokens?,
     })
+}
+
+fn feedback(d: &mut Decoder, top: &Fields) -> Option<FeedbackConfig> {
+    let mut fb = FeedbackConfig::default();
+    let Some(node) = top.get("feedback") else {
+        return Some(fb);
+    };
+    let f = d.fields(node, "feedback", FEEDBACK)?;
+    if let Some(n) = f.get("path") {
+        let p = d.string(n, "feedback.path")?;
+        if !p.starts_with('/') {
+            d.error(
+                "feedback.path",
+                n.line,
+                format!("{p:?} must start with '/'"),
+            );
+            return None;
+        }
+        fb.path = p;
+    }
+    if let Some(n) = f.get("max_body") {
+        fb.max_body = d.integer(n, "feedback.max_body", 1024, 64 * 1024 * 1024)? as usize;
+    }
+    Some(fb)
+}
+
+/// Names travel in tokens, metric labels and URL paths: keep them to a safe,
+/// bounded alphabet.
+fn safe_name(d: &mut Decoder, node: &Node, path: &str) -> Option<String> {
+    let s = d.name(node, path)?;
+    let ok = s.len() <= crate::outcomes::token::MAX_NAME
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !ok {
+        d.error(
+            path,
+            node.line,
+            format!("{s:?} must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"),
+        );
+        return None;
+    }
+    Some(s)
+}
+
+fn metrics(d: &mut Decoder, node: &Node, path: &str) -> Option<Vec<MetricDef>> {
+    let items = d.seq(node, path)?;
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let mpath = index(path, i);
+        let Some(f) = d.fields(item, &mpath, METRIC) else {
+            ok = false;
+            continue;
+        };
+        let name = required(d, &f, "name").and_then(|n| {
+            let name = safe_name(d, n, &f.path_of("name"))?;
+            if BUILTIN_METRICS.contains(&name.as_str()) {
+                d.error(
+                    f.path_of("name"),
+                    n.line,
+                    format!("{name:?} is a built-in metric; it needs no declaration"),
+                );
+                return None;
+            }
+            if out.iter().any(|m: &MetricDef| m.name == name) {
+                d.error(
+                    f.path_of("name"),
+                    n.line,
+                    format!("duplicate metric {name:?}"),
+                );
+                return None;
+            }
+            Some(name)
+        });
+        let kind =
+            required(d, &f, "type").and_then(|n| match d.string(n, &f.path_of("type"))?.as_str() {
+                "binary" => Some(MetricKind::Binary),
+                "continuous" => Some(MetricKind::Continuous),
+                other => {
+                    d.error(
+                        f.path_of("type"),
+                        n.line,
+                        format!("{other:?} is not a metric type; use binary or continuous"),
+                    );
+                    None
+                }
+            });
+        let source = required(d, &f, "source").and_then(|n| {
+            match d.string(n, &f.path_of("source"))?.as_str() {
+                "feedback" => {
+                    if let Some(h) = f.get("header") {
+                        d.error(
+                            f.path_of("header"),
+                            h.line,
+                            "only response_header metrics take a header",
+                        );
+                        return None;
+                    }
+                    Some(MetricSource::Feedback)
+                }
+                "response_header" => match f.get("header") {
+                    Some(h) => {
+                        header_name(d, h, &f.path_of("header")).map(MetricSource::ResponseHeader)
+                    }
+                    None => {
+                        d.error(&mpath, item.line, "a response_header metric needs `header`");
+                        None
+                    }
+                },
+                other => {
+                    d.error(
+                        f.path_of("source"),
+                        n.line,
+                        format!(
+                            "{other:?} is not a metric source; use feedback or response_header"
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+        let min = f.get("min").and_then(|n| d.number(n, &f.path_of("min")));
+        let max = f.get("max").and_then(|n| d.number(n, &f.path_of("max")));
+        if let (Some(lo), Some(hi)) = (min, max) {
+            if lo > hi {
+                d.error(&mpath, item.line, format!("min {lo} is above max {hi}"));
+                ok = false;
+            }
+        }
+        if kind == Some(MetricKind::Binary) && (min.is_some() || max.is_some()) {
+            d.error(
+                &mpath,
+                item.line,
+                "binary metrics are 0 or 1; min/max apply to continuous metrics",
+            );
+            ok = false;
+        }
+        match (name, source, kind) {
+            (Some(name), Some(source), Some(kind)) => out.push(MetricDef {
+                name,
+                source,
+                kind,
+                min,
+                max,
+            }),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(out)
 }
 
 fn addr(d: &mut Decoder, f: &Fields, key: &str, default: &str) -> Option<SocketAddr> {
@@ -296,11 +501,24 @@ fn experiment(
 ) -> Option<Experiment> {
     let f = d.fields(node, path, EXPERIMENT)?;
     let name = match f.get("name") {
-        Some(n) => d.name(n, &f.path_of("name")),
+        Some(n) => safe_name(d, n, &f.path_of("name")),
         None => {
             d.error(path, node.line, "missing field `name`");
             None
         }
+    };
+    let metrics = match f.get("metrics") {
+        Some(n) => metrics(d, n, &f.path_of("metrics")),
+        None => Some(Vec::new()),
+    };
+    let attribution_window = match f.get("attribution_window") {
+        Some(n) => d.duration(n, &f.path_of("attribution_window")),
+        // A day covers "the user accepted the suggestion later that session".
+        None => Some(std::time::Duration::from_secs(24 * 3600)),
+    };
+    let slow_threshold = match f.get("slow_threshold") {
+        Some(n) => d.duration(n, &f.path_of("slow_threshold")),
+        None => Some(std::time::Duration::from_secs(1)),
     };
     let salt = f.get("salt").and_then(|n| d.name(n, &f.path_of("salt")));
     let matcher = match f.get("match") {
@@ -322,15 +540,362 @@ fn experiment(
             None
         }
     };
+    let baseline = match (f.get("baseline"), &arms) {
+        (Some(n), Some(arms)) => {
+            let b = d.name(n, &f.path_of("baseline"))?;
+            if !arms.iter().any(|a| a.name == b) {
+                d.error(
+                    f.path_of("baseline"),
+                    n.line,
+                    format!("baseline {b:?} is not one of this experiment's arms"),
+                );
+                return None;
+            }
+            Some(b)
+        }
+        (None, Some(arms)) => Some(arms[0].name.clone()),
+        (_, None) => None,
+    };
+    let policy = match (f.get("kind"), &arms, &metrics, &baseline) {
+        (Some(_), Some(arms), Some(metrics), Some(baseline)) => {
+            control_policy(d, &f, arms, metrics, baseline).map(Some)
+        }
+        (Some(_), _, _, _) => None,
+        (None, _, _, _) => {
+            for key in [
+                "steps",
+                "step",
+                "analysis",
+                "on_success",
+                "on_failure",
+                "max_duration",
+                "notify",
+            ] {
+                if let Some(n) = f.get(key) {
+                    d.error(
+                        f.path_of(key),
+                        n.line,
+                        "only experiments with a `kind` (canary or ab) take this",
+                    );
+                }
+            }
+            Some(None)
+        }
+    };
     let name = name?;
     Some(Experiment {
+        policy: policy?,
+        baseline: baseline?,
         salt: salt.unwrap_or_else(|| name.clone()),
         name,
         matcher: matcher?,
         unit: unit?,
         allow_override: allow_override?,
         arms: arms?,
+        metrics: metrics?,
+        attribution_window: attribution_window?,
+        slow_threshold: slow_threshold?,
     })
+}
+
+fn choice<T: Copy>(
+    d: &mut Decoder,
+    f: &Fields,
+    key: &str,
+    options: &[(&str, T)],
+    default: Option<T>,
+) -> Option<T> {
+    let Some(n) = f.get(key) else {
+        if default.is_none() {
+            d.error(&f.path, f.line, format!("missing field `{key}`"));
+        }
+        return default;
+    };
+    let v = d.string(n, &f.path_of(key))?;
+    match options.iter().find(|(name, _)| *name == v) {
+        Some((_, t)) => Some(*t),
+        None => {
+            let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+            d.error(
+                f.path_of(key),
+                n.line,
+                format!("{v:?} is not one of: {}", names.join(", ")),
+            );
+            None
+        }
+    }
+}
+
+fn fraction(d: &mut Decoder, node: &Node, path: &str, lo: f64, hi: f64) -> Option<f64> {
+    let v = d.number(node, path)?;
+    if !(v > lo && v < hi) {
+        d.error(
+            path,
+            node.line,
+            format!("must be between {lo} and {hi} (exclusive), got {v}"),
+        );
+        return None;
+    }
+    Some(v)
+}
+
+fn control_policy(
+    d: &mut Decoder,
+    f: &Fields,
+    arms: &[Arm],
+    metrics: &[MetricDef],
+    baseline: &str,
+) -> Option<ControlPolicy> {
+    use std::time::Duration;
+    let kind = choice(
+        d,
+        f,
+        "kind",
+        &[
+            ("canary", ExperimentKind::Canary),
+            ("ab", ExperimentKind::Ab),
+        ],
+        None,
+    )?;
+    let known = |m: &str| BUILTIN_METRICS.contains(&m) || metrics.iter().any(|x| x.name == m);
+    let mut ok = true;
+    let steps = match (kind, f.get("steps")) {
+        (ExperimentKind::Canary, Some(n)) => {
+            let path = f.path_of("steps");
+            let mut out = Vec::new();
+            if let Some(items) = d.seq(n, &path) {
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(w) = weight(d, item, &index(&path, i)) {
+                        if out.last().is_some_and(|&prev| w <= prev) || w == 0 {
+                            d.error(
+                                index(&path, i),
+                                item.line,
+                                "steps must be increasing percentages above 0",
+                            );
+                            ok = false;
+                        }
+                        out.push(w);
+                    } else {
+                        ok = false;
+                    }
+                }
+                if items.is_empty() {
+                    d.error(&path, n.line, "a canary needs at least one step");
+                    ok = false;
+                }
+            }
+            out
+        }
+        (ExperimentKind::Canary, None) => {
+            d.error(
+                &f.path,
+                f.line,
+                "a canary needs `steps`, e.g. [5, 10, 25, 50, 100]",
+            );
+            return None;
+        }
+        (ExperimentKind::Ab, Some(n)) => {
+            d.error(
+                f.path_of("steps"),
+                n.line,
+                "steps apply to canaries; an ab experiment keeps its weights",
+            );
+            return None;
+        }
+        (ExperimentKind::Ab, None) => Vec::new(),
+    };
+    if kind == ExperimentKind::Canary && arms.len() != 2 {
+        d.error(
+            f.path_of("arms"),
+            f.line,
+            format!(
+                "a canary has exactly two arms (baseline {baseline:?} and a candidate), got {}",
+                arms.len()
+            ),
+        );
+        ok = false;
+    }
+    let (mut step_min_samples, mut step_min_duration) = (500, Duration::from_secs(30));
+    if let Some(n) = f.get("step") {
+        if let Some(sf) = d.fields(n, &f.path_of("step"), STEP) {
+            if let Some(m) = sf.get("min_samples") {
+                step_min_samples = d.integer(m, &sf.path_of("min_samples"), 0, u64::MAX >> 12)?;
+            }
+            if let Some(m) = sf.get("min_duration") {
+                step_min_duration = d.duration(m, &sf.path_of("min_duration"))?;
+            }
+        }
+    }
+    let mut p = ControlPolicy {
+        kind,
+        steps,
+        step_min_samples,
+        step_min_duration,
+        interval: Duration::from_secs(1),
+        alpha: 0.05,
+        design_samples: 5000.0,
+        min_units_per_arm: 100,
+        min_events: 30,
+        guardrails: Vec::new(),
+        primary: None,
+        on_success: OnSuccess::Promote,
+        on_failure: OnFailure::Rollback,
+        max_duration: Duration::from_secs(24 * 3600),
+        notify_url: None,
+    };
+    if let Some(n) = f.get("analysis") {
+        let af = d.fields(n, &f.path_of("analysis"), ANALYSIS)?;
+        if let Some(m) = af.get("interval") {
+            p.interval = d.duration(m, &af.path_of("interval"))?;
+            if p.interval < Duration::from_millis(100) {
+                d.error(af.path_of("interval"), m.line, "must be at least 100ms");
+                ok = false;
+            }
+        }
+        if let Some(m) = af.get("alpha") {
+            p.alpha = fraction(d, m, &af.path_of("alpha"), 0.0, 0.5)?;
+        }
+        if let Some(m) = af.get("design_samples") {
+            p.design_samples = d.integer(m, &af.path_of("design_samples"), 10, 1 << 40)? as f64;
+        }
+        if let Some(m) = af.get("min_units_per_arm") {
+            p.min_units_per_arm = d.integer(m, &af.path_of("min_units_per_arm"), 2, 1 << 40)?;
+        }
+        if let Some(m) = af.get("min_events") {
+            p.min_events = d.integer(m, &af.path_of("min_events"), 1, 1 << 40)?;
+        }
+        if let Some(g) = af.get("guardrails") {
+            let gpath = af.path_of("guardrails");
+            for (i, item) in d.seq(g, &gpath).unwrap_or_default().iter().enumerate() {
+                let ipath = index(&gpath, i);
+                let Some(gf) = d.fields(item, &ipath, GUARDRAIL) else {
+                    ok = false;
+                    continue;
+                };
+                let metric = required(d, &gf, "metric").and_then(|n| {
+                    let m = d.name(n, &gf.path_of("metric"))?;
+                    if !known(&m) {
+                        d.error(gf.path_of("metric"), n.line, format!("unknown metric {m:?}; use a built-in (error, latency_ms, ttfb_ms, slow) or declare it under `metrics`"));
+                        return None;
+                    }
+                    Some(m)
+                });
+                let given: Vec<(&str, Direction, bool)> = [
+                    ("max_relative_increase", Direction::Increase, true),
+                    ("max_absolute_increase", Direction::Increase, false),
+                    ("max_relative_decrease", Direction::Decrease, true),
+                    ("max_absolute_decrease", Direction::Decrease, false),
+                ]
+                .into_iter()
+                .filter(|(k, _, _)| gf.get(k).is_some())
+                .collect();
+                if given.len() != 1 {
+                    d.error(&ipath, item.line, "give exactly one of max_relative_increase, max_absolute_increase, max_relative_decrease, max_absolute_decrease");
+                    ok = false;
+                    continue;
+                }
+                let (key, harm, relative) = given[0];
+                let node = gf.get(key)?;
+                let margin = d.number(node, &gf.path_of(key));
+                match (metric, margin) {
+                    (Some(metric), Some(margin)) if margin >= 0.0 => p.guardrails.push(Guardrail {
+                        metric,
+                        harm,
+                        relative,
+                        margin,
+                    }),
+                    (_, Some(margin)) if margin < 0.0 => {
+                        d.error(gf.path_of(key), node.line, "must be >= 0");
+                        ok = false;
+                    }
+                    _ => ok = false,
+                }
+            }
+        }
+        if let Some(pn) = af.get("primary") {
+            let pf = d.fields(pn, &af.path_of("primary"), PRIMARY)?;
+            let metric = required(d, &pf, "metric").and_then(|n| {
+                let m = d.name(n, &pf.path_of("metric"))?;
+                if !known(&m) {
+                    d.error(
+                        pf.path_of("metric"),
+                        n.line,
+                        format!("unknown metric {m:?}; declare it under `metrics`"),
+                    );
+                    return None;
+                }
+                Some(m)
+            });
+            let direction = choice(
+                d,
+                &pf,
+                "direction",
+                &[
+                    ("increase", Direction::Increase),
+                    ("decrease", Direction::Decrease),
+                ],
+                None,
+            );
+            let min_effect = match pf.get("min_effect") {
+                Some(n) => d.number(n, &pf.path_of("min_effect")),
+                None => Some(0.0),
+            };
+            match (metric, direction, min_effect) {
+                (Some(metric), Some(direction), Some(min_effect)) => {
+                    p.primary = Some(Primary {
+                        metric,
+                        direction,
+                        min_effect,
+                    })
+                }
+                _ => ok = false,
+            }
+        }
+    }
+    if kind == ExperimentKind::Ab && p.primary.is_none() {
+        d.error(&f.path, f.line, "an ab experiment needs `analysis.primary`");
+        ok = false;
+    }
+    p.on_success = choice(
+        d,
+        f,
+        "on_success",
+        &[("promote", OnSuccess::Promote), ("hold", OnSuccess::Hold)],
+        Some(OnSuccess::Promote),
+    )?;
+    p.on_failure = choice(
+        d,
+        f,
+        "on_failure",
+        &[
+            ("rollback", OnFailure::Rollback),
+            ("pause", OnFailure::Pause),
+        ],
+        Some(OnFailure::Rollback),
+    )?;
+    if let Some(n) = f.get("max_duration") {
+        p.max_duration = d.duration(n, &f.path_of("max_duration"))?;
+    }
+    if let Some(n) = f.get("notify") {
+        let nf = d.fields(n, &f.path_of("notify"), NOTIFY)?;
+        if let Some(u) = nf.get("url") {
+            let url = d.string(u, &nf.path_of("url"))?;
+            match url.parse::<http::Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
+                    p.notify_url = Some(url)
+                }
+                _ => {
+                    d.error(
+                        nf.path_of("url"),
+                        u.line,
+                        format!("{url:?} must be an http:// URL"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+    }
+    ok.then_some(p)
 }
 
 fn matcher(d: &mut Decoder, node: &Node, path: &str) -> Option<Match> {
@@ -460,7 +1025,7 @@ fn arms(d: &mut Decoder, node: &Node, path: &str, backends: &HashSet<&str>) -> O
             ok = false;
             continue;
         };
-        let name = required(d, &f, "name").and_then(|n| d.name(n, &f.path_of("name")));
+        let name = required(d, &f, "name").and_then(|n| safe_name(d, n, &f.path_of("name")));
         let backend = required(d, &f, "backend").and_then(|n| {
             let b = d.name(n, &f.path_of("backend"))?;
             if !backends.contains(b.as_str()) {

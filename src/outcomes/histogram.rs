@@ -21,6 +21,8 @@ pub struct AtomicHistogram {
     counts: Box<[AtomicU64]>,
     count: AtomicU64,
     sum_us: AtomicU64,
+    /// Σ(ms²), for the variance of the continuous latency metrics.
+    sum_sq_ms: crate::outcomes::metrics::AtomicF64,
 }
 
 impl Default for AtomicHistogram {
@@ -29,6 +31,7 @@ impl Default for AtomicHistogram {
             counts: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             count: AtomicU64::new(0),
             sum_us: AtomicU64::new(0),
+            sum_sq_ms: Default::default(),
         }
     }
 }
@@ -61,6 +64,8 @@ impl AtomicHistogram {
         self.counts[bucket_of(us)].fetch_add(1, Relaxed);
         self.count.fetch_add(1, Relaxed);
         self.sum_us.fetch_add(us, Relaxed);
+        let ms = us as f64 / 1000.0;
+        self.sum_sq_ms.add(ms * ms);
     }
 
     /// A consistent-enough copy for reading quantiles (concurrent records may be
@@ -69,6 +74,7 @@ impl AtomicHistogram {
         HistogramSnapshot {
             counts: self.counts.iter().map(|c| c.load(Relaxed)).collect(),
             sum_us: self.sum_us.load(Relaxed),
+            sum_sq_ms: self.sum_sq_ms.get(),
         }
     }
 
@@ -81,9 +87,19 @@ impl AtomicHistogram {
 pub struct HistogramSnapshot {
     counts: Vec<u64>,
     sum_us: u64,
+    sum_sq_ms: f64,
 }
 
 impl HistogramSnapshot {
+    /// The recorded values in milliseconds as running sums (exact, not bucketed).
+    pub fn sums_ms(&self) -> crate::outcomes::metrics::MetricSums {
+        crate::outcomes::metrics::MetricSums {
+            n: self.count(),
+            sum: self.sum_us as f64 / 1000.0,
+            sum_sq: self.sum_sq_ms,
+        }
+    }
+
     pub fn count(&self) -> u64 {
         self.counts.iter().sum()
     }

@@ -7,3 +7,7 @@ pub mod histogram;
 pub mod recorder;
 
 pub use recorder::{ArmRecorder, ArmSnapshot, FailureKind, RecorderRegistry, StatusClass};
+pub mod feedback;
+pub mod metrics;
+pub mod summary;
+pub mod token;

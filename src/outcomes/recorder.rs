@@ -111,6 +111,8 @@ pub struct OutcomeSet {
     errors: AtomicU64,
     /// Requests whose client left before any response head was sent.
     abandoned: AtomicU64,
+    /// Requests whose latency exceeded the experiment's `slow_threshold`.
+    slow: AtomicU64,
     latency: AtomicHistogram,
     ttfb: AtomicHistogram,
 }
@@ -124,6 +126,7 @@ pub struct OutcomeSnapshot {
     pub failures: [u64; 6],
     pub errors: u64,
     pub abandoned: u64,
+    pub slow: u64,
     pub latency: HistogramSnapshot,
     pub ttfb: HistogramSnapshot,
 }
@@ -151,6 +154,7 @@ impl OutcomeSet {
             failures: std::array::from_fn(|i| self.failures[i].load(Relaxed)),
             errors: self.errors.load(Relaxed),
             abandoned: self.abandoned.load(Relaxed),
+            slow: self.slow.load(Relaxed),
             latency: self.latency.snapshot(),
             ttfb: self.ttfb.snapshot(),
         }
@@ -173,6 +177,8 @@ pub struct ArmRecorder {
     assigned: OutcomeSet,
     forced: OutcomeSet,
     prom: PromHandles,
+    /// Set from the experiment's config at each table build.
+    slow_threshold_us: AtomicU64,
 }
 
 /// A point-in-time copy of an arm's recorder.
@@ -228,6 +234,7 @@ impl ArmRecorder {
             assigned: OutcomeSet::default(),
             forced: OutcomeSet::default(),
             prom,
+            slow_threshold_us: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -278,9 +285,20 @@ impl ArmRecorder {
         self.prom.ttfb.record(elapsed.as_secs_f64());
     }
 
+    /// Latency above `threshold` counts as slow from now on.
+    pub fn set_slow_threshold(&self, threshold: Duration) {
+        self.slow_threshold_us
+            .store(threshold.as_micros() as u64, Relaxed);
+    }
+
     /// Time to the last response byte (or to the failure).
     pub fn record_latency(&self, forced: bool, elapsed: Duration) {
-        self.set(forced).latency.record(elapsed.as_micros() as u64);
+        let us = elapsed.as_micros() as u64;
+        let set = self.set(forced);
+        set.latency.record(us);
+        if us > self.slow_threshold_us.load(Relaxed) {
+            set.slow.fetch_add(1, Relaxed);
+        }
         self.prom.duration.record(elapsed.as_secs_f64());
     }
 
@@ -299,6 +317,8 @@ impl ArmRecorder {
 pub struct RecorderRegistry {
     telemetry: Arc<Telemetry>,
     arms: DashMap<(String, String), Arc<ArmRecorder>>,
+    /// Declared metrics (feedback, response headers), by (experiment, arm, metric).
+    pub metrics: Arc<super::metrics::MetricBook>,
 }
 
 impl RecorderRegistry {
@@ -306,6 +326,7 @@ impl RecorderRegistry {
         RecorderRegistry {
             telemetry,
             arms: DashMap::new(),
+            metrics: Arc::default(),
         }
     }
 

@@ -19,6 +19,8 @@ use super::headers::{add_forwarded, strip_hop_by_hop};
 use super::limits::{check_head, RequestLimits};
 use super::problem::ProxyError;
 use crate::config::UpstreamProtocol;
+use crate::outcomes::feedback::FeedbackService;
+use crate::outcomes::token::TokenKeys;
 use crate::outcomes::{ArmRecorder, FailureKind};
 use crate::routing::table::Target;
 use crate::routing::{matcher, RequestView, Route, RoutingTable};
@@ -27,6 +29,7 @@ use crate::telemetry::Telemetry;
 static X_EXPERIMENT: HeaderName = HeaderName::from_static("x-abgate-experiment");
 static X_ARM: HeaderName = HeaderName::from_static("x-abgate-arm");
 static SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+static X_TOKEN: HeaderName = HeaderName::from_static("x-abgate-token");
 
 /// What every connection of the data plane shares.
 pub struct DataPlane {
@@ -34,6 +37,9 @@ pub struct DataPlane {
     pub telemetry: Arc<Telemetry>,
     /// Size limits and body timeouts, fixed for the listener's lifetime.
     pub limits: RequestLimits,
+    /// Signs the outcome token on every routed response.
+    pub tokens: Arc<TokenKeys>,
+    pub feedback: Arc<FeedbackService>,
 }
 
 /// Facts about one client connection.
@@ -44,9 +50,14 @@ pub struct ConnInfo {
 }
 
 /// Per-request tags copied from the routing decision.
-struct Tags {
+struct Tags<'t> {
     experiment: Option<HeaderValue>,
     arm: Option<HeaderValue>,
+    /// The arm's route, for the token and response-header metrics.
+    routed: Option<(
+        &'t crate::routing::table::ExperimentRoute,
+        &'t crate::routing::table::ArmRoute,
+    )>,
 }
 
 /// hyper service entry point: never fails, every error becomes a response.
@@ -68,6 +79,12 @@ pub async fn handle(
         return Ok(resp);
     }
     let table = plane.table.load_full();
+    if req.uri().path() == table.feedback_path {
+        return Ok(plane
+            .feedback
+            .handle(req, &table, table.feedback_max_body)
+            .await);
+    }
     Ok(
         match route_and_forward(&plane, &table, &conn, req, started).await {
             Ok(resp) => resp,
@@ -128,6 +145,7 @@ async fn route_and_forward(
             Tags {
                 experiment: None,
                 arm: None,
+                routed: None,
             },
         ),
         Route::Experiment(e) => {
@@ -144,11 +162,12 @@ async fn route_and_forward(
                 Tags {
                     experiment: Some(e.name_header.clone()),
                     arm: Some(arm.name_header.clone()),
+                    routed: Some((e, arm)),
                 },
             )
         }
     };
-    Ok(forward(
+    let mut resp = forward(
         plane,
         conn,
         req,
@@ -156,10 +175,23 @@ async fn route_and_forward(
         target,
         recorder,
         forced,
-        tags,
+        &tags,
         started,
     )
-    .await)
+    .await;
+    if let Some((e, arm)) = tags.routed {
+        let token = plane.tokens.mint(
+            &e.name,
+            &arm.name,
+            table.version,
+            crate::store::now_ms(),
+            forced,
+        );
+        if let Ok(v) = HeaderValue::from_str(&token) {
+            resp.headers_mut().insert(X_TOKEN.clone(), v);
+        }
+    }
+    Ok(resp)
 }
 
 /// Records a client that left before the response head, unless disarmed.
@@ -186,7 +218,7 @@ async fn forward(
     target: &Target,
     recorder: &Arc<ArmRecorder>,
     forced: bool,
-    tags: Tags,
+    tags: &Tags<'_>,
     started: Instant,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
@@ -270,6 +302,9 @@ async fn forward(
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             recorder.record_response(forced, parts.status);
+            if let (Some((_, arm)), false) = (tags.routed, forced) {
+                record_header_metrics(arm, &parts.headers);
+            }
             let head_was_error = parts.status.is_server_error();
             let body = IdleBody::new(body, limits.stream_idle);
             let body = RecordingBody::new(body, recorder.clone(), forced, started, head_was_error);
@@ -321,13 +356,31 @@ where
     }
 }
 
-fn tag(resp: &mut Response<ProxyBody>, tags: Tags, total: Duration, upstream: Duration) {
-    let h = resp.headers_mut();
-    if let Some(e) = tags.experiment {
-        h.insert(X_EXPERIMENT.clone(), e);
+/// Reads declared response-header metrics (e.g. token counts) into the arm's sums.
+fn record_header_metrics(arm: &crate::routing::table::ArmRoute, headers: &http::HeaderMap) {
+    for m in arm.header_metrics.iter() {
+        let Some(v) = headers
+            .get(&m.header)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite())
+        else {
+            continue;
+        };
+        if m.kind == crate::config::MetricKind::Binary && v != 0.0 && v != 1.0 {
+            continue;
+        }
+        m.cell.record(v);
     }
-    if let Some(a) = tags.arm {
-        h.insert(X_ARM.clone(), a);
+}
+
+fn tag(resp: &mut Response<ProxyBody>, tags: &Tags<'_>, total: Duration, upstream: Duration) {
+    let h = resp.headers_mut();
+    if let Some(e) = &tags.experiment {
+        h.insert(X_EXPERIMENT.clone(), e.clone());
+    }
+    if let Some(a) = &tags.arm {
+        h.insert(X_ARM.clone(), a.clone());
     }
     let own = total.saturating_sub(upstream);
     let timing = format!(

@@ -11,7 +11,10 @@ use http::{HeaderMap, HeaderValue};
 
 use super::bucket;
 use super::matcher::{self, RequestView};
-use crate::config::{BasisPoints, Config, Match, UnitSource, BUCKETS};
+use crate::config::{
+    BasisPoints, Config, Match, MetricDef, MetricKind, MetricSource, UnitSource, BUCKETS,
+};
+use crate::outcomes::metrics::MetricCell;
 use crate::outcomes::{ArmRecorder, RecorderRegistry};
 use crate::proxy::upstream::{Upstream, UpstreamPool};
 
@@ -34,6 +37,14 @@ pub struct ArmRoute {
     pub weight: BasisPoints,
     pub target: Target,
     pub recorder: Arc<ArmRecorder>,
+    /// Metrics read from the backend's response headers, with their cells.
+    pub header_metrics: Box<[HeaderMetric]>,
+}
+
+pub struct HeaderMetric {
+    pub header: http::HeaderName,
+    pub kind: MetricKind,
+    pub cell: Arc<MetricCell>,
 }
 
 pub struct ExperimentRoute {
@@ -46,6 +57,9 @@ pub struct ExperimentRoute {
     pub arms: Box<[ArmRoute]>,
     /// Exclusive upper bucket bound of each arm, cumulative in declared order.
     bounds: Box<[u32]>,
+    /// Declared metrics (for validating feedback).
+    pub metrics: Vec<MetricDef>,
+    pub attribution_window: Duration,
 }
 
 pub struct DefaultRoute {
@@ -58,6 +72,9 @@ pub struct RoutingTable {
     pub version: u64,
     pub experiments: Box<[ExperimentRoute]>,
     pub default: Option<DefaultRoute>,
+    /// The feedback endpoint's path on the data-plane listener.
+    pub feedback_path: String,
+    pub feedback_max_body: usize,
 }
 
 /// The outcome of matching a request.
@@ -130,15 +147,33 @@ impl RoutingTable {
                     arms: e
                         .arms
                         .iter()
-                        .map(|a| ArmRoute {
-                            name: a.name.clone(),
-                            name_header: header_value(&a.name),
-                            weight: a.weight,
-                            target: target(&a.backend),
-                            recorder: recorders.arm(&e.name, &a.name),
+                        .map(|a| {
+                            let recorder = recorders.arm(&e.name, &a.name);
+                            recorder.set_slow_threshold(e.slow_threshold);
+                            ArmRoute {
+                                name: a.name.clone(),
+                                name_header: header_value(&a.name),
+                                weight: a.weight,
+                                target: target(&a.backend),
+                                recorder,
+                                header_metrics: e
+                                    .metrics
+                                    .iter()
+                                    .filter_map(|m| match &m.source {
+                                        MetricSource::ResponseHeader(h) => Some(HeaderMetric {
+                                            header: h.clone(),
+                                            kind: m.kind,
+                                            cell: recorders.metrics.cell(&e.name, &a.name, &m.name),
+                                        }),
+                                        MetricSource::Feedback => None,
+                                    })
+                                    .collect(),
+                            }
                         })
                         .collect(),
                     bounds,
+                    metrics: e.metrics.clone(),
+                    attribution_window: e.attribution_window,
                 }
             })
             .collect();
@@ -150,6 +185,8 @@ impl RoutingTable {
             version,
             experiments,
             default,
+            feedback_path: config.feedback.path.clone(),
+            feedback_max_body: config.feedback.max_body,
         }
     }
 

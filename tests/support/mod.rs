@@ -195,11 +195,49 @@ pub async fn closed_port() -> SocketAddr {
     a
 }
 
-/// Starts abgate in-process with `yaml` (listen/admin forced to 127.0.0.1:0).
+/// A fresh state directory under the system temp dir, unique per call.
+pub fn temp_state_dir() -> std::path::PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "abgate-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Starts abgate in-process with `yaml` (listen/admin forced to 127.0.0.1:0,
+/// a fresh state_dir).
 pub async fn start_abgate(yaml: &str) -> abgate::server::RunningServer {
-    let yaml = format!("listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\n{yaml}");
-    let config = abgate::config::parse(&yaml).unwrap_or_else(|e| panic!("bad test config:\n{e}"));
-    abgate::server::start(&config).await.unwrap()
+    start_abgate_with(yaml, None).await
+}
+
+/// As [`start_abgate`], with an admin token.
+pub async fn start_abgate_with(yaml: &str, token: Option<&str>) -> abgate::server::RunningServer {
+    start_abgate_opts(yaml, token, None, &temp_state_dir()).await
+}
+
+/// As [`start_abgate`], with every option: admin token, token keys, state_dir.
+pub async fn start_abgate_opts(
+    yaml: &str,
+    token: Option<&str>,
+    token_keys: Option<&str>,
+    state_dir: &std::path::Path,
+) -> abgate::server::RunningServer {
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nstate_dir: {}\n{yaml}",
+        state_dir.display()
+    );
+    abgate::server::start(abgate::server::StartOptions {
+        config_text: yaml,
+        config_path: None,
+        watch_file: false,
+        admin_token: token.map(str::to_string),
+        token_keys: token_keys.map(str::to_string),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("abgate did not start: {e}"))
 }
 
 pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
@@ -443,4 +481,121 @@ pub async fn expect_rejected(admin: SocketAddr, reason: &str, n: f64) {
         },
     )
     .await;
+}
+
+/// The real `abgate serve` binary in a child process, killed on drop.
+pub struct Proc {
+    pub child: std::process::Child,
+    pub data_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub stderr: std::sync::mpsc::Receiver<String>,
+}
+
+impl Proc {
+    /// Starts `abgate serve --config <path> [extra...]` and waits for its addresses.
+    pub fn start(config: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Proc {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_abgate"));
+        cmd.args(["serve", "--config"]).arg(config).args(extra);
+        cmd.env_remove("ABGATE_ADMIN_TOKEN");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(line) => line,
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("abgate did not start; stderr:\n{}", seen.join("\n"));
+                }
+            };
+            if let Some(rest) = line.strip_prefix("abgate listening on ") {
+                // "abgate listening on A (admin on B)"
+                let mut parts = rest.split(' ');
+                let data = parts.next().unwrap().parse().unwrap();
+                let admin = rest
+                    .split("(admin on ")
+                    .nth(1)
+                    .unwrap()
+                    .trim_end_matches(')')
+                    .parse()
+                    .unwrap();
+                return Proc {
+                    child,
+                    data_addr: data,
+                    admin_addr: admin,
+                    stderr: rx,
+                };
+            }
+            seen.push(line);
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A client that can send bodies and custom methods to the admin API.
+pub async fn admin_call(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let c: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::builder().method(method).uri(url);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = c
+        .request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default(),
+    }
 }

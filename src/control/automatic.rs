@@ -1,0 +1,122 @@
+//! The control plane's interface for the controller: read an experiment's
+//! config, state and weights; apply an automatic decision; publish the latest
+//! analysis for people to read.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::actions::{phase_name, ActionError};
+use super::{effective, ControlPlane};
+use crate::config::{ControlPolicy, Experiment};
+use crate::store::{ExperimentPhase, ExperimentState, Weights};
+
+impl ControlPlane {
+    /// Experiments the controller runs, with their policies.
+    pub async fn controlled_experiments(&self) -> Vec<(String, ControlPolicy)> {
+        let cur = self.current.lock().await;
+        cur.config
+            .experiments
+            .iter()
+            .filter_map(|e| e.policy.clone().map(|p| (e.name.clone(), p)))
+            .collect()
+    }
+
+    /// The experiment's config, recorded state and the weights in force.
+    pub async fn controller_view(
+        &self,
+        name: &str,
+    ) -> Option<(Experiment, Option<ExperimentState>, Weights)> {
+        let cur = self.current.lock().await;
+        let e = cur.config.experiment(name)?.clone();
+        let state = cur.states.get(name).cloned();
+        let weights = effective(&cur.config, &cur.states)
+            .experiment(name)?
+            .arms
+            .iter()
+            .map(|a| (a.name.clone(), a.weight))
+            .collect();
+        Some((e, state, weights))
+    }
+
+    /// Applies an automatic decision through the write-ahead path, unless a
+    /// person paused or ended the experiment meanwhile (manual control wins).
+    pub async fn controller_decide(
+        &self,
+        name: &str,
+        kind: &str,
+        to: Weights,
+        reason: Value,
+    ) -> Result<i64, ActionError> {
+        let mut cur = self.current.lock().await;
+        let e = cur
+            .config
+            .experiment(name)
+            .ok_or_else(|| ActionError::UnknownExperiment(name.to_string()))?
+            .clone();
+        let phase = cur
+            .states
+            .get(name)
+            .map_or(ExperimentPhase::Running, |s| s.phase);
+        if phase != ExperimentPhase::Running {
+            return Err(ActionError::Conflict {
+                action: "decide automatically on",
+                experiment: name.to_string(),
+                phase: phase_name(phase),
+            });
+        }
+        let from: Weights = effective(&cur.config, &cur.states)
+            .experiment(name)
+            .map(|x| x.arms.iter().map(|a| (a.name.clone(), a.weight)).collect())
+            .unwrap_or_default();
+        let id = self.record_and_apply(
+            &mut cur,
+            &e,
+            kind,
+            from.clone(),
+            to.clone(),
+            reason.clone(),
+            "controller",
+        )?;
+        if let Some(url) = e.policy.as_ref().and_then(|p| p.notify_url.clone()) {
+            let body = serde_json::json!({
+                "id": id, "experiment": name, "kind": kind,
+                "from_weights": from, "to_weights": to, "reason": reason,
+            });
+            tokio::spawn(notify(url, body));
+        }
+        Ok(id)
+    }
+
+    /// Publishes the latest analysis of an experiment (shown by the admin API).
+    pub fn set_analysis(&self, name: &str, analysis: Value) {
+        self.analysis.insert(name.to_string(), analysis);
+    }
+
+    pub fn analysis(&self, name: &str) -> Option<Value> {
+        self.analysis.get(name).map(|v| v.clone())
+    }
+}
+
+/// POSTs a decision to a webhook: three tries with backoff, never blocking the
+/// controller (it runs on its own task), loopback or configured hosts only as
+/// the operator configured them.
+async fn notify(url: String, body: Value) {
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    for attempt in 0..3u32 {
+        let req = http::Request::post(&url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(bytes::Bytes::from(body.to_string())));
+        let Ok(req) = req else { return };
+        match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
+            Ok(Ok(resp)) if resp.status().is_success() => return,
+            outcome => {
+                tracing::warn!(%url, attempt, ok = outcome.is_ok(), "decision webhook failed");
+                tokio::time::sleep(Duration::from_millis(500 * 2u64.pow(attempt))).await;
+            }
+        }
+    }
+}

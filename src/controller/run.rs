@@ -1,0 +1,445 @@
+//! One experiment's control loop.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::policy::{stats_policy, uses_events};
+use crate::config::{ControlPolicy, Experiment, ExperimentKind, OnFailure, OnSuccess, BUCKETS};
+use crate::control::ControlPlane;
+use crate::outcomes::summary::{experiment_metrics, ArmMetrics, MetricStats};
+use crate::stats::{
+    self, decide, ArmSnapshot, ErrorAttribution, ExperimentEvidence, MetricData, MetricSnapshot,
+    Snapshot, SrmMonitor, StepFacts, Verdict,
+};
+use crate::store::{now_ms, ExperimentPhase, Weights};
+
+/// What the loop carries between ticks (in memory; a restart starts the
+/// evidence afresh, which only delays decisions).
+struct Run {
+    policy: stats::Policy,
+    evidence: ExperimentEvidence,
+    /// Per (guardrail metric, treatment arm): the attribution test.
+    attribution: BTreeMap<(String, String), ErrorAttribution>,
+    srm: Option<(Vec<String>, SrmMonitor)>,
+    /// Cumulative per-arm counts at the previous tick: (assigned, errors, slow).
+    prev: BTreeMap<String, (u64, u64, u64)>,
+    /// Candidate units assigned when the current step began.
+    step_base: Option<(usize, u64)>,
+    /// The last one-off decision recorded (to record a Hold once, not every tick).
+    last_once: Option<String>,
+}
+
+pub async fn run(control: Arc<ControlPlane>, name: String, cfg: ControlPolicy) {
+    let policy = stats_policy(&cfg);
+    if let Err(e) = policy.validate() {
+        tracing::error!(experiment = %name, error = %e, "invalid analysis policy; the controller will not run");
+        return;
+    }
+    let mut r = Run {
+        policy,
+        evidence: ExperimentEvidence::new(),
+        attribution: BTreeMap::new(),
+        srm: None,
+        prev: BTreeMap::new(),
+        step_base: None,
+        last_once: None,
+    };
+    let mut tick = tokio::time::interval(cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = r.tick(&control, &name, &cfg).await {
+            tracing::warn!(experiment = %name, error = %e, "controller tick failed");
+        }
+    }
+}
+
+fn weights_of(e: &Experiment, w: &Weights) -> Vec<(String, u32)> {
+    e.arms
+        .iter()
+        .map(|a| (a.name.clone(), w.get(&a.name).copied().unwrap_or(0)))
+        .collect()
+}
+
+fn all_to(e: &Experiment, arm: &str) -> Weights {
+    e.arms
+        .iter()
+        .map(|a| (a.name.clone(), if a.name == arm { BUCKETS } else { 0 }))
+        .collect()
+}
+
+fn binary_successes(m: &ArmMetrics, metric: &str) -> u64 {
+    match m.metrics.get(metric) {
+        Some(MetricStats::Binary(b)) => b.successes,
+        _ => 0,
+    }
+}
+
+impl Run {
+    async fn tick(
+        &mut self,
+        control: &ControlPlane,
+        name: &str,
+        cfg: &ControlPolicy,
+    ) -> Result<(), String> {
+        let Some((e, state, weights)) = control.controller_view(name).await else {
+            return Ok(());
+        };
+        let phase = state.as_ref().map_or(ExperimentPhase::Running, |s| s.phase);
+        if phase != ExperimentPhase::Running {
+            control.set_analysis(name, json!({"status": format!("{phase:?}").to_lowercase(), "note": "automatic decisions are off"}));
+            return Ok(());
+        }
+        let candidate = e
+            .arms
+            .iter()
+            .find(|a| a.name != e.baseline)
+            .map(|a| a.name.clone());
+        // A canary starts at its first step.
+        if cfg.kind == ExperimentKind::Canary && state.as_ref().and_then(|s| s.step).is_none() {
+            let cand = candidate.clone().ok_or("a canary needs a candidate arm")?;
+            let to = canary_weights(&e, &cand, cfg.steps[0]);
+            let summary = format!(
+                "started: step 1/{} ({}% to {cand})",
+                cfg.steps.len(),
+                crate::config::percent(cfg.steps[0])
+            );
+            control
+                .controller_decide(name, "start", to, json!({"step": 0, "summary": summary}))
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(());
+        }
+        let arms = experiment_metrics(&control.shared.recorders, &e);
+        let w = weights_of(&e, &weights);
+        let snapshot = self.snapshot(&e, cfg, &arms, &w)?;
+        self.evidence
+            .observe(&self.policy, &snapshot)
+            .map_err(|err| err.to_string())?;
+
+        let now = now_ms();
+        let started = state.as_ref().map_or(now, |s| s.started_ms);
+        let step = state.as_ref().and_then(|s| s.step);
+        let step_started = state.as_ref().map_or(now, |s| s.step_started_ms);
+        let assigned = |arm: &str| arms.iter().find(|a| a.arm == arm).map_or(0, |a| a.assigned);
+        let cand_units = candidate.as_deref().map_or(0, assigned);
+        let step_units = match (step, self.step_base) {
+            (Some(s), Some((b, base))) if b == s => cand_units.saturating_sub(base),
+            (Some(s), _) => {
+                self.step_base = Some((s, cand_units));
+                0
+            }
+            (None, _) => arms.iter().map(|a| a.assigned).min().unwrap_or(0),
+        };
+        let facts = StepFacts {
+            step_minimums_met: step_units >= cfg.step_min_samples
+                && now.saturating_sub(step_started) >= cfg.step_min_duration.as_millis() as u64,
+            budget_exhausted: now.saturating_sub(started) >= cfg.max_duration.as_millis() as u64,
+        };
+        let verdict = decide(&self.policy, &self.evidence, &facts);
+        control.set_analysis(
+            name,
+            json!({
+                "status": "running",
+                "verdict": verdict.name(),
+                "explain": verdict.explain(),
+                "details": serde_json::to_value(&verdict).unwrap_or(Value::Null),
+                "step": step.map(|s| s + 1),
+                "steps": cfg.steps.iter().map(|s| f64::from(*s) / 100.0).collect::<Vec<_>>(),
+                "step_units": step_units,
+                "step_minimums_met": facts.step_minimums_met,
+                "looks": self.evidence.looks,
+            }),
+        );
+        self.act(
+            control,
+            name,
+            cfg,
+            &e,
+            &weights,
+            candidate.as_deref(),
+            step,
+            &verdict,
+        )
+        .await
+    }
+
+    fn snapshot(
+        &mut self,
+        e: &Experiment,
+        cfg: &ControlPolicy,
+        arms: &[ArmMetrics],
+        w: &[(String, u32)],
+    ) -> Result<Snapshot, String> {
+        let weight = |arm: &str| w.iter().find(|(a, _)| a == arm).map_or(0, |(_, x)| *x);
+        // Per-period deltas feed the ramp-aware tests.
+        let mut deltas: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+        for a in arms {
+            let now = (
+                a.assigned,
+                binary_successes(a, "error"),
+                binary_successes(a, "slow"),
+            );
+            let prev = self.prev.insert(a.arm.clone(), now).unwrap_or((0, 0, 0));
+            deltas.insert(
+                a.arm.clone(),
+                (
+                    now.0.saturating_sub(prev.0),
+                    now.1.saturating_sub(prev.1),
+                    now.2.saturating_sub(prev.2),
+                ),
+            );
+        }
+        // SRM over arms currently receiving traffic; a weight change starts a new segment.
+        let live: Vec<(String, u32)> = w.iter().filter(|(_, x)| *x > 0).cloned().collect();
+        if live.len() >= 2 {
+            let names: Vec<String> = live.iter().map(|(a, _)| a.clone()).collect();
+            let ws: Vec<f64> = live.iter().map(|(_, x)| f64::from(*x)).collect();
+            match &mut self.srm {
+                Some((n, m)) if *n == names => {
+                    if m.weights != ws {
+                        m.set_weights(ws).map_err(|e| e.to_string())?;
+                    }
+                }
+                _ => {
+                    self.srm = Some((
+                        names.clone(),
+                        SrmMonitor::new(ws, self.policy.srm_concentration)
+                            .map_err(|e| e.to_string())?,
+                    ))
+                }
+            }
+            if let Some((names, m)) = &mut self.srm {
+                let counts: Vec<u64> = names
+                    .iter()
+                    .map(|a| deltas.get(a).map_or(0, |d| d.0))
+                    .collect();
+                m.observe(&counts).map_err(|e| e.to_string())?;
+            }
+        }
+        let mut metrics = Vec::new();
+        let mut wanted: Vec<String> = cfg.guardrails.iter().map(|g| g.metric.clone()).collect();
+        if let Some(p) = &cfg.primary {
+            wanted.push(p.metric.clone());
+        }
+        for g in cfg.guardrails.iter().filter(|g| uses_events(g)) {
+            let wb = weight(&e.baseline);
+            for a in arms.iter().filter(|a| a.arm != e.baseline) {
+                let wa = weight(&a.arm);
+                let acc = self
+                    .attribution
+                    .entry((g.metric.clone(), a.arm.clone()))
+                    .or_default();
+                if wa > 0 && wb > 0 {
+                    let share = f64::from(wa) / f64::from(wa + wb);
+                    let pick = |d: &(u64, u64, u64)| if g.metric == "error" { d.1 } else { d.2 };
+                    let (dc, db) = (
+                        deltas.get(&a.arm).map_or(0, pick),
+                        deltas.get(&e.baseline).map_or(0, pick),
+                    );
+                    acc.observe_period(share, dc, db)
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            let data: BTreeMap<String, ErrorAttribution> = self
+                .attribution
+                .iter()
+                .filter(|((m, _), _)| m == &g.metric)
+                .map(|((_, arm), acc)| (arm.clone(), acc.clone()))
+                .collect();
+            metrics.push(MetricSnapshot {
+                name: g.metric.clone(),
+                data: MetricData::Events(data),
+            });
+        }
+        for name in wanted {
+            if metrics.iter().any(|m| m.name == name) {
+                continue;
+            }
+            let per_arm: Vec<(&str, &MetricStats)> = arms
+                .iter()
+                .filter_map(|a| a.metrics.get(&name).map(|m| (a.arm.as_str(), m)))
+                .collect();
+            let data = match per_arm.first().map(|(_, m)| *m) {
+                Some(MetricStats::Binary(_)) => MetricData::Binary(
+                    per_arm
+                        .iter()
+                        .filter_map(|(a, m)| match m {
+                            MetricStats::Binary(b) => Some((a.to_string(), *b)),
+                            _ => None,
+                        })
+                        .collect(),
+                ),
+                Some(MetricStats::Continuous(_)) => MetricData::Continuous(
+                    per_arm
+                        .iter()
+                        .filter_map(|(a, m)| match m {
+                            MetricStats::Continuous(c) => Some((a.to_string(), *c)),
+                            _ => None,
+                        })
+                        .collect(),
+                ),
+                None => continue,
+            };
+            metrics.push(MetricSnapshot { name, data });
+        }
+        Ok(Snapshot {
+            baseline: e.baseline.clone(),
+            arms: arms
+                .iter()
+                .map(|a| ArmSnapshot {
+                    name: a.arm.clone(),
+                    weight: f64::from(weight(&a.arm)),
+                    assigned: a.assigned,
+                })
+                .collect(),
+            metrics,
+            srm_monitor: self.srm.as_ref().map(|(_, m)| m.clone()),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn act(
+        &mut self,
+        control: &ControlPlane,
+        name: &str,
+        cfg: &ControlPolicy,
+        e: &Experiment,
+        weights: &Weights,
+        candidate: Option<&str>,
+        step: Option<usize>,
+        verdict: &Verdict,
+    ) -> Result<(), String> {
+        let reason = |extra: Value| {
+            let mut r = json!({"summary": verdict.explain(), "verdict": serde_json::to_value(verdict).unwrap_or(Value::Null)});
+            if let (Value::Object(m), Value::Object(x)) = (&mut r, extra) {
+                m.extend(x);
+            }
+            r
+        };
+        let decision: Option<(&str, Weights, Value)> = match verdict {
+            Verdict::Rollback { arm, .. } => match (cfg.kind, cfg.on_failure) {
+                (_, OnFailure::Pause) => Some(("pause", weights.clone(), reason(json!({})))),
+                (ExperimentKind::Canary, OnFailure::Rollback) => {
+                    Some(("rollback", all_to(e, &e.baseline), reason(json!({}))))
+                }
+                (ExperimentKind::Ab, OnFailure::Rollback) => {
+                    // Only the harmful arm stops; its share returns to the baseline.
+                    let mut to = weights.clone();
+                    let freed = to.insert(arm.clone(), 0).unwrap_or(0);
+                    *to.entry(e.baseline.clone()).or_insert(0) += freed;
+                    let any_left = e
+                        .arms
+                        .iter()
+                        .any(|a| a.name != e.baseline && to.get(&a.name).copied().unwrap_or(0) > 0);
+                    let kind = if any_left { "rollback_arm" } else { "rollback" };
+                    Some((kind, to, reason(json!({"arm": arm}))))
+                }
+            },
+            Verdict::Advance { .. } => {
+                let (Some(cand), Some(s)) = (candidate, step) else {
+                    return Ok(());
+                };
+                if s + 1 < cfg.steps.len() {
+                    let next = cfg.steps[s + 1];
+                    Some((
+                        "advance",
+                        canary_weights(e, cand, next),
+                        reason(
+                            json!({"step": s + 1, "summary": format!("advanced to step {}/{} ({}% to {cand}): {}", s + 2, cfg.steps.len(), crate::config::percent(next), verdict.explain())}),
+                        ),
+                    ))
+                } else if cfg.on_success == OnSuccess::Promote {
+                    Some((
+                        "promote",
+                        all_to(e, cand),
+                        reason(
+                            json!({"summary": format!("promoted {cand} after the last step: {}", verdict.explain())}),
+                        ),
+                    ))
+                } else {
+                    self.once(
+                        "hold",
+                        control,
+                        name,
+                        weights,
+                        reason(json!({"summary": "last step reached; holding (on_success: hold)"})),
+                    )
+                    .await?;
+                    None
+                }
+            }
+            Verdict::Promote { arm, .. } => match cfg.on_success {
+                OnSuccess::Promote => {
+                    Some(("promote", all_to(e, arm), reason(json!({"arm": arm}))))
+                }
+                OnSuccess::Hold => Some(("winner", weights.clone(), reason(json!({"arm": arm})))),
+            },
+            Verdict::NoDifference { .. } | Verdict::Inconclusive { .. } => {
+                Some(("conclude", all_to(e, &e.baseline), reason(json!({}))))
+            }
+            Verdict::Hold { .. } => {
+                self.once("hold", control, name, weights, reason(json!({})))
+                    .await?;
+                None
+            }
+            Verdict::InsufficientData { .. } | Verdict::Continue { .. } => {
+                self.last_once = None;
+                None
+            }
+        };
+        if let Some((kind, to, reason)) = decision {
+            let id = control
+                .controller_decide(name, kind, to, reason.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(
+                experiment = name,
+                kind,
+                id,
+                "{}",
+                reason["summary"].as_str().unwrap_or("")
+            );
+            self.last_once = None;
+            if kind == "advance" || kind == "rollback_arm" {
+                // A new step: its minimums count from now.
+                self.step_base = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a decision that does not change weights once per episode.
+    async fn once(
+        &mut self,
+        kind: &str,
+        control: &ControlPlane,
+        name: &str,
+        weights: &Weights,
+        reason: Value,
+    ) -> Result<(), String> {
+        if self.last_once.as_deref() == Some(kind) {
+            return Ok(());
+        }
+        control
+            .controller_decide(name, kind, weights.clone(), reason)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.last_once = Some(kind.to_string());
+        Ok(())
+    }
+}
+
+fn canary_weights(e: &Experiment, candidate: &str, w: u32) -> Weights {
+    e.arms
+        .iter()
+        .map(|a| {
+            (
+                a.name.clone(),
+                if a.name == candidate { w } else { BUCKETS - w },
+            )
+        })
+        .collect()
+}

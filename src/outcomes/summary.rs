@@ -1,0 +1,184 @@
+//! Per-arm sufficient statistics of every metric an experiment has: the
+//! built-ins (from the recorders) and the declared ones (from the metric book).
+//!
+//! This is what people see in `GET /v1/experiments/{name}`, what
+//! `/v1/experiments/{name}/export` hands to `abgate analyze`, and what the
+//! controller judges. Forced (override) requests are never included.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::metrics::MetricSums;
+use super::RecorderRegistry;
+use crate::config::{Experiment, MetricKind};
+use crate::stats::{BinaryStats, ContinuousStats};
+
+/// One metric of one arm.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricStats {
+    Binary(BinaryStats),
+    Continuous(ContinuousStats),
+}
+
+impl MetricStats {
+    pub fn n(&self) -> u64 {
+        match self {
+            MetricStats::Binary(b) => b.n,
+            MetricStats::Continuous(c) => c.n,
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        match self {
+            MetricStats::Binary(b) => json!({
+                "type": "binary", "n": b.n, "successes": b.successes,
+                "rate": if b.n > 0 { json!(b.mean()) } else { Value::Null },
+            }),
+            MetricStats::Continuous(c) => json!({
+                "type": "continuous", "n": c.n,
+                "mean": if c.n > 0 { json!(c.mean) } else { Value::Null },
+                "variance": if c.n > 1 { json!(c.variance()) } else { Value::Null },
+            }),
+        }
+    }
+}
+
+/// Everything known about one arm, for statistics.
+#[derive(Debug, Clone)]
+pub struct ArmMetrics {
+    pub arm: String,
+    /// Requests assigned (not forced) to the arm: the SRM counts.
+    pub assigned: u64,
+    pub metrics: BTreeMap<String, MetricStats>,
+}
+
+/// Statistics for each of `experiment`'s configured arms, in declared order.
+pub fn experiment_metrics(
+    recorders: &RecorderRegistry,
+    experiment: &Experiment,
+) -> Vec<ArmMetrics> {
+    let snaps = recorders.experiment(&experiment.name);
+    let declared = recorders.metrics.experiment(&experiment.name);
+    experiment
+        .arms
+        .iter()
+        .map(|arm| {
+            let mut metrics = BTreeMap::new();
+            let assigned = match snaps.iter().find(|s| s.arm == arm.name) {
+                Some(s) => {
+                    let o = &s.assigned;
+                    let responded: u64 = o.classes.iter().sum();
+                    metrics.insert(
+                        "error".to_string(),
+                        MetricStats::Binary(
+                            BinaryStats::new(responded, o.errors.min(responded))
+                                .unwrap_or_default(),
+                        ),
+                    );
+                    let lat = o.latency.sums_ms();
+                    metrics.insert(
+                        "slow".to_string(),
+                        MetricStats::Binary(
+                            BinaryStats::new(lat.n, o.slow.min(lat.n)).unwrap_or_default(),
+                        ),
+                    );
+                    metrics.insert(
+                        "latency_ms".to_string(),
+                        MetricStats::Continuous(lat.continuous()),
+                    );
+                    metrics.insert(
+                        "ttfb_ms".to_string(),
+                        MetricStats::Continuous(o.ttfb.sums_ms().continuous()),
+                    );
+                    o.requests()
+                }
+                None => 0,
+            };
+            for m in &experiment.metrics {
+                let sums = declared
+                    .iter()
+                    .find(|(a, name, _)| a == &arm.name && name == &m.name)
+                    .map_or(MetricSums::default(), |(_, _, s)| *s);
+                let stats = match m.kind {
+                    MetricKind::Binary => MetricStats::Binary(sums.binary()),
+                    MetricKind::Continuous => MetricStats::Continuous(sums.continuous()),
+                };
+                metrics.insert(m.name.clone(), stats);
+            }
+            ArmMetrics {
+                arm: arm.name.clone(),
+                assigned,
+                metrics,
+            }
+        })
+        .collect()
+}
+
+/// The `abgate analyze` input for an experiment: re-check any decision offline.
+/// Metrics where an arm has no observations yet are left out (analyze needs n > 0).
+pub fn analyze_input(
+    experiment: &Experiment,
+    weights: &BTreeMap<String, u32>,
+    arms: &[ArmMetrics],
+) -> Value {
+    let arm_obj: serde_json::Map<String, Value> = arms
+        .iter()
+        .map(|a| {
+            let w = weights.get(&a.arm).copied().unwrap_or(0);
+            (
+                a.arm.clone(),
+                json!({"weight": f64::from(w) / 10_000.0, "assigned": a.assigned}),
+            )
+        })
+        .collect();
+    let mut metrics = serde_json::Map::new();
+    let names: Vec<&String> = arms
+        .first()
+        .map(|a| a.metrics.keys().collect())
+        .unwrap_or_default();
+    for name in names {
+        let per_arm: Vec<(&str, &MetricStats)> = arms
+            .iter()
+            .filter_map(|a| a.metrics.get(name).map(|m| (a.arm.as_str(), m)))
+            .collect();
+        if per_arm.len() != arms.len() || per_arm.iter().any(|(_, m)| m.n() == 0) {
+            continue;
+        }
+        let (kind, values): (&str, serde_json::Map<String, Value>) = match per_arm[0].1 {
+            MetricStats::Binary(_) => (
+                "binary",
+                per_arm
+                    .iter()
+                    .filter_map(|(a, m)| match m {
+                        MetricStats::Binary(b) => {
+                            Some((a.to_string(), json!({"n": b.n, "successes": b.successes})))
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            MetricStats::Continuous(_) => (
+                "continuous",
+                per_arm
+                    .iter()
+                    .filter_map(|(a, m)| match m {
+                        MetricStats::Continuous(c) => Some((
+                            a.to_string(),
+                            json!({"n": c.n, "mean": c.mean, "variance": c.variance()}),
+                        )),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+        };
+        metrics.insert(name.clone(), json!({"type": kind, "arms": values}));
+    }
+    json!({
+        "alpha": 0.05,
+        "design_samples": 5000,
+        "baseline": experiment.baseline,
+        "arms": arm_obj,
+        "metrics": metrics,
+    })
+}

@@ -1,0 +1,145 @@
+//! Durable state: applied config versions, decisions (the audit log), and each
+//! experiment's manual/automatic state.
+//!
+//! Owns: the [`Store`] trait and its records. The embedded SQLite implementation
+//! lives in [`sqlite`]; a shared store for fleets can implement the same trait.
+//! Never: on the request path (the data plane reads only the routing table).
+
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use sqlite::SqliteStore;
+
+/// One applied config version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigRecord {
+    pub version: u64,
+    pub text: String,
+    /// SHA-256 of `text`, hex.
+    pub hash: String,
+    /// Unix milliseconds.
+    pub applied_at_ms: u64,
+    /// Token name, `file`, `sighup`, `startup`.
+    pub actor: String,
+    /// Remote address for API changes, the file path for file changes.
+    pub source: String,
+}
+
+/// Lifecycle of an experiment as changed by people or the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExperimentPhase {
+    Running,
+    /// Weights frozen; no automatic decisions until resumed.
+    Paused,
+    /// All traffic on the baseline arm; ended.
+    RolledBack,
+    /// All traffic on the promoted arm; ended.
+    Promoted,
+    /// Ended without a winner (no difference, inconclusive); all traffic on the baseline.
+    Concluded,
+}
+
+impl ExperimentPhase {
+    pub fn is_ended(self) -> bool {
+        matches!(
+            self,
+            ExperimentPhase::RolledBack | ExperimentPhase::Promoted
+        )
+    }
+}
+
+/// Weights in basis points by arm name (ordered for stable output).
+pub type Weights = BTreeMap<String, u32>;
+
+/// An experiment's recorded state, layered over the config's weights.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExperimentState {
+    pub experiment: String,
+    pub phase: ExperimentPhase,
+    /// Weights in force, when they differ from the config's.
+    pub weights: Option<Weights>,
+    /// Fingerprint of the config's arms when this state was recorded: if the
+    /// experimenter later edits the arms, the edit wins and this state is dropped.
+    pub arms_fingerprint: String,
+    pub updated_at_ms: u64,
+    /// Canary: the index of the step in force.
+    #[serde(default)]
+    pub step: Option<usize>,
+    /// When the current step began (Unix ms).
+    #[serde(default)]
+    pub step_started_ms: u64,
+    /// When the controller first started the experiment (Unix ms).
+    #[serde(default)]
+    pub started_ms: u64,
+}
+
+/// A manual or automatic change to an experiment, written before it is applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub id: i64,
+    pub experiment: String,
+    /// e.g. `pause`, `resume`, `rollback`, `promote`, later `advance`.
+    pub kind: String,
+    pub from_weights: Weights,
+    pub to_weights: Weights,
+    /// Free-form JSON: who, why, the evidence.
+    pub reason: serde_json::Value,
+    pub actor: String,
+    pub created_at_ms: u64,
+    pub applied: bool,
+}
+
+/// A decision before the store assigns its id.
+#[derive(Debug, Clone)]
+pub struct NewDecision {
+    pub experiment: String,
+    pub kind: String,
+    pub from_weights: Weights,
+    pub to_weights: Weights,
+    pub reason: serde_json::Value,
+    pub actor: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create state directory {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("state database holds invalid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Durable state behind a small interface, so a shared store can follow.
+pub trait Store: Send + Sync {
+    fn record_config(&self, record: &ConfigRecord) -> Result<(), StoreError>;
+    fn latest_config(&self) -> Result<Option<ConfigRecord>, StoreError>;
+    /// Records a decision (not yet applied) and returns its id.
+    fn record_decision(&self, decision: &NewDecision) -> Result<i64, StoreError>;
+    fn mark_applied(&self, id: i64) -> Result<(), StoreError>;
+    /// Newest first.
+    fn decisions(
+        &self,
+        experiment: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Decision>, StoreError>;
+    fn unapplied_decisions(&self) -> Result<Vec<Decision>, StoreError>;
+    fn save_state(&self, state: &ExperimentState) -> Result<(), StoreError>;
+    fn clear_state(&self, experiment: &str) -> Result<(), StoreError>;
+    fn states(&self) -> Result<Vec<ExperimentState>, StoreError>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+pub mod feedback;

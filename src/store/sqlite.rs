@@ -1,0 +1,277 @@
+//! The embedded SQLite store (WAL mode, synchronous=FULL for durability of
+//! every acknowledged change).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::*;
+
+pub struct SqliteStore {
+    // Control-plane writes are rare and small; one connection behind a mutex is
+    // simpler than a pool and never touched by the request path.
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS config_versions (
+    version INTEGER PRIMARY KEY,
+    text TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    applied_at_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    source TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    experiment TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    from_weights TEXT NOT NULL,
+    to_weights TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    applied INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS decisions_by_experiment ON decisions (experiment, id);
+CREATE TABLE IF NOT EXISTS experiment_state (
+    experiment TEXT PRIMARY KEY,
+    state TEXT NOT NULL
+);
+";
+
+impl SqliteStore {
+    /// Opens (creating if needed) `state_dir/abgate.db`.
+    pub fn open(state_dir: &Path) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Dir {
+            path: state_dir.display().to_string(),
+            source,
+        })?;
+        let conn = Connection::open(state_dir.join("abgate.db"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (transactions
+        // roll back), so a poisoned lock is safe to reuse.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn decision_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Decision, [String; 3])> {
+    Ok((
+        Decision {
+            id: row.get(0)?,
+            experiment: row.get(1)?,
+            kind: row.get(2)?,
+            from_weights: Weights::new(),
+            to_weights: Weights::new(),
+            reason: serde_json::Value::Null,
+            actor: row.get(6)?,
+            created_at_ms: row.get::<_, i64>(7)? as u64,
+            applied: row.get::<_, i64>(8)? != 0,
+        },
+        [row.get(3)?, row.get(4)?, row.get(5)?],
+    ))
+}
+
+fn finish(rows: Vec<(Decision, [String; 3])>) -> Result<Vec<Decision>, StoreError> {
+    rows.into_iter()
+        .map(|(mut d, [from, to, reason])| {
+            d.from_weights = serde_json::from_str(&from)?;
+            d.to_weights = serde_json::from_str(&to)?;
+            d.reason = serde_json::from_str(&reason)?;
+            Ok(d)
+        })
+        .collect()
+}
+
+const DECISION_COLUMNS: &str =
+    "id, experiment, kind, from_weights, to_weights, reason, actor, created_at_ms, applied";
+
+impl Store for SqliteStore {
+    fn record_config(&self, r: &ConfigRecord) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO config_versions (version, text, hash, applied_at_ms, actor, source)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![r.version as i64, r.text, r.hash, r.applied_at_ms as i64, r.actor, r.source],
+        )?;
+        Ok(())
+    }
+
+    fn latest_config(&self) -> Result<Option<ConfigRecord>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT version, text, hash, applied_at_ms, actor, source
+                 FROM config_versions ORDER BY version DESC LIMIT 1",
+                [],
+                |row| {
+                    Ok(ConfigRecord {
+                        version: row.get::<_, i64>(0)? as u64,
+                        text: row.get(1)?,
+                        hash: row.get(2)?,
+                        applied_at_ms: row.get::<_, i64>(3)? as u64,
+                        actor: row.get(4)?,
+                        source: row.get(5)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn record_decision(&self, d: &NewDecision) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO decisions (experiment, kind, from_weights, to_weights, reason, actor, created_at_ms, applied)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+            params![
+                d.experiment,
+                d.kind,
+                serde_json::to_string(&d.from_weights)?,
+                serde_json::to_string(&d.to_weights)?,
+                d.reason.to_string(),
+                d.actor,
+                now_ms() as i64
+            ],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn mark_applied(&self, id: i64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE decisions SET applied = 1 WHERE id = ?1",
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    fn decisions(
+        &self,
+        experiment: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Decision>, StoreError> {
+        let conn = self.conn();
+        let limit = limit.min(10_000) as i64;
+        let rows = match experiment {
+            Some(e) => {
+                let mut st = conn.prepare(&format!(
+                    "SELECT {DECISION_COLUMNS} FROM decisions WHERE experiment = ?1 ORDER BY id DESC LIMIT ?2"
+                ))?;
+                let rows = st.query_map(params![e, limit], decision_from_row)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            }
+            None => {
+                let mut st = conn.prepare(&format!(
+                    "SELECT {DECISION_COLUMNS} FROM decisions ORDER BY id DESC LIMIT ?1"
+                ))?;
+                let rows = st.query_map(params![limit], decision_from_row)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            }
+        };
+        finish(rows)
+    }
+
+    fn unapplied_decisions(&self) -> Result<Vec<Decision>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "SELECT {DECISION_COLUMNS} FROM decisions WHERE applied = 0 ORDER BY id"
+        ))?;
+        let rows = st
+            .query_map([], decision_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        finish(rows)
+    }
+
+    fn save_state(&self, s: &ExperimentState) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO experiment_state (experiment, state) VALUES (?1, ?2)",
+            params![s.experiment, serde_json::to_string(s)?],
+        )?;
+        Ok(())
+    }
+
+    fn clear_state(&self, experiment: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "DELETE FROM experiment_state WHERE experiment = ?1",
+            params![experiment],
+        )?;
+        Ok(())
+    }
+
+    fn states(&self) -> Result<Vec<ExperimentState>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT state FROM experiment_state ORDER BY experiment")?;
+        let texts = st
+            .query_map([], |row| row.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        texts
+            .iter()
+            .map(|t| serde_json::from_str(t).map_err(StoreError::from))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = std::env::temp_dir().join(format!("abgate-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let s = SqliteStore::open(&dir).unwrap();
+            s.record_config(&ConfigRecord {
+                version: 3,
+                text: "a: 1".into(),
+                hash: "h".into(),
+                applied_at_ms: 1,
+                actor: "file".into(),
+                source: "x.yaml".into(),
+            })
+            .unwrap();
+            let id = s
+                .record_decision(&NewDecision {
+                    experiment: "e".into(),
+                    kind: "rollback".into(),
+                    from_weights: [("a".to_string(), 9000), ("b".to_string(), 1000)].into(),
+                    to_weights: [("a".to_string(), 10000), ("b".to_string(), 0)].into(),
+                    reason: serde_json::json!({"manual": true}),
+                    actor: "admin".into(),
+                })
+                .unwrap();
+            assert_eq!(s.unapplied_decisions().unwrap().len(), 1);
+            s.mark_applied(id).unwrap();
+            s.save_state(&ExperimentState {
+                experiment: "e".into(),
+                phase: ExperimentPhase::RolledBack,
+                weights: Some([("a".to_string(), 10000)].into()),
+                arms_fingerprint: "f".into(),
+                updated_at_ms: 2,
+                step: None,
+                step_started_ms: 0,
+                started_ms: 0,
+            })
+            .unwrap();
+        }
+        let s = SqliteStore::open(&dir).unwrap();
+        assert_eq!(s.latest_config().unwrap().unwrap().version, 3);
+        let d = s.decisions(Some("e"), 10).unwrap();
+        assert_eq!(d.len(), 1);
+        assert!(d[0].applied);
+        assert_eq!(d[0].to_weights["a"], 10000);
+        assert!(s.unapplied_decisions().unwrap().is_empty());
+        assert_eq!(s.states().unwrap()[0].phase, ExperimentPhase::RolledBack);
+        s.clear_state("e").unwrap();
+        assert!(s.states().unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

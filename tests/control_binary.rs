@@ -1,0 +1,341 @@
+//! The real binary: durability across kill -9, SIGHUP reloads, refusing an
+//! unauthenticated public admin listener, and the CLI against a running server.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_abgate");
+
+fn write_config(dir: &Path, body: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("abgate.yaml");
+    let text = format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nstate_dir: {}\n{body}",
+        dir.join("state").display()
+    );
+    let tmp = dir.join("abgate.yaml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+fn split(v1: &FakeBackend, v2: &FakeBackend, canary: u32) -> String {
+    format!(
+        "backends:\n  v1: {{ url: \"{}\" }}\n  v2: {{ url: \"{}\" }}\nexperiments:\n  - name: exp\n    unit: {{ header: x-user-id }}\n    arms:\n      - {{ name: stable, backend: v1, weight: {} }}\n      - {{ name: canary, backend: v2, weight: {canary} }}\n",
+        v1.url(),
+        v2.url(),
+        100 - canary
+    )
+}
+
+async fn experiment(admin: std::net::SocketAddr) -> serde_json::Value {
+    get(
+        &client(),
+        &format!("http://{admin}/v1/experiments/exp"),
+        &[],
+    )
+    .await
+    .json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_survives_kill_9_and_restart() {
+    let (v1, v2) = (
+        FakeBackend::start("v1", Behaviour::Ok).await,
+        FakeBackend::start("v2", Behaviour::Ok).await,
+    );
+    let dir = temp_state_dir();
+    let cfg = write_config(&dir, &split(&v1, &v2, 50));
+    let mut p = Proc::start(&cfg, &["--no-watch"], &[("ABGATE_ADMIN_TOKEN", "tok")]);
+    let rolled = admin_call(
+        "POST",
+        &format!("http://{}/v1/experiments/exp/rollback", p.admin_addr),
+        Some("tok"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(rolled.status, 200, "{:?}", rolled.body);
+    p.kill9();
+
+    // Same file, same state_dir: the recorded rollback wins over the file's 50/50.
+    let p = Proc::start(&cfg, &["--no-watch"], &[("ABGATE_ADMIN_TOKEN", "tok")]);
+    let e = experiment(p.admin_addr).await;
+    assert_eq!(e["state"], "rolled_back", "{e}");
+    assert_eq!(e["arms"][1]["weight"], 0.0);
+    let c = client();
+    for i in 0..50 {
+        let a = get(
+            &c,
+            &format!("http://{}/p", p.data_addr),
+            &[("x-user-id", &format!("u{i}"))],
+        )
+        .await;
+        assert_eq!(a.header("x-abgate-arm"), Some("stable"));
+    }
+    let d = get(
+        &c,
+        &format!("http://{}/v1/decisions?experiment=exp", p.admin_addr),
+        &[],
+    )
+    .await
+    .json();
+    assert_eq!(d["decisions"][0]["kind"], "rollback");
+    assert_eq!(d["decisions"][0]["applied"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_valid_file_and_keeps_serving_on_an_invalid_one() {
+    let (v1, v2) = (
+        FakeBackend::start("v1", Behaviour::Ok).await,
+        FakeBackend::start("v2", Behaviour::Ok).await,
+    );
+    let dir = temp_state_dir();
+    let cfg = write_config(&dir, &split(&v1, &v2, 10));
+    let p = Proc::start(&cfg, &["--no-watch"], &[]);
+    write_config(&dir, &split(&v1, &v2, 40));
+    p.signal("-HUP");
+    let admin = p.admin_addr;
+    eventually(
+        Duration::from_secs(10),
+        "SIGHUP applied the new weights",
+        || async move { experiment(admin).await["arms"][1]["weight"] == 40.0 },
+    )
+    .await;
+    write_config(
+        &dir,
+        &split(&v1, &v2, 40).replace("name: canary", "name: stable"),
+    );
+    p.signal("-HUP");
+    eventually(
+        Duration::from_secs(10),
+        "SIGHUP rejection counted",
+        || async move {
+            metric_value(
+                &metrics(admin).await,
+                "abgate_config_reload_total",
+                &[("result", "rejected"), ("source", "sighup")],
+            ) == 1.0
+        },
+    )
+    .await;
+    assert_eq!(experiment(admin).await["arms"][1]["weight"], 40.0);
+    let a = get(
+        &client(),
+        &format!("http://{}/p", p.data_addr),
+        &[("x-user-id", "u")],
+    )
+    .await;
+    assert_eq!(a.status, 200);
+}
+
+#[test]
+fn a_public_admin_listener_without_a_token_refuses_to_start() {
+    let dir = temp_state_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("abgate.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:0\nadmin: {{ listen: 0.0.0.0:0 }}\nstate_dir: {}\n",
+            dir.join("s").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env_remove("ABGATE_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not loopback and no admin token"), "{err}");
+}
+
+fn cli(admin: std::net::SocketAddr, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--admin", &format!("http://{admin}"), "--token", "tok"])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_drives_a_running_server() {
+    let (v1, v2) = (
+        FakeBackend::start("v1", Behaviour::Ok).await,
+        FakeBackend::start("v2", Behaviour::Ok).await,
+    );
+    let dir = temp_state_dir();
+    let cfg = write_config(&dir, &split(&v1, &v2, 10));
+    let p = Proc::start(&cfg, &["--no-watch"], &[("ABGATE_ADMIN_TOKEN", "tok")]);
+    let c = client();
+    for i in 0..20 {
+        get(
+            &c,
+            &format!("http://{}/p", p.data_addr),
+            &[("x-user-id", &format!("u{i}"))],
+        )
+        .await;
+    }
+    let admin = p.admin_addr;
+    let (code, out, err) = tokio::task::spawn_blocking(move || cli(admin, &["status"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("exp  state=running"), "{out}");
+    assert!(
+        out.contains("stable (baseline)") && out.contains("90%"),
+        "{out}"
+    );
+
+    let (code, out, _) = tokio::task::spawn_blocking(move || cli(admin, &["pause", "exp"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("now paused"), "{out}");
+    let (code, _, err) = tokio::task::spawn_blocking(move || cli(admin, &["pause", "exp"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 1, "pausing twice is refused");
+    assert!(err.starts_with("409"), "{err}");
+
+    let (code, out, _) = tokio::task::spawn_blocking(move || cli(admin, &["rollback", "exp"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("rolled_back"), "{out}");
+
+    // A bad file: errors printed with lines, nothing sent, nothing changed.
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        split(&v1, &v2, 10).replace("weight: 10", "weight: 11"),
+    )
+    .unwrap();
+    let bad_arg = bad.display().to_string();
+    let (code, _, err) =
+        tokio::task::spawn_blocking(move || cli(admin, &["config", "apply", &bad_arg]))
+            .await
+            .unwrap();
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("arm weights must sum to 100, got 101"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was sent"), "{err}");
+    let v = admin_call(
+        "GET",
+        &format!("http://{admin}/v1/config"),
+        Some("tok"),
+        &[],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(v["version"], 1);
+
+    // A good file goes through with If-Match.
+    let good = dir.join("good.yaml");
+    std::fs::write(&good, split(&v1, &v2, 20)).unwrap();
+    let good_arg = good.display().to_string();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || cli(admin, &["config", "apply", &good_arg]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("config version 2"), "{out}");
+
+    // Unreachable admin API → exit 3.
+    let gone = closed_port().await;
+    let (code, _, err) = tokio::task::spawn_blocking(move || cli(gone, &["status"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 3, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_recorded_before_a_crash_is_applied_exactly_once_on_restart() {
+    let (v1, v2) = (
+        FakeBackend::start("v1", Behaviour::Ok).await,
+        FakeBackend::start("v2", Behaviour::Ok).await,
+    );
+    let dir = temp_state_dir();
+    let cfg = write_config(&dir, &split(&v1, &v2, 50));
+    // The process aborts right after the decision is recorded, before the swap.
+    let mut p = Proc::start(
+        &cfg,
+        &["--no-watch"],
+        &[("ABGATE_FAILPOINT", "decision-recorded")],
+    );
+    let r = admin_call_result(
+        "POST",
+        &format!("http://{}/v1/experiments/exp/rollback", p.admin_addr),
+    )
+    .await;
+    assert!(
+        r.is_err() || r.unwrap() >= 500,
+        "the crash happens mid-request"
+    );
+    let status = p.child.wait().unwrap();
+    assert!(!status.success(), "the failpoint must have crashed abgate");
+
+    let p = Proc::start(&cfg, &["--no-watch"], &[]);
+    let e = experiment(p.admin_addr).await;
+    assert_eq!(e["state"], "rolled_back", "{e}");
+    assert_eq!(e["arms"][1]["weight"], 0.0);
+    let d = get(
+        &client(),
+        &format!("http://{}/v1/decisions?experiment=exp", p.admin_addr),
+        &[],
+    )
+    .await
+    .json();
+    let decisions = d["decisions"].as_array().unwrap();
+    assert_eq!(
+        decisions.len(),
+        1,
+        "applied once, not re-recorded: {decisions:?}"
+    );
+    assert_eq!(decisions[0]["applied"], true);
+    drop(p);
+    // A second restart changes nothing.
+    let p = Proc::start(&cfg, &["--no-watch"], &[]);
+    let d = get(
+        &client(),
+        &format!("http://{}/v1/decisions?experiment=exp", p.admin_addr),
+        &[],
+    )
+    .await
+    .json();
+    assert_eq!(d["decisions"].as_array().unwrap().len(), 1);
+    assert_eq!(experiment(p.admin_addr).await["state"], "rolled_back");
+}
+
+/// A POST whose connection may die mid-request: Ok(status) or Err(()).
+async fn admin_call_result(method: &str, url: &str) -> Result<u16, ()> {
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let c: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::new(bytes::Bytes::new()))
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), c.request(req)).await {
+        Ok(Ok(r)) => Ok(r.status().as_u16()),
+        _ => Err(()),
+    }
+}

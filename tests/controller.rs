@@ -1,0 +1,320 @@
+//! The controller end to end: real abgate, mock model backends with configured
+//! error rates, latencies and rewards, and the bounded load driver.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use abgate::loadgen::{self, LoadMode, LoadSpec, RequestKind};
+use abgate::mock::{MockServer, MockSpec};
+use serde_json::Value;
+use support::*;
+
+async fn mock(spec: &str) -> MockServer {
+    MockServer::start(
+        spec.parse::<MockSpec>().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Bounded open-loop load in the background (aborted when the test has its answer).
+fn load(
+    target: std::net::SocketAddr,
+    rate: f64,
+    seconds: u64,
+    feedback: f64,
+) -> tokio::task::JoinHandle<()> {
+    let mut spec = LoadSpec::new(format!("http://{target}"));
+    spec.kind = RequestKind::Predict;
+    spec.mode = LoadMode::OpenLoop {
+        rate_per_s: rate,
+        connections: 32,
+        max_in_flight: 512,
+    };
+    spec.max_requests = (rate as u64) * seconds;
+    spec.max_duration = Duration::from_secs(seconds);
+    spec.request_timeout = Duration::from_secs(5);
+    spec.feedback.fraction = feedback;
+    spec.seed = 7;
+    tokio::spawn(async move {
+        let _ = loadgen::run(spec).await;
+    })
+}
+
+async fn experiment(admin: std::net::SocketAddr) -> Value {
+    get(
+        &client(),
+        &format!("http://{admin}/v1/experiments/exp"),
+        &[],
+    )
+    .await
+    .json()
+}
+
+/// Polls until the experiment's state is `state`; returns the view.
+async fn wait_state(admin: std::net::SocketAddr, state: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = experiment(admin).await;
+        if v["state"] == state {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "experiment never became {state}: {v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn canary_config(
+    stable: &MockServer,
+    canary: &MockServer,
+    extra_analysis: &str,
+    guardrails: &str,
+) -> String {
+    format!(
+        r#"
+backends: {{ v1: {{ url: "{}" }}, v2: {{ url: "{}" }} }}
+experiments:
+  - name: exp
+    kind: canary
+    baseline: stable
+    steps: [10, 50, 100]
+    step: {{ min_samples: 40, min_duration: 0s }}
+    analysis:
+      interval: 200ms
+      min_units_per_arm: 50
+      min_events: 20
+      design_samples: 2000
+      guardrails:
+{guardrails}
+{extra_analysis}
+    arms:
+      - {{ name: stable, backend: v1, weight: 100 }}
+      - {{ name: canary, backend: v2, weight: 0 }}
+"#,
+        stable.url(),
+        canary.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_with_ten_times_the_errors_is_rolled_back() {
+    let stable = mock("name=stable,error_rate=0.01,latency=fixed:1,seed=1").await;
+    let canary = mock("name=canary,error_rate=0.10,latency=fixed:1,seed=2").await;
+    let yaml = canary_config(
+        &stable,
+        &canary,
+        "",
+        "        - { metric: error, max_relative_increase: 0.10 }",
+    );
+    let server = start_abgate(&yaml).await;
+    let started = Instant::now();
+    let traffic = load(server.data_addr, 400.0, 40, 0.0);
+    let v = wait_state(server.admin_addr, "rolled_back", Duration::from_secs(40)).await;
+    let took = started.elapsed();
+    traffic.abort();
+    let canary_requests = canary.requests_served();
+    assert_eq!(v["arms"][1]["weight"], 0.0);
+    let d = &v["last_decision"];
+    assert_eq!(d["kind"], "rollback");
+    assert_eq!(d["actor"], "controller");
+    let summary = d["reason"]["summary"].as_str().unwrap();
+    assert!(summary.contains("error"), "{summary}");
+    eprintln!("rolled back after {took:?} and {canary_requests} canary requests: {summary}");
+    let m = metrics(server.admin_addr).await;
+    assert_eq!(
+        metric_value(&m, "abgate_experiment_state", &[("experiment", "exp")]),
+        2.0
+    );
+    assert_eq!(
+        metric_value(&m, "abgate_experiment_weight", &[("arm", "canary")]),
+        0.0
+    );
+    assert_eq!(
+        metric_value(&m, "abgate_decisions_total", &[("kind", "rollback")]),
+        1.0
+    );
+    // After the rollback no new traffic reaches the canary.
+    let before = canary.requests_served();
+    for i in 0..50 {
+        get(
+            &client(),
+            &format!("http://{}/predict", server.data_addr),
+            &[("x-user-id", &format!("u{i}"))],
+        )
+        .await;
+    }
+    assert_eq!(canary.requests_served(), before);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_canary_walks_every_step_and_is_promoted() {
+    let stable = mock("name=stable,latency=normal:5:0.5,seed=3").await;
+    let canary = mock("name=canary,latency=normal:5:0.5,seed=4").await;
+    let yaml = canary_config(
+        &stable,
+        &canary,
+        "",
+        "        - { metric: latency_ms, max_relative_increase: 0.5 }",
+    );
+    let server = start_abgate(&yaml).await;
+    let traffic = load(server.data_addr, 300.0, 60, 0.0);
+    let v = wait_state(server.admin_addr, "promoted", Duration::from_secs(60)).await;
+    traffic.abort();
+    assert_eq!(v["arms"][1]["weight"], 100.0);
+    let history = get(
+        &client(),
+        &format!("http://{}/v1/decisions?experiment=exp", server.admin_addr),
+        &[],
+    )
+    .await
+    .json();
+    let kinds: Vec<&str> = history["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, vec!["start", "advance", "advance", "promote"]);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starved_canary_waits_and_is_never_rolled_back() {
+    let stable = mock("name=stable,seed=5").await;
+    let canary = mock("name=canary,error_rate=1.0,seed=6").await;
+    let yaml = canary_config(
+        &stable,
+        &canary,
+        "",
+        "        - { metric: error, max_relative_increase: 0.10 }",
+    );
+    let server = start_abgate(&yaml).await;
+    // A trickle: far below the burn-in, and every canary request fails.
+    let c = client();
+    for i in 0..30 {
+        get(
+            &c,
+            &format!("http://{}/predict", server.data_addr),
+            &[("x-user-id", &format!("u{i}"))],
+        )
+        .await;
+    }
+    let admin = server.admin_addr;
+    eventually(
+        Duration::from_secs(10),
+        "the controller looked several times",
+        || async move {
+            experiment(admin).await["analysis"]["looks"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 5
+        },
+    )
+    .await;
+    let v = experiment(admin).await;
+    assert_eq!(v["state"], "running", "{v:#}");
+    assert_eq!(v["analysis"]["verdict"], "insufficient_data", "{v:#}");
+    assert!(v["analysis"]["explain"].as_str().unwrap().len() > 10);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_stops_automatic_rollback_and_resume_re_enables_it() {
+    let stable = mock("name=stable,error_rate=0.01,latency=fixed:1,seed=1").await;
+    let canary = mock("name=canary,error_rate=0.30,latency=fixed:1,seed=2").await;
+    let yaml = canary_config(
+        &stable,
+        &canary,
+        "",
+        "        - { metric: error, max_relative_increase: 0.10 }",
+    );
+    let server = start_abgate_with(&yaml, Some("tok")).await;
+    let admin = server.admin_addr;
+    // Wait for the canary's first step, then pause before any traffic.
+    eventually(Duration::from_secs(10), "canary started", || async move {
+        experiment(admin).await["arms"][1]["weight"] == 10.0
+    })
+    .await;
+    let paused = admin_call(
+        "POST",
+        &format!("http://{admin}/v1/experiments/exp/pause"),
+        Some("tok"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(paused.status, 200);
+    let traffic = load(server.data_addr, 400.0, 40, 0.0);
+    let c = client();
+    // Plenty of evidence accumulates while paused; nothing is decided.
+    eventually(
+        Duration::from_secs(20),
+        "canary traffic while paused",
+        || {
+            let c = c.clone();
+            async move {
+                let v = get(&c, &format!("http://{admin}/v1/experiments/exp"), &[])
+                    .await
+                    .json();
+                v["arms"][1]["assigned"]["requests"].as_u64().unwrap_or(0) >= 150
+            }
+        },
+    )
+    .await;
+    assert_eq!(experiment(admin).await["state"], "paused");
+    let resumed = admin_call(
+        "POST",
+        &format!("http://{admin}/v1/experiments/exp/resume"),
+        Some("tok"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(resumed.status, 200);
+    wait_state(admin, "rolled_back", Duration::from_secs(30)).await;
+    traffic.abort();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ab_test_with_a_better_treatment_promotes_it() {
+    let control = mock("name=control,outcome_p=0.2,latency=fixed:1,seed=8").await;
+    let treatment = mock("name=treatment,outcome_p=0.5,latency=fixed:1,seed=9").await;
+    let yaml = format!(
+        r#"
+backends: {{ a: {{ url: "{}" }}, b: {{ url: "{}" }} }}
+experiments:
+  - name: exp
+    kind: ab
+    baseline: control
+    unit: {{ header: x-user-id }}
+    metrics: [ {{ name: accepted, source: feedback, type: binary }} ]
+    step: {{ min_samples: 50, min_duration: 0s }}
+    analysis:
+      interval: 200ms
+      min_units_per_arm: 50
+      min_events: 20
+      design_samples: 2000
+      primary: {{ metric: accepted, direction: increase }}
+    arms:
+      - {{ name: control, backend: a, weight: 50 }}
+      - {{ name: treatment, backend: b, weight: 50 }}
+"#,
+        control.url(),
+        treatment.url()
+    );
+    let server = start_abgate(&yaml).await;
+    let traffic = load(server.data_addr, 300.0, 60, 1.0);
+    let v = wait_state(server.admin_addr, "promoted", Duration::from_secs(60)).await;
+    traffic.abort();
+    assert_eq!(v["arms"][1]["weight"], 100.0);
+    assert_eq!(v["last_decision"]["kind"], "promote");
+    server.shutdown().await;
+}
