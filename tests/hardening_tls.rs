@@ -345,3 +345,36 @@ experiments:
     task.abort();
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_put_reloads_the_listener_certificate() {
+    let old = Pki::new("put-old");
+    let new = Pki::new("put-new");
+    let rec = RecordingBackend::start().await;
+    let token = "t0ken";
+    let s = start_abgate_with(
+        &default_backend_config(&rec.url(), &old.listener_yaml()),
+        Some(token),
+    )
+    .await;
+    let url = format!("https://127.0.0.1:{}/r", s.data_addr.port());
+    assert!(tls_get(&tls_client(&old.ca_der, Version::HTTP_11), &url)
+        .await
+        .is_ok());
+    let put = admin_call(
+        "PUT",
+        &format!("http://{}/v1/config", s.admin_addr),
+        Some(token),
+        &[("if-match", "\"1\"")],
+        &default_backend_config(&rec.url(), &new.listener_yaml()),
+    )
+    .await;
+    assert_eq!(put.status, 200, "{:?}", put.body);
+    assert!(tls_get(&tls_client(&new.ca_der, Version::HTTP_11), &url)
+        .await
+        .is_ok());
+    assert!(tls_get(&tls_client(&old.ca_der, Version::HTTP_11), &url)
+        .await
+        .is_err());
+    s.shutdown().await;
+}
