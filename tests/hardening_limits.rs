@@ -433,3 +433,23 @@ async fn a_slow_but_steady_upload_is_not_a_504() {
     assert_eq!(ok.seen.lock().unwrap()[0].body_len, 8);
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_feedback_body_gets_408_too() {
+    let ok = RecordingBackend::start().await;
+    let s = server(&ok.url(), "timeouts: { request_body_idle: 300ms }").await;
+    let (resp, took) = raw_until_close(
+        s.data_addr,
+        b"POST /_abgate/v1/feedback HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"tok",
+        LIMIT,
+    )
+    .await;
+    json_problem(&resp, "408", "body-timeout");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_still_serving(s.data_addr, "/").await;
+    expect_rejected(s.admin_addr, "body-timeout", 1.0).await;
+    s.shutdown().await;
+}

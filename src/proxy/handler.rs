@@ -80,10 +80,25 @@ pub async fn handle(
     }
     let table = plane.table.load_full();
     if req.uri().path() == table.feedback_path {
-        return Ok(plane
-            .feedback
-            .handle(req, &table, table.feedback_max_body)
-            .await);
+        // The feedback handler reads its (small) body itself, outside the
+        // guarded upstream body, so a stalled upload is bounded here: the whole
+        // exchange gets `request_body_idle`. A timed-out event that was already
+        // durable is deduplicated when the client retries.
+        let limit = plane.limits.body_idle;
+        let handled = plane.feedback.handle(req, &table, table.feedback_max_body);
+        return Ok(match tokio::time::timeout(limit, handled).await {
+            Ok(resp) => resp,
+            Err(_) => {
+                let e = ProxyError::BodyTimeout {
+                    timeout_ms: limit.as_millis(),
+                };
+                plane.telemetry.rejected(e.slug());
+                let mut resp = error_response(&e);
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                resp
+            }
+        });
     }
     Ok(
         match route_and_forward(&plane, &table, &conn, req, started).await {
