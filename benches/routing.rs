@@ -11,6 +11,13 @@
 //! - `rewrite/*`: the rest of the handler's synchronous per-request work that is
 //!   public (hop-by-hop stripping, `x-forwarded-*`, upstream URI), for scale.
 //!
+//! - `table/build_swap_50x4`: building a 50 × 4 table from a parsed config with
+//!   warm pools and recorders, and publishing it with `ArcSwap::store` (the control
+//!   plane's reload cost; target < 1 ms).
+//! - `table/load_idle` vs `table/load_under_swaps`: the data plane's one
+//!   `load_full()` per request, alone and while another thread swaps tables
+//!   continuously (it must stay flat).
+//!
 //! Before timing, each case is run once under a counting allocator and its
 //! allocations per request are printed, so "no allocation per request" is checked,
 //! not assumed.
@@ -290,5 +297,49 @@ fn rewrite(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, route_assign, rewrite);
+fn table_swaps(c: &mut Criterion) {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let config = abgate::config::parse(&fifty_experiments()).expect("bench config is valid");
+    let recorders = RecorderRegistry::new(Telemetry::new());
+    let pools = UpstreamPool::default();
+    let cell = Arc::new(arc_swap::ArcSwap::from_pointee(RoutingTable::build(
+        &config, 1, &pools, &recorders,
+    )));
+    let mut version = 1;
+    c.bench_function("table/build_swap_50x4", |b| {
+        b.iter(|| {
+            version += 1;
+            let t = RoutingTable::build(&config, version, &pools, &recorders);
+            cell.store(Arc::new(t));
+        })
+    });
+    c.bench_function("table/load_idle", |b| {
+        b.iter(|| black_box(cell.load_full().version))
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (cell, stop) = (cell.clone(), stop.clone());
+        let config = config.clone();
+        std::thread::spawn(move || {
+            let recorders = RecorderRegistry::new(Telemetry::new());
+            let pools = UpstreamPool::default();
+            let mut v = 1_000_000;
+            // Bounded: at most 10 minutes' worth of swaps, and stops when told.
+            while !stop.load(Relaxed) && v < 1_000_000 + 600_000 {
+                v += 1;
+                cell.store(Arc::new(RoutingTable::build(
+                    &config, v, &pools, &recorders,
+                )));
+            }
+        })
+    };
+    c.bench_function("table/load_under_swaps", |b| {
+        b.iter(|| black_box(cell.load_full().version))
+    });
+    stop.store(true, Relaxed);
+    swapper.join().expect("swapper thread");
+}
+
+criterion_group!(benches, route_assign, rewrite, table_swaps);
 criterion_main!(benches);

@@ -419,7 +419,13 @@ fn evidence_remembers_crossings_and_round_trips() {
     assert_eq!(decide(&policy, &back, &GO).name(), "rollback");
     assert_eq!(back.looks, 2);
     let rec = back.comparison("latency_ms", "treatment").unwrap();
-    assert!(rec.harm_min_p < 1e-200 && rec.looks == 2);
+    // +10% latency against a 5% tolerance: harm is judged beyond the margin
+    // (about 2e-59 here), still an overwhelming crossing.
+    assert!(
+        rec.harm_min_p < 1e-50 && rec.looks == 2,
+        "{}",
+        rec.harm_min_p
+    );
 }
 
 #[test]

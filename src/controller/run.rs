@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::policy::{stats_policy, uses_events};
 use crate::config::{ControlPolicy, Experiment, ExperimentKind, OnFailure, OnSuccess, BUCKETS};
 use crate::control::ControlPlane;
-use crate::outcomes::summary::{experiment_metrics, ArmMetrics, MetricStats};
+use crate::outcomes::summary::{experiment_sums, ArmMetrics, ArmSums, MetricStats};
 use crate::stats::{
     self, decide, ArmSnapshot, ErrorAttribution, ExperimentEvidence, MetricData, MetricSnapshot,
     Snapshot, SrmMonitor, StepFacts, Verdict,
@@ -29,6 +29,11 @@ struct Run {
     step_base: Option<(usize, u64)>,
     /// The last one-off decision recorded (to record a Hold once, not every tick).
     last_once: Option<String>,
+    /// Every arm's running sums when this run began: arms are compared only on
+    /// what accumulated while they ran side by side, so the baseline's history
+    /// from before the experiment (other load, other times of day) never looks
+    /// like a difference between arms.
+    window_start: Option<Vec<ArmSums>>,
 }
 
 pub async fn run(control: Arc<ControlPlane>, name: String, cfg: ControlPolicy) {
@@ -45,6 +50,7 @@ pub async fn run(control: Arc<ControlPlane>, name: String, cfg: ControlPolicy) {
         prev: BTreeMap::new(),
         step_base: None,
         last_once: None,
+        window_start: None,
     };
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -112,7 +118,15 @@ impl Run {
                 .map_err(|e| e.to_string())?;
             return Ok(());
         }
-        let arms = experiment_metrics(&control.shared.recorders, &e);
+        let now_sums = experiment_sums(&control.shared.recorders, &e);
+        let start = self.window_start.get_or_insert_with(|| now_sums.clone());
+        let arms: Vec<ArmMetrics> = now_sums
+            .iter()
+            .map(|a| match start.iter().find(|s| s.arm == a.arm) {
+                Some(s) => a.since(s).stats(),
+                None => a.stats(),
+            })
+            .collect();
         let w = weights_of(&e, &weights);
         let snapshot = self.snapshot(&e, cfg, &arms, &w)?;
         self.evidence
@@ -228,10 +242,11 @@ impl Run {
             let wb = weight(&e.baseline);
             for a in arms.iter().filter(|a| a.arm != e.baseline) {
                 let wa = weight(&a.arm);
+                // The harm null is the tolerance: rate ratio 1 + margin.
                 let acc = self
                     .attribution
                     .entry((g.metric.clone(), a.arm.clone()))
-                    .or_default();
+                    .or_insert_with(|| ErrorAttribution::new(1.0 + g.margin).unwrap_or_default());
                 if wa > 0 && wb > 0 {
                     let share = f64::from(wa) / f64::from(wa + wb);
                     let pick = |d: &(u64, u64, u64)| if g.metric == "error" { d.1 } else { d.2 };

@@ -53,13 +53,70 @@ pub struct ArmMetrics {
     pub metrics: BTreeMap<String, MetricStats>,
 }
 
-/// Statistics for each of `experiment`'s configured arms, in declared order.
-pub fn experiment_metrics(
-    recorders: &RecorderRegistry,
-    experiment: &Experiment,
-) -> Vec<ArmMetrics> {
+/// Running sums of every metric of one arm: subtractable, so a comparison can be
+/// restricted to a window (e.g. since the experiment started).
+#[derive(Debug, Clone)]
+pub struct ArmSums {
+    pub arm: String,
+    pub assigned: u64,
+    pub metrics: BTreeMap<String, (MetricKind, MetricSums)>,
+}
+
+impl ArmSums {
+    /// What accumulated since `earlier` (a snapshot of the same arm).
+    pub fn since(&self, earlier: &ArmSums) -> ArmSums {
+        let metrics = self
+            .metrics
+            .iter()
+            .map(|(name, (kind, now))| {
+                let then = earlier
+                    .metrics
+                    .get(name)
+                    .map_or(MetricSums::default(), |(_, s)| *s);
+                let d = MetricSums {
+                    n: now.n.saturating_sub(then.n),
+                    sum: now.sum - then.sum,
+                    sum_sq: (now.sum_sq - then.sum_sq).max(0.0),
+                };
+                (name.clone(), (*kind, d))
+            })
+            .collect();
+        ArmSums {
+            arm: self.arm.clone(),
+            assigned: self.assigned.saturating_sub(earlier.assigned),
+            metrics,
+        }
+    }
+
+    pub fn stats(&self) -> ArmMetrics {
+        ArmMetrics {
+            arm: self.arm.clone(),
+            assigned: self.assigned,
+            metrics: self
+                .metrics
+                .iter()
+                .map(|(name, (kind, sums))| {
+                    let s = match kind {
+                        MetricKind::Binary => MetricStats::Binary(sums.binary()),
+                        MetricKind::Continuous => MetricStats::Continuous(sums.continuous()),
+                    };
+                    (name.clone(), s)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Running sums for each of `experiment`'s configured arms, in declared order.
+pub fn experiment_sums(recorders: &RecorderRegistry, experiment: &Experiment) -> Vec<ArmSums> {
     let snaps = recorders.experiment(&experiment.name);
     let declared = recorders.metrics.experiment(&experiment.name);
+    // A 0/1 metric's sums: n trials, Σy = Σy² = successes.
+    let binary = |n: u64, k: u64| MetricSums {
+        n,
+        sum: k.min(n) as f64,
+        sum_sq: k.min(n) as f64,
+    };
     experiment
         .arms
         .iter()
@@ -69,27 +126,19 @@ pub fn experiment_metrics(
                 Some(s) => {
                     let o = &s.assigned;
                     let responded: u64 = o.classes.iter().sum();
-                    metrics.insert(
-                        "error".to_string(),
-                        MetricStats::Binary(
-                            BinaryStats::new(responded, o.errors.min(responded))
-                                .unwrap_or_default(),
-                        ),
-                    );
                     let lat = o.latency.sums_ms();
                     metrics.insert(
-                        "slow".to_string(),
-                        MetricStats::Binary(
-                            BinaryStats::new(lat.n, o.slow.min(lat.n)).unwrap_or_default(),
-                        ),
+                        "error".to_string(),
+                        (MetricKind::Binary, binary(responded, o.errors)),
                     );
                     metrics.insert(
-                        "latency_ms".to_string(),
-                        MetricStats::Continuous(lat.continuous()),
+                        "slow".to_string(),
+                        (MetricKind::Binary, binary(lat.n, o.slow)),
                     );
+                    metrics.insert("latency_ms".to_string(), (MetricKind::Continuous, lat));
                     metrics.insert(
                         "ttfb_ms".to_string(),
-                        MetricStats::Continuous(o.ttfb.sums_ms().continuous()),
+                        (MetricKind::Continuous, o.ttfb.sums_ms()),
                     );
                     o.requests()
                 }
@@ -100,18 +149,25 @@ pub fn experiment_metrics(
                     .iter()
                     .find(|(a, name, _)| a == &arm.name && name == &m.name)
                     .map_or(MetricSums::default(), |(_, _, s)| *s);
-                let stats = match m.kind {
-                    MetricKind::Binary => MetricStats::Binary(sums.binary()),
-                    MetricKind::Continuous => MetricStats::Continuous(sums.continuous()),
-                };
-                metrics.insert(m.name.clone(), stats);
+                metrics.insert(m.name.clone(), (m.kind, sums));
             }
-            ArmMetrics {
+            ArmSums {
                 arm: arm.name.clone(),
                 assigned,
                 metrics,
             }
         })
+        .collect()
+}
+
+/// Statistics for each of `experiment`'s configured arms, in declared order.
+pub fn experiment_metrics(
+    recorders: &RecorderRegistry,
+    experiment: &Experiment,
+) -> Vec<ArmMetrics> {
+    experiment_sums(recorders, experiment)
+        .iter()
+        .map(ArmSums::stats)
         .collect()
 }
 

@@ -121,7 +121,8 @@ pub struct GuardrailPolicy {
     pub metric: String,
     /// Direction that counts as harm (latency, errors: `Increase`).
     pub direction: Direction,
-    /// Non-inferiority margin; the harm (rollback) test is always against "no change".
+    /// Tolerance: the harm (rollback) test rejects "worse than the margin", and the
+    /// non-inferiority (advance) test proves "better than the margin".
     pub margin: Margin,
 }
 

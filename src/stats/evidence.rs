@@ -393,7 +393,10 @@ fn observe_mixture(
     rec.two_sided_min_p = rec.two_sided_min_p.min(two.p_value);
     rec.intersect(two.ci);
     if let Some((sign, margin)) = guard {
-        if let Ok(le) = log_e_one_sided_for(est, var, n_total, sign, 0.0, cfg_g) {
+        // Harm means "worse than the tolerance", not "worse at all": with
+        // anytime-valid tests read every second, a tiny real or drift-induced
+        // difference would otherwise roll back a canary that is within its margin.
+        if let Ok(le) = log_e_one_sided_for(est, var, n_total, sign, margin, cfg_g) {
             rec.harm_min_p = rec.harm_min_p.min(p_from_log_e(le));
         }
         if let Ok(le) = log_e_one_sided_for(est, var, n_total, -sign, -margin, cfg_g) {
