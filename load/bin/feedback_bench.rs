@@ -1,0 +1,702 @@
+//! `abgate-feedback-bench`: bounded measurements of abgate's feedback endpoint, plus a
+//! traffic spreader for the controller CPU measurement.
+//!
+//! ```text
+//! # feedback ingestion: tokens first, then (a) batched throughput, (b) single-event latency
+//! abgate-feedback-bench feedback --target http://127.0.0.1:28200 --path /predict \
+//!     --tokens 30000 --metric-prefix m --metrics 10 \
+//!     --clients 8 --batch 100 --batched-duration 10s \
+//!     --single-rate 2000 --single-duration 10s --server-pid 1234
+//!
+//! # open-loop traffic spread round-robin over N experiment paths ({} = 0..N-1)
+//! abgate-feedback-bench spread --target http://127.0.0.1:28200 \
+//!     --path-template /v2/models/m{}/infer --paths 100 --rate 200 --duration 30s
+//! ```
+//!
+//! Every event posted is unique: event `i` is (token `i % T`, metric `m{i / T}`), handed out
+//! from one counter, so a `duplicate` answer means the server miscounted. Accepted events are
+//! counted from the responses' `accepted` field (batches) or `result` (single events).
+//! Single-event latency is measured from each event's *scheduled* send time (open loop, no
+//! coordinated omission) into an HDR histogram. Only `http://127.0.0.1` targets are accepted;
+//! every phase is bounded by a count and a duration.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use http::{header, HeaderValue, Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+#[derive(Parser)]
+#[command(
+    name = "abgate-feedback-bench",
+    about = "Bounded feedback-ingestion benchmark for abgate (loopback only)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Obtain tokens through abgate, then measure batched throughput and single-event latency.
+    Feedback(FeedbackArgs),
+    /// Open-loop requests spread round-robin over several paths (controller CPU runs).
+    Spread(SpreadArgs),
+}
+
+#[derive(clap::Args)]
+struct FeedbackArgs {
+    /// abgate's data-plane base URL; must be http://127.0.0.1:PORT.
+    #[arg(long)]
+    target: String,
+    /// Path routed to the experiment (POSTed with a small JSON body).
+    #[arg(long, default_value = "/predict")]
+    path: String,
+    /// Feedback endpoint path.
+    #[arg(long, default_value = "/_abgate/v1/feedback")]
+    feedback_path: String,
+    /// Tokens to obtain (requests sent through abgate).
+    #[arg(long, default_value_t = 30_000)]
+    tokens: u64,
+    /// Concurrent requests while obtaining tokens.
+    #[arg(long, default_value_t = 32)]
+    token_concurrency: usize,
+    /// Declared feedback metrics are PREFIX0 .. PREFIX{N-1}.
+    #[arg(long, default_value = "m")]
+    metric_prefix: String,
+    /// Number of declared binary feedback metrics (events per token).
+    #[arg(long, default_value_t = 10)]
+    metrics: u64,
+    /// (a) concurrent batch clients.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// (a) events per POST.
+    #[arg(long, default_value_t = 100)]
+    batch: u64,
+    /// (a) time bound.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    batched_duration: Duration,
+    /// (b) open-loop single events per second.
+    #[arg(long, default_value_t = 2000.0)]
+    single_rate: f64,
+    /// (b) scheduling time bound.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    single_duration: Duration,
+    /// (b) cap on in-flight single events; beyond it an event counts as `overloaded`.
+    #[arg(long, default_value_t = 2048)]
+    max_in_flight: usize,
+    /// Per-request timeout.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// abgate's pid: its CPU time (utime+stime, /proc) is reported per phase.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Skip phase (a) or (b).
+    #[arg(long)]
+    skip_batched: bool,
+    #[arg(long)]
+    skip_single: bool,
+}
+
+#[derive(clap::Args)]
+struct SpreadArgs {
+    /// abgate's data-plane base URL; must be http://127.0.0.1:PORT.
+    #[arg(long)]
+    target: String,
+    /// Path template; `{}` is replaced by 0..paths-1.
+    #[arg(long, default_value = "/v2/models/m{}/infer")]
+    path_template: String,
+    /// Number of distinct paths.
+    #[arg(long, default_value_t = 100)]
+    paths: usize,
+    /// Open-loop requests per second (round-robin over the paths).
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Scheduling time bound.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Request count bound.
+    #[arg(long, default_value_t = 20_000)]
+    max_requests: u64,
+    /// Per-request timeout.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Simulated users (x-user-id user-0 .. user-N-1, round-robin).
+    #[arg(long, default_value_t = 10_000)]
+    users: u64,
+}
+
+/// `10s`, `500ms`, `2m`; a bare number is seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad duration `{s}`"))?;
+    Duration::try_from_secs_f64(v * scale).map_err(|e| format!("bad duration `{s}`: {e}"))
+}
+
+/// Only `http://127.0.0.1[:port]` (stricter than the load driver's loopback check).
+fn local_uri(base: &str, path: &str) -> anyhow::Result<Uri> {
+    let url = format!("{}{}", base.trim_end_matches('/'), path);
+    let uri = abgate::loadgen::loopback_uri(&url)?;
+    if uri.host() != Some("127.0.0.1") {
+        bail!("refusing `{url}`: only http://127.0.0.1 targets are allowed");
+    }
+    Ok(uri)
+}
+
+fn client(pool: usize) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(pool)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
+}
+
+fn post(uri: &Uri, body: Bytes, user: Option<u64>) -> Request<Full<Bytes>> {
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = uri.clone();
+    let h = req.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(u) = user {
+        if let Ok(v) = HeaderValue::from_str(&format!("user-{u}")) {
+            h.insert("x-user-id", v);
+        }
+    }
+    req
+}
+
+/// Sends `req`, reads the whole body; `(status, token header, body)`.
+async fn exchange(
+    client: &HttpClient,
+    req: Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<(u16, Option<String>, Bytes), String> {
+    let fut = async {
+        let resp = client.request(req).await.map_err(|e| e.to_string())?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let token = parts
+            .headers
+            .get("x-abgate-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        Ok((parts.status.as_u16(), token, body))
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| "timeout".to_string())?
+}
+
+/// utime+stime of a process in seconds (all threads), from /proc/PID/stat.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the comm: state is field 3 (index 0), utime 14 (index 11), stime 15 (index 12).
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // CLK_TCK is 100 on every Linux this runs on.
+    Some(ticks / 100.0)
+}
+
+/// CPU seconds of the server's feedback writer thread (comm `abgate-feedback`, truncated).
+fn writer_cpu_seconds(pid: &str) -> Option<f64> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let tid = task.file_name().to_string_lossy().to_string();
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("abgate-feedback") {
+            return cpu_seconds(&format!("{pid}/task/{tid}"));
+        }
+    }
+    None
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// CPU seconds used by the server and by this process over a phase.
+struct CpuMeter {
+    server: Option<String>,
+    s0: Option<f64>,
+    w0: Option<f64>,
+    c0: Option<f64>,
+    t0: Instant,
+}
+
+impl CpuMeter {
+    fn start(server_pid: Option<u32>) -> CpuMeter {
+        let server = server_pid.map(|p| p.to_string());
+        CpuMeter {
+            s0: server.as_deref().and_then(cpu_seconds),
+            w0: server.as_deref().and_then(writer_cpu_seconds),
+            c0: cpu_seconds("self"),
+            server,
+            t0: Instant::now(),
+        }
+    }
+
+    /// `{server_cores, bench_cores}`: CPU seconds per wall second.
+    fn stop(&self) -> Value {
+        let wall = self.t0.elapsed().as_secs_f64().max(1e-9);
+        let s1 = self.server.as_deref().and_then(cpu_seconds);
+        let w1 = self.server.as_deref().and_then(writer_cpu_seconds);
+        let c1 = cpu_seconds("self");
+        let d = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => json!(((b - a) / wall * 1000.0).round() / 1000.0),
+            _ => Value::Null,
+        };
+        json!({
+            "server_cores": d(self.s0, s1),
+            "writer_thread_cores": d(self.w0, w1),
+            "bench_cores": d(self.c0, c1),
+            "wall_s": wall,
+        })
+    }
+}
+
+/// The event space: event `i` is (token `i % T`, metric `i / T`).
+struct Events {
+    tokens: Vec<String>,
+    metrics: Vec<String>,
+    next: AtomicU64,
+}
+
+impl Events {
+    fn capacity(&self) -> u64 {
+        self.tokens.len() as u64 * self.metrics.len() as u64
+    }
+
+    /// Takes `n` fresh event indices below `limit`; fewer (or none) near the end.
+    fn take(&self, n: u64, limit: u64) -> std::ops::Range<u64> {
+        let start = self.next.fetch_add(n, Ordering::Relaxed);
+        start.min(limit)..(start + n).min(limit)
+    }
+
+    fn write(&self, i: u64, out: &mut String) {
+        let t = self.tokens.len() as u64;
+        let token = &self.tokens[(i % t) as usize];
+        let metric = &self.metrics[(i / t) as usize];
+        // Tokens are URL-safe base64 and metric names plain, so no JSON escaping is needed.
+        out.push_str("{\"token\":\"");
+        out.push_str(token);
+        out.push_str("\",\"metric\":\"");
+        out.push_str(metric);
+        out.push_str("\",\"value\":");
+        out.push_str(if i.is_multiple_of(3) { "0" } else { "1" });
+        out.push('}');
+    }
+}
+
+fn quantiles_ms(h: &Histogram<u64>) -> Value {
+    let q = |p: f64| (h.value_at_quantile(p) as f64 / 10.0).round() / 100.0;
+    json!({
+        "count": h.len(),
+        "p50": q(0.50), "p90": q(0.90), "p99": q(0.99), "p999": q(0.999),
+        "max": (h.max() as f64 / 10.0).round() / 100.0,
+        "mean": (h.mean() / 10.0).round() / 100.0,
+    })
+}
+
+async fn obtain_tokens(a: &FeedbackArgs, client: &HttpClient) -> anyhow::Result<Vec<String>> {
+    let uri = local_uri(&a.target, &a.path)?;
+    let body = Bytes::from_static(br#"{"features":[0.1,0.2,0.3,0.4]}"#);
+    let next = Arc::new(AtomicU64::new(0));
+    let out = Arc::new(Mutex::new(Vec::with_capacity(a.tokens as usize)));
+    let failures = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut workers = Vec::new();
+    for _ in 0..a.token_concurrency.max(1) {
+        let (client, uri, body, next, out, failures) = (
+            client.clone(),
+            uri.clone(),
+            body.clone(),
+            next.clone(),
+            out.clone(),
+            failures.clone(),
+        );
+        let (limit, timeout) = (a.tokens, a.timeout);
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                // Bounded: N requests plus at most as many retries, and two minutes.
+                if i >= limit * 2 || Instant::now() > deadline {
+                    return;
+                }
+                if out.lock().unwrap().len() as u64 >= limit {
+                    return;
+                }
+                match exchange(&client, post(&uri, body.clone(), Some(i)), timeout).await {
+                    Ok((200, Some(t), _)) => out.lock().unwrap().push(t),
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await?;
+    }
+    let mut tokens = std::mem::take(&mut *out.lock().unwrap());
+    tokens.truncate(a.tokens as usize);
+    let f = failures.load(Ordering::Relaxed);
+    if (tokens.len() as u64) < a.tokens {
+        bail!(
+            "obtained only {} of {} tokens ({f} failed requests)",
+            tokens.len(),
+            a.tokens
+        );
+    }
+    Ok(tokens)
+}
+
+#[derive(Default)]
+struct Tally {
+    posts: u64,
+    events_sent: u64,
+    accepted: u64,
+    duplicate: u64,
+    rejected: u64,
+    http_errors: u64,
+    transport_errors: u64,
+    overloaded: u64,
+}
+
+impl Tally {
+    fn to_json(&self) -> Value {
+        json!({
+            "posts": self.posts, "events_sent": self.events_sent, "accepted": self.accepted,
+            "duplicate": self.duplicate, "rejected": self.rejected,
+            "http_errors": self.http_errors, "transport_errors": self.transport_errors,
+            "overloaded": self.overloaded,
+        })
+    }
+}
+
+/// (a): C clients, each POSTing B-event arrays back to back.
+async fn batched(
+    a: &FeedbackArgs,
+    client: &HttpClient,
+    events: &Arc<Events>,
+    limit: u64,
+) -> anyhow::Result<Value> {
+    let uri = local_uri(&a.target, &a.feedback_path)?;
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let cpu = CpuMeter::start(a.server_pid);
+    let started = Instant::now();
+    let end = started + a.batched_duration;
+    let mut workers = Vec::new();
+    for _ in 0..a.clients.max(1) {
+        let (client, uri, events, tally, hist) = (
+            client.clone(),
+            uri.clone(),
+            events.clone(),
+            tally.clone(),
+            hist.clone(),
+        );
+        let (batch, timeout) = (a.batch, a.timeout);
+        workers.push(tokio::spawn(async move {
+            let mut body = String::with_capacity(batch as usize * 200);
+            while Instant::now() < end {
+                let range = events.take(batch, limit);
+                if range.is_empty() {
+                    return;
+                }
+                let n = range.end - range.start;
+                body.clear();
+                body.push('[');
+                for i in range {
+                    if body.len() > 1 {
+                        body.push(',');
+                    }
+                    events.write(i, &mut body);
+                }
+                body.push(']');
+                let t0 = Instant::now();
+                let r = exchange(
+                    &client,
+                    post(&uri, Bytes::from(body.clone()), None),
+                    timeout,
+                )
+                .await;
+                let us = t0.elapsed().as_micros() as u64;
+                let mut t = tally.lock().unwrap();
+                t.posts += 1;
+                t.events_sent += n;
+                match r {
+                    Ok((200, _, b)) => {
+                        let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
+                        let field = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+                        t.accepted += field("accepted");
+                        t.duplicate += field("duplicate");
+                        t.rejected += field("rejected");
+                        let _ = hist.lock().unwrap().record(us.max(1));
+                    }
+                    Ok((503, _, _)) => t.overloaded += 1,
+                    Ok(_) => t.http_errors += 1,
+                    Err(_) => t.transport_errors += 1,
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let t = tally.lock().unwrap();
+    let h = hist.lock().unwrap();
+    Ok(json!({
+        "clients": a.clients, "batch": a.batch, "elapsed_s": elapsed,
+        "accepted_per_s": (t.accepted as f64 / elapsed).round(),
+        "tally": t.to_json(),
+        "post_latency_ms": quantiles_ms(&h),
+        "cpu": cpu.stop(),
+    }))
+}
+
+/// (b): open loop at `single_rate`, one event per POST, latency from the scheduled time.
+async fn single(
+    a: &FeedbackArgs,
+    client: &HttpClient,
+    events: &Arc<Events>,
+    limit: u64,
+) -> anyhow::Result<Value> {
+    let uri = local_uri(&a.target, &a.feedback_path)?;
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let slots = Arc::new(Semaphore::new(a.max_in_flight.max(1)));
+    let total = (a.single_rate * a.single_duration.as_secs_f64()) as u64;
+    let interval = Duration::from_secs_f64(1.0 / a.single_rate);
+    let cpu = CpuMeter::start(a.server_pid);
+    let origin = tokio::time::Instant::now() + Duration::from_millis(5);
+    let mut tasks = Vec::with_capacity(total as usize);
+    for k in 0..total {
+        let scheduled = origin + interval.mul_f64(k as f64);
+        tokio::time::sleep_until(scheduled).await;
+        let range = events.take(1, limit);
+        if range.is_empty() {
+            break;
+        }
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tally.lock().unwrap().overloaded += 1;
+            continue;
+        };
+        let mut body = String::with_capacity(200);
+        events.write(range.start, &mut body);
+        let (client, uri, tally, hist, timeout) = (
+            client.clone(),
+            uri.clone(),
+            tally.clone(),
+            hist.clone(),
+            a.timeout,
+        );
+        tasks.push(tokio::spawn(async move {
+            let r = exchange(&client, post(&uri, Bytes::from(body), None), timeout).await;
+            let us = (tokio::time::Instant::now() - scheduled).as_micros() as u64;
+            drop(permit);
+            let mut t = tally.lock().unwrap();
+            t.posts += 1;
+            t.events_sent += 1;
+            match r {
+                Ok((200, _, b)) => {
+                    let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
+                    match v.get("result").and_then(Value::as_str) {
+                        Some("accepted") => t.accepted += 1,
+                        Some("duplicate") => t.duplicate += 1,
+                        _ => t.rejected += 1,
+                    }
+                    let _ = hist.lock().unwrap().record(us.max(1));
+                }
+                Ok((503, _, _)) => t.overloaded += 1,
+                Ok(_) => t.http_errors += 1,
+                Err(_) => t.transport_errors += 1,
+            }
+        }));
+    }
+    let scheduled_for = origin.elapsed().as_secs_f64();
+    for t in tasks {
+        t.await?;
+    }
+    let t = tally.lock().unwrap();
+    let h = hist.lock().unwrap();
+    Ok(json!({
+        "rate": a.single_rate, "scheduled_s": scheduled_for,
+        "achieved_per_s": (t.accepted as f64 / scheduled_for).round(),
+        "tally": t.to_json(),
+        "latency_ms": quantiles_ms(&h),
+        "cpu": cpu.stop(),
+    }))
+}
+
+async fn feedback(a: FeedbackArgs) -> anyhow::Result<()> {
+    if a.metrics == 0 || a.tokens == 0 || a.batch == 0 || a.batch > 1000 {
+        bail!("need --tokens > 0, --metrics > 0 and 1 <= --batch <= 1000");
+    }
+    if !(a.single_rate.is_finite() && a.single_rate > 0.0 && a.single_rate <= 100_000.0) {
+        bail!("--single-rate must be in (0, 100000]");
+    }
+    let client = client(256);
+    let load_start = loadavg();
+    let t0 = Instant::now();
+    let cpu = CpuMeter::start(a.server_pid);
+    let tokens = obtain_tokens(&a, &client)
+        .await
+        .context("obtaining tokens")?;
+    let token_phase = json!({
+        "tokens": tokens.len(), "elapsed_s": t0.elapsed().as_secs_f64(), "cpu": cpu.stop(),
+    });
+    eprintln!(
+        "[bench] {} tokens in {:.1}s; load {}",
+        tokens.len(),
+        t0.elapsed().as_secs_f64(),
+        loadavg()
+    );
+    let events = Arc::new(Events {
+        tokens,
+        metrics: (0..a.metrics)
+            .map(|m| format!("{}{m}", a.metric_prefix))
+            .collect(),
+        next: AtomicU64::new(0),
+    });
+    let capacity = events.capacity();
+    // The single-event phase's events are reserved from the end of the space.
+    let single_need = if a.skip_single {
+        0
+    } else {
+        (a.single_rate * a.single_duration.as_secs_f64()) as u64 + 1
+    };
+    let batched_limit = capacity.saturating_sub(single_need);
+    let mut report = json!({
+        "target": a.target, "metrics_per_token": a.metrics, "event_space": capacity,
+        "loadavg_start": load_start, "token_phase": token_phase,
+    });
+    if !a.skip_batched {
+        let load = loadavg();
+        let r = batched(&a, &client, &events, batched_limit).await?;
+        eprintln!(
+            "[bench] batched: {} accepted/s  {}",
+            r["accepted_per_s"], r["tally"]
+        );
+        report["batched"] = r;
+        report["batched"]["loadavg_before"] = json!(load);
+        report["batched"]["loadavg_after"] = json!(loadavg());
+        report["batched"]["bounded_by_event_space"] =
+            json!(events.next.load(Ordering::Relaxed) >= batched_limit);
+    }
+    if !a.skip_single {
+        // Single events start after everything the batched phase could have used.
+        events.next.store(batched_limit, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let load = loadavg();
+        let r = single(&a, &client, &events, capacity).await?;
+        eprintln!(
+            "[bench] single: latency {}  {}",
+            r["latency_ms"], r["tally"]
+        );
+        report["single"] = r;
+        report["single"]["loadavg_before"] = json!(load);
+        report["single"]["loadavg_after"] = json!(loadavg());
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+async fn spread(a: SpreadArgs) -> anyhow::Result<()> {
+    if !(a.rate.is_finite() && a.rate > 0.0 && a.rate <= 20_000.0) || a.paths == 0 {
+        bail!("need 0 < --rate <= 20000 and --paths > 0");
+    }
+    if !a.path_template.contains("{}") {
+        bail!("--path-template needs a `{{}}`");
+    }
+    let uris: Vec<Uri> = (0..a.paths)
+        .map(|i| local_uri(&a.target, &a.path_template.replace("{}", &i.to_string())))
+        .collect::<anyhow::Result<_>>()?;
+    let uris = Arc::new(uris);
+    let client = client(64);
+    let body = Bytes::from(
+        json!({"inputs": [{"name": "input0", "shape": [1, 4], "datatype": "FP32",
+                           "data": [0.1, 0.2, 0.3, 0.4]}]})
+        .to_string(),
+    );
+    let total = ((a.rate * a.duration.as_secs_f64()) as u64).min(a.max_requests);
+    let interval = Duration::from_secs_f64(1.0 / a.rate);
+    let slots = Arc::new(Semaphore::new(512));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let origin = tokio::time::Instant::now();
+    let mut skipped = 0u64;
+    for k in 0..total {
+        tokio::time::sleep_until(origin + interval.mul_f64(k as f64)).await;
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            skipped += 1;
+            continue;
+        };
+        let req = post(
+            &uris[(k % a.paths as u64) as usize],
+            body.clone(),
+            Some(k % a.users.max(1)),
+        );
+        let (client, ok, failed, timeout) = (client.clone(), ok.clone(), failed.clone(), a.timeout);
+        tokio::spawn(async move {
+            match exchange(&client, req, timeout).await {
+                Ok((200, _, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                _ => failed.fetch_add(1, Ordering::Relaxed),
+            };
+            drop(permit);
+        });
+    }
+    // Drain: wait for every permit back (bounded by the request timeout).
+    let _ = tokio::time::timeout(a.timeout + Duration::from_secs(1), slots.acquire_many(512)).await;
+    println!(
+        "{}",
+        json!({"scheduled": total, "ok": ok.load(Ordering::Relaxed),
+               "failed": failed.load(Ordering::Relaxed), "skipped": skipped,
+               "elapsed_s": origin.elapsed().as_secs_f64()})
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Feedback(a) => feedback(a).await,
+        Cmd::Spread(a) => spread(a).await,
+    }
+}
