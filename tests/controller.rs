@@ -296,7 +296,7 @@ experiments:
     baseline: control
     unit: {{ header: x-user-id }}
     metrics: [ {{ name: accepted, source: feedback, type: binary }} ]
-    step: {{ min_samples: 50, min_duration: 0s }}
+    step: {{ min_samples: 50, min_duration: 2s }}
     analysis:
       interval: 200ms
       min_units_per_arm: 50

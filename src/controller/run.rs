@@ -34,6 +34,8 @@ struct Run {
     /// from before the experiment (other load, other times of day) never looks
     /// like a difference between arms.
     window_start: Option<Vec<ArmSums>>,
+    /// When this loop first looked at the experiment (Unix ms).
+    first_seen_ms: Option<u64>,
 }
 
 pub async fn run(control: Arc<ControlPlane>, name: String, cfg: ControlPolicy) {
@@ -51,6 +53,7 @@ pub async fn run(control: Arc<ControlPlane>, name: String, cfg: ControlPolicy) {
         step_base: None,
         last_once: None,
         window_start: None,
+        first_seen_ms: None,
     };
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -134,9 +137,12 @@ impl Run {
             .map_err(|err| err.to_string())?;
 
         let now = now_ms();
-        let started = state.as_ref().map_or(now, |s| s.started_ms);
+        // An experiment without recorded state (an A/B test before its first
+        // decision) runs from when this loop first saw it.
+        let first_seen = *self.first_seen_ms.get_or_insert(now);
+        let started = state.as_ref().map_or(first_seen, |s| s.started_ms);
         let step = state.as_ref().and_then(|s| s.step);
-        let step_started = state.as_ref().map_or(now, |s| s.step_started_ms);
+        let step_started = state.as_ref().map_or(first_seen, |s| s.step_started_ms);
         let assigned = |arm: &str| arms.iter().find(|a| a.arm == arm).map_or(0, |a| a.assigned);
         let cand_units = candidate.as_deref().map_or(0, assigned);
         let step_units = match (step, self.step_base) {

@@ -222,16 +222,14 @@ pub async fn run(s: &Scenario, o: &Overrides, state_dir: &Path) -> Result<Outcom
         .and_then(|e| e["baseline"].as_str())
         .unwrap_or("")
         .to_string();
-    let treatment_requests = |mocks: &BTreeMap<String, MockServer>, view: &Value| -> u64 {
-        // Requests served by the backends of non-baseline arms.
+    // Requests abgate assigned to the non-baseline arms (what the statistics saw).
+    let treatment_requests = |view: &Value| -> u64 {
         view["arms"]
             .as_array()
             .into_iter()
             .flatten()
             .filter(|a| a["name"] != baseline.as_str())
-            .filter_map(|a| a["backend"].as_str())
-            .filter_map(|b| mocks.get(b))
-            .map(|m| m.requests_served())
+            .map(|a| a["assigned"]["requests"].as_u64().unwrap_or(0))
             .sum()
     };
     let final_view = loop {
@@ -253,7 +251,7 @@ pub async fn run(s: &Scenario, o: &Overrides, state_dir: &Path) -> Result<Outcom
                 started.elapsed().as_secs_f64(),
                 d.kind,
                 d.reason["summary"].as_str().unwrap_or(""),
-                treatment_requests(&mocks, &view)
+                treatment_requests(&view)
             );
         }
         seen_decisions = decisions.len();
@@ -286,7 +284,7 @@ pub async fn run(s: &Scenario, o: &Overrides, state_dir: &Path) -> Result<Outcom
         },
         decision: decision.clone(),
         elapsed: started.elapsed(),
-        canary_requests: treatment_requests(&mocks, &final_view),
+        canary_requests: treatment_requests(&final_view),
         met_expectation: s.expect.map(|e| match e {
             Expect::Rollback => decision.as_deref() == Some("rollback"),
             Expect::Promote => decision.as_deref() == Some("promote"),
