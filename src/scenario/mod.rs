@@ -118,11 +118,16 @@ impl Scenario {
 impl Scenario {
     /// The abgate config text with every backend placeholder replaced by `url(name)`.
     pub fn config_text(&self, url: impl Fn(&str) -> String) -> String {
+        serde_json::to_string_pretty(&self.config_value(url)).expect("JSON serializes")
+    }
+
+    /// The abgate config with every backend placeholder replaced by `url(name)`.
+    pub fn config_value(&self, url: impl Fn(&str) -> String) -> Value {
         let urls: BTreeMap<String, String> =
             self.backends.keys().map(|n| (n.clone(), url(n))).collect();
         let mut cfg = self.abgate.clone();
         substitute(&mut cfg, &urls);
-        serde_json::to_string_pretty(&cfg).expect("JSON serializes")
+        cfg
     }
 }
 
@@ -173,9 +178,7 @@ pub async fn run(s: &Scenario, o: &Overrides, state_dir: &Path) -> Result<Outcom
             .map_err(|e| ScenarioError::Start(e.to_string()))?;
         mocks.insert(name.clone(), m);
     }
-    let urls: BTreeMap<String, String> = mocks.iter().map(|(n, m)| (n.clone(), m.url())).collect();
-    let mut cfg = s.abgate.clone();
-    substitute(&mut cfg, &urls);
+    let mut cfg = s.config_value(|name| mocks.get(name).map(MockServer::url).unwrap_or_default());
     if let Value::Object(m) = &mut cfg {
         m.insert("listen".into(), "127.0.0.1:0".into());
         m.insert("admin".into(), serde_json::json!({"listen": "127.0.0.1:0"}));
