@@ -117,6 +117,7 @@ pub struct RunningServer {
     admin_task: JoinHandle<()>,
     upkeep_task: JoinHandle<()>,
     controller_task: JoinHandle<()>,
+    snapshot_task: JoinHandle<()>,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -147,6 +148,10 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
     };
     let telemetry = Telemetry::new();
     let recorders = RecorderRegistry::new(telemetry.clone());
+    let restored = crate::outcomes::persist::restore(&recorders, store.as_ref())?;
+    if restored > 0 {
+        tracing::info!(arms = restored, "restored per-arm outcome counts");
+    }
     let pools = UpstreamPool::default();
     // Placeholder until the control plane publishes the restored table.
     let empty = config::parse("").map_err(StartError::Config)?;
@@ -194,6 +199,28 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
     }
 
     let controller_task = crate::controller::spawn(control.clone());
+    let snapshot_task = {
+        let control = control.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let c = control.clone();
+                // SQLite is blocking I/O: keep it off the async worker threads.
+                let saved = tokio::task::spawn_blocking(move || {
+                    crate::outcomes::persist::save(
+                        &c.shared.recorders,
+                        &c.shared.plane.table.load_full(),
+                        c.store.as_ref(),
+                    )
+                })
+                .await;
+                if let Ok(Err(e)) = saved {
+                    tracing::warn!(error = %e, "cannot save per-arm outcome counts");
+                }
+            }
+        })
+    };
     let (stop, stopped) = watch::channel(false);
     let data_addr = data.local_addr().expect("bound socket has an address");
     let admin_addr = admin.local_addr().expect("bound socket has an address");
@@ -222,6 +249,7 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
         admin_task,
         upkeep_task,
         controller_task,
+        snapshot_task,
         _watcher: watcher,
     })
 }
@@ -235,5 +263,19 @@ impl RunningServer {
         let _ = self.admin_task.await;
         self.upkeep_task.abort();
         self.controller_task.abort();
+        self.snapshot_task.abort();
+        // A last snapshot once traffic has drained, so a clean stop loses nothing.
+        let c = self.control.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            crate::outcomes::persist::save(
+                &c.shared.recorders,
+                &c.shared.plane.table.load_full(),
+                c.store.as_ref(),
+            )
+        })
+        .await;
+        if let Ok(Err(e)) = saved {
+            tracing::warn!(error = %e, "cannot save per-arm outcome counts at shutdown");
+        }
     }
 }

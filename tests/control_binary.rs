@@ -339,3 +339,93 @@ async fn admin_call_result(method: &str, url: &str) -> Result<u16, ()> {
         _ => Err(()),
     }
 }
+
+/// Requests the arms of `exp` saw, summed over arms, from the admin API.
+async fn arm_requests(admin: std::net::SocketAddr) -> (u64, u64) {
+    let e = experiment(admin).await;
+    let arms = e["arms"].as_array().unwrap();
+    let requests = arms
+        .iter()
+        .map(|a| a["assigned"]["requests"].as_u64().unwrap_or(0))
+        .sum();
+    let latency_n = arms
+        .iter()
+        .map(|a| a["metrics"]["latency_ms"]["n"].as_u64().unwrap_or(0))
+        .sum();
+    (requests, latency_n)
+}
+
+/// Requests recorded in the saved snapshot, read straight from the state database.
+fn saved_requests(state: &Path) -> u64 {
+    let Ok(conn) = rusqlite::Connection::open(state.join("abgate.db")) else {
+        return 0;
+    };
+    let Ok(mut st) = conn.prepare("SELECT stats FROM arm_stats WHERE experiment = 'exp'") else {
+        return 0;
+    };
+    let rows: Vec<String> = st
+        .query_map([], |r| r.get(0))
+        .map(|rows| rows.filter_map(Result::ok).collect())
+        .unwrap_or_default();
+    rows.iter()
+        .map(|j| {
+            let v: serde_json::Value = serde_json::from_str(j).unwrap();
+            v["assigned"]["classes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_u64().unwrap())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_arm_statistics_survive_restarts() {
+    let (v1, v2) = (
+        FakeBackend::start("v1", Behaviour::Ok).await,
+        FakeBackend::start("v2", Behaviour::Ok).await,
+    );
+    let dir = temp_state_dir();
+    let cfg = write_config(&dir, &split(&v1, &v2, 50));
+    let c = client();
+    let send = |p: std::net::SocketAddr, from: usize, n: usize| {
+        let c = c.clone();
+        async move {
+            for i in from..from + n {
+                let a = get(
+                    &c,
+                    &format!("http://{p}/p"),
+                    &[("x-user-id", &format!("u{i}"))],
+                )
+                .await;
+                assert_eq!(a.status, 200);
+            }
+        }
+    };
+    // A clean stop saves a last snapshot: nothing is lost.
+    let p = Proc::start(&cfg, &["--no-watch"], &[]);
+    send(p.data_addr, 0, 20).await;
+    p.signal("-TERM");
+    let mut p = p;
+    assert!(p.child.wait().unwrap().success());
+    let p = Proc::start(&cfg, &["--no-watch"], &[]);
+    assert_eq!(arm_requests(p.admin_addr).await, (20, 20));
+
+    // A crash loses at most what the last one-second snapshot had not saved.
+    send(p.data_addr, 20, 10).await;
+    let state = dir.join("state");
+    eventually(
+        Duration::from_secs(10),
+        "the periodic snapshot holds all 30",
+        || {
+            let state = state.clone();
+            async move { saved_requests(&state) == 30 }
+        },
+    )
+    .await;
+    let mut p = p;
+    p.kill9();
+    let p = Proc::start(&cfg, &["--no-watch"], &[]);
+    assert_eq!(arm_requests(p.admin_addr).await, (30, 30));
+}

@@ -379,7 +379,8 @@ experiments:
 "#,
         mock.url()
     );
-    let server = start_abgate_opts(&yaml, None, Some(KEYS), &temp_state_dir()).await;
+    let dir = temp_state_dir();
+    let server = start_abgate_opts(&yaml, None, Some(KEYS), &dir).await;
     for _ in 0..3 {
         let a = admin_call(
             "POST",
@@ -409,5 +410,23 @@ experiments:
         ) > 0.0
     })
     .await;
+    let mean = m["mean"].clone();
+    server.shutdown().await;
+    // Saved at shutdown, restored at startup.
+    let server = start_abgate_opts(&yaml, None, Some(KEYS), &dir).await;
+    let v = get(
+        &client(),
+        &format!("http://{}/v1/experiments/exp", server.admin_addr),
+        &[],
+    )
+    .await
+    .json();
+    let after = &v["arms"][0]["metrics"]["out_tokens"];
+    assert_eq!(
+        (&after["n"], &after["mean"]),
+        (&serde_json::json!(3), &mean),
+        "{after}"
+    );
+    assert_eq!(v["arms"][0]["assigned"]["requests"], 3);
     server.shutdown().await;
 }

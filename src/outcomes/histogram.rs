@@ -17,6 +17,14 @@ const SUB: usize = 1 << SUB_BITS;
 const MAX_EXP: u32 = 44;
 const BUCKETS: usize = LINEAR as usize + (MAX_EXP as usize - 4) * SUB;
 
+/// A histogram's contents for the store: non-empty buckets only.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HistogramState {
+    pub buckets: Vec<(u32, u64)>,
+    pub sum_us: u64,
+    pub sum_sq_ms: f64,
+}
+
 pub struct AtomicHistogram {
     counts: Box<[AtomicU64]>,
     count: AtomicU64,
@@ -80,6 +88,35 @@ impl AtomicHistogram {
 
     pub fn count(&self) -> u64 {
         self.count.load(Relaxed)
+    }
+
+    /// The contents, for persisting.
+    pub fn state(&self) -> HistogramState {
+        HistogramState {
+            buckets: self
+                .counts
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| {
+                    let c = c.load(Relaxed);
+                    (c > 0).then_some((i as u32, c))
+                })
+                .collect(),
+            sum_us: self.sum_us.load(Relaxed),
+            sum_sq_ms: self.sum_sq_ms.get(),
+        }
+    }
+
+    /// Adds persisted contents (at startup, before traffic).
+    pub fn restore(&self, s: &HistogramState) {
+        for &(i, c) in &s.buckets {
+            if let Some(slot) = self.counts.get(i as usize) {
+                slot.fetch_add(c, Relaxed);
+                self.count.fetch_add(c, Relaxed);
+            }
+        }
+        self.sum_us.fetch_add(s.sum_us, Relaxed);
+        self.sum_sq_ms.add(s.sum_sq_ms);
     }
 }
 

@@ -44,7 +44,7 @@ pub struct MetricCell {
 }
 
 /// A copy of a cell's sums.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MetricSums {
     pub n: u64,
     pub sum: f64,

@@ -9,5 +9,6 @@ pub mod recorder;
 pub use recorder::{ArmRecorder, ArmSnapshot, FailureKind, RecorderRegistry, StatusClass};
 pub mod feedback;
 pub mod metrics;
+pub mod persist;
 pub mod summary;
 pub mod token;

@@ -147,7 +147,56 @@ impl OutcomeSnapshot {
     }
 }
 
+/// An [`OutcomeSet`]'s counts for the store.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OutcomeState {
+    pub classes: [u64; 5],
+    pub failures: [u64; 6],
+    pub errors: u64,
+    pub abandoned: u64,
+    pub slow: u64,
+    pub latency: super::histogram::HistogramState,
+    pub ttfb: super::histogram::HistogramState,
+}
+
+/// An arm's counts for the store, so a restart does not zero its statistics.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ArmState {
+    pub assigned: OutcomeState,
+    pub forced: OutcomeState,
+    /// Sums of the arm's response-header metrics (feedback metrics are rebuilt
+    /// from the feedback log instead, so they are not saved here).
+    #[serde(default)]
+    pub header_metrics: std::collections::BTreeMap<String, super::metrics::MetricSums>,
+}
+
 impl OutcomeSet {
+    fn state(&self) -> OutcomeState {
+        OutcomeState {
+            classes: std::array::from_fn(|i| self.classes[i].load(Relaxed)),
+            failures: std::array::from_fn(|i| self.failures[i].load(Relaxed)),
+            errors: self.errors.load(Relaxed),
+            abandoned: self.abandoned.load(Relaxed),
+            slow: self.slow.load(Relaxed),
+            latency: self.latency.state(),
+            ttfb: self.ttfb.state(),
+        }
+    }
+
+    fn restore(&self, s: &OutcomeState) {
+        for (slot, v) in self.classes.iter().zip(s.classes) {
+            slot.fetch_add(v, Relaxed);
+        }
+        for (slot, v) in self.failures.iter().zip(s.failures) {
+            slot.fetch_add(v, Relaxed);
+        }
+        self.errors.fetch_add(s.errors, Relaxed);
+        self.abandoned.fetch_add(s.abandoned, Relaxed);
+        self.slow.fetch_add(s.slow, Relaxed);
+        self.latency.restore(&s.latency);
+        self.ttfb.restore(&s.ttfb);
+    }
+
     fn snapshot(&self) -> OutcomeSnapshot {
         OutcomeSnapshot {
             classes: std::array::from_fn(|i| self.classes[i].load(Relaxed)),
@@ -302,6 +351,22 @@ impl ArmRecorder {
         self.prom.duration.record(elapsed.as_secs_f64());
     }
 
+    /// The counts, for persisting.
+    pub fn state(&self) -> ArmState {
+        ArmState {
+            assigned: self.assigned.state(),
+            forced: self.forced.state(),
+            header_metrics: Default::default(),
+        }
+    }
+
+    /// Adds persisted counts (at startup, before traffic). Prometheus counters
+    /// are process-lifetime and start from zero, as Prometheus expects.
+    pub fn restore(&self, s: &ArmState) {
+        self.assigned.restore(&s.assigned);
+        self.forced.restore(&s.forced);
+    }
+
     pub fn snapshot(&self) -> ArmSnapshot {
         ArmSnapshot {
             experiment: self.experiment.clone(),
@@ -351,6 +416,14 @@ impl RecorderRegistry {
             .collect();
         out.sort_by(|a, b| a.arm.cmp(&b.arm));
         out
+    }
+
+    /// Every arm's counts, for persisting.
+    pub fn states(&self) -> Vec<(String, String, ArmState)> {
+        self.arms
+            .iter()
+            .map(|e| (e.key().0.clone(), e.key().1.clone(), e.value().state()))
+            .collect()
     }
 
     pub fn telemetry(&self) -> &Arc<Telemetry> {

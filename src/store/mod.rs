@@ -134,6 +134,9 @@ pub trait Store: Send + Sync {
     fn save_state(&self, state: &ExperimentState) -> Result<(), StoreError>;
     fn clear_state(&self, experiment: &str) -> Result<(), StoreError>;
     fn states(&self) -> Result<Vec<ExperimentState>, StoreError>;
+    /// Replaces the saved per-arm outcome counts: (experiment, arm, JSON).
+    fn save_arm_stats(&self, stats: &[(String, String, String)]) -> Result<(), StoreError>;
+    fn arm_stats(&self) -> Result<Vec<(String, String, String)>, StoreError>;
 }
 
 /// Milliseconds since the Unix epoch.

@@ -35,6 +35,12 @@ CREATE TABLE IF NOT EXISTS decisions (
     applied INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS decisions_by_experiment ON decisions (experiment, id);
+CREATE TABLE IF NOT EXISTS arm_stats (
+    experiment TEXT NOT NULL,
+    arm TEXT NOT NULL,
+    stats TEXT NOT NULL,
+    PRIMARY KEY (experiment, arm)
+);
 CREATE TABLE IF NOT EXISTS experiment_state (
     experiment TEXT PRIMARY KEY,
     state TEXT NOT NULL
@@ -204,6 +210,30 @@ impl Store for SqliteStore {
             params![experiment],
         )?;
         Ok(())
+    }
+
+    fn save_arm_stats(&self, stats: &[(String, String, String)]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR REPLACE INTO arm_stats (experiment, arm, stats) VALUES (?1, ?2, ?3)",
+            )?;
+            for (e, a, json) in stats {
+                st.execute(params![e, a, json])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn arm_stats(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT experiment, arm, stats FROM arm_stats")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
     }
 
     fn states(&self) -> Result<Vec<ExperimentState>, StoreError> {

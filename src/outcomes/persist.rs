@@ -1,0 +1,55 @@
+//! Saving per-arm outcome counts to the store and restoring them at startup, so
+//! a restart does not zero an experiment's built-in statistics (error, latency,
+//! TTFB, slow). Snapshots are taken every second and at shutdown; a crash loses
+//! at most the last second. Feedback needs none of this: its log is the record.
+
+use super::recorder::ArmState;
+use super::RecorderRegistry;
+use crate::config::MetricSource;
+use crate::routing::RoutingTable;
+use crate::store::{Store, StoreError};
+
+/// Adds the saved counts into the (fresh) recorders; returns how many arms.
+pub fn restore(recorders: &RecorderRegistry, store: &dyn Store) -> Result<usize, StoreError> {
+    let saved = store.arm_stats()?;
+    for (experiment, arm, json) in &saved {
+        let state: ArmState = serde_json::from_str(json)?;
+        recorders.arm(experiment, arm).restore(&state);
+        for (metric, sums) in &state.header_metrics {
+            recorders
+                .metrics
+                .cell(experiment, arm, metric)
+                .restore(*sums);
+        }
+    }
+    Ok(saved.len())
+}
+
+/// Saves every arm's counts, and the sums of the response-header metrics the
+/// current table declares, in one transaction.
+pub fn save(
+    recorders: &RecorderRegistry,
+    table: &RoutingTable,
+    store: &dyn Store,
+) -> Result<(), StoreError> {
+    let rows: Vec<(String, String, String)> = recorders
+        .states()
+        .into_iter()
+        .map(|(e, a, mut s)| {
+            if let Some(route) = table.experiment(&e) {
+                for m in route
+                    .metrics
+                    .iter()
+                    .filter(|m| matches!(m.source, MetricSource::ResponseHeader(_)))
+                {
+                    s.header_metrics.insert(
+                        m.name.clone(),
+                        recorders.metrics.cell(&e, &a, &m.name).sums(),
+                    );
+                }
+            }
+            Ok((e, a, serde_json::to_string(&s)?))
+        })
+        .collect::<Result<_, serde_json::Error>>()?;
+    store.save_arm_stats(&rows)
+}
