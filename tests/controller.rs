@@ -318,3 +318,59 @@ experiments:
     assert_eq!(v["last_decision"]["kind"], "promote");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aa_test_neither_promotes_nor_rolls_back_within_its_budget() {
+    let a = mock("name=a,outcome_p=0.3,latency=fixed:1,seed=31").await;
+    let b = mock("name=b,outcome_p=0.3,latency=fixed:1,seed=32").await;
+    let yaml = format!(
+        r#"
+backends: {{ a: {{ url: "{}" }}, b: {{ url: "{}" }} }}
+experiments:
+  - name: exp
+    kind: ab
+    baseline: control
+    unit: {{ header: x-user-id }}
+    metrics: [ {{ name: accepted, source: feedback, type: binary }} ]
+    step: {{ min_samples: 50, min_duration: 1s }}
+    max_duration: 6s
+    analysis:
+      interval: 200ms
+      min_units_per_arm: 50
+      min_events: 20
+      design_samples: 2000
+      primary: {{ metric: accepted, direction: increase }}
+      guardrails:
+        - {{ metric: error, max_relative_increase: 0.10 }}
+    arms:
+      - {{ name: control, backend: a, weight: 50 }}
+      - {{ name: treatment, backend: b, weight: 50 }}
+"#,
+        a.url(),
+        b.url()
+    );
+    let server = start_abgate(&yaml).await;
+    let traffic = load(server.data_addr, 300.0, 30, 1.0);
+    let v = wait_state(server.admin_addr, "concluded", Duration::from_secs(30)).await;
+    traffic.abort();
+    let history = get(
+        &client(),
+        &format!("http://{}/v1/decisions?experiment=exp", server.admin_addr),
+        &[],
+    )
+    .await
+    .json();
+    let kinds: Vec<&str> = history["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec!["conclude"],
+        "an A/A test must end without promoting or rolling back: {v:#}"
+    );
+    assert_eq!(v["arms"][0]["weight"], 100.0, "it ends on the baseline");
+    server.shutdown().await;
+}
