@@ -205,19 +205,7 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                let c = control.clone();
-                // SQLite is blocking I/O: keep it off the async worker threads.
-                let saved = tokio::task::spawn_blocking(move || {
-                    crate::outcomes::persist::save(
-                        &c.shared.recorders,
-                        &c.shared.plane.table.load_full(),
-                        c.store.as_ref(),
-                    )
-                })
-                .await;
-                if let Ok(Err(e)) = saved {
-                    tracing::warn!(error = %e, "cannot save per-arm outcome counts");
-                }
+                control.save_outcomes().await;
             }
         })
     };
@@ -265,17 +253,6 @@ impl RunningServer {
         self.controller_task.abort();
         self.snapshot_task.abort();
         // A last snapshot once traffic has drained, so a clean stop loses nothing.
-        let c = self.control.clone();
-        let saved = tokio::task::spawn_blocking(move || {
-            crate::outcomes::persist::save(
-                &c.shared.recorders,
-                &c.shared.plane.table.load_full(),
-                c.store.as_ref(),
-            )
-        })
-        .await;
-        if let Ok(Err(e)) = saved {
-            tracing::warn!(error = %e, "cannot save per-arm outcome counts at shutdown");
-        }
+        self.control.save_outcomes().await;
     }
 }

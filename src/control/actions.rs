@@ -58,7 +58,7 @@ pub fn phase_name(p: ExperimentPhase) -> &'static str {
 }
 
 /// All traffic to one arm.
-fn all_to(e: &config::Experiment, arm: &str) -> Weights {
+pub(crate) fn all_to(e: &config::Experiment, arm: &str) -> Weights {
     e.arms
         .iter()
         .map(|a| (a.name.clone(), if a.name == arm { BUCKETS } else { 0 }))
@@ -130,10 +130,7 @@ impl ControlPlane {
             .states
             .get(experiment)
             .map_or(ExperimentPhase::Running, |s| s.phase);
-        let from: Weights = effective(&cur.config, &cur.states)
-            .experiment(experiment)
-            .map(|x| x.arms.iter().map(|a| (a.name.clone(), a.weight)).collect())
-            .unwrap_or_default();
+        let from = cur.weights_in_force(experiment).unwrap_or_default();
         let allowed = match action {
             Action::Pause => phase == ExperimentPhase::Running,
             Action::Resume => phase == ExperimentPhase::Paused,

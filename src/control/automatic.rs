@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::actions::{phase_name, ActionError};
-use super::{effective, ControlPlane};
+use super::ControlPlane;
 use crate::config::{ControlPolicy, Experiment};
 use crate::store::{ExperimentPhase, ExperimentState, Weights};
 
@@ -30,12 +30,7 @@ impl ControlPlane {
         let cur = self.current.lock().await;
         let e = cur.config.experiment(name)?.clone();
         let state = cur.states.get(name).cloned();
-        let weights = effective(&cur.config, &cur.states)
-            .experiment(name)?
-            .arms
-            .iter()
-            .map(|a| (a.name.clone(), a.weight))
-            .collect();
+        let weights = cur.weights_in_force(name)?;
         Some((e, state, weights))
     }
 
@@ -65,10 +60,7 @@ impl ControlPlane {
                 phase: phase_name(phase),
             });
         }
-        let from: Weights = effective(&cur.config, &cur.states)
-            .experiment(name)
-            .map(|x| x.arms.iter().map(|a| (a.name.clone(), a.weight)).collect())
-            .unwrap_or_default();
+        let from = cur.weights_in_force(name).unwrap_or_default();
         let id = self.record_and_apply(
             &mut cur,
             &e,

@@ -99,6 +99,28 @@ fn effective(config: &Config, states: &HashMap<String, ExperimentState>) -> Conf
     c
 }
 
+impl Current {
+    /// The weights in force for one experiment: its configured weights with its
+    /// recorded weights laid over them (the same rule as [`effective`], without
+    /// rebuilding the whole config).
+    pub(crate) fn weights_in_force(&self, name: &str) -> Option<crate::store::Weights> {
+        let e = self.config.experiment(name)?;
+        let recorded = self.states.get(name).and_then(|s| s.weights.as_ref());
+        Some(
+            e.arms
+                .iter()
+                .map(|a| {
+                    let w = match recorded {
+                        Some(w) => w.get(&a.name).copied().unwrap_or(0),
+                        None => a.weight,
+                    };
+                    (a.name.clone(), w)
+                })
+                .collect(),
+        )
+    }
+}
+
 /// Keeps only states whose experiment still exists with the same arms.
 fn retain_matching(
     config: &Config,

@@ -186,3 +186,22 @@ impl ControlPlane {
         }
     }
 }
+
+impl ControlPlane {
+    /// Saves per-arm outcome counts to the store, off the async worker threads
+    /// (SQLite is blocking I/O). Failures are logged; the next snapshot retries.
+    pub async fn save_outcomes(self: &std::sync::Arc<Self>) {
+        let c = self.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            crate::outcomes::persist::save(
+                &c.shared.recorders,
+                &c.shared.plane.table.load_full(),
+                c.store.as_ref(),
+            )
+        })
+        .await;
+        if let Ok(Err(e)) = saved {
+            tracing::warn!(error = %e, "cannot save per-arm outcome counts");
+        }
+    }
+}

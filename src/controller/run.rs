@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use super::policy::{stats_policy, uses_events};
 use crate::config::{ControlPolicy, Experiment, ExperimentKind, OnFailure, OnSuccess, BUCKETS};
+use crate::control::actions::all_to;
 use crate::control::ControlPlane;
 use crate::outcomes::summary::{experiment_sums, ArmMetrics, ArmSums, MetricStats};
 use crate::stats::{
@@ -69,13 +70,6 @@ fn weights_of(e: &Experiment, w: &Weights) -> Vec<(String, u32)> {
     e.arms
         .iter()
         .map(|a| (a.name.clone(), w.get(&a.name).copied().unwrap_or(0)))
-        .collect()
-}
-
-fn all_to(e: &Experiment, arm: &str) -> Weights {
-    e.arms
-        .iter()
-        .map(|a| (a.name.clone(), if a.name == arm { BUCKETS } else { 0 }))
         .collect()
 }
 
