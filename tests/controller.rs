@@ -26,6 +26,10 @@ fn load(
     seconds: u64,
     feedback: f64,
 ) -> tokio::task::JoinHandle<()> {
+    spawn_load(load_spec(target, rate, seconds, feedback))
+}
+
+fn load_spec(target: std::net::SocketAddr, rate: f64, seconds: u64, feedback: f64) -> LoadSpec {
     let mut spec = LoadSpec::new(format!("http://{target}"));
     spec.kind = RequestKind::Predict;
     spec.mode = LoadMode::OpenLoop {
@@ -38,6 +42,10 @@ fn load(
     spec.request_timeout = Duration::from_secs(5);
     spec.feedback.fraction = feedback;
     spec.seed = 7;
+    spec
+}
+
+fn spawn_load(spec: LoadSpec) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let _ = loadgen::run(spec).await;
     })
@@ -372,5 +380,85 @@ experiments:
         "an A/A test must end without promoting or rolling back: {v:#}"
     );
     assert_eq!(v["arms"][0]["weight"], 100.0, "it ends on the baseline");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sample_ratio_mismatch_holds_the_canary() {
+    // The canary swallows 40% of its requests: the router assigned them but
+    // never records an outcome, so the recorded split drifts from the weights.
+    // Its answered requests look perfectly healthy; only SRM can tell.
+    let stable = mock("name=stable,latency=fixed:1,seed=11").await;
+    let canary = mock("name=canary,latency=fixed:1,hang_rate=0.4,seed=12").await;
+    let yaml = canary_config(
+        &stable,
+        &canary,
+        "",
+        "        - { metric: error, max_relative_increase: 0.10 }",
+    )
+    // Stay on the first step: only SRM should move anything here.
+    .replace("min_samples: 40", "min_samples: 1000000");
+    let server = start_abgate(&yaml).await;
+    let admin = server.admin_addr;
+    // Clients wait longer than the test, so no swallowed request is ever
+    // recorded as abandoned and the deficit keeps growing.
+    let mut spec = load_spec(server.data_addr, 400.0, 40, 0.0);
+    spec.request_timeout = Duration::from_secs(120);
+    // Every swallowed request holds its HTTP/1 connection.
+    spec.mode = LoadMode::OpenLoop {
+        rate_per_s: 400.0,
+        connections: 1000,
+        max_in_flight: 1000,
+    };
+    let traffic = spawn_load(spec);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(30);
+    let v = loop {
+        let v = experiment(admin).await;
+        if v["last_decision"]["kind"] == "hold" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "never held: {v:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "held after {:?}; {} canary requests swallowed",
+        started.elapsed(),
+        canary
+            .stats()
+            .hung
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert_eq!(v["state"], "running", "{v:#}");
+    assert_eq!(v["last_decision"]["actor"], "controller");
+    let summary = v["last_decision"]["reason"]["summary"].as_str().unwrap();
+    assert!(summary.contains("sample ratio"), "{summary}");
+    assert_eq!(v["analysis"]["verdict"], "hold", "{v:#}");
+    // While it stands: weights frozen at the first step, the hold recorded
+    // once, no advance, promotion or rollback.
+    let looks = v["analysis"]["looks"].as_u64().unwrap();
+    eventually(Duration::from_secs(10), "more looks", || async move {
+        experiment(admin).await["analysis"]["looks"]
+            .as_u64()
+            .unwrap_or(0)
+            >= looks + 5
+    })
+    .await;
+    let v = experiment(admin).await;
+    assert_eq!(v["arms"][1]["weight"], 10.0, "{v:#}");
+    assert_eq!(v["analysis"]["verdict"], "hold", "{v:#}");
+    let m = metrics(admin).await;
+    assert_eq!(
+        metric_value(&m, "abgate_decisions_total", &[("kind", "hold")]),
+        1.0
+    );
+    for kind in ["advance", "promote", "rollback"] {
+        assert_eq!(
+            metric_value(&m, "abgate_decisions_total", &[("kind", kind)]),
+            0.0,
+            "{kind}"
+        );
+    }
+    traffic.abort();
     server.shutdown().await;
 }

@@ -14,7 +14,7 @@ use clap::Parser;
     name = "abgate-mock",
     about = "Mock model backends (OpenAI chat/SSE, KServe v2, /predict) for abgate load tests",
     after_help = "SPEC = ADDR,key=value,...  keys: name, latency (fixed:MS | normal:MEAN:SD | \
-lognormal:MEDIAN:SIGMA), error_rate, reset_rate, outcome_p, reward (fixed:V | normal:MEAN:SD), \
+lognormal:MEDIAN:SIGMA), error_rate, reset_rate, hang_rate, outcome_p, reward (fixed:V | normal:MEAN:SD), \
 bytes, chunks, token_delay_ms, seed. ADDR must be loopback (port 0 = any free port)."
 )]
 struct Args {

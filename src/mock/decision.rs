@@ -2,8 +2,8 @@
 //!
 //! One `StdRng` per server (i.e. per port), seeded with `MockSpec::seed`, behind a
 //! `std::sync::Mutex` held only while drawing. Every request draws the same fixed sequence
-//! (reset, error, latency, outcome, reward) whatever the endpoint, so the decisions seen by a
-//! single sequential client are reproducible; with concurrent clients the per-request
+//! (reset, error, latency, outcome, reward, then hang when `hang_rate` > 0) whatever the
+//! endpoint, so the decisions seen by a single sequential client are reproducible; with concurrent clients the per-request
 //! assignment depends on arrival order but the marginal statistics are unchanged.
 
 use std::sync::Mutex;
@@ -20,6 +20,8 @@ use super::spec::{LatencyDist, MockSpec, RewardDist};
 pub struct Decision {
     /// Drop the connection without answering.
     pub reset: bool,
+    /// Never answer (hold the request until the client goes away).
+    pub hang: bool,
     /// Answer 500 (only meaningful when `reset` is false).
     pub error: bool,
     /// Service time before response headers.
@@ -38,6 +40,7 @@ pub struct Decider {
     reward: RewardSampler,
     error_rate: f64,
     reset_rate: f64,
+    hang_rate: f64,
     outcome_p: f64,
 }
 
@@ -82,6 +85,7 @@ impl Decider {
             reward,
             error_rate: spec.error_rate,
             reset_rate: spec.reset_rate,
+            hang_rate: spec.hang_rate,
             outcome_p: spec.outcome_p,
         }
     }
@@ -102,8 +106,11 @@ impl Decider {
             RewardSampler::Fixed(v) => *v,
             RewardSampler::Normal(d) => d.sample(&mut *rng),
         };
+        // Drawn last and only when enabled, so existing seeds keep their sequences.
+        let hang = self.hang_rate > 0.0 && rng.random::<f64>() < self.hang_rate;
         Decision {
             reset,
+            hang,
             error,
             // Truncate at 0 (normal) and cap at one hour so a wild draw cannot wedge a test.
             latency: Duration::from_secs_f64((latency_ms.max(0.0) / 1000.0).min(3600.0)),

@@ -58,6 +58,9 @@ fn route(method: &Method, path: &str) -> Endpoint {
     }
 }
 
+/// The longest a swallowed (`hang_rate`) request is held.
+const HANG_CAP: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Handles one request: reads (and bounds) the body, draws a [`Decision`], waits the simulated
 /// latency, then answers, fails with 500, or asks the connection to be reset.
 pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Handled {
@@ -105,6 +108,11 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Handled {
     if decision.reset {
         shared.stats.resets.fetch_add(1, Ordering::Relaxed);
         return Handled::Reset;
+    }
+    if decision.hang {
+        shared.stats.hung.fetch_add(1, Ordering::Relaxed);
+        // Dropped (and so released) when the client closes the connection.
+        tokio::time::sleep(HANG_CAP).await;
     }
     let mut resp = if decision.error {
         shared.stats.errors.fetch_add(1, Ordering::Relaxed);

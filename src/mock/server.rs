@@ -28,6 +28,8 @@ pub struct MockStats {
     pub errors: AtomicU64,
     /// Requests whose connection was deliberately reset.
     pub resets: AtomicU64,
+    /// Requests held without an answer (`hang_rate`).
+    pub hung: AtomicU64,
 }
 
 impl MockStats {

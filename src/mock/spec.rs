@@ -86,6 +86,10 @@ pub struct MockSpec {
     pub error_rate: f64,
     /// Fraction (0..=1) of requests whose connection is reset (SO_LINGER 0 close) without any response.
     pub reset_rate: f64,
+    /// Fraction (0..=1) of requests held open without any answer until the client
+    /// goes away (capped at one hour): a backend that swallows requests, so the
+    /// router never records their outcome.
+    pub hang_rate: f64,
     /// Probability (0..=1) that `x-mock-outcome` is 1.
     pub outcome_p: f64,
     /// Distribution of `x-mock-reward`.
@@ -105,6 +109,7 @@ impl Default for MockSpec {
             latency: LatencyDist::Fixed { ms: 0.0 },
             error_rate: 0.0,
             reset_rate: 0.0,
+            hang_rate: 0.0,
             outcome_p: 0.5,
             reward: RewardDist::Fixed { value: 0.0 },
             response_bytes: 256,
@@ -129,6 +134,7 @@ impl MockSpec {
         };
         prob("error_rate", self.error_rate)?;
         prob("reset_rate", self.reset_rate)?;
+        prob("hang_rate", self.hang_rate)?;
         prob("outcome_p", self.outcome_p)?;
         let non_neg = |key: &'static str, v: f64| {
             if v.is_finite() && v >= 0.0 {
@@ -222,6 +228,7 @@ fn apply_key(spec: &mut MockSpec, key: &str, value: &str) -> Result<(), SpecErro
         "latency" => spec.latency = parse_latency(value)?,
         "error_rate" => spec.error_rate = num(key, value)?,
         "reset_rate" => spec.reset_rate = num(key, value)?,
+        "hang_rate" => spec.hang_rate = num(key, value)?,
         "outcome_p" => spec.outcome_p = num(key, value)?,
         "reward" => spec.reward = parse_reward(value)?,
         "bytes" | "response_bytes" => spec.response_bytes = num(key, value)?,
