@@ -462,3 +462,74 @@ async fn a_sample_ratio_mismatch_holds_the_canary() {
     traffic.abort();
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_are_posted_to_the_webhook_with_bounded_retries() {
+    // The hook refuses every "start" notification and accepts the rest.
+    let hook = RecordingBackend::answering(|body| {
+        let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        if v["kind"] == "start" {
+            500
+        } else {
+            200
+        }
+    })
+    .await;
+    let stable = mock("name=stable,error_rate=0.01,latency=fixed:1,seed=1").await;
+    let canary = mock("name=canary,error_rate=0.10,latency=fixed:1,seed=2").await;
+    let yaml = canary_config(
+        &stable,
+        &canary,
+        &format!("    notify: {{ url: \"{}/hooks/abgate\" }}", hook.url()),
+        "        - { metric: error, max_relative_increase: 0.10 }",
+    );
+    let server = start_abgate(&yaml).await;
+    let traffic = load(server.data_addr, 400.0, 40, 0.0);
+    wait_state(server.admin_addr, "rolled_back", Duration::from_secs(40)).await;
+    traffic.abort();
+    let posts = |kind: &'static str| {
+        let seen = hook.seen.clone();
+        move || -> Vec<(Value, u16)> {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .map(|s| (serde_json::from_slice::<Value>(&s.body).unwrap(), s.status))
+                .filter(|(v, _)| v["kind"] == kind)
+                .collect()
+        }
+    };
+    let (rollbacks, starts) = (posts("rollback"), posts("start"));
+    eventually(Duration::from_secs(10), "the rollback is posted", || {
+        let n = rollbacks().len();
+        async move { n == 1 }
+    })
+    .await;
+    let (rollback, status) = &rollbacks()[0];
+    assert_eq!(*status, 200);
+    assert_eq!(rollback["experiment"], "exp");
+    assert_eq!(rollback["to_weights"]["canary"], 0);
+    assert_eq!(rollback["from_weights"]["canary"], 1000);
+    assert!(rollback["id"].as_i64().unwrap() > 0);
+    assert!(rollback["reason"]["summary"]
+        .as_str()
+        .unwrap()
+        .contains("error"));
+    // The refused notification is tried three times, then given up.
+    eventually(Duration::from_secs(10), "three tries of the start", || {
+        let n = starts().len();
+        async move { n >= 3 }
+    })
+    .await;
+    // Longer than the next backoff (2 s) would be: no fourth try comes.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let tries = starts();
+    assert_eq!(tries.len(), 3, "{tries:?}");
+    assert!(tries
+        .iter()
+        .all(|(v, status)| *status == 500 && *v == tries[0].0));
+    let seen = hook.seen.lock().unwrap().clone();
+    assert!(seen.iter().all(|s| s.method == "POST"
+        && s.path == "/hooks/abgate"
+        && s.headers["content-type"] == "application/json"));
+    server.shutdown().await;
+}

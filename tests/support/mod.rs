@@ -461,11 +461,14 @@ pub struct Seen {
     pub path: String,
     pub headers: http::HeaderMap,
     pub body_len: usize,
+    pub body: Bytes,
     pub version: http::Version,
+    /// The status it was answered with.
+    pub status: u16,
 }
 
 /// An HTTP/1.1 + h2c backend that records every request it receives (method,
-/// path, headers, body length) and answers 200 "rec".
+/// path, headers, body) and answers 200 "rec" (or what `answering` decides).
 pub struct RecordingBackend {
     pub addr: SocketAddr,
     pub seen: Arc<std::sync::Mutex<Vec<Seen>>>,
@@ -480,6 +483,11 @@ impl Drop for RecordingBackend {
 
 impl RecordingBackend {
     pub async fn start() -> RecordingBackend {
+        Self::answering(|_| 200).await
+    }
+
+    /// Answers each request with the status `status_for(body)`.
+    pub async fn answering(status_for: fn(&[u8]) -> u16) -> RecordingBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -495,19 +503,24 @@ impl RecordingBackend {
                         let s = s.clone();
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body_len = body
+                            let body = body
                                 .collect()
                                 .await
-                                .map(|b| b.to_bytes().len())
-                                .unwrap_or(0);
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let status = status_for(&body);
                             s.lock().unwrap().push(Seen {
                                 method: parts.method.to_string(),
                                 path: parts.uri.path().to_string(),
                                 headers: parts.headers,
-                                body_len,
+                                body_len: body.len(),
+                                body,
                                 version: parts.version,
+                                status,
                             });
-                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("rec"))))
+                            let mut resp = Response::new(Full::new(Bytes::from("rec")));
+                            *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, Infallible>(resp)
                         }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
