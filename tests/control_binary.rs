@@ -429,3 +429,198 @@ async fn per_arm_statistics_survive_restarts() {
     let p = Proc::start(&cfg, &["--no-watch"], &[]);
     assert_eq!(arm_requests(p.admin_addr).await, (30, 30));
 }
+
+/// A canary that stays on its first step, looked at every 100 ms.
+fn canary_on_first_step(v1: &FakeBackend, v2: &FakeBackend) -> String {
+    format!(
+        r#"
+backends: {{ v1: {{ url: "{}" }}, v2: {{ url: "{}" }} }}
+experiments:
+  - name: exp
+    unit: {{ header: x-user-id }}
+    kind: canary
+    baseline: stable
+    steps: [10, 50, 100]
+    step: {{ min_samples: 1000000, min_duration: 0s }}
+    analysis:
+      interval: 100ms
+      min_units_per_arm: 20
+      guardrails:
+        - {{ metric: latency_ms, max_relative_increase: 0.5 }}
+    arms:
+      - {{ name: stable, backend: v1, weight: 100 }}
+      - {{ name: canary, backend: v2, weight: 0 }}
+"#,
+        v1.url(),
+        v2.url()
+    )
+}
+
+/// The controller's analysis once it has looked again after every request
+/// sent so far: (looks, samples per arm).
+async fn settled_analysis(admin: std::net::SocketAddr) -> (u64, serde_json::Value) {
+    let looks = |v: &serde_json::Value| v["analysis"]["looks"].as_u64().unwrap_or(0);
+    let from = looks(&experiment(admin).await);
+    eventually(Duration::from_secs(10), "two more looks", || async move {
+        looks(&experiment(admin).await) >= from + 2
+    })
+    .await;
+    let v = experiment(admin).await;
+    (looks(&v), v["analysis"]["samples"].clone())
+}
+
+/// Waits until the canary has started and the controller took its first look
+/// (its comparison window begins there).
+async fn canary_started(admin: std::net::SocketAddr) {
+    eventually(
+        Duration::from_secs(10),
+        "the canary started",
+        || async move {
+            let v = experiment(admin).await;
+            v["arms"][1]["weight"] == 10.0 && v["analysis"]["looks"].as_u64().unwrap_or(0) > 0
+        },
+    )
+    .await;
+}
+
+/// The controller run saved in the store: (looks, samples per arm).
+fn saved_run(state: &Path) -> Option<(u64, serde_json::Value)> {
+    let conn = rusqlite::Connection::open(state.join("abgate.db")).ok()?;
+    let json: String = conn
+        .query_row(
+            "SELECT run FROM controller_runs WHERE experiment = 'exp'",
+            [],
+            |r| r.get(0),
+        )
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&json).ok()?;
+    let samples: serde_json::Map<String, serde_json::Value> = v["evidence"]["arms"]
+        .as_array()?
+        .iter()
+        .map(|a| (a["name"].as_str().unwrap().to_string(), a["units"].clone()))
+        .collect();
+    Some((v["evidence"]["looks"].as_u64()?, samples.into()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_resumes_with_its_evidence_after_a_restart() {
+    let (v1, v2) = (
+        FakeBackend::start("v1", Behaviour::Ok).await,
+        FakeBackend::start("v2", Behaviour::Ok).await,
+    );
+    let dir = temp_state_dir();
+    let cfg = write_config(&dir, &canary_on_first_step(&v1, &v2));
+    let c = client();
+    let send = |p: std::net::SocketAddr, from: usize, n: usize| {
+        let c = c.clone();
+        async move {
+            for i in from..from + n {
+                let a = get(
+                    &c,
+                    &format!("http://{p}/p"),
+                    &[("x-user-id", &format!("u{i}"))],
+                )
+                .await;
+                assert_eq!(a.status, 200);
+            }
+        }
+    };
+    let p = Proc::start(&cfg, &["--no-watch"], &[]);
+    let admin = p.admin_addr;
+    canary_started(admin).await;
+    send(p.data_addr, 0, 300).await;
+    let (looks, samples) = settled_analysis(admin).await;
+    let canary_requests = experiment(admin).await["arms"][1]["assigned"]["requests"].clone();
+    assert_eq!(samples["canary"], canary_requests);
+
+    // A clean stop saves the run; the restarted controller continues it: its
+    // looks go on counting and its samples are the ones from before (a fresh
+    // run would start at zero samples, comparing only what comes next).
+    p.signal("-TERM");
+    let mut p = p;
+    assert!(p.child.wait().unwrap().success());
+    let p = Proc::start(&cfg, &["--no-watch"], &[]);
+    let admin = p.admin_addr;
+    let (looks_after, samples_after) = settled_analysis(admin).await;
+    assert!(looks_after > looks, "{looks_after} looks after {looks}");
+    assert_eq!(samples_after, samples);
+    assert_eq!(experiment(admin).await["analysis"]["step"], 1);
+
+    // A crash loses at most the last snapshot's second.
+    send(p.data_addr, 300, 100).await;
+    let (_, samples) = settled_analysis(admin).await;
+    let state = dir.join("state");
+    let expected = samples.clone();
+    eventually(
+        Duration::from_secs(10),
+        "the periodic snapshot holds the run",
+        || {
+            let (state, expected) = (state.clone(), expected.clone());
+            async move { saved_run(&state).is_some_and(|(_, s)| s == expected) }
+        },
+    )
+    .await;
+    let (saved_looks, _) = saved_run(&state).unwrap();
+    let mut p = p;
+    p.kill9();
+    let p = Proc::start(&cfg, &["--no-watch"], &[]);
+    let (looks_after, samples_after) = settled_analysis(p.admin_addr).await;
+    assert!(
+        looks_after > saved_looks,
+        "{looks_after} after {saved_looks}"
+    );
+    assert_eq!(samples_after, samples);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redefined_experiment_starts_afresh_and_a_removed_one_leaves_no_evidence() {
+    let (v1, v2) = (
+        FakeBackend::start("v1", Behaviour::Ok).await,
+        FakeBackend::start("v2", Behaviour::Ok).await,
+    );
+    let dir = temp_state_dir();
+    let cfg = write_config(&dir, &canary_on_first_step(&v1, &v2));
+    let p = Proc::start(&cfg, &["--no-watch"], &[("ABGATE_ADMIN_TOKEN", "tok")]);
+    let admin = p.admin_addr;
+    canary_started(admin).await;
+    let c = client();
+    for i in 0..200 {
+        get(
+            &c,
+            &format!("http://{}/p", p.data_addr),
+            &[("x-user-id", &format!("u{i}"))],
+        )
+        .await;
+    }
+    let (_, samples) = settled_analysis(admin).await;
+    assert!(samples["canary"].as_u64().unwrap() > 0);
+    // Same arms, a stricter guardrail: the evidence gathered for the old
+    // question does not answer the new one.
+    write_config(
+        &dir,
+        &canary_on_first_step(&v1, &v2)
+            .replace("max_relative_increase: 0.5", "max_relative_increase: 0.2"),
+    );
+    let (code, _, stderr) = cli(admin, &["config", "apply", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    eventually(Duration::from_secs(10), "a fresh run", || async move {
+        let v = experiment(admin).await;
+        v["analysis"]["samples"]["canary"] == 0 && v["analysis"]["looks"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    // Without the experiment, its saved run is deleted with the next snapshot.
+    let state = dir.join("state");
+    eventually(Duration::from_secs(10), "the run is saved", || {
+        let state = state.clone();
+        async move { saved_run(&state).is_some_and(|(looks, _)| looks > 0) }
+    })
+    .await;
+    write_config(&dir, &default_backend_config(&v1.url(), ""));
+    let (code, _, stderr) = cli(admin, &["config", "apply", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    eventually(Duration::from_secs(10), "the saved run is gone", || {
+        let state = state.clone();
+        async move { saved_run(&state).is_none() }
+    })
+    .await;
+}

@@ -82,7 +82,7 @@ pub enum MetricSource {
     ResponseHeader(http::HeaderName),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MetricKind {
     /// 0 or 1.

@@ -88,6 +88,29 @@ impl ControlPlane {
     pub fn analysis(&self, name: &str) -> Option<Value> {
         self.analysis.get(name).map(|v| v.clone())
     }
+
+    /// Publishes what a controller run carries between ticks (JSON), to be
+    /// saved with the next snapshot of the per-arm counts.
+    pub fn publish_run(&self, name: &str, run: String) {
+        self.unsaved_runs.insert(name.to_string(), run);
+    }
+
+    /// The run saved for `name` before this process started, once.
+    pub fn take_restored_run(&self, name: &str) -> Option<String> {
+        self.restored_runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+    }
+
+    /// Takes the runs published since the last snapshot.
+    pub(super) fn take_unsaved_runs(&self) -> Vec<(String, String)> {
+        let names: Vec<String> = self.unsaved_runs.iter().map(|e| e.key().clone()).collect();
+        names
+            .into_iter()
+            .filter_map(|n| self.unsaved_runs.remove(&n))
+            .collect()
+    }
 }
 
 /// POSTs a decision to a webhook: three tries with backoff, never blocking the

@@ -39,6 +39,11 @@ pub struct ControlPlane {
     current: tokio::sync::Mutex<Current>,
     /// The controller's latest analysis per experiment (for people to read).
     analysis: dashmap::DashMap<String, serde_json::Value>,
+    /// Controller runs (experiment → JSON) published since the last snapshot.
+    unsaved_runs: dashmap::DashMap<String, String>,
+    /// Controller runs saved before this process started, each adopted (taken)
+    /// by its experiment's controller on its first look.
+    restored_runs: std::sync::Mutex<HashMap<String, String>>,
 }
 
 /// Why a config change was not applied.
@@ -208,6 +213,7 @@ impl ControlPlane {
             store.mark_applied(d.id)?;
         }
         retain_matching(&config, &mut states, store.as_ref());
+        let restored_runs = store.controller_runs()?.into_iter().collect();
         shared.apply(&effective(&config, &states));
         Ok(ControlPlane {
             shared,
@@ -220,6 +226,8 @@ impl ControlPlane {
                 states,
             }),
             analysis: dashmap::DashMap::new(),
+            unsaved_runs: dashmap::DashMap::new(),
+            restored_runs: std::sync::Mutex::new(restored_runs),
         })
     }
 

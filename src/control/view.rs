@@ -188,20 +188,34 @@ impl ControlPlane {
 }
 
 impl ControlPlane {
-    /// Saves per-arm outcome counts to the store, off the async worker threads
-    /// (SQLite is blocking I/O). Failures are logged; the next snapshot retries.
+    /// Saves per-arm outcome counts and the controller runs to the store, off
+    /// the async worker threads (SQLite is blocking I/O). Failures are logged;
+    /// the next snapshot retries.
     pub async fn save_outcomes(self: &std::sync::Arc<Self>) {
+        // Runs first, counts second: a saved run never saw counts the saved
+        // counts lack, so after a restart its per-period deltas are never negative.
+        let runs = self.take_unsaved_runs();
+        let controlled: Vec<String> = self
+            .controlled_experiments()
+            .await
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
         let c = self.clone();
         let saved = tokio::task::spawn_blocking(move || {
-            crate::outcomes::persist::save(
+            let arm_stats = crate::outcomes::persist::rows(
                 &c.shared.recorders,
                 &c.shared.plane.table.load_full(),
-                c.store.as_ref(),
-            )
+            )?;
+            c.store.save_snapshot(&crate::store::MemorySnapshot {
+                arm_stats: &arm_stats,
+                controller_runs: &runs,
+                controlled: &controlled,
+            })
         })
         .await;
         if let Ok(Err(e)) = saved {
-            tracing::warn!(error = %e, "cannot save per-arm outcome counts");
+            tracing::warn!(error = %e, "cannot save per-arm outcome counts and controller runs");
         }
     }
 }

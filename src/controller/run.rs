@@ -3,12 +3,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::policy::{stats_policy, uses_events};
 use crate::config::{ControlPolicy, Experiment, ExperimentKind, OnFailure, OnSuccess, BUCKETS};
 use crate::control::actions::all_to;
-use crate::control::ControlPlane;
+use crate::control::{arms_fingerprint, ControlPlane};
 use crate::outcomes::summary::{experiment_sums, ArmMetrics, ArmSums, MetricStats};
 use crate::stats::{
     self, decide, ArmSnapshot, ErrorAttribution, ExperimentEvidence, MetricData, MetricSnapshot,
@@ -16,13 +17,20 @@ use crate::stats::{
 };
 use crate::store::{now_ms, ExperimentPhase, Weights};
 
-/// What the loop carries between ticks (in memory; a restart starts the
-/// evidence afresh, which only delays decisions).
-struct Run {
-    policy: stats::Policy,
+/// What the loop carries between ticks. It is published after every look and
+/// saved with the per-arm counts it was computed from, so after a restart the
+/// experiment resumes with its evidence (running minima, intersected intervals,
+/// attribution likelihoods, SRM segments) instead of starting afresh.
+#[derive(Default, Serialize, Deserialize)]
+struct Carried {
+    /// Whose run this is: the policy and the arms as configured. A saved run
+    /// is resumed only by the same experiment definition.
+    owner: String,
+    /// When the recorded experiment began (None before its first decision).
+    started_ms: Option<u64>,
     evidence: ExperimentEvidence,
-    /// Per (guardrail metric, treatment arm): the attribution test.
-    attribution: BTreeMap<(String, String), ErrorAttribution>,
+    /// Per guardrail metric, per treatment arm: the attribution test.
+    attribution: BTreeMap<String, BTreeMap<String, ErrorAttribution>>,
     srm: Option<(Vec<String>, SrmMonitor)>,
     /// Cumulative per-arm counts at the previous tick: (assigned, errors, slow).
     prev: BTreeMap<String, (u64, u64, u64)>,
@@ -39,6 +47,38 @@ struct Run {
     first_seen_ms: Option<u64>,
 }
 
+impl Carried {
+    fn fresh(owner: String, started_ms: Option<u64>) -> Carried {
+        Carried {
+            owner,
+            started_ms,
+            ..Carried::default()
+        }
+    }
+
+    /// Whether this run belongs to the experiment as it is now. A run saved
+    /// before the experiment's first decision belongs to what follows it.
+    fn belongs_to(&self, owner: &str, started_ms: Option<u64>) -> bool {
+        self.owner == owner && (self.started_ms.is_none() || self.started_ms == started_ms)
+    }
+}
+
+/// Identifies an experiment definition: its policy and its arms as configured.
+fn owner_of(e: &Experiment, cfg: &ControlPolicy) -> String {
+    format!(
+        "{}-{:016x}",
+        arms_fingerprint(e),
+        xxhash_rust::xxh3::xxh3_64(format!("{cfg:?}").as_bytes())
+    )
+}
+
+struct Run {
+    policy: stats::Policy,
+    c: Carried,
+    /// Whether a run saved before a restart was looked for.
+    looked_for_saved: bool,
+}
+
 pub async fn run(control: Arc<ControlPlane>, name: String, cfg: ControlPolicy) {
     let policy = stats_policy(&cfg);
     if let Err(e) = policy.validate() {
@@ -47,14 +87,8 @@ pub async fn run(control: Arc<ControlPlane>, name: String, cfg: ControlPolicy) {
     }
     let mut r = Run {
         policy,
-        evidence: ExperimentEvidence::new(),
-        attribution: BTreeMap::new(),
-        srm: None,
-        prev: BTreeMap::new(),
-        step_base: None,
-        last_once: None,
-        window_start: None,
-        first_seen_ms: None,
+        c: Carried::default(),
+        looked_for_saved: false,
     };
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -115,8 +149,9 @@ impl Run {
                 .map_err(|e| e.to_string())?;
             return Ok(());
         }
+        self.adopt(control, name, &e, cfg, state.as_ref().map(|s| s.started_ms));
         let now_sums = experiment_sums(&control.shared.recorders, &e);
-        let start = self.window_start.get_or_insert_with(|| now_sums.clone());
+        let start = self.c.window_start.get_or_insert_with(|| now_sums.clone());
         let arms: Vec<ArmMetrics> = now_sums
             .iter()
             .map(|a| match start.iter().find(|s| s.arm == a.arm) {
@@ -126,23 +161,24 @@ impl Run {
             .collect();
         let w = weights_of(&e, &weights);
         let snapshot = self.snapshot(&e, cfg, &arms, &w)?;
-        self.evidence
+        self.c
+            .evidence
             .observe(&self.policy, &snapshot)
             .map_err(|err| err.to_string())?;
 
         let now = now_ms();
         // An experiment without recorded state (an A/B test before its first
         // decision) runs from when this loop first saw it.
-        let first_seen = *self.first_seen_ms.get_or_insert(now);
+        let first_seen = *self.c.first_seen_ms.get_or_insert(now);
         let started = state.as_ref().map_or(first_seen, |s| s.started_ms);
         let step = state.as_ref().and_then(|s| s.step);
         let step_started = state.as_ref().map_or(first_seen, |s| s.step_started_ms);
         let assigned = |arm: &str| arms.iter().find(|a| a.arm == arm).map_or(0, |a| a.assigned);
         let cand_units = candidate.as_deref().map_or(0, assigned);
-        let step_units = match (step, self.step_base) {
+        let step_units = match (step, self.c.step_base) {
             (Some(s), Some((b, base))) if b == s => cand_units.saturating_sub(base),
             (Some(s), _) => {
-                self.step_base = Some((s, cand_units));
+                self.c.step_base = Some((s, cand_units));
                 0
             }
             (None, _) => arms.iter().map(|a| a.assigned).min().unwrap_or(0),
@@ -152,7 +188,7 @@ impl Run {
                 && now.saturating_sub(step_started) >= cfg.step_min_duration.as_millis() as u64,
             budget_exhausted: now.saturating_sub(started) >= cfg.max_duration.as_millis() as u64,
         };
-        let verdict = decide(&self.policy, &self.evidence, &facts);
+        let verdict = decide(&self.policy, &self.c.evidence, &facts);
         control.set_analysis(
             name,
             json!({
@@ -164,20 +200,71 @@ impl Run {
                 "steps": cfg.steps.iter().map(|s| f64::from(*s) / 100.0).collect::<Vec<_>>(),
                 "step_units": step_units,
                 "step_minimums_met": facts.step_minimums_met,
-                "looks": self.evidence.looks,
+                "looks": self.c.evidence.looks,
+                "samples": self.c.evidence.arms.iter().map(|a| (a.name.clone(), a.units)).collect::<BTreeMap<_, _>>(),
             }),
         );
-        self.act(
-            control,
-            name,
-            cfg,
-            &e,
-            &weights,
-            candidate.as_deref(),
-            step,
-            &verdict,
-        )
-        .await
+        let acted = self
+            .act(
+                control,
+                name,
+                cfg,
+                &e,
+                &weights,
+                candidate.as_deref(),
+                step,
+                &verdict,
+            )
+            .await;
+        match serde_json::to_string(&self.c) {
+            Ok(json) => control.publish_run(name, json),
+            Err(err) => {
+                tracing::warn!(experiment = name, error = %err, "cannot save the controller run")
+            }
+        }
+        acted
+    }
+
+    /// Makes sure the run carried belongs to the experiment as it is now: on
+    /// the first look it resumes the run saved before a restart, if that run
+    /// is this experiment's; and an experiment whose definition or recorded
+    /// state was replaced starts afresh.
+    fn adopt(
+        &mut self,
+        control: &ControlPlane,
+        name: &str,
+        e: &Experiment,
+        cfg: &ControlPolicy,
+        started_ms: Option<u64>,
+    ) {
+        let owner = owner_of(e, cfg);
+        if !self.looked_for_saved {
+            self.looked_for_saved = true;
+            let saved = control
+                .take_restored_run(name)
+                .map(|json| serde_json::from_str::<Carried>(&json));
+            match saved {
+                Some(Ok(c)) if c.belongs_to(&owner, started_ms) => {
+                    tracing::info!(experiment = name, looks = c.evidence.looks, "resuming the controller run saved before the restart");
+                    self.c = c;
+                    self.c.started_ms = started_ms;
+                    return;
+                }
+                Some(Ok(_)) => tracing::info!(experiment = name, "the saved controller run is of an earlier definition of the experiment; starting afresh"),
+                Some(Err(err)) => tracing::warn!(experiment = name, error = %err, "the saved controller run is unreadable; starting afresh"),
+                None => {}
+            }
+            self.c = Carried::fresh(owner, started_ms);
+            return;
+        }
+        if !self.c.belongs_to(&owner, started_ms) {
+            tracing::info!(
+                experiment = name,
+                "the experiment was redefined; its evidence starts afresh"
+            );
+            self.c = Carried::fresh(owner, started_ms);
+        }
+        self.c.started_ms = started_ms;
     }
 
     fn snapshot(
@@ -196,7 +283,7 @@ impl Run {
                 binary_successes(a, "error"),
                 binary_successes(a, "slow"),
             );
-            let prev = self.prev.insert(a.arm.clone(), now).unwrap_or((0, 0, 0));
+            let prev = self.c.prev.insert(a.arm.clone(), now).unwrap_or((0, 0, 0));
             deltas.insert(
                 a.arm.clone(),
                 (
@@ -211,21 +298,21 @@ impl Run {
         if live.len() >= 2 {
             let names: Vec<String> = live.iter().map(|(a, _)| a.clone()).collect();
             let ws: Vec<f64> = live.iter().map(|(_, x)| f64::from(*x)).collect();
-            match &mut self.srm {
+            match &mut self.c.srm {
                 Some((n, m)) if *n == names => {
                     if m.weights != ws {
                         m.set_weights(ws).map_err(|e| e.to_string())?;
                     }
                 }
                 _ => {
-                    self.srm = Some((
+                    self.c.srm = Some((
                         names.clone(),
                         SrmMonitor::new(ws, self.policy.srm_concentration)
                             .map_err(|e| e.to_string())?,
                     ))
                 }
             }
-            if let Some((names, m)) = &mut self.srm {
+            if let Some((names, m)) = &mut self.c.srm {
                 let counts: Vec<u64> = names
                     .iter()
                     .map(|a| deltas.get(a).map_or(0, |d| d.0))
@@ -244,8 +331,11 @@ impl Run {
                 let wa = weight(&a.arm);
                 // The harm null is the tolerance: rate ratio 1 + margin.
                 let acc = self
+                    .c
                     .attribution
-                    .entry((g.metric.clone(), a.arm.clone()))
+                    .entry(g.metric.clone())
+                    .or_default()
+                    .entry(a.arm.clone())
                     .or_insert_with(|| ErrorAttribution::new(1.0 + g.margin).unwrap_or_default());
                 if wa > 0 && wb > 0 {
                     let share = f64::from(wa) / f64::from(wa + wb);
@@ -259,11 +349,11 @@ impl Run {
                 }
             }
             let data: BTreeMap<String, ErrorAttribution> = self
+                .c
                 .attribution
-                .iter()
-                .filter(|((m, _), _)| m == &g.metric)
-                .map(|((_, arm), acc)| (arm.clone(), acc.clone()))
-                .collect();
+                .get(&g.metric)
+                .cloned()
+                .unwrap_or_default();
             metrics.push(MetricSnapshot {
                 name: g.metric.clone(),
                 data: MetricData::Events(data),
@@ -311,7 +401,7 @@ impl Run {
                 })
                 .collect(),
             metrics,
-            srm_monitor: self.srm.as_ref().map(|(_, m)| m.clone()),
+            srm_monitor: self.c.srm.as_ref().map(|(_, m)| m.clone()),
         })
     }
 
@@ -401,7 +491,7 @@ impl Run {
                 None
             }
             Verdict::InsufficientData { .. } | Verdict::Continue { .. } => {
-                self.last_once = None;
+                self.c.last_once = None;
                 None
             }
         };
@@ -417,10 +507,10 @@ impl Run {
                 "{}",
                 reason["summary"].as_str().unwrap_or("")
             );
-            self.last_once = None;
+            self.c.last_once = None;
             if kind == "advance" || kind == "rollback_arm" {
                 // A new step: its minimums count from now.
-                self.step_base = None;
+                self.c.step_base = None;
             }
         }
         Ok(())
@@ -435,14 +525,14 @@ impl Run {
         weights: &Weights,
         reason: Value,
     ) -> Result<(), String> {
-        if self.last_once.as_deref() == Some(kind) {
+        if self.c.last_once.as_deref() == Some(kind) {
             return Ok(());
         }
         control
             .controller_decide(name, kind, weights.clone(), reason)
             .await
             .map_err(|e| e.to_string())?;
-        self.last_once = Some(kind.to_string());
+        self.c.last_once = Some(kind.to_string());
         Ok(())
     }
 }
@@ -457,4 +547,47 @@ fn canary_weights(e: &Experiment, candidate: &str, w: u32) -> Weights {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_carried_run_reads_back_exactly_what_was_saved() {
+        let mut c = Carried::fresh("owner".into(), Some(7));
+        let acc = c
+            .attribution
+            .entry("error".into())
+            .or_default()
+            .entry("canary".into())
+            .or_insert_with(|| ErrorAttribution::new(1.1).unwrap());
+        acc.observe_period(0.1, 3, 10).unwrap();
+        acc.observe_period(0.25, 9, 1).unwrap();
+        let mut srm = SrmMonitor::new(vec![9000.0, 1000.0], 1.0).unwrap();
+        srm.observe(&[900, 60]).unwrap();
+        c.srm = Some((vec!["stable".into(), "canary".into()], srm));
+        c.prev.insert("canary".into(), (60, 9, 2));
+        c.step_base = Some((1, 40));
+        c.last_once = Some("hold".into());
+        let json = serde_json::to_string(&c).unwrap();
+        let back: Carried = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), json);
+        let a = &back.attribution["error"]["canary"];
+        assert_eq!(a, &c.attribution["error"]["canary"]);
+        assert!(a.max_log_e > 0.0);
+        assert_eq!(back.srm.as_ref().unwrap().1, c.srm.as_ref().unwrap().1);
+    }
+
+    #[test]
+    fn a_saved_run_belongs_only_to_the_same_definition_and_episode() {
+        let c = Carried::fresh("a".into(), Some(100));
+        assert!(c.belongs_to("a", Some(100)));
+        assert!(!c.belongs_to("b", Some(100)), "another definition");
+        assert!(!c.belongs_to("a", Some(200)), "the state was replaced");
+        assert!(!c.belongs_to("a", None), "the state was cleared");
+        // Saved before the experiment's first decision: what follows is the same run.
+        let before_first_decision = Carried::fresh("a".into(), None);
+        assert!(before_first_decision.belongs_to("a", Some(300)));
+    }
 }

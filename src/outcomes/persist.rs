@@ -25,13 +25,12 @@ pub fn restore(recorders: &RecorderRegistry, store: &dyn Store) -> Result<usize,
     Ok(saved.len())
 }
 
-/// Saves every arm's counts, and the sums of the response-header metrics the
-/// current table declares, in one transaction.
-pub fn save(
+/// Every arm's counts, with the sums of the response-header metrics the
+/// current table declares, as rows to save: (experiment, arm, JSON).
+pub fn rows(
     recorders: &RecorderRegistry,
     table: &RoutingTable,
-    store: &dyn Store,
-) -> Result<(), StoreError> {
+) -> Result<Vec<(String, String, String)>, serde_json::Error> {
     let rows: Vec<(String, String, String)> = recorders
         .states()
         .into_iter()
@@ -51,5 +50,5 @@ pub fn save(
             Ok((e, a, serde_json::to_string(&s)?))
         })
         .collect::<Result<_, serde_json::Error>>()?;
-    store.save_arm_stats(&rows)
+    Ok(rows)
 }

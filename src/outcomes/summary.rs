@@ -55,7 +55,7 @@ pub struct ArmMetrics {
 
 /// Running sums of every metric of one arm: subtractable, so a comparison can be
 /// restricted to a window (e.g. since the experiment started).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ArmSums {
     pub arm: String,
     pub assigned: u64,

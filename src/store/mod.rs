@@ -134,9 +134,23 @@ pub trait Store: Send + Sync {
     fn save_state(&self, state: &ExperimentState) -> Result<(), StoreError>;
     fn clear_state(&self, experiment: &str) -> Result<(), StoreError>;
     fn states(&self) -> Result<Vec<ExperimentState>, StoreError>;
-    /// Replaces the saved per-arm outcome counts: (experiment, arm, JSON).
-    fn save_arm_stats(&self, stats: &[(String, String, String)]) -> Result<(), StoreError>;
+    /// Saves one snapshot of what the process otherwise holds only in memory,
+    /// in one transaction (so the counts and the controller runs agree).
+    fn save_snapshot(&self, snapshot: &MemorySnapshot<'_>) -> Result<(), StoreError>;
+    /// The saved per-arm outcome counts: (experiment, arm, JSON).
     fn arm_stats(&self) -> Result<Vec<(String, String, String)>, StoreError>;
+    /// The saved controller runs: (experiment, JSON).
+    fn controller_runs(&self) -> Result<Vec<(String, String)>, StoreError>;
+}
+
+/// Counts and controller evidence, saved every second and at shutdown.
+pub struct MemorySnapshot<'a> {
+    /// Per-arm outcome counts to save: (experiment, arm, JSON).
+    pub arm_stats: &'a [(String, String, String)],
+    /// Controller runs that changed since the last snapshot: (experiment, JSON).
+    pub controller_runs: &'a [(String, String)],
+    /// Experiments the controller runs; saved runs of any other are deleted.
+    pub controlled: &'a [String],
 }
 
 /// Milliseconds since the Unix epoch.

@@ -41,6 +41,10 @@ CREATE TABLE IF NOT EXISTS arm_stats (
     stats TEXT NOT NULL,
     PRIMARY KEY (experiment, arm)
 );
+CREATE TABLE IF NOT EXISTS controller_runs (
+    experiment TEXT PRIMARY KEY,
+    run TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS experiment_state (
     experiment TEXT PRIMARY KEY,
     state TEXT NOT NULL
@@ -212,19 +216,45 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn save_arm_stats(&self, stats: &[(String, String, String)]) -> Result<(), StoreError> {
+    fn save_snapshot(&self, snapshot: &MemorySnapshot<'_>) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         {
             let mut st = tx.prepare_cached(
                 "INSERT OR REPLACE INTO arm_stats (experiment, arm, stats) VALUES (?1, ?2, ?3)",
             )?;
-            for (e, a, json) in stats {
+            for (e, a, json) in snapshot.arm_stats {
                 st.execute(params![e, a, json])?;
+            }
+            let mut st = tx.prepare_cached(
+                "INSERT OR REPLACE INTO controller_runs (experiment, run) VALUES (?1, ?2)",
+            )?;
+            for (e, json) in snapshot.controller_runs {
+                st.execute(params![e, json])?;
+            }
+            // A removed experiment's evidence must not greet a new one of the same name.
+            let kept: Vec<&str> = snapshot.controlled.iter().map(String::as_str).collect();
+            let saved: Vec<String> = tx
+                .prepare_cached("SELECT experiment FROM controller_runs")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut delete =
+                tx.prepare_cached("DELETE FROM controller_runs WHERE experiment = ?1")?;
+            for e in saved.iter().filter(|e| !kept.contains(&e.as_str())) {
+                delete.execute(params![e])?;
             }
         }
         tx.commit()?;
         Ok(())
+    }
+
+    fn controller_runs(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT experiment, run FROM controller_runs")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
     }
 
     fn arm_stats(&self) -> Result<Vec<(String, String, String)>, StoreError> {
