@@ -24,6 +24,20 @@ fn write_config(dir: &Path, body: &str) -> PathBuf {
     path
 }
 
+/// Sends `n` requests from users `u{from}`.. to the data plane, each answered 200.
+async fn send_users(data: std::net::SocketAddr, from: usize, n: usize) {
+    let c = client();
+    for i in from..from + n {
+        let a = get(
+            &c,
+            &format!("http://{data}/p"),
+            &[("x-user-id", &format!("u{i}"))],
+        )
+        .await;
+        assert_eq!(a.status, 200);
+    }
+}
+
 fn split(v1: &FakeBackend, v2: &FakeBackend, canary: u32) -> String {
     format!(
         "backends:\n  v1: {{ url: \"{}\" }}\n  v2: {{ url: \"{}\" }}\nexperiments:\n  - name: exp\n    unit: {{ header: x-user-id }}\n    arms:\n      - {{ name: stable, backend: v1, weight: {} }}\n      - {{ name: canary, backend: v2, weight: {canary} }}\n",
@@ -388,32 +402,15 @@ async fn per_arm_statistics_survive_restarts() {
     );
     let dir = temp_state_dir();
     let cfg = write_config(&dir, &split(&v1, &v2, 50));
-    let c = client();
-    let send = |p: std::net::SocketAddr, from: usize, n: usize| {
-        let c = c.clone();
-        async move {
-            for i in from..from + n {
-                let a = get(
-                    &c,
-                    &format!("http://{p}/p"),
-                    &[("x-user-id", &format!("u{i}"))],
-                )
-                .await;
-                assert_eq!(a.status, 200);
-            }
-        }
-    };
     // A clean stop saves a last snapshot: nothing is lost.
     let p = Proc::start(&cfg, &["--no-watch"], &[]);
-    send(p.data_addr, 0, 20).await;
-    p.signal("-TERM");
-    let mut p = p;
-    assert!(p.child.wait().unwrap().success());
+    send_users(p.data_addr, 0, 20).await;
+    p.terminate();
     let p = Proc::start(&cfg, &["--no-watch"], &[]);
     assert_eq!(arm_requests(p.admin_addr).await, (20, 20));
 
     // A crash loses at most what the last one-second snapshot had not saved.
-    send(p.data_addr, 20, 10).await;
+    send_users(p.data_addr, 20, 10).await;
     let state = dir.join("state");
     eventually(
         Duration::from_secs(10),
@@ -510,25 +507,10 @@ async fn the_controller_resumes_with_its_evidence_after_a_restart() {
     );
     let dir = temp_state_dir();
     let cfg = write_config(&dir, &canary_on_first_step(&v1, &v2));
-    let c = client();
-    let send = |p: std::net::SocketAddr, from: usize, n: usize| {
-        let c = c.clone();
-        async move {
-            for i in from..from + n {
-                let a = get(
-                    &c,
-                    &format!("http://{p}/p"),
-                    &[("x-user-id", &format!("u{i}"))],
-                )
-                .await;
-                assert_eq!(a.status, 200);
-            }
-        }
-    };
     let p = Proc::start(&cfg, &["--no-watch"], &[]);
     let admin = p.admin_addr;
     canary_started(admin).await;
-    send(p.data_addr, 0, 300).await;
+    send_users(p.data_addr, 0, 300).await;
     let (looks, samples) = settled_analysis(admin).await;
     let canary_requests = experiment(admin).await["arms"][1]["assigned"]["requests"].clone();
     assert_eq!(samples["canary"], canary_requests);
@@ -536,9 +518,7 @@ async fn the_controller_resumes_with_its_evidence_after_a_restart() {
     // A clean stop saves the run; the restarted controller continues it: its
     // looks go on counting and its samples are the ones from before (a fresh
     // run would start at zero samples, comparing only what comes next).
-    p.signal("-TERM");
-    let mut p = p;
-    assert!(p.child.wait().unwrap().success());
+    p.terminate();
     let p = Proc::start(&cfg, &["--no-watch"], &[]);
     let admin = p.admin_addr;
     let (looks_after, samples_after) = settled_analysis(admin).await;
@@ -547,7 +527,7 @@ async fn the_controller_resumes_with_its_evidence_after_a_restart() {
     assert_eq!(experiment(admin).await["analysis"]["step"], 1);
 
     // A crash loses at most the last snapshot's second.
-    send(p.data_addr, 300, 100).await;
+    send_users(p.data_addr, 300, 100).await;
     let (_, samples) = settled_analysis(admin).await;
     let state = dir.join("state");
     let expected = samples.clone();
@@ -583,15 +563,7 @@ async fn a_redefined_experiment_starts_afresh_and_a_removed_one_leaves_no_eviden
     let p = Proc::start(&cfg, &["--no-watch"], &[("ABGATE_ADMIN_TOKEN", "tok")]);
     let admin = p.admin_addr;
     canary_started(admin).await;
-    let c = client();
-    for i in 0..200 {
-        get(
-            &c,
-            &format!("http://{}/p", p.data_addr),
-            &[("x-user-id", &format!("u{i}"))],
-        )
-        .await;
-    }
+    send_users(p.data_addr, 0, 200).await;
     let (_, samples) = settled_analysis(admin).await;
     assert!(samples["canary"].as_u64().unwrap() > 0);
     // Same arms, a stricter guardrail: the evidence gathered for the old

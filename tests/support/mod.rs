@@ -403,6 +403,15 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, then waits for a clean exit (status 0).
+    pub fn terminate(mut self) {
+        self.signal("-TERM");
+        assert!(
+            self.child.wait().unwrap().success(),
+            "abgate did not exit cleanly"
+        );
+    }
+
     pub fn signal(&self, sig: &str) {
         let ok = std::process::Command::new("kill")
             .args([sig, &self.child.id().to_string()])
