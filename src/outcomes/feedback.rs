@@ -71,9 +71,13 @@ impl FeedbackService {
         }
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
         let writer_book = book.clone();
+        // The checkpointer lives as long as the writer.
+        let alive = Arc::new(());
+        log.spawn_checkpointer(Arc::downgrade(&alive))?;
         std::thread::Builder::new()
             .name("abgate-feedback-writer".into())
             .spawn(move || {
+                let _alive = alive;
                 while let Some(first) = rx.blocking_recv() {
                     let mut jobs = vec![first];
                     let mut n = jobs[0].events.len();

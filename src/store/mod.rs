@@ -113,6 +113,8 @@ pub enum StoreError {
     },
     #[error("state database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("cannot start the WAL checkpoint thread: {0}")]
+    Checkpointer(std::io::Error),
     #[error("state database holds invalid JSON: {0}")]
     Json(#[from] serde_json::Error),
 }
