@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use abgate::config::BUCKETS;
 use abgate::outcomes::RecorderRegistry;
-use abgate::proxy::headers::{add_forwarded, strip_hop_by_hop};
+use abgate::proxy::headers::{add_forwarded, peer_value, strip_hop_by_hop};
 use abgate::proxy::upstream::UpstreamPool;
 use abgate::routing::{matcher, RequestView, Route, RoutingTable};
 use abgate::telemetry::Telemetry;
@@ -262,14 +262,14 @@ fn rewrite(c: &mut Criterion) {
     };
     let headers = request_headers(Some(7));
     let host = HeaderValue::from_static("api.example.com");
-    let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let peer = peer_value(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let uri: Uri = "/v1/chat/completions?x=1".parse().expect("valid uri");
 
     let mut scratch = headers.clone();
     let per_req = allocations_per_call(1_000, || {
         scratch.clone_from(&headers);
         strip_hop_by_hop(&mut scratch);
-        add_forwarded(&mut scratch, peer, "http", Some(&host));
+        add_forwarded(&mut scratch, &peer, "http", Some(&host));
         black_box(upstream.uri_for(uri.path_and_query()));
     });
     let per_clone = allocations_per_call(1_000, || {
@@ -286,7 +286,7 @@ fn rewrite(c: &mut Criterion) {
             || headers.clone(),
             |h| {
                 strip_hop_by_hop(h);
-                add_forwarded(h, peer, "http", Some(&host));
+                add_forwarded(h, &peer, "http", Some(&host));
             },
             BatchSize::SmallInput,
         )

@@ -28,6 +28,9 @@
 #   TARGETS      legs to run ["direct abgate nginx haproxy"]
 #   BASE_PORT    first of 6 consecutive loopback ports [28100]
 #   NO_BUILD=1   use the existing target/release binaries without `cargo build`
+#   BASELINE_ABGATE  path of another abgate binary (e.g. a build of the previous
+#                commit copied aside): adds the leg `abgate-base`, same config,
+#                so a change is judged against its baseline in the same run
 #   OUT          results file [load/results/overhead-<date>.md]
 set -euo pipefail
 
@@ -69,6 +72,8 @@ P_ABGATE=$((BASE_PORT + 2))
 P_ADMIN=$((BASE_PORT + 3))
 P_NGINX=$((BASE_PORT + 4))
 P_HAPROXY=$((BASE_PORT + 5))
+P_BASELINE=$((BASE_PORT + 6))
+P_BASELINE_ADMIN=$((BASE_PORT + 7))
 
 log() { echo "[bench-overhead $(date +%T)] $*" >&2; }
 die() {
@@ -176,6 +181,19 @@ EOF
     PIDS+=($!)
     PORT[abgate]=$P_ABGATE
     wait_port "$P_ABGATE"
+    if [ -n "${BASELINE_ABGATE:-}" ]; then
+        [ -x "$BASELINE_ABGATE" ] || die "BASELINE_ABGATE=$BASELINE_ABGATE is not executable"
+        sed -e "s/127.0.0.1:$P_ABGATE\$/127.0.0.1:$P_BASELINE/" \
+            -e "s/127.0.0.1:$P_ADMIN }/127.0.0.1:$P_BASELINE_ADMIN }/" \
+            -e "s#abgate-state#abgate-base-state#" "$WORK/abgate.yaml" >"$WORK/abgate-base.yaml"
+        ABGATE_LOG=warn taskset -c 1 "$BASELINE_ABGATE" serve --config "$WORK/abgate-base.yaml" \
+            >"$WORK/abgate-base.log" 2>&1 &
+        PID[abgate-base]=$!
+        PIDS+=($!)
+        PORT[abgate-base]=$P_BASELINE
+        wait_port "$P_BASELINE"
+        TARGETS="$TARGETS abgate-base"
+    fi
 fi
 
 if wanted nginx; then

@@ -14,6 +14,7 @@ from collections import defaultdict
 LEG_NAMES = {
     "direct": "direct (mock)",
     "abgate": "abgate",
+    "abgate-base": "abgate (baseline build)",
     "nginx": "nginx",
     "haproxy": "HAProxy",
 }

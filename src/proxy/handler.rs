@@ -45,6 +45,8 @@ pub struct DataPlane {
 /// Facts about one client connection.
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// `peer`'s address as an `x-forwarded-for` element ([`super::headers::peer_value`]).
+    pub peer_header: HeaderValue,
     /// `http` or `https`, for `x-forwarded-proto`.
     pub proto: &'static str,
 }
@@ -202,7 +204,8 @@ async fn route_and_forward(
             crate::store::now_ms(),
             forced,
         );
-        if let Ok(v) = HeaderValue::from_str(&token) {
+        // The token's own buffer becomes the header value (no copy).
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(token)) {
             resp.headers_mut().insert(X_TOKEN.clone(), v);
         }
     }
@@ -254,7 +257,7 @@ async fn forward(
     }
     add_forwarded(
         &mut parts.headers,
-        conn.peer.ip(),
+        &conn.peer_header,
         conn.proto,
         host.as_ref(),
     );
@@ -397,15 +400,30 @@ fn tag(resp: &mut Response<ProxyBody>, tags: &Tags<'_>, total: Duration, upstrea
     if let Some(a) = &tags.arm {
         h.insert(X_ARM.clone(), a.clone());
     }
-    let own = total.saturating_sub(upstream);
-    let timing = format!(
-        "abgate;dur={:.3}, upstream;dur={:.3}",
-        own.as_secs_f64() * 1e3,
-        upstream.as_secs_f64() * 1e3
-    );
-    if let Ok(v) = HeaderValue::from_str(&timing) {
+    if let Some(v) = server_timing(total.saturating_sub(upstream), upstream) {
         h.append(SERVER_TIMING.clone(), v);
     }
+}
+
+/// `abgate;dur=0.123, upstream;dur=4.567` (milliseconds to the microsecond),
+/// written with integer formatting into a stack buffer: one allocation, for
+/// the header value itself.
+fn server_timing(own: Duration, upstream: Duration) -> Option<HeaderValue> {
+    use std::io::Write;
+    let mut buf = [0u8; 96];
+    let mut w = &mut buf[..];
+    let (o, u) = (own.as_micros(), upstream.as_micros());
+    write!(
+        w,
+        "abgate;dur={}.{:03}, upstream;dur={}.{:03}",
+        o / 1000,
+        o % 1000,
+        u / 1000,
+        u % 1000
+    )
+    .ok()?;
+    let len = 96 - w.len();
+    HeaderValue::from_bytes(&buf[..len]).ok()
 }
 
 /// Maps a client error to the failure kind recorded and reported.
@@ -435,5 +453,21 @@ fn classify(err: &hyper_util::client::legacy::Error) -> FailureKind {
             FailureKind::BadResponse
         }
         _ => FailureKind::Reset,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_timing_is_milliseconds_to_the_microsecond() {
+        let v =
+            server_timing(Duration::from_micros(123), Duration::from_micros(4_567_891)).unwrap();
+        assert_eq!(v, "abgate;dur=0.123, upstream;dur=4567.891");
+        let v = server_timing(Duration::ZERO, Duration::from_nanos(999)).unwrap();
+        assert_eq!(v, "abgate;dur=0.000, upstream;dur=0.000");
+        // The largest durations still fit the buffer.
+        assert!(server_timing(Duration::MAX, Duration::MAX).is_some());
     }
 }

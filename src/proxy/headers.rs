@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 const HOP_BY_HOP: [HeaderName; 6] = [
@@ -43,24 +44,38 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The client's address as an `x-forwarded-for` element, built once per
+/// connection so a request without a forwarded chain reuses it (a reference
+/// count, no allocation).
+pub fn peer_value(peer: IpAddr) -> HeaderValue {
+    HeaderValue::from_maybe_shared(Bytes::from(peer.to_string()))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// Adds `x-forwarded-for` (appending the peer to any existing chain, as nginx's
 /// `$proxy_add_x_forwarded_for` does), `x-forwarded-proto` and `x-forwarded-host`.
+/// `peer` comes from [`peer_value`].
 pub fn add_forwarded(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &HeaderValue,
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
     static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
-    let chain = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {peer}"),
-        None => peer.to_string(),
+    // A previous chain that is not visible ASCII is replaced, not extended.
+    let chain = match headers.get(&XFF).filter(|v| v.to_str().is_ok()) {
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + peer.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(peer.as_bytes());
+            HeaderValue::from_maybe_shared(Bytes::from(v)).unwrap_or_else(|_| peer.clone())
+        }
+        None => peer.clone(),
     };
-    if let Ok(v) = HeaderValue::from_str(&chain) {
-        headers.insert(XFF.clone(), v);
-    }
+    headers.insert(XFF.clone(), chain);
     headers.insert(XFP.clone(), HeaderValue::from_static(proto));
     match host {
         Some(h) => {
@@ -103,9 +118,24 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         let host = HeaderValue::from_static("api.example.com");
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http", Some(&host));
+        let peer = peer_value("127.0.0.1".parse().unwrap());
+        add_forwarded(&mut h, &peer, "http", Some(&host));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
+        // Without a chain the peer alone; the per-connection value is reused.
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, &peer, "https", None);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert!(h.get("x-forwarded-host").is_none());
+        // A chain that is not visible ASCII is replaced by the peer.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"10.0.0.1\xff").unwrap(),
+        );
+        add_forwarded(&mut h, &peer, "http", None);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     }
 }

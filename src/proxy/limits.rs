@@ -10,8 +10,9 @@
 //! `head-too-large` or `header-read-timeout`):
 //! - request heads past the read buffer (set to twice `max_header_bytes`, so a
 //!   moderately oversized head still reaches [`check_head`] and gets a JSON 431);
-//! - more than twice `max_header_count` headers (431), a request target of
-//!   64 KiB or more (414);
+//! - more than 100 headers (hyper's in-place default) or, when `max_header_count`
+//!   is above 100, more than twice that (431); a request target of 64 KiB or
+//!   more (414);
 //! - conflicting `Content-Length` values, a `Transfer-Encoding` whose last coding
 //!   is not `chunked`, `Transfer-Encoding` on HTTP/1.0, NUL/CR/LF in a header (400);
 //! - `Content-Length` together with `Transfer-Encoding`: hyper drops the length,
