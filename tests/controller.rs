@@ -10,6 +10,9 @@ use abgate::mock::{MockServer, MockSpec};
 use serde_json::Value;
 use support::*;
 
+/// The error-rate guardrail most tests use (a YAML list item).
+const ERROR_GUARDRAIL: &str = "        - { metric: error, max_relative_increase: 0.10 }";
+
 async fn mock(spec: &str) -> MockServer {
     MockServer::start(
         spec.parse::<MockSpec>().unwrap(),
@@ -113,12 +116,7 @@ experiments:
 async fn a_canary_with_ten_times_the_errors_is_rolled_back() {
     let stable = mock("name=stable,error_rate=0.01,latency=fixed:1,seed=1").await;
     let canary = mock("name=canary,error_rate=0.10,latency=fixed:1,seed=2").await;
-    let yaml = canary_config(
-        &stable,
-        &canary,
-        "",
-        "        - { metric: error, max_relative_increase: 0.10 }",
-    );
+    let yaml = canary_config(&stable, &canary, "", ERROR_GUARDRAIL);
     let server = start_abgate(&yaml).await;
     let started = Instant::now();
     let traffic = load(server.data_addr, 400.0, 40, 0.0);
@@ -197,12 +195,7 @@ async fn a_healthy_canary_walks_every_step_and_is_promoted() {
 async fn a_starved_canary_waits_and_is_never_rolled_back() {
     let stable = mock("name=stable,seed=5").await;
     let canary = mock("name=canary,error_rate=1.0,seed=6").await;
-    let yaml = canary_config(
-        &stable,
-        &canary,
-        "",
-        "        - { metric: error, max_relative_increase: 0.10 }",
-    );
+    let yaml = canary_config(&stable, &canary, "", ERROR_GUARDRAIL);
     let server = start_abgate(&yaml).await;
     // A trickle: far below the burn-in, and every canary request fails.
     let c = client();
@@ -237,12 +230,7 @@ async fn a_starved_canary_waits_and_is_never_rolled_back() {
 async fn pause_stops_automatic_rollback_and_resume_re_enables_it() {
     let stable = mock("name=stable,error_rate=0.01,latency=fixed:1,seed=1").await;
     let canary = mock("name=canary,error_rate=0.30,latency=fixed:1,seed=2").await;
-    let yaml = canary_config(
-        &stable,
-        &canary,
-        "",
-        "        - { metric: error, max_relative_increase: 0.10 }",
-    );
+    let yaml = canary_config(&stable, &canary, "", ERROR_GUARDRAIL);
     let server = start_abgate_with(&yaml, Some("tok")).await;
     let admin = server.admin_addr;
     // Wait for the canary's first step, then pause before any traffic.
@@ -291,11 +279,16 @@ async fn pause_stops_automatic_rollback_and_resume_re_enables_it() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_ab_test_with_a_better_treatment_promotes_it() {
-    let control = mock("name=control,outcome_p=0.2,latency=fixed:1,seed=8").await;
-    let treatment = mock("name=treatment,outcome_p=0.5,latency=fixed:1,seed=9").await;
-    let yaml = format!(
+/// An A/B test on the feedback metric `accepted`, control vs treatment at
+/// 50/50, with extra experiment-level and analysis keys (YAML lines).
+fn ab_config(
+    control: &MockServer,
+    treatment: &MockServer,
+    min_duration: &str,
+    experiment_keys: &str,
+    analysis_keys: &str,
+) -> String {
+    format!(
         r#"
 backends: {{ a: {{ url: "{}" }}, b: {{ url: "{}" }} }}
 experiments:
@@ -304,20 +297,29 @@ experiments:
     baseline: control
     unit: {{ header: x-user-id }}
     metrics: [ {{ name: accepted, source: feedback, type: binary }} ]
-    step: {{ min_samples: 50, min_duration: 2s }}
+    step: {{ min_samples: 50, min_duration: {min_duration} }}
+{experiment_keys}
     analysis:
       interval: 200ms
       min_units_per_arm: 50
       min_events: 20
       design_samples: 2000
       primary: {{ metric: accepted, direction: increase }}
+{analysis_keys}
     arms:
       - {{ name: control, backend: a, weight: 50 }}
       - {{ name: treatment, backend: b, weight: 50 }}
 "#,
         control.url(),
         treatment.url()
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ab_test_with_a_better_treatment_promotes_it() {
+    let control = mock("name=control,outcome_p=0.2,latency=fixed:1,seed=8").await;
+    let treatment = mock("name=treatment,outcome_p=0.5,latency=fixed:1,seed=9").await;
+    let yaml = ab_config(&control, &treatment, "2s", "", "");
     let server = start_abgate(&yaml).await;
     let traffic = load(server.data_addr, 300.0, 60, 1.0);
     let v = wait_state(server.admin_addr, "promoted", Duration::from_secs(60)).await;
@@ -331,31 +333,12 @@ experiments:
 async fn an_aa_test_neither_promotes_nor_rolls_back_within_its_budget() {
     let a = mock("name=a,outcome_p=0.3,latency=fixed:1,seed=31").await;
     let b = mock("name=b,outcome_p=0.3,latency=fixed:1,seed=32").await;
-    let yaml = format!(
-        r#"
-backends: {{ a: {{ url: "{}" }}, b: {{ url: "{}" }} }}
-experiments:
-  - name: exp
-    kind: ab
-    baseline: control
-    unit: {{ header: x-user-id }}
-    metrics: [ {{ name: accepted, source: feedback, type: binary }} ]
-    step: {{ min_samples: 50, min_duration: 1s }}
-    max_duration: 6s
-    analysis:
-      interval: 200ms
-      min_units_per_arm: 50
-      min_events: 20
-      design_samples: 2000
-      primary: {{ metric: accepted, direction: increase }}
-      guardrails:
-        - {{ metric: error, max_relative_increase: 0.10 }}
-    arms:
-      - {{ name: control, backend: a, weight: 50 }}
-      - {{ name: treatment, backend: b, weight: 50 }}
-"#,
-        a.url(),
-        b.url()
+    let yaml = ab_config(
+        &a,
+        &b,
+        "1s",
+        "    max_duration: 6s",
+        &format!("      guardrails:\n{ERROR_GUARDRAIL}"),
     );
     let server = start_abgate(&yaml).await;
     let traffic = load(server.data_addr, 300.0, 30, 1.0);
@@ -390,14 +373,9 @@ async fn a_sample_ratio_mismatch_holds_the_canary() {
     // Its answered requests look perfectly healthy; only SRM can tell.
     let stable = mock("name=stable,latency=fixed:1,seed=11").await;
     let canary = mock("name=canary,latency=fixed:1,hang_rate=0.4,seed=12").await;
-    let yaml = canary_config(
-        &stable,
-        &canary,
-        "",
-        "        - { metric: error, max_relative_increase: 0.10 }",
-    )
-    // Stay on the first step: only SRM should move anything here.
-    .replace("min_samples: 40", "min_samples: 1000000");
+    let yaml = canary_config(&stable, &canary, "", ERROR_GUARDRAIL)
+        // Stay on the first step: only SRM should move anything here.
+        .replace("min_samples: 40", "min_samples: 1000000");
     let server = start_abgate(&yaml).await;
     let admin = server.admin_addr;
     // Clients wait longer than the test, so no swallowed request is ever
@@ -481,7 +459,7 @@ async fn decisions_are_posted_to_the_webhook_with_bounded_retries() {
         &stable,
         &canary,
         &format!("    notify: {{ url: \"{}/hooks/abgate\" }}", hook.url()),
-        "        - { metric: error, max_relative_increase: 0.10 }",
+        ERROR_GUARDRAIL,
     );
     let server = start_abgate(&yaml).await;
     let traffic = load(server.data_addr, 400.0, 40, 0.0);
