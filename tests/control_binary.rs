@@ -24,6 +24,14 @@ fn write_config(dir: &Path, body: &str) -> PathBuf {
     path
 }
 
+/// Two healthy fake backends, `v1` and `v2`.
+async fn two_backends() -> (FakeBackend, FakeBackend) {
+    (
+        FakeBackend::start("v1", Behaviour::Ok).await,
+        FakeBackend::start("v2", Behaviour::Ok).await,
+    )
+}
+
 /// Sends `n` requests from users `u{from}`.. to the data plane, each answered 200.
 async fn send_users(data: std::net::SocketAddr, from: usize, n: usize) {
     let c = client();
@@ -59,10 +67,7 @@ async fn experiment(admin: std::net::SocketAddr) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_survives_kill_9_and_restart() {
-    let (v1, v2) = (
-        FakeBackend::start("v1", Behaviour::Ok).await,
-        FakeBackend::start("v2", Behaviour::Ok).await,
-    );
+    let (v1, v2) = two_backends().await;
     let dir = temp_state_dir();
     let cfg = write_config(&dir, &split(&v1, &v2, 50));
     let mut p = Proc::start(&cfg, &["--no-watch"], &[("ABGATE_ADMIN_TOKEN", "tok")]);
@@ -105,10 +110,7 @@ async fn a_rollback_survives_kill_9_and_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_a_valid_file_and_keeps_serving_on_an_invalid_one() {
-    let (v1, v2) = (
-        FakeBackend::start("v1", Behaviour::Ok).await,
-        FakeBackend::start("v2", Behaviour::Ok).await,
-    );
+    let (v1, v2) = two_backends().await;
     let dir = temp_state_dir();
     let cfg = write_config(&dir, &split(&v1, &v2, 10));
     let p = Proc::start(&cfg, &["--no-watch"], &[]);
@@ -187,10 +189,7 @@ fn cli(admin: std::net::SocketAddr, args: &[&str]) -> (i32, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_drives_a_running_server() {
-    let (v1, v2) = (
-        FakeBackend::start("v1", Behaviour::Ok).await,
-        FakeBackend::start("v2", Behaviour::Ok).await,
-    );
+    let (v1, v2) = two_backends().await;
     let dir = temp_state_dir();
     let cfg = write_config(&dir, &split(&v1, &v2, 10));
     let p = Proc::start(&cfg, &["--no-watch"], &[("ABGATE_ADMIN_TOKEN", "tok")]);
@@ -281,10 +280,7 @@ async fn the_cli_drives_a_running_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_recorded_before_a_crash_is_applied_exactly_once_on_restart() {
-    let (v1, v2) = (
-        FakeBackend::start("v1", Behaviour::Ok).await,
-        FakeBackend::start("v2", Behaviour::Ok).await,
-    );
+    let (v1, v2) = two_backends().await;
     let dir = temp_state_dir();
     let cfg = write_config(&dir, &split(&v1, &v2, 50));
     // The process aborts right after the decision is recorded, before the swap.
@@ -396,10 +392,7 @@ fn saved_requests(state: &Path) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_arm_statistics_survive_restarts() {
-    let (v1, v2) = (
-        FakeBackend::start("v1", Behaviour::Ok).await,
-        FakeBackend::start("v2", Behaviour::Ok).await,
-    );
+    let (v1, v2) = two_backends().await;
     let dir = temp_state_dir();
     let cfg = write_config(&dir, &split(&v1, &v2, 50));
     // A clean stop saves a last snapshot: nothing is lost.
@@ -501,10 +494,7 @@ fn saved_run(state: &Path) -> Option<(u64, serde_json::Value)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_resumes_with_its_evidence_after_a_restart() {
-    let (v1, v2) = (
-        FakeBackend::start("v1", Behaviour::Ok).await,
-        FakeBackend::start("v2", Behaviour::Ok).await,
-    );
+    let (v1, v2) = two_backends().await;
     let dir = temp_state_dir();
     let cfg = write_config(&dir, &canary_on_first_step(&v1, &v2));
     let p = Proc::start(&cfg, &["--no-watch"], &[]);
@@ -554,10 +544,7 @@ async fn the_controller_resumes_with_its_evidence_after_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redefined_experiment_starts_afresh_and_a_removed_one_leaves_no_evidence() {
-    let (v1, v2) = (
-        FakeBackend::start("v1", Behaviour::Ok).await,
-        FakeBackend::start("v2", Behaviour::Ok).await,
-    );
+    let (v1, v2) = two_backends().await;
     let dir = temp_state_dir();
     let cfg = write_config(&dir, &canary_on_first_step(&v1, &v2));
     let p = Proc::start(&cfg, &["--no-watch"], &[("ABGATE_ADMIN_TOKEN", "tok")]);
