@@ -8,10 +8,10 @@
 set -euo pipefail
 BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
 P_MOCK=${P_MOCK:-28200}; P_ABGATE=$((P_MOCK + 2)); P_ADMIN=$((P_MOCK + 3))
-WORK=$(mktemp -d -t abgate-fb.XXXXXX); PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "no listener on $1" >&2; exit 1; }
+LOG_TAG=bench-feedback
+# shellcheck source=load/lib.sh
+. "$(dirname "$0")/lib.sh"
+make_work_dir abgate-fb.XXXXXX
 "$BIN/abgate-mock" --serve "127.0.0.1:$P_MOCK,name=stable,latency=fixed:0,bytes=64" \
                    --serve "127.0.0.1:$((P_MOCK + 1)),name=canary,latency=fixed:0,bytes=64" >"$WORK/mock.log" 2>&1 &
 PIDS+=($!); wait_port "$P_MOCK"

@@ -75,11 +75,9 @@ P_HAPROXY=$((BASE_PORT + 5))
 P_BASELINE=$((BASE_PORT + 6))
 P_BASELINE_ADMIN=$((BASE_PORT + 7))
 
-log() { echo "[bench-overhead $(date +%T)] $*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+LOG_TAG=bench-overhead
+# shellcheck source=load/lib.sh
+. "$ROOT/load/lib.sh"
 
 # --- tools --------------------------------------------------------------------
 
@@ -121,30 +119,9 @@ done
 
 # --- processes ----------------------------------------------------------------
 
-WORK=$(mktemp -d -t abgate-bench.XXXXXX)
+make_work_dir abgate-bench.XXXXXX
 # nginx workers drop root privileges; they must be able to reach their temp dirs.
 chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-    # Only the processes this script started, by pid.
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "nothing listening on 127.0.0.1:$1 (logs in $WORK)"
-}
 
 log "work dir $WORK"
 taskset -c 0 "$BIN/abgate-mock" \
@@ -275,25 +252,6 @@ log "legs: ${LEGS[*]}; open-loop rates: $RATES; sequential (1 conn); closed loop
 # --- measurement helpers ------------------------------------------------------
 
 CLK_TCK=$(getconf CLK_TCK)
-
-# The pid and its descendants (nginx's master has one worker).
-pid_tree() {
-    local p=$1
-    echo "$p"
-    for c in $(cat "/proc/$p/task/"*/children 2>/dev/null); do
-        pid_tree "$c"
-    done
-}
-
-# utime+stime (clock ticks) of a process tree, all threads included.
-cpu_ticks() {
-    local sum=0 p
-    for p in $(pid_tree "$1"); do
-        # Fields after the parenthesised comm: utime is the 12th, stime the 13th.
-        sum=$((sum + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
-    done
-    echo "$sum"
-}
 
 # Resident set size (KiB) of a process tree.
 rss_kib() {

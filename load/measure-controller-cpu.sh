@@ -52,11 +52,9 @@ P_ABGATE=$((BASE_PORT + 2))
 P_ADMIN=$((BASE_PORT + 3))
 CLK_TCK=$(getconf CLK_TCK)
 
-log() { echo "[controller-cpu $(date +%T)] $*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
+LOG_TAG=controller-cpu
+# shellcheck source=load/lib.sh
+. "$ROOT/load/lib.sh"
 for tool in python3 curl timeout; do
     command -v "$tool" >/dev/null || die "$tool is required"
 done
@@ -69,30 +67,7 @@ for b in abgate abgate-mock abgate-feedback-bench; do
     [ -x "$BIN/$b" ] || die "$BIN/$b missing (cargo build --release)"
 done
 
-WORK=$(mktemp -d -t abgate-ctlcpu.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "nothing listening on 127.0.0.1:$1 (logs in $WORK)"
-}
-
-# utime+stime in clock ticks, all threads (fields 14 and 15 of /proc/PID/stat).
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+make_work_dir abgate-ctlcpu.XXXXXX
 
 # Both arms answer like a small model: lognormal latency, median 5 ms, 1% errors.
 "$BIN/abgate-mock" \

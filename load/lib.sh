@@ -1,0 +1,56 @@
+# Shared by the load scripts (source it; bash only): logging, a work directory
+# whose processes are stopped on exit, waiting for a port, process CPU time.
+# Set LOG_TAG before sourcing to name the script in log lines.
+
+log() { echo "[${LOG_TAG:-load} $(date +%T)] $*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+# make_work_dir TEMPLATE: sets WORK (a fresh temp dir) and PIDS; on exit every
+# pid in PIDS (only processes the script started) is stopped and WORK removed.
+make_work_dir() {
+    WORK=$(mktemp -d -t "$1")
+    PIDS=()
+    trap stop_started EXIT
+    trap 'exit 130' INT TERM
+}
+
+stop_started() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+
+# wait_port PORT: until something listens on 127.0.0.1:PORT (10 s at most).
+wait_port() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "nothing listening on 127.0.0.1:$1 (logs in $WORK)"
+}
+
+# pid_tree PID: the pid and its descendants (nginx's master has one worker).
+pid_tree() {
+    local p=$1
+    echo "$p"
+    for c in $(cat "/proc/$p/task/"*/children 2>/dev/null); do
+        pid_tree "$c"
+    done
+}
+
+# cpu_ticks PID: utime+stime (clock ticks) of a process tree, all threads.
+cpu_ticks() {
+    local sum=0 p
+    for p in $(pid_tree "$1"); do
+        # Fields after the parenthesised comm: utime is the 12th, stime the 13th.
+        sum=$((sum + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+    done
+    echo "$sum"
+}
