@@ -90,9 +90,9 @@ def main():
     p(f"(10 000 users) over two mock ports with keep-alive upstreams. {a.repeats} repeats of")
     p(f"{a.duration} s per leg and load level, interleaved (leg order rotated per repeat).")
     p("Added latency is paired with the direct run of the same repeat. Cells: median (min–max)")
-    p("over repeats. Open-loop latencies count from the scheduled send time, and abgate-load")
-    p("schedules with tokio's 1 ms timer, so they carry ~0.5–1 ms of driver delay common to all")
-    p("legs; the sequential leg shows the clean per-request cost.")
+    p("over repeats. Open-loop latencies count from the scheduled send time; abgate-load paces")
+    p("them from a dedicated thread (~0.2 ms of release and wake-up delay common to all legs);")
+    p("the sequential leg shows the clean per-request cost.")
     p("")
 
     header = ["metric"] + [LEG_NAMES[l] for l in legs]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::HeaderMap;
 use serde_json::{json, Value};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -99,27 +99,25 @@ async fn run_inner(
     });
 
     let end = start + spec.max_duration;
-    let mode = match spec.mode {
+    let mode: Result<&str, LoadError> = match spec.mode {
         LoadMode::OpenLoop {
             rate_per_s,
             connections,
             max_in_flight,
-        } => {
-            open_loop(
-                &ctx,
-                start,
-                end,
-                spec.max_requests,
-                rate_per_s,
-                connections,
-                max_in_flight,
-            )
-            .await;
-            "open_loop"
-        }
+        } => open_loop(
+            &ctx,
+            start,
+            end,
+            spec.max_requests,
+            rate_per_s,
+            connections,
+            max_in_flight,
+        )
+        .await
+        .map(|()| "open_loop"),
         LoadMode::ClosedLoop { connections } => {
             closed_loop(&ctx, end, spec.max_requests, connections).await;
-            "closed_loop"
+            Ok("closed_loop")
         }
     };
     let duration = start.elapsed();
@@ -133,6 +131,8 @@ async fn run_inner(
         ticker.abort();
         let _ = ticker.await;
     }
+    // Every task is stopped; now a run that could not start reports why.
+    let mode = mode?;
     if let Some(tx) = progress {
         tx.send_replace(recorder.progress(duration, true));
     }
@@ -143,9 +143,10 @@ async fn run_inner(
     Ok(recorder.report(url, mode, protocol, duration))
 }
 
-/// Releases request `i` at `start + i / rate`. A request that is due is released even when the
-/// scheduler is late (with its original timestamp); it then waits for one of `connections`
-/// send slots unless `max_in_flight` requests are already outstanding (→ `overloaded`).
+/// Releases request `i` at `start + i / rate` (paced by [`pacer`]). A request that is due is
+/// released even when the driver is late (with its original timestamp); it then waits for one
+/// of `connections` send slots unless `max_in_flight` requests are already outstanding
+/// (→ `overloaded`).
 async fn open_loop(
     ctx: &Arc<Ctx>,
     start: Instant,
@@ -154,22 +155,15 @@ async fn open_loop(
     rate_per_s: f64,
     connections: usize,
     max_in_flight: usize,
-) {
+) -> Result<(), LoadError> {
     let slots = Arc::new(Semaphore::new(connections));
     let outstanding = Arc::new(Semaphore::new(max_in_flight));
     let mut tasks = JoinSet::new();
-    for i in 0..max_requests {
-        let scheduled = start + Duration::from_secs_f64(i as f64 / rate_per_s);
-        if scheduled >= end {
-            break;
-        }
-        if scheduled > Instant::now() {
-            tokio::time::sleep_until(scheduled).await;
-        } else if i % 64 == 63 {
-            // Running behind never awaits; yield now and then so request tasks still make
-            // progress on a current-thread runtime (e.g. an in-process demo).
-            tokio::task::yield_now().await;
-        }
+    // A late driver finds many requests due at once; `recv` then returns without
+    // waiting, and tokio's cooperative budget still yields now and then, so request
+    // tasks make progress on a current-thread runtime too (e.g. an in-process demo).
+    let mut due = pacer(start, end, max_requests, rate_per_s)?;
+    while let Some((i, scheduled)) = due.recv().await {
         ctx.recorder.scheduled.fetch_add(1, Ordering::Relaxed);
         match outstanding.clone().try_acquire_owned() {
             Ok(permit) => {
@@ -185,6 +179,43 @@ async fn open_loop(
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Request indices with their scheduled instants, released on time by a dedicated OS
+/// thread. tokio's timer wheel has 1 ms resolution: `sleep_until` released requests in
+/// 1 ms bursts and added 0–1 ms of scheduling delay to every open-loop latency, more than
+/// the proxy overhead being measured. `std::thread::sleep` (hrtimers) wakes within tens of
+/// microseconds. The thread ends with the schedule, or at its next release once the
+/// receiver is gone (a cancelled run).
+fn pacer(
+    start: Instant,
+    end: Instant,
+    max_requests: u64,
+    rate_per_s: f64,
+) -> Result<mpsc::UnboundedReceiver<(u64, Instant)>, LoadError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (start, end) = (start.into_std(), end.into_std());
+    let release = move || {
+        for i in 0..max_requests {
+            let scheduled = start + Duration::from_secs_f64(i as f64 / rate_per_s);
+            if scheduled >= end {
+                break;
+            }
+            let now = std::time::Instant::now();
+            if scheduled > now {
+                std::thread::sleep(scheduled - now);
+            }
+            if tx.send((i, Instant::from_std(scheduled))).is_err() {
+                break;
+            }
+        }
+    };
+    std::thread::Builder::new()
+        .name("abgate-load-pacer".into())
+        .spawn(release)
+        .map_err(|e| LoadError::Pacer(e.to_string()))?;
+    Ok(rx)
 }
 
 /// `connections` workers claim request indices from a shared counter (so exactly

@@ -18,4 +18,7 @@ pub enum LoadError {
     /// A spec field is out of range (e.g. zero bounds or a rate of 0).
     #[error("invalid load spec: {0}")]
     InvalidSpec(String),
+    /// The open-loop pacer thread could not be started.
+    #[error("cannot start the open-loop pacer thread: {0}")]
+    Pacer(String),
 }
