@@ -32,8 +32,8 @@ struct Carried {
     /// Per guardrail metric, per treatment arm: the attribution test.
     attribution: BTreeMap<String, BTreeMap<String, ErrorAttribution>>,
     srm: Option<(Vec<String>, SrmMonitor)>,
-    /// Cumulative per-arm counts at the previous tick: (assigned, errors, slow).
-    prev: BTreeMap<String, (u64, u64, u64)>,
+    /// Cumulative per-arm counts at the previous tick.
+    prev: BTreeMap<String, PeriodCounts>,
     /// Candidate units assigned when the current step began.
     step_base: Option<(usize, u64)>,
     /// The last one-off decision recorded (to record a Hold once, not every tick).
@@ -77,6 +77,45 @@ struct Run {
     c: Carried,
     /// Whether a run saved before a restart was looked for.
     looked_for_saved: bool,
+    /// The next look only records counts (see [`period_deltas`]).
+    rebase_periods: bool,
+}
+
+/// One arm's cumulative counts at a look: (assigned, errors, slow).
+type PeriodCounts = (u64, u64, u64);
+
+/// What each arm accumulated since the previous look, for the tests fed per
+/// period with the weights in force (SRM segments, error attribution); `prev`
+/// becomes the current counts. With `rebase` (the first look after resuming a
+/// saved run) the deltas are zero: what accrued between the run's last save
+/// and the restart may span a weight change, and leaving it out keeps those
+/// tests valid at the cost of at most a second of their data (the cumulative
+/// comparisons still see it).
+fn period_deltas(
+    prev: &mut BTreeMap<String, PeriodCounts>,
+    arms: &[ArmMetrics],
+    rebase: bool,
+) -> BTreeMap<String, PeriodCounts> {
+    arms.iter()
+        .map(|a| {
+            let now = (
+                a.assigned,
+                binary_successes(a, "error"),
+                binary_successes(a, "slow"),
+            );
+            let before = prev.insert(a.arm.clone(), now).unwrap_or((0, 0, 0));
+            let delta = if rebase {
+                (0, 0, 0)
+            } else {
+                (
+                    now.0.saturating_sub(before.0),
+                    now.1.saturating_sub(before.1),
+                    now.2.saturating_sub(before.2),
+                )
+            };
+            (a.arm.clone(), delta)
+        })
+        .collect()
 }
 
 pub async fn run(control: Arc<ControlPlane>, name: String, cfg: ControlPolicy) {
@@ -89,6 +128,7 @@ pub async fn run(control: Arc<ControlPlane>, name: String, cfg: ControlPolicy) {
         policy,
         c: Carried::default(),
         looked_for_saved: false,
+        rebase_periods: false,
     };
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -248,6 +288,7 @@ impl Run {
                     tracing::info!(experiment = name, looks = c.evidence.looks, "resuming the controller run saved before the restart");
                     self.c = c;
                     self.c.started_ms = started_ms;
+                    self.rebase_periods = true;
                     return;
                 }
                 Some(Ok(_)) => tracing::info!(experiment = name, "the saved controller run is of an earlier definition of the experiment; starting afresh"),
@@ -276,23 +317,8 @@ impl Run {
     ) -> Result<Snapshot, String> {
         let weight = |arm: &str| w.iter().find(|(a, _)| a == arm).map_or(0, |(_, x)| *x);
         // Per-period deltas feed the ramp-aware tests.
-        let mut deltas: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
-        for a in arms {
-            let now = (
-                a.assigned,
-                binary_successes(a, "error"),
-                binary_successes(a, "slow"),
-            );
-            let prev = self.c.prev.insert(a.arm.clone(), now).unwrap_or((0, 0, 0));
-            deltas.insert(
-                a.arm.clone(),
-                (
-                    now.0.saturating_sub(prev.0),
-                    now.1.saturating_sub(prev.1),
-                    now.2.saturating_sub(prev.2),
-                ),
-            );
-        }
+        let rebase = std::mem::take(&mut self.rebase_periods);
+        let deltas = period_deltas(&mut self.c.prev, arms, rebase);
         // SRM over arms currently receiving traffic; a weight change starts a new segment.
         let live: Vec<(String, u32)> = w.iter().filter(|(_, x)| *x > 0).cloned().collect();
         if live.len() >= 2 {
@@ -577,6 +603,39 @@ mod tests {
         assert_eq!(a, &c.attribution["error"]["canary"]);
         assert!(a.max_log_e > 0.0);
         assert_eq!(back.srm.as_ref().unwrap().1, c.srm.as_ref().unwrap().1);
+    }
+
+    fn arm(name: &str, assigned: u64, errors: u64) -> ArmMetrics {
+        let mut metrics = BTreeMap::new();
+        metrics.insert(
+            "error".to_string(),
+            MetricStats::Binary(crate::stats::BinaryStats {
+                n: assigned,
+                successes: errors,
+            }),
+        );
+        ArmMetrics {
+            arm: name.into(),
+            assigned,
+            metrics,
+        }
+    }
+
+    #[test]
+    fn period_deltas_are_what_accrued_since_the_last_look_except_right_after_a_resume() {
+        let mut prev = BTreeMap::new();
+        let d = period_deltas(&mut prev, &[arm("a", 10, 1), arm("b", 4, 0)], false);
+        assert_eq!(d["a"], (10, 1, 0));
+        assert_eq!(d["b"], (4, 0, 0));
+        let d = period_deltas(&mut prev, &[arm("a", 25, 3), arm("b", 4, 0)], false);
+        assert_eq!(d["a"], (15, 2, 0));
+        assert_eq!(d["b"], (0, 0, 0));
+        // Resumed: counts since the saved look are recorded, not attributed.
+        let d = period_deltas(&mut prev, &[arm("a", 90, 9), arm("b", 30, 2)], true);
+        assert_eq!(d["a"], (0, 0, 0));
+        assert_eq!(d["b"], (0, 0, 0));
+        let d = period_deltas(&mut prev, &[arm("a", 91, 9), arm("b", 30, 2)], false);
+        assert_eq!(d["a"], (1, 0, 0));
     }
 
     #[test]
