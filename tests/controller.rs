@@ -412,6 +412,20 @@ async fn a_sample_ratio_mismatch_holds_the_canary() {
     let summary = v["last_decision"]["reason"]["summary"].as_str().unwrap();
     assert!(summary.contains("sample ratio"), "{summary}");
     assert_eq!(v["analysis"]["verdict"], "hold", "{v:#}");
+    // The guardrail's evidence is shown even though it did not decide.
+    let comparisons = v["analysis"]["comparisons"].as_array().unwrap();
+    let error = comparisons
+        .iter()
+        .find(|c| c["evidence"]["metric"] == "error" && c["evidence"]["arm"] == "canary")
+        .unwrap_or_else(|| panic!("no error comparison: {v:#}"));
+    assert_eq!(error["role"], "guardrail");
+    assert_eq!(error["evidence"]["test"], "harm");
+    let p = error["evidence"]["p_value"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&p), "{error}");
+    assert!(
+        error["evidence"]["units_arm"].as_u64().unwrap() > 0,
+        "{error}"
+    );
     // While it stands: weights frozen at the first step, the hold recorded
     // once, no advance, promotion or rollback.
     let looks = v["analysis"]["looks"].as_u64().unwrap();

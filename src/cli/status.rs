@@ -8,6 +8,7 @@ use http::Method;
 use serde_json::Value;
 
 use super::remote::{block_on, Remote, RemoteArgs};
+use crate::stats::ComparisonView;
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
@@ -133,11 +134,15 @@ pub fn render(experiments: &[Value]) -> String {
                     .map_or(0, |s| s.len());
                 out.push_str(&format!("  step {step}/{steps}\n"));
             }
-            if let Some(v) = a.get("verdict").and_then(|v| v.as_str()) {
-                out.push_str(&format!(
-                    "  verdict: {v}: {}\n",
-                    a.get("explain").and_then(|x| x.as_str()).unwrap_or("")
-                ));
+            // The explanation starts with the verdict in words.
+            if let Some(explain) = a.get("explain").and_then(|x| x.as_str()) {
+                out.push_str(&format!("  verdict: {explain}\n"));
+            }
+            let views = a.get("comparisons").and_then(|c| c.as_array());
+            for view in views.into_iter().flatten() {
+                if let Ok(view) = serde_json::from_value::<ComparisonView>(view.clone()) {
+                    out.push_str(&format!("    {}\n", view.describe()));
+                }
             }
         }
         if let Some(d) = e["last_decision"].as_object() {
@@ -152,4 +157,56 @@ pub fn render(experiments: &[Value]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{ComparisonEvidence, EffectScale, TestKind};
+
+    #[test]
+    fn status_shows_the_verdict_once_and_every_comparison_behind_it() {
+        let view = ComparisonView {
+            role: "guardrail".into(),
+            evidence: ComparisonEvidence {
+                metric: "error".into(),
+                arm: "canary".into(),
+                test: TestKind::Harm,
+                effect: EffectScale::RateRatio,
+                estimate: 2.4,
+                ci: [0.8, 7.1],
+                ci_alpha: 0.025,
+                p_value: 0.31,
+                threshold: 0.025,
+                units_arm: 272,
+                units_baseline: 2928,
+                events_arm: 6,
+                events_baseline: 27,
+            },
+            ready: true,
+            non_inferior: Some(false),
+        };
+        let experiment = serde_json::json!({
+            "name": "exp", "state": "running", "table_version": 2, "config_version": 1,
+            "arms": [],
+            "analysis": {
+                "verdict": "continue",
+                "explain": "continue: no boundary crossed yet",
+                "comparisons": [view],
+            },
+        });
+        let text = render(&[experiment]);
+        assert!(
+            text.contains("  verdict: continue: no boundary crossed yet\n"),
+            "{text}"
+        );
+        assert!(!text.contains("continue: continue"), "{text}");
+        let line = text
+            .lines()
+            .find(|l| l.contains("guardrail error on canary"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains("2.40"), "{line}");
+        assert!(line.contains("272 canary units"), "{line}");
+        assert!(line.ends_with("not yet shown non-inferior"), "{line}");
+    }
 }

@@ -241,6 +241,7 @@ impl Run {
                 "step_units": step_units,
                 "step_minimums_met": facts.step_minimums_met,
                 "looks": self.c.evidence.looks,
+                "comparisons": stats::comparisons(&self.policy, &self.c.evidence),
                 "samples": self.c.evidence.arms.iter().map(|a| (a.name.clone(), a.units)).collect::<BTreeMap<_, _>>(),
             }),
         );

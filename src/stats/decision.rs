@@ -837,6 +837,82 @@ fn best_primary(
         })
 }
 
+/// One comparison as the decision rule sees it, for people to read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComparisonView {
+    /// `guardrail` or `primary`.
+    pub role: String,
+    /// Estimate, interval, p-value and threshold of the test that can act on it
+    /// (harm for a guardrail, two-sided for the primary).
+    pub evidence: ComparisonEvidence,
+    /// Whether burn-in (units, events) is met, so the comparison can act.
+    pub ready: bool,
+    /// Guardrails: whether non-inferiority is established (advancing and
+    /// promoting need it on every guardrail).
+    pub non_inferior: Option<bool>,
+}
+
+/// Every guardrail (harm test) and primary (two-sided test) comparison of every
+/// treatment arm, at the levels [`decide`] uses: what a person needs to see why
+/// the verdict is what it is, including while it is `continue`.
+pub fn comparisons(policy: &Policy, evidence: &ExperimentEvidence) -> Vec<ComparisonView> {
+    let lv = levels(policy, evidence);
+    let mut out = Vec::new();
+    for g in &policy.guardrails {
+        for arm in evidence.treatment_arms() {
+            if let Some(rec) = evidence.comparison(&g.metric, &arm.name) {
+                out.push(ComparisonView {
+                    role: "guardrail".into(),
+                    evidence: evidence_of(
+                        &g.metric,
+                        &arm.name,
+                        rec,
+                        TestKind::Harm,
+                        policy,
+                        lv.harm,
+                    ),
+                    ready: rec.ready,
+                    non_inferior: Some(non_inferior(g, rec, lv.ni)),
+                });
+            }
+        }
+    }
+    if let Some(p) = &policy.primary {
+        for arm in evidence.treatment_arms() {
+            if let Some(rec) = evidence.comparison(&p.metric, &arm.name) {
+                out.push(ComparisonView {
+                    role: "primary".into(),
+                    evidence: evidence_of(
+                        &p.metric,
+                        &arm.name,
+                        rec,
+                        TestKind::TwoSided,
+                        policy,
+                        lv.primary,
+                    ),
+                    ready: rec.ready,
+                    non_inferior: None,
+                });
+            }
+        }
+    }
+    out
+}
+
+impl ComparisonView {
+    /// One line: `guardrail error on canary: 2.40x baseline, 97.5% CS [...], p = ...`,
+    /// with whether it can act yet.
+    pub fn describe(&self) -> String {
+        let state = match (self.ready, self.non_inferior) {
+            (false, _) => "; burn-in not met",
+            (true, Some(true)) => "; non-inferior",
+            (true, Some(false)) => "; not yet shown non-inferior",
+            (true, None) => "",
+        };
+        format!("{} {}{state}", self.role, self.evidence.describe())
+    }
+}
+
 /// Formats an effect for people: `+7.9%`, `2.30×` or `+0.0123`.
 fn fmt_effect(effect: EffectScale, x: f64) -> String {
     match effect {

@@ -35,9 +35,9 @@ pub mod sufficient;
 pub use analyze::{analyze_json, render_table, AnalyzeError};
 pub use attribution::{attribution_q, ErrorAttribution, RR_GRID};
 pub use decision::{
-    decide, ArmSnapshot, ComparisonEvidence, Direction, ExperimentKind, GuardrailPolicy,
-    HoldReason, Margin, MetricData, MetricSnapshot, Policy, PolicyError, PrimaryPolicy, Snapshot,
-    StepFacts, Verdict,
+    comparisons, decide, ArmSnapshot, ComparisonEvidence, ComparisonView, Direction,
+    ExperimentKind, GuardrailPolicy, HoldReason, Margin, MetricData, MetricSnapshot, Policy,
+    PolicyError, PrimaryPolicy, Snapshot, StepFacts, Verdict,
 };
 pub use evidence::{
     ArmUnits, ComparisonRecord, EffectScale, ExperimentEvidence, SrmRecord, TestKind,
