@@ -63,13 +63,10 @@ impl Carried {
     }
 }
 
-/// Identifies an experiment definition: its policy and its arms as configured.
-fn owner_of(e: &Experiment, cfg: &ControlPolicy) -> String {
-    format!(
-        "{}-{:016x}",
-        arms_fingerprint(e),
-        xxhash_rust::xxh3::xxh3_64(format!("{cfg:?}").as_bytes())
-    )
+/// Identifies an experiment definition: its arms as configured and its policy
+/// (`policy_hash`, fixed for a controller task: a new policy means a new task).
+fn owner_of(e: &Experiment, policy_hash: u64) -> String {
+    format!("{}-{policy_hash:016x}", arms_fingerprint(e))
 }
 
 struct Run {
@@ -79,6 +76,8 @@ struct Run {
     looked_for_saved: bool,
     /// The next look only records counts (see [`period_deltas`]).
     rebase_periods: bool,
+    /// Hash of the task's policy, part of every owner ([`owner_of`]).
+    policy_hash: u64,
 }
 
 /// One arm's cumulative counts at a look: (assigned, errors, slow).
@@ -129,6 +128,7 @@ pub async fn run(control: Arc<ControlPlane>, name: String, cfg: ControlPolicy) {
         c: Carried::default(),
         looked_for_saved: false,
         rebase_periods: false,
+        policy_hash: xxhash_rust::xxh3::xxh3_64(format!("{cfg:?}").as_bytes()),
     };
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -189,7 +189,7 @@ impl Run {
                 .map_err(|e| e.to_string())?;
             return Ok(());
         }
-        self.adopt(control, name, &e, cfg, state.as_ref().map(|s| s.started_ms));
+        self.adopt(control, name, &e, state.as_ref().map(|s| s.started_ms));
         let now_sums = experiment_sums(&control.shared.recorders, &e);
         let start = self.c.window_start.get_or_insert_with(|| now_sums.clone());
         let arms: Vec<ArmMetrics> = now_sums
@@ -275,10 +275,9 @@ impl Run {
         control: &ControlPlane,
         name: &str,
         e: &Experiment,
-        cfg: &ControlPolicy,
         started_ms: Option<u64>,
     ) {
-        let owner = owner_of(e, cfg);
+        let owner = owner_of(e, self.policy_hash);
         if !self.looked_for_saved {
             self.looked_for_saved = true;
             let saved = control
