@@ -49,5 +49,27 @@ pub fn run(args: DemoArgs) -> ExitCode {
             duration: Some(args.duration),
         },
         false,
+        &next_steps(args.canary),
     )
+}
+
+/// The demo's last lines: where a newcomer goes from here. The admin address is
+/// the one `config/example.yaml` listens on, since the demo's own listeners are
+/// gone once it ends.
+fn next_steps(shown: CanaryQuality) -> Vec<String> {
+    let other = match shown {
+        CanaryQuality::Bad => "the other story, a healthy canary promoted step by step:\n    cargo run --release -- demo --canary good",
+        CanaryQuality::Good => "the other story, a flawed canary rolled back:\n    cargo run --release -- demo",
+    };
+    vec![
+        String::new(),
+        "what next:".to_string(),
+        format!("  {other}"),
+        "  run it yourself (mock backends as in the README, then):".to_string(),
+        "    ./target/release/abgate serve --config config/example.yaml".to_string(),
+        "  admin API:    http://127.0.0.1:9901/v1/experiments".to_string(),
+        "  live status:  ./target/release/abgate status --watch".to_string(),
+        "  metrics:      curl -s http://127.0.0.1:9901/metrics | grep abgate_".to_string(),
+        "  scenarios:    ./target/release/abgate scenario load/scenarios/ab-better-treatment.yaml".to_string(),
+    ]
 }

@@ -33,12 +33,22 @@ pub fn run(args: ScenarioArgs) -> ExitCode {
             duration: args.duration,
         },
         true,
+        &[
+            "next: run it yourself with `abgate serve --config config/example.yaml`, watch `abgate status --watch`,".to_string(),
+            "      scrape /metrics on the admin listener, and re-check any decision with `abgate analyze`.".to_string(),
+        ],
     )
 }
 
 /// Runs a parsed scenario and prints its outcome; with `enforce_expectation`,
 /// exits 1 when the scenario's `expect` did not happen.
-pub fn run_scenario(s: &Scenario, o: Overrides, enforce_expectation: bool) -> ExitCode {
+/// `next_steps` are printed last: what a reader can try after this run.
+pub fn run_scenario(
+    s: &Scenario,
+    o: Overrides,
+    enforce_expectation: bool,
+    next_steps: &[String],
+) -> ExitCode {
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -80,8 +90,9 @@ pub fn run_scenario(s: &Scenario, o: Overrides, enforce_expectation: bool) -> Ex
                 ),
             }
             println!("  why: {}", out.summary);
-            println!("next: run it yourself with `abgate serve --config config/example.yaml`, watch `abgate status --watch`,");
-            println!("      scrape /metrics on the admin listener, and re-check any decision with `abgate analyze`.");
+            for line in next_steps {
+                println!("{line}");
+            }
             match out.met_expectation {
                 Some(false) if enforce_expectation => {
                     println!("expected outcome NOT met");

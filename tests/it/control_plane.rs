@@ -1,14 +1,13 @@
 //! The control plane over real sockets: table swaps under load, the admin API,
 //! config changes through the API and the watched file, auth, manual actions.
 
-mod support;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 fn two_arm(a: &FakeBackend, b: &FakeBackend, b_weight: u32) -> String {
     format!(

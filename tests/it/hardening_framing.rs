@@ -2,11 +2,10 @@
 //! forbidden bytes in headers, CL+TE smuggling and Upgrade. After every bad
 //! request a normal one succeeds.
 
-mod support;
 
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const LIMIT: Duration = Duration::from_secs(5);
 

@@ -1,13 +1,12 @@
 //! Outcome attribution over real sockets: tokens on routed responses, the
 //! feedback endpoint's every answer, forgeries, key rotation, forced requests.
 
-mod support;
 
 use std::time::Duration;
 
 use abgate::outcomes::token::TokenKeys;
 use serde_json::{json, Value};
-use support::*;
+use crate::support::*;
 
 const KEYS: &str = "k1:0123456789abcdef0123456789";
 

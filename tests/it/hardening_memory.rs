@@ -5,7 +5,6 @@
 //! machines are much larger), so they get a looser budget; to measure a release
 //! binary, run with `ABGATE_RSS_BIN=target/release/abgate ... -- --nocapture`.
 
-mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -14,7 +13,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use support::*;
+use crate::support::*;
 use tokio::net::TcpStream;
 
 const CONNECTIONS: usize = 1_000;

@@ -1,7 +1,6 @@
 //! TLS termination and https upstreams, with certificates made by rcgen at test
 //! time (no private key is ever committed).
 
-mod support;
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -17,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::CertificateDer;
-use support::*;
+use crate::support::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 

@@ -2,7 +2,6 @@
 //! (or a close) within its configured time, is counted, and the next normal
 //! request succeeds.
 
-mod support;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

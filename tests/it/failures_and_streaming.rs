@@ -1,13 +1,12 @@
 //! Streaming, client disconnects, upstream failures, Host validation and the
 //! exact counts `/metrics` reports for them.
 
-mod support;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty};
-use support::*;
+use crate::support::*;
 
 fn one_arm(url: &str, extra_backend: &str) -> String {
     format!(

@@ -1,7 +1,6 @@
 //! Acknowledged feedback is never lost and never counted twice: the real binary
 //! is killed with SIGKILL while several clients post, then restarted.
 
-mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,7 +8,7 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use support::*;
+use crate::support::*;
 
 const KEYS: &str = "k1:0123456789abcdef0123456789";
 

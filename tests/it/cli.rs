@@ -1,13 +1,12 @@
 //! The real `abgate` binary: `check`, `analyze`, and `serve` with a graceful stop.
 
-mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty};
-use support::*;
+use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_abgate");
 

@@ -1,11 +1,10 @@
 //! Data plane over real sockets: split, stickiness, ramp, override, tagging.
 
-mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use support::*;
+use crate::support::*;
 
 fn split_config(
     stable: &FakeBackend,

@@ -1,7 +1,6 @@
 //! HTTP/2 on both sides: h2c prior knowledge from clients, the concurrent-stream
 //! limit, and h2c to backends with trailers passed through (what gRPC needs).
 
-mod support;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,7 +13,7 @@ use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::*;
+use crate::support::*;
 use tokio::net::{TcpListener, TcpStream};
 
 fn h2_client() -> HttpClient {

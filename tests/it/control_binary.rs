@@ -1,13 +1,12 @@
 //! The real binary: durability across kill -9, SIGHUP reloads, refusing an
 //! unauthenticated public admin listener, and the CLI against a running server.
 
-mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_abgate");
 

@@ -1,0 +1,25 @@
+//! The integration tests: one binary (one link of the crate instead of one per
+//! file), one module per area, shared fixtures in `support`.
+
+mod support;
+
+mod cli;
+mod control_binary;
+mod control_plane;
+mod controller;
+mod data_plane;
+mod demo;
+mod failures_and_streaming;
+mod feedback;
+mod feedback_durability;
+mod hardening_framing;
+mod hardening_h2;
+mod hardening_limits;
+mod hardening_memory;
+mod hardening_tls;
+mod loadgen;
+mod mock_backend;
+mod scenarios;
+mod stats_decision;
+mod stats_montecarlo;
+mod stats_vectors;
