@@ -4,7 +4,8 @@
 //! (write-ahead), then applied, then marked applied.
 
 use crate::config::{self, BUCKETS};
-use crate::store::{now_ms, ExperimentPhase, ExperimentState, NewDecision, StoreError, Weights};
+use crate::clock::now_ms;
+use crate::store::{ExperimentPhase, ExperimentState, NewDecision, StoreError, Weights};
 
 use super::{arms_fingerprint, effective, Actor, ControlPlane};
 

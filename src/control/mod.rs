@@ -19,7 +19,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{self, Config, ConfigErrors};
 use crate::server::Shared;
-use crate::store::{now_ms, ConfigRecord, ExperimentState, Store, StoreError};
+use crate::clock::now_ms;
+use crate::store::{ConfigRecord, ExperimentState, Store, StoreError};
 
 pub use actions::{Action, ActionError};
 

@@ -15,7 +15,8 @@ use crate::stats::{
     self, decide, ArmSnapshot, ErrorAttribution, ExperimentEvidence, MetricData, MetricSnapshot,
     Snapshot, SrmMonitor, StepFacts, Verdict,
 };
-use crate::store::{now_ms, ExperimentPhase, Weights};
+use crate::clock::now_ms;
+use crate::store::{ExperimentPhase, Weights};
 
 /// What the loop carries between ticks. It is published after every look and
 /// saved with the per-arm counts it was computed from, so after a restart the

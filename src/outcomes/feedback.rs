@@ -25,7 +25,7 @@ use crate::config::{MetricKind, MetricSource};
 use crate::proxy::body::ProxyBody;
 use crate::routing::RoutingTable;
 use crate::store::feedback::{FeedbackEvent, FeedbackLog};
-use crate::store::now_ms;
+use crate::clock::now_ms;
 use crate::telemetry::Telemetry;
 
 /// Most events in one POST.

@@ -201,7 +201,7 @@ async fn route_and_forward(
             &e.name,
             &arm.name,
             table.version,
-            crate::store::now_ms(),
+            crate::clock::now_ms(),
             forced,
         );
         // The token's own buffer becomes the header value (no copy).

@@ -95,7 +95,7 @@ impl FeedbackLog {
                  (token_id, metric, experiment, arm, value, forced, issued_at_ms, received_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
-            let now = super::now_ms() as i64;
+            let now = crate::clock::now_ms() as i64;
             for e in events {
                 let n = st.execute(params![
                     e.token_id,
@@ -158,7 +158,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "abgate-ckpt-{}-{}",
             std::process::id(),
-            super::super::now_ms()
+            crate::clock::now_ms()
         ));
         let mut log = FeedbackLog::open(&dir).unwrap();
         let db_size = || std::fs::metadata(dir.join("abgate.db")).unwrap().len();

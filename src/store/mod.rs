@@ -155,10 +155,4 @@ pub struct MemorySnapshot<'a> {
     pub controlled: &'a [String],
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 pub mod feedback;

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::*;
+use crate::clock::now_ms;
 
 pub struct SqliteStore {
     // Control-plane writes are rare and small; one connection behind a mutex is
@@ -282,6 +283,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+use crate::clock::now_ms;
 
     #[test]
     fn records_survive_reopening() {

@@ -166,7 +166,7 @@ async fn every_error_class_has_its_status_and_records_nothing() {
     let server = start_abgate_opts(&config(&v1, &v2), None, Some(KEYS), &dir).await;
     let (token, arm) = token_for(&server, "/p", &[("x-user-id", "bob")]).await;
     let keys = TokenKeys::parse(KEYS).unwrap();
-    let now = abgate::store::now_ms();
+    let now = abgate::clock::now_ms();
     let expired = keys.mint("exp", &arm, 1, now - 2 * 3600 * 1000, false);
     let unknown_key = TokenKeys::parse("k9:0123456789abcdef0123456789")
         .unwrap()
