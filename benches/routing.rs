@@ -1,5 +1,5 @@
 //! The per-request routing decision: `RoutingTable::route` + `ExperimentRoute::assign`,
-//! exactly as `proxy::handler` calls them. Target: < 1 µs for a realistic table.
+//! exactly as `proxy::handler` calls them, on the data plane's wired table. Target: < 1 µs for a realistic table.
 //!
 //! Groups:
 //! - `route_assign/3exp_sticky`: 3 experiments with path and header matches, the
@@ -31,6 +31,7 @@ use abgate::config::BUCKETS;
 use abgate::outcomes::RecorderRegistry;
 use abgate::proxy::headers::{add_forwarded, peer_value, strip_hop_by_hop};
 use abgate::proxy::upstream::UpstreamPool;
+use abgate::proxy::wiring::{ArmWiring, Published};
 use abgate::routing::{matcher, RequestView, Route, RoutingTable};
 use abgate::telemetry::Telemetry;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
@@ -142,10 +143,10 @@ fn fifty_experiments() -> String {
     y
 }
 
-fn build(yaml: &str) -> RoutingTable {
+fn build(yaml: &str) -> RoutingTable<ArmWiring> {
     let config = abgate::config::parse(yaml).expect("bench config is valid");
     let recorders = RecorderRegistry::new(Telemetry::new());
-    RoutingTable::build(&config, 1, &UpstreamPool::default(), &recorders)
+    Published::build(&config, 1, &UpstreamPool::default(), &recorders).routes
 }
 
 /// A request as a client library sends it: the usual headers plus the unit key
@@ -174,7 +175,12 @@ const USERS: usize = 256;
 
 /// What the handler does per request: build the view, route, assign. Returns the
 /// arm index (or `usize::MAX` for the default route) so nothing is optimised away.
-fn decide(table: &RoutingTable, host: Option<&str>, path: &str, headers: &HeaderMap) -> usize {
+fn decide(
+    table: &RoutingTable<ArmWiring>,
+    host: Option<&str>,
+    path: &str,
+    headers: &HeaderMap,
+) -> usize {
     let view = RequestView {
         host: host.map(matcher::host_without_port),
         path,
@@ -199,14 +205,15 @@ fn route_assign(c: &mut Criterion) {
     let m49 = "/v1/models/m49/predict";
 
     // Sanity: every case must hit the experiment it claims to measure.
-    let matched = |t: &RoutingTable, path: &str, h: &HeaderMap| match t.route(&RequestView {
-        host: Some("api.example.com"),
-        path,
-        headers: h,
-    }) {
-        Route::Experiment(e) => e.name.clone(),
-        _ => String::new(),
-    };
+    let matched =
+        |t: &RoutingTable<ArmWiring>, path: &str, h: &HeaderMap| match t.route(&RequestView {
+            host: Some("api.example.com"),
+            path,
+            headers: h,
+        }) {
+            Route::Experiment(e) => e.name.clone(),
+            _ => String::new(),
+        };
     assert_eq!(matched(&three, chat, &keyed[0]), "chat-canary");
     assert_eq!(matched(&three, chat, &keyless), "chat-canary");
     assert_eq!(matched(&fifty, m49, &keyed[0]), "exp-49");
@@ -257,7 +264,7 @@ fn rewrite(c: &mut Criterion) {
         path: "/v1/chat/completions",
         headers: &request_headers(Some(1)),
     }) {
-        Route::Experiment(e) => e.arms[0].target.upstream.clone(),
+        Route::Experiment(e) => e.arms[0].carry.target.upstream.clone(),
         _ => unreachable!("asserted in route_assign"),
     };
     let headers = request_headers(Some(7));
@@ -303,14 +310,14 @@ fn table_swaps(c: &mut Criterion) {
     let config = abgate::config::parse(&fifty_experiments()).expect("bench config is valid");
     let recorders = RecorderRegistry::new(Telemetry::new());
     let pools = UpstreamPool::default();
-    let cell = Arc::new(arc_swap::ArcSwap::from_pointee(RoutingTable::build(
+    let cell = Arc::new(arc_swap::ArcSwap::from_pointee(Published::build(
         &config, 1, &pools, &recorders,
     )));
     let mut version = 1;
     c.bench_function("table/build_swap_50x4", |b| {
         b.iter(|| {
             version += 1;
-            let t = RoutingTable::build(&config, version, &pools, &recorders);
+            let t = Published::build(&config, version, &pools, &recorders);
             cell.store(Arc::new(t));
         })
     });
@@ -328,9 +335,7 @@ fn table_swaps(c: &mut Criterion) {
             // Bounded: at most 10 minutes' worth of swaps, and stops when told.
             while !stop.load(Relaxed) && v < 1_000_000 + 600_000 {
                 v += 1;
-                cell.store(Arc::new(RoutingTable::build(
-                    &config, v, &pools, &recorders,
-                )));
+                cell.store(Arc::new(Published::build(&config, v, &pools, &recorders)));
             }
         })
     };

@@ -6,18 +6,17 @@
 //! [`config`] is the only reader of config text.
 
 pub mod admin;
+pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
-pub mod controller;
 pub mod loadgen;
 pub mod mock;
 pub mod outcomes;
 pub mod proxy;
 pub mod routing;
 pub mod scenario;
-pub mod server;
 pub mod stats;
 pub mod store;
 pub mod telemetry;

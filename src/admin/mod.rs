@@ -23,8 +23,8 @@ use tokio::sync::watch;
 
 use crate::control::{Action, ActionError, Actor, ApplyError, ControlPlane};
 use crate::proxy::body::ProxyBody;
+use crate::proxy::listener::stop_requested;
 use crate::proxy::problem::problem_response;
-use crate::proxy::server::stop_requested;
 use auth::{host_is_local, AdminAuth};
 
 /// Largest config or action body accepted.
@@ -110,10 +110,9 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
         (&Method::GET, ["metrics"]) => {
             c.refresh_gauges().await;
             // Per-arm means of declared metrics, refreshed at scrape time.
-            for ((e, a, m), sums) in c.shared.recorders.metrics.all() {
+            for ((e, a, m), sums) in c.recorders.metrics.all() {
                 if let Some(mean) = sums.mean() {
-                    c.shared
-                        .telemetry
+                    c.telemetry
                         .gauge(
                             "abgate_metric_mean",
                             &[("experiment", &e), ("arm", &a), ("metric", &m)],
@@ -124,12 +123,12 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
             Ok(text(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                c.shared.telemetry.render(),
+                c.telemetry.render(),
             ))
         }
         (&Method::GET, ["healthz"]) => Ok(json_ok(&json!({"status": "ok"}))),
         (&Method::GET, ["readyz"]) => Ok(json_ok(
-            &json!({"status": "ready", "table_version": c.shared.plane.table.load().version}),
+            &json!({"status": "ready", "table_version": c.plane.table.load().version}),
         )),
         (&Method::GET, ["v1", "experiments"]) => {
             let mut list = Vec::new();
@@ -208,8 +207,8 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
                 }
             }
             let decisions = c
-                .store
-                .decisions(experiment.as_deref(), limit)
+                .blocking(move |s| s.decisions(experiment.as_deref(), limit))
+                .await
                 .map_err(|e| Problem(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
             Ok(json_ok(&json!({"decisions": decisions})))
         }
@@ -259,6 +258,10 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
                     Ok(r)
                 }
                 Err(ApplyError::Store(e)) => Err(Problem(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string())),
+                // Only a file reload reads a file.
+                Err(e @ (ApplyError::NoConfigFile | ApplyError::Read { .. })) => {
+                    Err(Problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+                }
             }
         }
         (_, ["metrics" | "healthz" | "readyz"])

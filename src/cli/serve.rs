@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::app::StartOptions;
 use crate::config;
-use crate::server::StartOptions;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -45,7 +45,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let server = match crate::server::start(StartOptions {
+        let server = match crate::app::start(StartOptions {
             config_text: text,
             config_path: Some(args.config.clone()),
             watch_file: !args.no_watch,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::actions::{phase_name, ActionError};
+use super::decision::{Change, DecisionKind};
 use super::ControlPlane;
 use crate::config::{ControlPolicy, Experiment};
 use crate::store::{ExperimentPhase, ExperimentState, Weights};
@@ -39,7 +40,7 @@ impl ControlPlane {
     pub async fn controller_decide(
         &self,
         name: &str,
-        kind: &str,
+        kind: DecisionKind,
         to: Weights,
         reason: Value,
     ) -> Result<i64, ActionError> {
@@ -61,15 +62,14 @@ impl ControlPlane {
             });
         }
         let from = cur.weights_in_force(name).unwrap_or_default();
-        let id = self.record_and_apply(
-            &mut cur,
-            &e,
+        let change = Change {
             kind,
-            from.clone(),
-            to.clone(),
-            reason.clone(),
-            "controller",
-        )?;
+            from: from.clone(),
+            to: to.clone(),
+            reason: reason.clone(),
+            actor: "controller".to_string(),
+        };
+        let id = self.record_and_apply(&mut cur, &e, change).await?;
         if let Some(url) = e.policy.as_ref().and_then(|p| p.notify_url.clone()) {
             let body = serde_json::json!({
                 "id": id, "experiment": name, "kind": kind,

@@ -1,13 +1,25 @@
 //! The control plane: the only writer of routing tables.
 //!
-//! Owns: validating config changes (file, SIGHUP, API), manual experiment actions,
-//! layering each experiment's recorded state over the config, recording every
-//! change in the store *before* it goes live, and publishing the result with one
-//! `ArcSwap` store. Changes are serialized by one async mutex; the request path
-//! never waits for it.
+//! Owns, by file: [`apply`] validates config changes (file, SIGHUP, API);
+//! [`actions`] runs manual experiment actions; [`decision`] is the write-ahead
+//! path every change takes (record it in the store *before* it goes live);
+//! [`publish`] is the one place that builds and swaps the routing table;
+//! [`view`] answers what people read; [`watch`] re-reads the config file;
+//! [`controller`] runs the experiments automatically through [`automatic`].
+//! Here: the control plane's state (the config in force and each experiment's
+//! recorded state laid over it) and its restore at startup.
+//!
+//! Changes are serialised by one async mutex around [`Current`], which owns the
+//! [`publish::Publisher`]; the request path never waits for it. Store calls run
+//! on the blocking pool ([`ControlPlane::blocking`]), never on the async
+//! workers that also serve client connections.
 
 pub mod actions;
+pub mod apply;
 mod automatic;
+pub mod controller;
+pub mod decision;
+pub mod publish;
 pub mod view;
 pub mod watch;
 
@@ -17,23 +29,34 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::config::{self, Config, ConfigErrors};
-use crate::server::Shared;
 use crate::clock::now_ms;
+use crate::config::{self, Config};
+use crate::outcomes::RecorderRegistry;
+use crate::proxy::handler::DataPlane;
 use crate::store::{ConfigRecord, ExperimentState, Store, StoreError};
+use crate::telemetry::Telemetry;
 
 pub use actions::{Action, ActionError};
+pub use apply::ApplyError;
+pub use decision::DecisionKind;
+use publish::Publisher;
 
-/// The config in force and what the store says about each experiment.
+/// The config in force, what the store says about each experiment, and the
+/// publisher: whoever holds this (behind the control plane's lock) is the only
+/// one who can change what requests see.
 pub(crate) struct Current {
     config_version: u64,
     text: String,
     config: Config,
     states: HashMap<String, ExperimentState>,
+    publisher: Publisher,
 }
 
 pub struct ControlPlane {
-    pub shared: Arc<Shared>,
+    /// The data plane, read here only to describe the table in force.
+    pub plane: Arc<DataPlane>,
+    pub recorders: Arc<RecorderRegistry>,
+    pub telemetry: Arc<Telemetry>,
     pub store: Arc<dyn Store>,
     /// The watched config file, if the server was started from one.
     pub config_path: Option<PathBuf>,
@@ -45,17 +68,6 @@ pub struct ControlPlane {
     /// Controller runs saved before this process started, each adopted (taken)
     /// by its experiment's controller on its first look.
     restored_runs: std::sync::Mutex<HashMap<String, String>>,
-}
-
-/// Why a config change was not applied.
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    #[error("config version {current} is current, not {expected}")]
-    StaleVersion { current: u64, expected: u64 },
-    #[error("invalid config:\n{0}")]
-    Invalid(ConfigErrors),
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// Who asked for a change, for the audit log.
@@ -127,12 +139,11 @@ impl Current {
     }
 }
 
-/// Keeps only states whose experiment still exists with the same arms.
-fn retain_matching(
-    config: &Config,
-    states: &mut HashMap<String, ExperimentState>,
-    store: &dyn Store,
-) {
+/// Removes the states whose experiment is gone or whose arms the config
+/// changed (the experimenter's edit replaces the recorded state); returns the
+/// removed experiments' names, whose stored states the caller clears.
+fn drop_stale(config: &Config, states: &mut HashMap<String, ExperimentState>) -> Vec<String> {
+    let mut stale = Vec::new();
     states.retain(|name, s| {
         let keep = config
             .experiment(name)
@@ -143,19 +154,30 @@ fn retain_matching(
                 phase = ?s.phase,
                 "the config changed this experiment's arms; its recorded state is replaced by the config"
             );
-            if let Err(e) = store.clear_state(name) {
-                tracing::error!(error = %e, "cannot clear recorded experiment state");
-            }
+            stale.push(name.clone());
         }
         keep
     });
+    stale
+}
+
+/// Clears stored states; a failure is logged (the state is gone from memory
+/// already, and the next start drops it again by the same rule).
+fn clear_states(store: &dyn Store, names: &[String]) {
+    for name in names {
+        if let Err(e) = store.clear_state(name) {
+            tracing::error!(error = %e, experiment = %name, "cannot clear recorded experiment state");
+        }
+    }
 }
 
 impl ControlPlane {
     /// Restores the recorded state (or seeds it from `file_text` on the first run),
     /// re-applies decisions recorded but not yet applied, and publishes the table.
+    /// Blocking (store reads and writes): run it on a blocking thread.
     pub fn restore(
-        shared: Arc<Shared>,
+        mut publisher: Publisher,
+        handles: PlaneHandles,
         store: Arc<dyn Store>,
         config_path: Option<PathBuf>,
         file_text: String,
@@ -200,24 +222,47 @@ impl ControlPlane {
         // the two) is applied now, once; applying it again is idempotent.
         for d in store.unapplied_decisions()? {
             if let Some(e) = config.experiment(&d.experiment) {
-                let state = actions::state_after(
-                    &d.kind,
-                    e,
-                    &d.to_weights,
-                    &d.reason,
-                    states.get(&d.experiment),
-                );
+                let state = match d.kind.parse::<DecisionKind>() {
+                    Ok(kind) => decision::state_after(
+                        kind,
+                        e,
+                        &d.to_weights,
+                        &d.reason,
+                        states.get(&d.experiment),
+                    ),
+                    Err(unknown) => {
+                        // Written by a newer abgate: its weights are applied,
+                        // its phase is not guessed.
+                        tracing::error!(id = d.id, experiment = %d.experiment, error = %unknown,
+                            "a decision recorded before the restart has a kind this version does not know; \
+                             its weights are applied and the experiment's phase is kept");
+                        let mut s = states.get(&d.experiment).cloned().unwrap_or_else(|| {
+                            decision::state_after(
+                                DecisionKind::Hold,
+                                e,
+                                &d.to_weights,
+                                &d.reason,
+                                None,
+                            )
+                        });
+                        s.weights = Some(d.to_weights.clone());
+                        s
+                    }
+                };
                 store.save_state(&state)?;
                 states.insert(d.experiment.clone(), state);
                 tracing::info!(id = d.id, experiment = %d.experiment, kind = %d.kind, "applied a decision recorded before a restart");
             }
             store.mark_applied(d.id)?;
         }
-        retain_matching(&config, &mut states, store.as_ref());
+        let stale = drop_stale(&config, &mut states);
+        clear_states(store.as_ref(), &stale);
         let restored_runs = store.controller_runs()?.into_iter().collect();
-        shared.apply(&effective(&config, &states));
+        publisher.publish(&effective(&config, &states));
         Ok(ControlPlane {
-            shared,
+            plane: handles.plane,
+            recorders: handles.recorders,
+            telemetry: handles.telemetry,
             store,
             config_path,
             current: tokio::sync::Mutex::new(Current {
@@ -225,6 +270,7 @@ impl ControlPlane {
                 text,
                 config,
                 states,
+                publisher,
             }),
             analysis: dashmap::DashMap::new(),
             unsaved_runs: dashmap::DashMap::new(),
@@ -232,118 +278,24 @@ impl ControlPlane {
         })
     }
 
-    /// Validates `text` whole and, if valid, records and applies it.
-    /// `expected_version` implements If-Match for the API.
-    pub async fn apply_text(
+    /// Runs a store call on the blocking pool. SQLite takes a mutex and syncs
+    /// to disk; doing that on an async worker would stall every connection that
+    /// worker serves. A panic in the call is resumed here.
+    pub async fn blocking<T: Send + 'static>(
         &self,
-        text: String,
-        actor: &Actor,
-        expected_version: Option<u64>,
-    ) -> Result<u64, ApplyError> {
-        let source_label = match actor.name.as_str() {
-            "file" | "sighup" => actor.name.clone(),
-            _ => "api".to_string(),
-        };
-        let result = self.apply_text_inner(text, actor, expected_version).await;
-        let outcome = if result.is_ok() {
-            "applied"
-        } else {
-            "rejected"
-        };
-        self.shared
-            .telemetry
-            .counter(
-                "abgate_config_reload_total",
-                &[("result", outcome), ("source", &source_label)],
-            )
-            .increment(1);
-        match &result {
-            Ok(v) => tracing::info!(version = v, actor = %actor.name, "config applied"),
-            Err(e) => {
-                tracing::warn!(actor = %actor.name, error = %e, "config change rejected; the running table stays")
-            }
+        call: impl FnOnce(&dyn Store) -> T + Send + 'static,
+    ) -> T {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || call(store.as_ref())).await {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
-        result
     }
+}
 
-    async fn apply_text_inner(
-        &self,
-        text: String,
-        actor: &Actor,
-        expected_version: Option<u64>,
-    ) -> Result<u64, ApplyError> {
-        let mut cur = self.current.lock().await;
-        if let Some(expected) = expected_version {
-            if expected != cur.config_version {
-                return Err(ApplyError::StaleVersion {
-                    current: cur.config_version,
-                    expected,
-                });
-            }
-        }
-        let config = config::parse(&text).map_err(ApplyError::Invalid)?;
-        if config.listen != cur.config.listen || config.admin.listen != cur.config.admin.listen {
-            tracing::warn!("listen addresses changed; they take effect after a restart");
-        }
-        let version = cur.config_version + 1;
-        self.store.record_config(&ConfigRecord {
-            version,
-            hash: text_hash(&text),
-            text: text.clone(),
-            applied_at_ms: now_ms(),
-            actor: actor.name.clone(),
-            source: actor.source.clone(),
-        })?;
-        let mut states = std::mem::take(&mut cur.states);
-        retain_matching(&config, &mut states, self.store.as_ref());
-        self.shared.apply(&effective(&config, &states));
-        // Renewed certificates take effect for new connections.
-        if let Err(e) = self.shared.reload_tls(&config) {
-            tracing::warn!(error = %e, "listener certificate not reloaded; the previous one stays in use");
-        }
-        *cur = Current {
-            config_version: version,
-            text,
-            config,
-            states,
-        };
-        Ok(version)
-    }
-
-    /// Re-reads the watched config file (file watch and SIGHUP).
-    pub async fn reload_file(&self, actor_name: &str) -> Result<u64, ApplyError> {
-        let Some(path) = &self.config_path else {
-            return Err(ApplyError::Invalid(ConfigErrors(vec![
-                config::ConfigError {
-                    path: String::new(),
-                    line: None,
-                    message: "the server was not started from a file".into(),
-                },
-            ])));
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ApplyError::Invalid(ConfigErrors(vec![config::ConfigError {
-                path: String::new(),
-                line: None,
-                message: format!("cannot read {}: {e}", path.display()),
-            }]))
-        })?;
-        {
-            let cur = self.current.lock().await;
-            if text_hash(&text) == text_hash(&cur.text) {
-                return Ok(cur.config_version);
-            }
-        }
-        let actor = Actor {
-            name: actor_name.to_string(),
-            source: path.display().to_string(),
-        };
-        self.apply_text(text, &actor, None).await
-    }
-
-    /// The config text and version in force.
-    pub async fn config_text(&self) -> (u64, String) {
-        let cur = self.current.lock().await;
-        (cur.config_version, cur.text.clone())
-    }
+/// What the control plane reads of the data plane and the recorders.
+pub struct PlaneHandles {
+    pub plane: Arc<DataPlane>,
+    pub recorders: Arc<RecorderRegistry>,
+    pub telemetry: Arc<Telemetry>,
 }

@@ -59,10 +59,10 @@ impl ControlPlane {
             )
         };
         let metric_stats =
-            crate::outcomes::summary::experiment_metrics(&self.shared.recorders, &experiment);
-        let table = self.shared.plane.table.load_full();
-        let route = table.experiment(name)?;
-        let snaps = self.shared.recorders.experiment(name);
+            crate::outcomes::summary::experiment_metrics(&self.recorders, &experiment);
+        let table = self.plane.table.load_full();
+        let route = table.routes.experiment(name)?;
+        let snaps = self.recorders.experiment(name);
         let arms: Vec<Value> = arms_cfg
             .iter()
             .map(|(arm, backend)| {
@@ -99,9 +99,10 @@ impl ControlPlane {
             .filter(|s| !arms_cfg.iter().any(|(a, _)| a == &s.arm))
             .map(|s| json!({"name": s.arm, "assigned": outcome_json(&s.assigned)}))
             .collect();
+        let owned = name.to_string();
         let last_decision = self
-            .store
-            .decisions(Some(name), 1)
+            .blocking(move |s| s.decisions(Some(&owned), 1))
+            .await
             .ok()
             .and_then(|d| d.into_iter().next())
             .map(|d| serde_json::to_value(d).unwrap_or(Value::Null));
@@ -126,15 +127,15 @@ impl ControlPlane {
             let cur = self.current.lock().await;
             cur.config.experiment(name)?.clone()
         };
-        let table = self.shared.plane.table.load_full();
+        let table = self.plane.table.load_full();
         let weights = table
+            .routes
             .experiment(name)?
             .arms
             .iter()
             .map(|a| (a.name.clone(), a.weight))
             .collect();
-        let arms =
-            crate::outcomes::summary::experiment_metrics(&self.shared.recorders, &experiment);
+        let arms = crate::outcomes::summary::experiment_metrics(&self.recorders, &experiment);
         Some(crate::outcomes::summary::analyze_input(
             &experiment,
             &weights,
@@ -162,7 +163,7 @@ impl ControlPlane {
                 })
                 .collect()
         };
-        let t = &self.shared.telemetry;
+        let t = &self.telemetry;
         for (name, phase) in &phases {
             let code = match phase {
                 ExperimentPhase::Running => 0.0,
@@ -174,8 +175,8 @@ impl ControlPlane {
             t.gauge("abgate_experiment_state", &[("experiment", name)])
                 .set(code);
         }
-        let table = self.shared.plane.table.load_full();
-        for e in table.experiments.iter() {
+        let table = self.plane.table.load_full();
+        for e in table.routes.experiments.iter() {
             for a in e.arms.iter() {
                 t.gauge(
                     "abgate_experiment_weight",
@@ -203,10 +204,8 @@ impl ControlPlane {
             .collect();
         let c = self.clone();
         let saved = tokio::task::spawn_blocking(move || {
-            let arm_stats = crate::outcomes::persist::rows(
-                &c.shared.recorders,
-                &c.shared.plane.table.load_full(),
-            )?;
+            let arm_stats =
+                crate::outcomes::persist::rows(&c.recorders, &c.plane.table.load_full().routes)?;
             c.store.save_snapshot(&crate::store::MemorySnapshot {
                 arm_stats: &arm_stats,
                 controller_runs: &runs,

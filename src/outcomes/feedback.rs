@@ -21,11 +21,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::metrics::MetricBook;
 use super::token::{TokenError, TokenKeys};
+use crate::clock::now_ms;
 use crate::config::{MetricKind, MetricSource};
 use crate::proxy::body::ProxyBody;
 use crate::routing::RoutingTable;
 use crate::store::feedback::{FeedbackEvent, FeedbackLog};
-use crate::clock::now_ms;
 use crate::telemetry::Telemetry;
 
 /// Most events in one POST.
@@ -143,10 +143,10 @@ impl FeedbackService {
     }
 
     /// Serves `POST <feedback path>`.
-    pub async fn handle(
+    pub async fn handle<A>(
         &self,
         req: Request<Incoming>,
-        table: &RoutingTable,
+        table: &RoutingTable<A>,
         max_body: usize,
     ) -> Response<ProxyBody> {
         if req.method() != Method::POST {
@@ -292,10 +292,10 @@ impl FeedbackService {
         )
     }
 
-    fn validate(
+    fn validate<A>(
         &self,
         v: &Value,
-        table: &RoutingTable,
+        table: &RoutingTable<A>,
         now: u64,
     ) -> Result<FeedbackEvent, Rejection> {
         let reject = |status, slug, detail: String, e: &str, a: &str, m: &str| Rejection {

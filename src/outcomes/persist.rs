@@ -27,9 +27,9 @@ pub fn restore(recorders: &RecorderRegistry, store: &dyn Store) -> Result<usize,
 
 /// Every arm's counts, with the sums of the response-header metrics the
 /// current table declares, as rows to save: (experiment, arm, JSON).
-pub fn rows(
+pub fn rows<A>(
     recorders: &RecorderRegistry,
-    table: &RoutingTable,
+    table: &RoutingTable<A>,
 ) -> Result<Vec<(String, String, String)>, serde_json::Error> {
     let rows: Vec<(String, String, String)> = recorders
         .states()

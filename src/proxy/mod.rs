@@ -1,15 +1,22 @@
-//! The data plane: listeners, forwarding with header hygiene, streaming bodies,
-//! and error mapping to JSON problem responses.
+//! The data plane, in the order of a request's life: [`listener`] accepts the
+//! connection (limits, TLS), [`handler`] admits the request and routes it,
+//! [`forward`] sends it to its upstream and streams the answer back through the
+//! [`body`] wrappers, [`classify`] names what failed, [`problem`] answers for
+//! abgate in one vocabulary. [`wiring`] builds what each arm carries.
 //!
-//! Never: decides routing (see `routing`) or judges outcomes (see `stats`).
+//! Never: decides routing (see `routing`), judges outcomes (see `stats`), or
+//! reads or writes the store or the control plane.
 
 pub mod activity;
 pub mod body;
+pub mod classify;
+pub mod forward;
 pub mod guarded_body;
 pub mod handler;
 pub mod headers;
 pub mod limits;
+pub mod listener;
 pub mod problem;
-pub mod server;
 pub mod tls;
 pub mod upstream;
+pub mod wiring;

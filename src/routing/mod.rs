@@ -1,14 +1,19 @@
 //! Routing: which experiment a request belongs to and which arm serves it.
 //!
-//! Owns: the immutable [`RoutingTable`] snapshot, request matching and sticky
-//! assignment. Pure and fast: no I/O, no locks, no allocation per request.
+//! Owns: the immutable [`RoutingTable`] (matching order, salts, bucket bounds),
+//! request matching and sticky assignment. Pure and fast: no I/O, no clocks, no
+//! allocation per request; the table is generic over what each arm carries, so
+//! nothing here knows about sockets, pools or recorders. Publishing a table
+//! (one `ArcSwap` store) is the control plane's job.
 
+pub mod assign;
 pub mod bucket;
 pub mod matcher;
 pub mod table;
 
+pub use assign::{AssignError, Assignment, OVERRIDE_HEADER};
 pub use matcher::RequestView;
-pub use table::{AssignError, Assignment, Route, RoutingTable, OVERRIDE_HEADER};
+pub use table::{ArmRoute, ExperimentRoute, Route, RoutingTable, DEFAULT_ROUTE_EXPERIMENT};
 
 #[cfg(test)]
 mod tests;

@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::app::{self as server, StartOptions};
 use crate::config::yaml;
 use crate::loadgen::{self, LoadMode, LoadProgress, LoadSpec, RequestKind};
 use crate::mock::{MockServer, MockSpec};
-use crate::server::{self, StartOptions};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

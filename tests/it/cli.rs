@@ -1,12 +1,11 @@
 //! The real `abgate` binary: `check`, `analyze`, and `serve` with a graceful stop.
 
-
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Empty};
 use crate::support::*;
+use http_body_util::{BodyExt, Empty};
 
 const BIN: &str = env!("CARGO_BIN_EXE_abgate");
 

@@ -1,7 +1,6 @@
 //! The control plane over real sockets: table swaps under load, the admin API,
 //! config changes through the API and the watched file, auth, manual actions.
 
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -115,7 +114,7 @@ async fn a_hundred_swaps_under_load_fail_no_request() {
         &all_failures[..all_failures.len().min(5)]
     );
     assert!(done.load(Ordering::SeqCst) >= 800);
-    assert!(server.shared.plane.table.load().version >= 101);
+    assert!(table_version(server.admin_addr).await >= 101);
     server.shutdown().await;
 }
 
@@ -211,7 +210,7 @@ async fn config_put_is_guarded_validated_and_applied() {
     );
 
     // Invalid → 422 with every error and its line; the running table stays.
-    let table_before = server.shared.plane.table.load().version;
+    let table_before = table_version(server.admin_addr).await;
     let invalid = new_text
         .replace("weight: 30", "weight: 300")
         .replace("name: exp", "name: exp\n    colour: red");
@@ -227,7 +226,7 @@ async fn config_put_is_guarded_validated_and_applied() {
     let errors = bad.json()["errors"].as_array().unwrap().clone();
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(errors.iter().all(|e| e["line"].as_u64().is_some()));
-    assert_eq!(server.shared.plane.table.load().version, table_before);
+    assert_eq!(table_version(server.admin_addr).await, table_before);
 
     // Valid → applied, version 2, visible in the routing table.
     let ok = admin_call(
@@ -478,7 +477,7 @@ async fn the_watched_file_applies_valid_changes_and_rejects_invalid_ones() {
         std::fs::rename(&tmp, &path).unwrap();
     };
     write(prefix.clone() + &two_arm(&v1, &v2, 10));
-    let server = abgate::server::start(abgate::server::StartOptions {
+    let server = abgate::app::start(abgate::app::StartOptions {
         config_text: std::fs::read_to_string(&path).unwrap(),
         config_path: Some(path.clone()),
         watch_file: true,
@@ -487,13 +486,17 @@ async fn the_watched_file_applies_valid_changes_and_rejects_invalid_ones() {
     })
     .await
     .unwrap();
-    let weight = |s: &abgate::server::RunningServer| {
-        s.shared.plane.table.load().experiments[0].arms[1].weight
+    // The canary's weight in force, in percent.
+    let admin = server.admin_addr;
+    let weight = || async move {
+        arm_of(&experiment_json(admin, "exp").await, "canary")["weight"]
+            .as_f64()
+            .unwrap()
     };
-    assert_eq!(weight(&server), 1000);
+    assert_eq!(weight().await, 10.0);
     write(prefix.clone() + &two_arm(&v1, &v2, 25));
     eventually(Duration::from_secs(10), "file change applied", || async {
-        weight(&server) == 2500
+        weight().await == 25.0
     })
     .await;
 
@@ -512,8 +515,8 @@ async fn the_watched_file_applies_valid_changes_and_rejects_invalid_ones() {
     )
     .await;
     assert_eq!(
-        weight(&server),
-        2500,
+        weight().await,
+        25.0,
         "an invalid file must not change the running table"
     );
     // Traffic still flows.

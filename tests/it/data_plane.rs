@@ -1,6 +1,5 @@
 //! Data plane over real sockets: split, stickiness, ramp, override, tagging.
 
-
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -107,13 +106,12 @@ async fn units_keep_their_arm_and_a_ramp_only_adds_to_the_canary() {
             "a unit changed arm between requests"
         );
     }
-    // Ramp 5% → 10% by swapping the table.
-    let ramped = abgate::config::parse(&format!(
+    // Ramp 5% → 10% by replacing the config.
+    let ramped = format!(
         "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\n{}",
         split_config(&v1, &v2, 10, false)
-    ))
-    .unwrap();
-    let version = server.shared.apply(&ramped);
+    );
+    let version = put_config(server.admin_addr, None, &ramped).await;
     assert!(version > 1);
     let after = arms_for(&c, &url, keys()).await;
     let mut moved_in = 0;
@@ -156,10 +154,10 @@ async fn override_header_is_honoured_only_when_allowed_and_marked_forced() {
         .unwrap()
         .contains("stable, canary"));
     // Forced requests are counted apart from assigned ones.
-    let snap = open.shared.recorders.experiment("sentiment");
-    let canary = snap.iter().find(|s| s.arm == "canary").unwrap();
-    assert_eq!(canary.forced.requests(), 1);
-    assert_eq!(canary.assigned.requests(), 0);
+    let view = experiment_json(open.admin_addr, "sentiment").await;
+    let canary = arm_of(&view, "canary");
+    assert_eq!(canary["forced_requests"], 1, "{view}");
+    assert_eq!(canary["assigned"]["requests"], 0, "{view}");
     let m = metrics(open.admin_addr).await;
     assert_eq!(
         metric_value(&m, "abgate_forced_requests_total", &[("arm", "canary")]),

@@ -1,12 +1,11 @@
 //! Streaming, client disconnects, upstream failures, Host validation and the
 //! exact counts `/metrics` reports for them.
 
-
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Empty};
 use crate::support::*;
+use http_body_util::{BodyExt, Empty};
 
 fn one_arm(url: &str, extra_backend: &str) -> String {
     format!(
@@ -262,10 +261,10 @@ async fn a_reset_mid_body_truncates_the_response_and_is_counted() {
         ) == 1.0
     })
     .await;
-    let snap = server.shared.recorders.experiment("exp");
+    let view = experiment_json(server.admin_addr, "exp").await;
     assert_eq!(
-        snap[0].assigned.errors, 1,
-        "a reset mid-body is an error of the arm"
+        view["arms"][0]["assigned"]["errors"], 1,
+        "a reset mid-body is an error of the arm: {view}"
     );
     let next = get(&c, &format!("http://{}/healthy", server.data_addr), &[]).await;
     assert_eq!(next.status, 200);

@@ -1,12 +1,11 @@
 //! Outcome attribution over real sockets: tokens on routed responses, the
 //! feedback endpoint's every answer, forgeries, key rotation, forced requests.
 
-
 use std::time::Duration;
 
+use crate::support::*;
 use abgate::outcomes::token::TokenKeys;
 use serde_json::{json, Value};
-use crate::support::*;
 
 const KEYS: &str = "k1:0123456789abcdef0123456789";
 
@@ -38,7 +37,7 @@ experiments:
 }
 
 async fn token_for(
-    server: &abgate::server::RunningServer,
+    server: &abgate::app::RunningServer,
     path: &str,
     headers: &[(&str, &str)],
 ) -> (String, String) {
@@ -57,7 +56,7 @@ async fn token_for(
     )
 }
 
-async fn post(server: &abgate::server::RunningServer, body: &str) -> Answer {
+async fn post(server: &abgate::app::RunningServer, body: &str) -> Answer {
     admin_call(
         "POST",
         &format!("http://{}/_abgate/v1/feedback", server.data_addr),
@@ -68,7 +67,7 @@ async fn post(server: &abgate::server::RunningServer, body: &str) -> Answer {
     .await
 }
 
-async fn arm_metric(server: &abgate::server::RunningServer, arm: &str, metric: &str) -> Value {
+async fn arm_metric(server: &abgate::app::RunningServer, arm: &str, metric: &str) -> Value {
     let v = get(
         &client(),
         &format!("http://{}/v1/experiments/exp", server.admin_addr),

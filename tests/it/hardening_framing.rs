@@ -2,14 +2,13 @@
 //! forbidden bytes in headers, CL+TE smuggling and Upgrade. After every bad
 //! request a normal one succeeds.
 
-
 use std::time::Duration;
 
 use crate::support::*;
 
 const LIMIT: Duration = Duration::from_secs(5);
 
-async fn setup() -> (RecordingBackend, abgate::server::RunningServer) {
+async fn setup() -> (RecordingBackend, abgate::app::RunningServer) {
     let rec = RecordingBackend::start().await;
     let s = start_abgate(&default_backend_config(&rec.url(), "")).await;
     (rec, s)

@@ -2,22 +2,21 @@
 //! (or a close) within its configured time, is counted, and the next normal
 //! request succeeds.
 
-
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
-use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const LIMIT: Duration = Duration::from_secs(5);
 
-async fn server(backend: &str, extra: &str) -> abgate::server::RunningServer {
+async fn server(backend: &str, extra: &str) -> abgate::app::RunningServer {
     start_abgate(&default_backend_config(backend, extra)).await
 }
 

@@ -209,12 +209,12 @@ pub fn temp_state_dir() -> std::path::PathBuf {
 
 /// Starts abgate in-process with `yaml` (listen/admin forced to 127.0.0.1:0,
 /// a fresh state_dir).
-pub async fn start_abgate(yaml: &str) -> abgate::server::RunningServer {
+pub async fn start_abgate(yaml: &str) -> abgate::app::RunningServer {
     start_abgate_with(yaml, None).await
 }
 
 /// As [`start_abgate`], with an admin token.
-pub async fn start_abgate_with(yaml: &str, token: Option<&str>) -> abgate::server::RunningServer {
+pub async fn start_abgate_with(yaml: &str, token: Option<&str>) -> abgate::app::RunningServer {
     start_abgate_opts(yaml, token, None, &temp_state_dir()).await
 }
 
@@ -224,12 +224,12 @@ pub async fn start_abgate_opts(
     token: Option<&str>,
     token_keys: Option<&str>,
     state_dir: &std::path::Path,
-) -> abgate::server::RunningServer {
+) -> abgate::app::RunningServer {
     let yaml = format!(
         "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nstate_dir: {}\n{yaml}",
         state_dir.display()
     );
-    abgate::server::start(abgate::server::StartOptions {
+    abgate::app::start(abgate::app::StartOptions {
         config_text: yaml,
         config_path: None,
         watch_file: false,
@@ -620,4 +620,45 @@ pub async fn expect_rejected(admin: SocketAddr, reason: &str, n: f64) {
         },
     )
     .await;
+}
+
+/// The routing table version in force, as `GET /readyz` reports it.
+pub async fn table_version(admin: SocketAddr) -> u64 {
+    let a = get(&client(), &format!("http://{admin}/readyz"), &[]).await;
+    a.json()["table_version"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("readyz without table_version: {}", a.json()))
+}
+
+/// One experiment as `GET /v1/experiments/{name}` shows it.
+pub async fn experiment_json(admin: SocketAddr, name: &str) -> serde_json::Value {
+    let a = get(
+        &client(),
+        &format!("http://{admin}/v1/experiments/{name}"),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, 200, "GET /v1/experiments/{name}");
+    a.json()
+}
+
+/// The named arm of an experiment's view.
+pub fn arm_of<'v>(experiment: &'v serde_json::Value, arm: &str) -> &'v serde_json::Value {
+    experiment["arms"]
+        .as_array()
+        .and_then(|arms| arms.iter().find(|a| a["name"] == arm))
+        .unwrap_or_else(|| panic!("no arm {arm:?} in {experiment}"))
+}
+
+/// Replaces the running config through `PUT /v1/config` (If-Match on the
+/// current version); returns the new version.
+pub async fn put_config(admin: SocketAddr, token: Option<&str>, text: &str) -> u64 {
+    let url = format!("http://{admin}/v1/config");
+    let current = admin_call("GET", &url, token, &[], "").await.json()["version"]
+        .as_u64()
+        .unwrap();
+    let if_match = format!("\"{current}\"");
+    let a = admin_call("PUT", &url, token, &[("if-match", &if_match)], text).await;
+    assert_eq!(a.status, 200, "PUT /v1/config: {}", a.json());
+    a.json()["version"].as_u64().unwrap()
 }

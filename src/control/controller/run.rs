@@ -7,15 +7,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::policy::{stats_policy, uses_events};
+use crate::clock::now_ms;
 use crate::config::{ControlPolicy, Experiment, ExperimentKind, OnFailure, OnSuccess, BUCKETS};
-use crate::control::actions::all_to;
+use crate::control::decision::{all_to, DecisionKind};
 use crate::control::{arms_fingerprint, ControlPlane};
 use crate::outcomes::summary::{experiment_sums, ArmMetrics, ArmSums, MetricStats};
 use crate::stats::{
     self, decide, ArmSnapshot, ErrorAttribution, ExperimentEvidence, MetricData, MetricSnapshot,
     Snapshot, SrmMonitor, StepFacts, Verdict,
 };
-use crate::clock::now_ms;
 use crate::store::{ExperimentPhase, Weights};
 
 /// What the loop carries between ticks. It is published after every look and
@@ -38,7 +38,7 @@ struct Carried {
     /// Candidate units assigned when the current step began.
     step_base: Option<(usize, u64)>,
     /// The last one-off decision recorded (to record a Hold once, not every tick).
-    last_once: Option<String>,
+    last_once: Option<DecisionKind>,
     /// Every arm's running sums when this run began: arms are compared only on
     /// what accumulated while they ran side by side, so the baseline's history
     /// from before the experiment (other load, other times of day) never looks
@@ -185,13 +185,18 @@ impl Run {
                 crate::config::percent(cfg.steps[0])
             );
             control
-                .controller_decide(name, "start", to, json!({"step": 0, "summary": summary}))
+                .controller_decide(
+                    name,
+                    DecisionKind::Start,
+                    to,
+                    json!({"step": 0, "summary": summary}),
+                )
                 .await
                 .map_err(|e| e.to_string())?;
             return Ok(());
         }
         self.adopt(control, name, &e, state.as_ref().map(|s| s.started_ms));
-        let now_sums = experiment_sums(&control.shared.recorders, &e);
+        let now_sums = experiment_sums(&control.recorders, &e);
         let start = self.c.window_start.get_or_insert_with(|| now_sums.clone());
         let arms: Vec<ArmMetrics> = now_sums
             .iter()
@@ -451,12 +456,16 @@ impl Run {
             }
             r
         };
-        let decision: Option<(&str, Weights, Value)> = match verdict {
+        let decision: Option<(DecisionKind, Weights, Value)> = match verdict {
             Verdict::Rollback { arm, .. } => match (cfg.kind, cfg.on_failure) {
-                (_, OnFailure::Pause) => Some(("pause", weights.clone(), reason(json!({})))),
-                (ExperimentKind::Canary, OnFailure::Rollback) => {
-                    Some(("rollback", all_to(e, &e.baseline), reason(json!({}))))
+                (_, OnFailure::Pause) => {
+                    Some((DecisionKind::Pause, weights.clone(), reason(json!({}))))
                 }
+                (ExperimentKind::Canary, OnFailure::Rollback) => Some((
+                    DecisionKind::Rollback,
+                    all_to(e, &e.baseline),
+                    reason(json!({})),
+                )),
                 (ExperimentKind::Ab, OnFailure::Rollback) => {
                     // Only the harmful arm stops; its share returns to the baseline.
                     let mut to = weights.clone();
@@ -466,7 +475,11 @@ impl Run {
                         .arms
                         .iter()
                         .any(|a| a.name != e.baseline && to.get(&a.name).copied().unwrap_or(0) > 0);
-                    let kind = if any_left { "rollback_arm" } else { "rollback" };
+                    let kind = if any_left {
+                        DecisionKind::RollbackArm
+                    } else {
+                        DecisionKind::Rollback
+                    };
                     Some((kind, to, reason(json!({"arm": arm}))))
                 }
             },
@@ -477,7 +490,7 @@ impl Run {
                 if s + 1 < cfg.steps.len() {
                     let next = cfg.steps[s + 1];
                     Some((
-                        "advance",
+                        DecisionKind::Advance,
                         canary_weights(e, cand, next),
                         reason(
                             json!({"step": s + 1, "summary": format!("advanced to step {}/{} ({}% to {cand}): {}", s + 2, cfg.steps.len(), crate::config::percent(next), verdict.explain())}),
@@ -485,7 +498,7 @@ impl Run {
                     ))
                 } else if cfg.on_success == OnSuccess::Promote {
                     Some((
-                        "promote",
+                        DecisionKind::Promote,
                         all_to(e, cand),
                         reason(
                             json!({"summary": format!("promoted {cand} after the last step: {}", verdict.explain())}),
@@ -493,7 +506,7 @@ impl Run {
                     ))
                 } else {
                     self.once(
-                        "hold",
+                        DecisionKind::Hold,
                         control,
                         name,
                         weights,
@@ -504,17 +517,31 @@ impl Run {
                 }
             }
             Verdict::Promote { arm, .. } => match cfg.on_success {
-                OnSuccess::Promote => {
-                    Some(("promote", all_to(e, arm), reason(json!({"arm": arm}))))
-                }
-                OnSuccess::Hold => Some(("winner", weights.clone(), reason(json!({"arm": arm})))),
+                OnSuccess::Promote => Some((
+                    DecisionKind::Promote,
+                    all_to(e, arm),
+                    reason(json!({"arm": arm})),
+                )),
+                OnSuccess::Hold => Some((
+                    DecisionKind::Winner,
+                    weights.clone(),
+                    reason(json!({"arm": arm})),
+                )),
             },
-            Verdict::NoDifference { .. } | Verdict::Inconclusive { .. } => {
-                Some(("conclude", all_to(e, &e.baseline), reason(json!({}))))
-            }
+            Verdict::NoDifference { .. } | Verdict::Inconclusive { .. } => Some((
+                DecisionKind::Conclude,
+                all_to(e, &e.baseline),
+                reason(json!({})),
+            )),
             Verdict::Hold { .. } => {
-                self.once("hold", control, name, weights, reason(json!({})))
-                    .await?;
+                self.once(
+                    DecisionKind::Hold,
+                    control,
+                    name,
+                    weights,
+                    reason(json!({})),
+                )
+                .await?;
                 None
             }
             Verdict::InsufficientData { .. } | Verdict::Continue { .. } => {
@@ -529,13 +556,13 @@ impl Run {
                 .map_err(|e| e.to_string())?;
             tracing::info!(
                 experiment = name,
-                kind,
+                kind = kind.as_str(),
                 id,
                 "{}",
                 reason["summary"].as_str().unwrap_or("")
             );
             self.c.last_once = None;
-            if kind == "advance" || kind == "rollback_arm" {
+            if matches!(kind, DecisionKind::Advance | DecisionKind::RollbackArm) {
                 // A new step: its minimums count from now.
                 self.c.step_base = None;
             }
@@ -546,20 +573,20 @@ impl Run {
     /// Records a decision that does not change weights once per episode.
     async fn once(
         &mut self,
-        kind: &str,
+        kind: DecisionKind,
         control: &ControlPlane,
         name: &str,
         weights: &Weights,
         reason: Value,
     ) -> Result<(), String> {
-        if self.c.last_once.as_deref() == Some(kind) {
+        if self.c.last_once == Some(kind) {
             return Ok(());
         }
         control
             .controller_decide(name, kind, weights.clone(), reason)
             .await
             .map_err(|e| e.to_string())?;
-        self.c.last_once = Some(kind.to_string());
+        self.c.last_once = Some(kind);
         Ok(())
     }
 }
@@ -596,7 +623,7 @@ mod tests {
         c.srm = Some((vec!["stable".into(), "canary".into()], srm));
         c.prev.insert("canary".into(), (60, 9, 2));
         c.step_base = Some((1, 40));
-        c.last_once = Some("hold".into());
+        c.last_once = Some(DecisionKind::Hold);
         let json = serde_json::to_string(&c).unwrap();
         let back: Carried = serde_json::from_str(&json).unwrap();
         assert_eq!(serde_json::to_string(&back).unwrap(), json);

@@ -1,11 +1,12 @@
 //! Assembles a running abgate: store, control plane, data plane, admin API.
 //!
-//! Owns: startup (bind, restore state, build the first table), and shutdown.
-//! Everything is per instance (no globals) so tests can run several servers.
+//! Owns: startup (bind, restore state, publish the first table), the periodic
+//! tasks, and shutdown. Process assembly only: no request handling, no table
+//! building, no decisions. Everything is per instance (no globals) so tests
+//! can run several servers in one process.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,56 +17,21 @@ use tokio::task::JoinHandle;
 
 use crate::admin::auth::{AdminAuth, AuthError};
 use crate::admin::Admin;
-use crate::config::{self, Config, ConfigErrors};
-use crate::control::ControlPlane;
+use crate::config::{self, ConfigErrors};
+use crate::control::publish::Publisher;
+use crate::control::{ControlPlane, PlaneHandles};
 use crate::outcomes::feedback::FeedbackService;
 use crate::outcomes::token::{KeyError, TokenKeys};
 use crate::outcomes::RecorderRegistry;
 use crate::proxy::handler::DataPlane;
 use crate::proxy::limits::RequestLimits;
-use crate::proxy::server::{self as listener, ListenerSettings};
+use crate::proxy::listener::{self, ListenerSettings};
 use crate::proxy::tls::TlsTerminator;
 use crate::proxy::upstream::UpstreamPool;
-use crate::routing::RoutingTable;
+use crate::proxy::wiring::Published;
 use crate::store::feedback::FeedbackLog;
 use crate::store::{SqliteStore, StoreError};
 use crate::telemetry::Telemetry;
-
-/// State shared by the data plane, the control plane and the admin API.
-pub struct Shared {
-    pub plane: Arc<DataPlane>,
-    pub telemetry: Arc<Telemetry>,
-    pub recorders: RecorderRegistry,
-    pub pools: UpstreamPool,
-    /// The data-plane listener's certificate, when it terminates TLS.
-    pub tls: Option<Arc<TlsTerminator>>,
-    next_version: AtomicU64,
-}
-
-impl Shared {
-    /// Builds a table from `config` off the hot path and publishes it with one
-    /// store; in-flight requests finish on the table they loaded. Returns the
-    /// new table version. Only the control plane calls this.
-    pub fn apply(&self, config: &Config) -> u64 {
-        let version = self.next_version.fetch_add(1, Ordering::SeqCst);
-        let table = RoutingTable::build(config, version, &self.pools, &self.recorders);
-        self.plane.table.store(Arc::new(table));
-        self.pools.prune();
-        version
-    }
-
-    /// Re-reads the listener certificate and key named by `config.tls`; call it
-    /// whenever a config is re-applied so renewed certificates take effect for
-    /// new connections. On error the old certificate stays in use. Turning TLS on
-    /// or off needs a restart (the listener's mode is fixed at bind).
-    pub fn reload_tls(&self, config: &Config) -> Result<(), String> {
-        match (&self.tls, &config.tls) {
-            (Some(t), Some(files)) => t.reload(files),
-            (None, None) => Ok(()),
-            _ => Err("enabling or disabling TLS on the listener needs a restart".into()),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -110,7 +76,6 @@ pub struct StartOptions {
 pub struct RunningServer {
     pub data_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub shared: Arc<Shared>,
     pub control: Arc<ControlPlane>,
     stop: watch::Sender<bool>,
     data_task: JoinHandle<()>,
@@ -147,7 +112,7 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
         None => None,
     };
     let telemetry = Telemetry::new();
-    let recorders = RecorderRegistry::new(telemetry.clone());
+    let recorders = Arc::new(RecorderRegistry::new(telemetry.clone()));
     let restored = crate::outcomes::persist::restore(&recorders, store.as_ref())?;
     if restored > 0 {
         tracing::info!(arms = restored, "restored per-arm outcome counts");
@@ -167,28 +132,34 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
         telemetry.clone(),
     )?;
     let plane = Arc::new(DataPlane {
-        table: ArcSwap::from_pointee(RoutingTable::build(&empty, 0, &pools, &recorders)),
+        table: ArcSwap::from_pointee(Published::build(&empty, 0, &pools, &recorders)),
         telemetry: telemetry.clone(),
         tokens,
         feedback,
         limits: RequestLimits::new(&file_config.limits, &file_config.timeouts),
     });
-    let shared = Arc::new(Shared {
+    let settings = ListenerSettings::from_config(&file_config, tls.clone());
+    let publisher = Publisher::new(plane.clone(), pools, recorders.clone(), tls);
+    let handles = PlaneHandles {
         plane: plane.clone(),
-        telemetry: telemetry.clone(),
         recorders,
-        pools,
-        tls: tls.clone(),
-        next_version: AtomicU64::new(1),
-    });
-    let settings = ListenerSettings::from_config(&file_config, tls);
-    let control = Arc::new(ControlPlane::restore(
-        shared.clone(),
-        store,
-        opts.config_path.clone(),
-        opts.config_text,
-        file_config,
-    )?);
+        telemetry: telemetry.clone(),
+    };
+    let (config_path, config_text) = (opts.config_path.clone(), opts.config_text);
+    // Restoring reads and writes the store: off the async workers.
+    let control = tokio::task::spawn_blocking(move || {
+        ControlPlane::restore(
+            publisher,
+            handles,
+            store,
+            config_path,
+            config_text,
+            file_config,
+        )
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+    let control = Arc::new(control);
     let watcher = if opts.watch_file {
         crate::control::watch::watch_file(control.clone())
     } else {
@@ -198,7 +169,7 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
         crate::control::watch::reload_on_sighup(control.clone());
     }
 
-    let controller_task = crate::controller::spawn(control.clone());
+    let controller_task = crate::control::controller::spawn(control.clone());
     let snapshot_task = {
         let control = control.clone();
         tokio::spawn(async move {
@@ -230,7 +201,6 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
     Ok(RunningServer {
         data_addr,
         admin_addr,
-        shared,
         control,
         stop,
         data_task,

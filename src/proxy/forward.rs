@@ -1,0 +1,267 @@
+//! Forwarding: one routed request to its upstream and the answer back.
+//!
+//! Owns: header hygiene on the way up and down, the response-head timeout (from
+//! the end of the upload), wrapping the response body so its end is recorded,
+//! tagging the response (`x-abgate-experiment`, `x-abgate-arm`, `server-timing`)
+//! and recording failures per arm.
+//!
+//! Hot path: no locks, no logging, one allocation for `server-timing`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+
+use super::body::{ProxyBody, RecordingBody};
+use super::classify::classify;
+use super::guarded_body::{BodyTrip, IdleBody, RequestBody, TripWire};
+use super::handler::{error_response, ConnInfo, DataPlane};
+use super::headers::{add_forwarded, strip_hop_by_hop};
+use super::problem::ProxyError;
+use super::wiring::{ArmWiring, Target};
+use crate::config::UpstreamProtocol;
+use crate::outcomes::{ArmRecorder, FailureKind};
+
+static X_EXPERIMENT: HeaderName = HeaderName::from_static("x-abgate-experiment");
+static X_ARM: HeaderName = HeaderName::from_static("x-abgate-arm");
+static SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+
+/// Per-request tags copied from the routing decision.
+pub(super) struct Tags<'t> {
+    pub experiment: Option<HeaderValue>,
+    pub arm: Option<HeaderValue>,
+    /// The arm's wiring, for response-header metrics (`None` on the default route).
+    pub wiring: Option<&'t ArmWiring>,
+}
+
+/// Records a client that left before the response head, unless disarmed.
+struct AbandonGuard<'a> {
+    recorder: &'a ArmRecorder,
+    forced: bool,
+    armed: bool,
+}
+
+impl Drop for AbandonGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.recorder.record_abandoned(self.forced);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn forward(
+    plane: &DataPlane,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    host: Option<HeaderValue>,
+    target: &Target,
+    recorder: &Arc<ArmRecorder>,
+    forced: bool,
+    tags: &Tags<'_>,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = req.into_parts();
+    // gRPC over h2 needs `te: trailers` end to end; it is the only TE value
+    // HTTP/2 allows, and only an h2 upstream may see it.
+    let wants_trailers = target.upstream.protocol == UpstreamProtocol::Http2
+        && parts.headers.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
+    strip_hop_by_hop(&mut parts.headers);
+    if wants_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    add_forwarded(
+        &mut parts.headers,
+        &conn.peer_header,
+        conn.proto,
+        host.as_ref(),
+    );
+    parts
+        .headers
+        .insert(header::HOST, target.upstream.host_header.clone());
+    parts.uri = target.upstream.uri_for(parts.uri.path_and_query());
+    parts.version = match target.upstream.protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::Http2 => Version::HTTP_2,
+    };
+    let limits = &plane.limits;
+    let wire = TripWire::new(http_body::Body::is_end_stream(&body));
+    let body = RequestBody::new(body, limits.max_body_bytes, limits.body_idle, wire.clone());
+    let upstream_req = Request::from_parts(parts, body);
+
+    let mut guard = AbandonGuard {
+        recorder,
+        forced,
+        armed: true,
+    };
+    let sent = Instant::now();
+    let result = await_response(
+        target.upstream.request(upstream_req),
+        target.response_timeout,
+        &wire,
+    )
+    .await;
+    let upstream_time = sent.elapsed();
+    guard.armed = false;
+
+    let outcome = match result {
+        Err(_) => Err(FailureKind::ResponseTimeout),
+        Ok(Err(e)) => {
+            // The client's own body broke the request: answer for the client's
+            // fault (413/408), not the backend's, and keep the arm's error count clean.
+            if let Some(trip) = wire.get() {
+                let err = match trip {
+                    BodyTrip::TooLarge => ProxyError::BodyTooLarge {
+                        limit: limits.max_body_bytes,
+                    },
+                    BodyTrip::Idle => ProxyError::BodyTimeout {
+                        timeout_ms: limits.body_idle.as_millis(),
+                    },
+                };
+                plane.telemetry.rejected(err.slug());
+                recorder.record_response(forced, err.status());
+                recorder.record_ttfb(forced, started.elapsed());
+                recorder.record_latency(forced, started.elapsed());
+                let mut response = error_response(&err);
+                tag(&mut response, tags, started.elapsed(), upstream_time);
+                return response;
+            }
+            Err(classify(&e))
+        }
+        Ok(Ok(resp)) => Ok(resp),
+    };
+    let mut response = match outcome {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            recorder.record_response(forced, parts.status);
+            if let (Some(arm), false) = (tags.wiring, forced) {
+                record_header_metrics(arm, &parts.headers);
+            }
+            let head_was_error = parts.status.is_server_error();
+            let body = IdleBody::new(body, limits.stream_idle);
+            let body = RecordingBody::new(body, recorder.clone(), forced, started, head_was_error);
+            Response::from_parts(parts, ProxyBody::Upstream(body))
+        }
+        Err(kind) => {
+            let err = ProxyError::from_failure(
+                kind,
+                &target.backend,
+                target.response_timeout.as_millis(),
+            );
+            recorder.record_response(forced, err.status());
+            recorder.record_failure(forced, kind, true);
+            recorder.record_ttfb(forced, started.elapsed());
+            recorder.record_latency(forced, started.elapsed());
+            error_response(&err)
+        }
+    };
+    tag(&mut response, tags, started.elapsed(), upstream_time);
+    response
+}
+
+/// Waits for the response head. The `upstream_response` clock starts when the
+/// request body has been sent completely (nginx's `proxy_read_timeout` works the
+/// same way), so a slow but steady upload is never mistaken for a slow backend;
+/// a stalled upload is cut by the body idle timeout instead.
+async fn await_response<F, T>(fut: F, limit: Duration, wire: &TripWire) -> Result<T, ()>
+where
+    F: std::future::Future<Output = T>,
+{
+    tokio::pin!(fut);
+    let sleep = tokio::time::sleep(limit);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            r = &mut fut => return Ok(r),
+            _ = &mut sleep => match wire.sent_at() {
+                Some(at) => {
+                    let deadline = at + limit;
+                    if deadline <= tokio::time::Instant::now() {
+                        return Err(());
+                    }
+                    sleep.as_mut().reset(deadline);
+                }
+                // Still uploading: check again one limit later.
+                None => sleep.as_mut().reset(tokio::time::Instant::now() + limit),
+            },
+        }
+    }
+}
+
+/// Reads declared response-header metrics (e.g. token counts) into the arm's sums.
+fn record_header_metrics(arm: &ArmWiring, headers: &http::HeaderMap) {
+    for m in arm.header_metrics.iter() {
+        let Some(v) = headers
+            .get(&m.header)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite())
+        else {
+            continue;
+        };
+        if m.kind == crate::config::MetricKind::Binary && v != 0.0 && v != 1.0 {
+            continue;
+        }
+        m.cell.record(v);
+    }
+}
+
+fn tag(resp: &mut Response<ProxyBody>, tags: &Tags<'_>, total: Duration, upstream: Duration) {
+    let h = resp.headers_mut();
+    if let Some(e) = &tags.experiment {
+        h.insert(X_EXPERIMENT.clone(), e.clone());
+    }
+    if let Some(a) = &tags.arm {
+        h.insert(X_ARM.clone(), a.clone());
+    }
+    if let Some(v) = server_timing(total.saturating_sub(upstream), upstream) {
+        h.append(SERVER_TIMING.clone(), v);
+    }
+}
+
+/// `abgate;dur=0.123, upstream;dur=4.567` (milliseconds to the microsecond),
+/// written with integer formatting into a stack buffer: one allocation, for
+/// the header value itself.
+fn server_timing(own: Duration, upstream: Duration) -> Option<HeaderValue> {
+    use std::io::Write;
+    let mut buf = [0u8; 96];
+    let mut w = &mut buf[..];
+    let (o, u) = (own.as_micros(), upstream.as_micros());
+    write!(
+        w,
+        "abgate;dur={}.{:03}, upstream;dur={}.{:03}",
+        o / 1000,
+        o % 1000,
+        u / 1000,
+        u % 1000
+    )
+    .ok()?;
+    let len = 96 - w.len();
+    HeaderValue::from_bytes(&buf[..len]).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_timing_is_milliseconds_to_the_microsecond() {
+        let v =
+            server_timing(Duration::from_micros(123), Duration::from_micros(4_567_891)).unwrap();
+        assert_eq!(v, "abgate;dur=0.123, upstream;dur=4567.891");
+        let v = server_timing(Duration::ZERO, Duration::from_nanos(999)).unwrap();
+        assert_eq!(v, "abgate;dur=0.000, upstream;dur=0.000");
+        // The largest durations still fit the buffer.
+        assert!(server_timing(Duration::MAX, Duration::MAX).is_some());
+    }
+}

@@ -1,0 +1,151 @@
+//! The data plane's per-arm wiring: what the proxy hangs on each route of the
+//! pure routing table (an upstream pool, the arm's recorder, the response-header
+//! metrics), and the published snapshot a request loads once.
+//!
+//! Owns: building a [`Published`] table from a validated config, reusing
+//! upstream pools (warm connections survive a swap) and recorders (counts
+//! survive a swap) keyed by backend and by (experiment, arm).
+//!
+//! Never: swaps the table in (the control plane's publisher does), decides
+//! routing (see `routing`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, MetricKind, MetricSource};
+use crate::outcomes::metrics::MetricCell;
+use crate::outcomes::{ArmRecorder, RecorderRegistry};
+use crate::routing::{RoutingTable, DEFAULT_ROUTE_EXPERIMENT};
+
+use super::upstream::{Upstream, UpstreamPool};
+
+/// Where a routed request goes.
+pub struct Target {
+    pub upstream: Arc<Upstream>,
+    /// The backend's config name (for error details).
+    pub backend: String,
+    /// How long the backend has to send response headers once the request is sent.
+    pub response_timeout: Duration,
+}
+
+/// What the data plane carries on each arm (and on the default route).
+pub struct ArmWiring {
+    pub target: Target,
+    pub recorder: Arc<ArmRecorder>,
+    /// Metrics read from the backend's response headers, with their cells.
+    /// Empty on the default route.
+    pub header_metrics: Box<[HeaderMetric]>,
+}
+
+/// One declared response-header metric of one arm.
+pub struct HeaderMetric {
+    pub header: http::HeaderName,
+    pub kind: MetricKind,
+    pub cell: Arc<MetricCell>,
+}
+
+/// One published version of everything a request needs, swapped whole.
+pub struct Published {
+    /// Monotonically increasing across swaps (carried in outcome tokens).
+    pub version: u64,
+    pub routes: RoutingTable<ArmWiring>,
+    /// The feedback endpoint's path on the data-plane listener.
+    pub feedback_path: String,
+    /// Largest feedback body accepted, in bytes.
+    pub feedback_max_body: usize,
+}
+
+impl Published {
+    /// Builds the wiring for a validated config. Recorders get the experiment's
+    /// slow threshold here, before the table is visible to any request.
+    pub fn build(
+        config: &Config,
+        version: u64,
+        pools: &UpstreamPool,
+        recorders: &RecorderRegistry,
+    ) -> Published {
+        let target = |backend: &str| {
+            let b = config
+                .backend(backend)
+                .expect("validated config: arms and default_backend name declared backends");
+            Target {
+                upstream: pools.get(b, config.timeouts.upstream_connect),
+                backend: b.name.clone(),
+                response_timeout: b
+                    .response_timeout
+                    .unwrap_or(config.timeouts.upstream_response),
+            }
+        };
+        let routes = RoutingTable::build(
+            config,
+            |e, a| {
+                let recorder = recorders.arm(&e.name, &a.name);
+                recorder.set_slow_threshold(e.slow_threshold);
+                ArmWiring {
+                    target: target(&a.backend),
+                    recorder,
+                    header_metrics: e
+                        .metrics
+                        .iter()
+                        .filter_map(|m| match &m.source {
+                            MetricSource::ResponseHeader(h) => Some(HeaderMetric {
+                                header: h.clone(),
+                                kind: m.kind,
+                                cell: recorders.metrics.cell(&e.name, &a.name, &m.name),
+                            }),
+                            MetricSource::Feedback => None,
+                        })
+                        .collect(),
+                }
+            },
+            |b| ArmWiring {
+                target: target(b),
+                recorder: recorders.arm(DEFAULT_ROUTE_EXPERIMENT, b),
+                header_metrics: Box::new([]),
+            },
+        );
+        Published {
+            version,
+            routes,
+            feedback_path: config.feedback.path.clone(),
+            feedback_max_body: config.feedback.max_body,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::Telemetry;
+
+    fn split(canary: u32) -> Config {
+        crate::config::parse(&format!(
+            r#"
+backends: {{ a: {{ url: "http://127.0.0.1:1" }}, b: {{ url: "http://127.0.0.1:2" }} }}
+experiments:
+  - name: s
+    unit: {{ header: x-user-id }}
+    arms:
+      - {{ name: stable, backend: a, weight: {} }}
+      - {{ name: canary, backend: b, weight: {canary} }}
+"#,
+            100 - canary
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn pools_and_recorders_are_shared_across_builds() {
+        let recorders = RecorderRegistry::new(Telemetry::new());
+        let pools = UpstreamPool::default();
+        let t1 = Published::build(&split(10), 1, &pools, &recorders);
+        let t2 = Published::build(&split(20), 2, &pools, &recorders);
+        let (a1, a2) = (
+            &t1.routes.experiments[0].arms[1].carry,
+            &t2.routes.experiments[0].arms[1].carry,
+        );
+        assert!(Arc::ptr_eq(&a1.target.upstream, &a2.target.upstream));
+        assert!(Arc::ptr_eq(&a1.recorder, &a2.recorder));
+        assert_eq!(pools.len(), 2);
+    }
+}

@@ -1,0 +1,104 @@
+//! Assignment: which arm of a matched experiment serves a request.
+//!
+//! Owns: the override header, the unit key (header or cookie), and the sticky
+//! bucket → arm mapping. Pure: the same table, headers and random draw always
+//! give the same arm; keyless requests take their bucket from the caller's RNG.
+//!
+//! Never: allocates on the request path (except to name the arms in an error).
+
+use http::HeaderMap;
+
+use super::bucket;
+use super::table::ExperimentRoute;
+use crate::config::{UnitSource, BUCKETS};
+
+/// Header that forces an arm when the experiment allows overrides.
+pub const OVERRIDE_HEADER: &str = "x-abgate-arm";
+
+/// How an arm was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assignment {
+    /// Index into the experiment's arms.
+    pub arm: usize,
+    /// Chosen by the override header: excluded from statistics.
+    pub forced: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AssignError {
+    #[error("x-abgate-arm names no arm of experiment {experiment:?}; arms: {arms}")]
+    UnknownArm { experiment: String, arms: String },
+}
+
+impl<A> ExperimentRoute<A> {
+    /// Chooses an arm: the override header when allowed, else the unit key's
+    /// sticky bucket, else `random_bucket()` (0..10_000) for keyless requests.
+    pub fn assign(
+        &self,
+        headers: &HeaderMap,
+        random_bucket: impl FnOnce() -> u32,
+    ) -> Result<Assignment, AssignError> {
+        if self.allow_override {
+            if let Some(v) = headers.get(OVERRIDE_HEADER) {
+                let forced = self
+                    .arms
+                    .iter()
+                    .position(|a| a.name.as_bytes() == v.as_bytes());
+                return match forced {
+                    Some(arm) => Ok(Assignment { arm, forced: true }),
+                    None => Err(AssignError::UnknownArm {
+                        experiment: self.name.clone(),
+                        arms: self
+                            .arms
+                            .iter()
+                            .map(|a| a.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    }),
+                };
+            }
+        }
+        let b = match self.unit_key(headers) {
+            Some(key) => bucket::bucket(self.seed, key),
+            None => random_bucket() % BUCKETS,
+        };
+        Ok(Assignment {
+            arm: self.arm_for_bucket(b),
+            forced: false,
+        })
+    }
+
+    /// The unit key bytes, if the request carries one.
+    pub fn unit_key<'h>(&self, headers: &'h HeaderMap) -> Option<&'h [u8]> {
+        match self.unit.as_ref()? {
+            UnitSource::Header(name) => headers
+                .get(name)
+                .map(|v| v.as_bytes())
+                .filter(|v| !v.is_empty()),
+            UnitSource::Cookie(name) => cookie(headers, name),
+        }
+    }
+
+    /// The arm owning bucket `b`: arms own contiguous ranges in declared order,
+    /// so growing the last arm only moves units into it.
+    pub fn arm_for_bucket(&self, b: u32) -> usize {
+        self.bounds
+            .iter()
+            .position(|&upper| b < upper)
+            .unwrap_or(self.arms.len() - 1)
+    }
+}
+
+/// Finds cookie `name` in the request's Cookie headers without allocating.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            let (k, v) = (&pair[..eq], &pair[eq + 1..]);
+            (k == name.as_bytes() && !v.is_empty()).then_some(v)
+        })
+}
