@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use crate::control::{Action, ActionError, Actor, ApplyError, ControlPlane};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::listener::stop_requested;
-use crate::proxy::problem::problem_response;
+use crate::proxy::problem::Problem;
 use auth::{host_is_local, AdminAuth};
 
 /// Largest config or action body accepted.
@@ -59,9 +59,6 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch
     }
 }
 
-/// An admin error: status plus a problem body.
-struct Problem(StatusCode, &'static str, String);
-
 type Answer = Result<Response<ProxyBody>, Problem>;
 
 async fn handle(
@@ -71,9 +68,7 @@ async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     Ok(match route(&admin, peer, req).await {
         Ok(r) => r,
-        Err(Problem(status, slug, detail)) => {
-            problem_response(status, slug, &detail).map(ProxyBody::full)
-        }
+        Err(problem) => problem.to_response().map(ProxyBody::full),
     })
 }
 
@@ -84,7 +79,7 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
         .and_then(|h| h.to_str().ok());
     if let Some(h) = host {
         if !host_is_local(h, admin.listen) {
-            return Err(Problem(
+            return Err(Problem::client(
                 StatusCode::FORBIDDEN,
                 "foreign-host",
                 format!("Host {h:?} does not name this admin listener"),
@@ -158,7 +153,7 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
                 "promote" => {
                     let body = read_json(req).await?;
                     let arm = body.get("arm").and_then(|a| a.as_str()).ok_or_else(|| {
-                        Problem(
+                        Problem::client(
                             StatusCode::BAD_REQUEST,
                             "bad-request",
                             "promote needs a JSON body {\"arm\": \"NAME\"}".into(),
@@ -169,7 +164,7 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
                     }
                 }
                 other => {
-                    return Err(Problem(
+                    return Err(Problem::client(
                         StatusCode::NOT_FOUND,
                         "not-found",
                         format!("no action {other:?}; use pause, resume, rollback or promote"),
@@ -189,7 +184,7 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
                     Some(("experiment", v)) if !v.is_empty() => experiment = Some(v.to_string()),
                     Some(("limit", v)) => {
                         limit = v.parse().map_err(|_| {
-                            Problem(
+                            Problem::client(
                                 StatusCode::BAD_REQUEST,
                                 "bad-request",
                                 format!("limit must be a whole number, got {v:?}"),
@@ -198,7 +193,7 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
                     }
                     Some(("experiment", _)) => {}
                     _ => {
-                        return Err(Problem(
+                        return Err(Problem::client(
                             StatusCode::BAD_REQUEST,
                             "bad-request",
                             format!("unknown query parameter {pair:?}; use experiment= and limit="),
@@ -209,7 +204,9 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
             let decisions = c
                 .blocking(move |s| s.decisions(experiment.as_deref(), limit))
                 .await
-                .map_err(|e| Problem(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))?;
+                .map_err(|e| {
+                    Problem::internal(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string())
+                })?;
             Ok(json_ok(&json!({"decisions": decisions})))
         }
         (&Method::GET, ["v1", "config"]) => {
@@ -226,7 +223,7 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
             let expected = if_match(&req)?;
             let bytes = read_body(req).await?;
             let text_body = String::from_utf8(bytes.to_vec()).map_err(|_| {
-                Problem(
+                Problem::client(
                     StatusCode::BAD_REQUEST,
                     "bad-request",
                     "config must be UTF-8".into(),
@@ -240,38 +237,32 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
                     }
                     Ok(r)
                 }
-                Err(ApplyError::StaleVersion { current, expected }) => Err(Problem(
+                Err(ApplyError::StaleVersion { current, expected }) => Err(Problem::client(
                     StatusCode::PRECONDITION_FAILED,
                     "stale-version",
                     format!("If-Match names version {expected} but version {current} is current; GET /v1/config and retry"),
                 )),
-                Err(ApplyError::Invalid(errors)) => {
-                    let body = json!({
-                        "type": "urn:abgate:problem:invalid-config",
-                        "title": "Unprocessable Entity",
-                        "status": 422,
-                        "detail": format!("{} error(s); the config was rejected whole and the running config stays", errors.0.len()),
-                        "errors": errors.0,
-                    });
-                    let mut r = text(StatusCode::UNPROCESSABLE_ENTITY, "application/problem+json", body.to_string());
-                    *r.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-                    Ok(r)
-                }
-                Err(ApplyError::Store(e)) => Err(Problem(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string())),
+                Err(ApplyError::Invalid(errors)) => Err(Problem::client(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid-config",
+                    format!("{} error(s); the config was rejected whole and the running config stays", errors.0.len()),
+                )
+                .with("errors", json!(errors.0))),
+                Err(ApplyError::Store(e)) => Err(Problem::internal(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string())),
                 // Only a file reload reads a file.
                 Err(e @ (ApplyError::NoConfigFile | ApplyError::Read { .. })) => {
-                    Err(Problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+                    Err(Problem::internal(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
                 }
             }
         }
         (_, ["metrics" | "healthz" | "readyz"])
         | (_, ["v1", "experiments", ..])
-        | (_, ["v1", "decisions" | "config"]) => Err(Problem(
+        | (_, ["v1", "decisions" | "config"]) => Err(Problem::client(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
             format!("{method} is not allowed on {path}"),
         )),
-        _ => Err(Problem(
+        _ => Err(Problem::client(
             StatusCode::NOT_FOUND,
             "not-found",
             format!("no admin endpoint at {path}"),
@@ -289,7 +280,7 @@ fn authorize(admin: &Admin, req: &Request<Incoming>) -> Result<String, Problem> 
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
     admin.auth.check(presented).ok_or_else(|| {
-        Problem(
+        Problem::client(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "a valid `Authorization: Bearer <token>` is required".into(),
@@ -302,7 +293,7 @@ fn if_match(req: &Request<Incoming>) -> Result<u64, Problem> {
         .headers()
         .get(header::IF_MATCH)
         .ok_or_else(|| {
-            Problem(
+            Problem::client(
                 StatusCode::PRECONDITION_REQUIRED,
                 "if-match-required",
                 "PUT /v1/config needs `If-Match: <version>` (from GET /v1/config) so concurrent edits are not lost".into(),
@@ -315,7 +306,7 @@ fn if_match(req: &Request<Incoming>) -> Result<u64, Problem> {
         .trim_matches('"')
         .parse()
         .map_err(|_| {
-            Problem(
+            Problem::client(
                 StatusCode::BAD_REQUEST,
                 "bad-request",
                 format!("If-Match must be a version number, got {raw:?}"),
@@ -330,13 +321,13 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Problem> {
         .map(|b| b.to_bytes())
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
-                Problem(
+                Problem::client(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "too-large",
                     format!("body over {MAX_ADMIN_BODY} bytes"),
                 )
             } else {
-                Problem(
+                Problem::client(
                     StatusCode::BAD_REQUEST,
                     "bad-request",
                     format!("cannot read body: {e}"),
@@ -348,7 +339,7 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Problem> {
 async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, Problem> {
     let bytes = read_body(req).await?;
     serde_json::from_slice(&bytes).map_err(|e| {
-        Problem(
+        Problem::client(
             StatusCode::BAD_REQUEST,
             "bad-request",
             format!("invalid JSON: {e}"),
@@ -357,7 +348,7 @@ async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, Problem>
 }
 
 fn unknown_experiment(name: &str) -> Problem {
-    Problem(
+    Problem::client(
         StatusCode::NOT_FOUND,
         "unknown-experiment",
         format!("no experiment named {name:?}"),
@@ -367,13 +358,17 @@ fn unknown_experiment(name: &str) -> Problem {
 fn action_problem(e: ActionError) -> Problem {
     match e {
         ActionError::UnknownExperiment(n) => unknown_experiment(&n),
-        ActionError::UnknownArm { .. } => Problem(
+        ActionError::UnknownArm { .. } => Problem::client(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unknown-arm",
             e.to_string(),
         ),
-        ActionError::Conflict { .. } => Problem(StatusCode::CONFLICT, "conflict", e.to_string()),
-        ActionError::Store(_) => Problem(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+        ActionError::Conflict { .. } => {
+            Problem::client(StatusCode::CONFLICT, "conflict", e.to_string())
+        }
+        ActionError::Store(_) => {
+            Problem::internal(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string())
+        }
     }
 }
 

@@ -1,8 +1,14 @@
-//! The feedback endpoint: outcome events posted later against a signed token.
+//! Feedback ingestion, the domain half: outcome events posted later against a
+//! signed token. (The HTTP half, `proxy::feedback`, reads the body and maps the
+//! results to statuses.)
 //!
 //! Owns: validating each event (token, window, metric, value), making accepted
-//! events durable with group commit *before* answering 2xx, counting each event
-//! once per (token id, metric), and updating the per-arm sums afterwards.
+//! events durable with group commit *before* the caller may answer 2xx,
+//! counting each event once per (token id, metric), and updating the per-arm
+//! sums afterwards.
+//!
+//! Never: names an HTTP type. Rejections carry a [`RejectReason`]; the HTTP
+//! half chooses the status.
 //!
 //! Group commit: one writer thread owns the feedback log. Requests queue their
 //! events; the writer takes everything queued, writes it in one transaction and
@@ -12,18 +18,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::metrics::MetricBook;
 use super::token::{TokenError, TokenKeys};
 use crate::clock::now_ms;
 use crate::config::{MetricKind, MetricSource};
-use crate::proxy::body::ProxyBody;
 use crate::routing::RoutingTable;
 use crate::store::feedback::{FeedbackEvent, FeedbackLog};
 use crate::telemetry::Telemetry;
@@ -48,14 +49,110 @@ pub struct FeedbackService {
 }
 
 /// Why one event was refused.
-struct Rejection {
-    status: StatusCode,
-    slug: &'static str,
-    detail: String,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// Not an event object, or a field of the wrong type.
+    Malformed,
+    /// The token names a signing key abgate does not have.
+    UnknownKey,
+    /// The token is not one abgate signed.
+    BadToken,
+    /// The experiment is gone or declares no such feedback metric.
+    UnknownMetric,
+    /// The token is older than the experiment's attribution window.
+    Expired,
+    /// The value is outside the metric's declared range (or not 0/1).
+    OutOfRange,
+}
+
+impl RejectReason {
+    /// The stable slug of the problem `type` and of the counter's `result`.
+    pub fn slug(self) -> &'static str {
+        match self {
+            RejectReason::Malformed => "malformed",
+            RejectReason::UnknownKey => "unknown-key",
+            RejectReason::BadToken => "bad-token",
+            RejectReason::UnknownMetric => "unknown-metric",
+            RejectReason::Expired => "expired",
+            RejectReason::OutOfRange => "out-of-range",
+        }
+    }
+}
+
+/// One refused event: why, in words for the client.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub detail: String,
     /// Labels for the counter (config names only).
     experiment: String,
     arm: String,
     metric: String,
+}
+
+/// What became of one event.
+#[derive(Debug, Clone)]
+pub enum EventResult {
+    /// Durable and counted.
+    Accepted,
+    /// Already recorded for this (token, metric): counted once, before.
+    Duplicate,
+    Rejected(Rejection),
+}
+
+impl EventResult {
+    /// `accepted`, `duplicate` or `rejected`, as the endpoint reports it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventResult::Accepted => "accepted",
+            EventResult::Duplicate => "duplicate",
+            EventResult::Rejected(_) => "rejected",
+        }
+    }
+}
+
+/// Why a whole submission was refused (nothing was recorded).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FeedbackError {
+    #[error("{0}")]
+    Malformed(String),
+    #[error("the feedback queue is full; retry later")]
+    Overloaded,
+    #[error("the events could not be made durable; nothing was recorded, retry")]
+    StoreUnavailable,
+}
+
+/// A parsed submission: one event or a batch of them.
+pub struct Submission {
+    items: Vec<Value>,
+    /// Posted as an array: answered per event, even for one.
+    pub batch: bool,
+}
+
+impl Submission {
+    /// Parses a body: an event object, or an array of 1..=[`MAX_EVENTS`] of them.
+    pub fn parse(body: &[u8]) -> Result<Submission, FeedbackError> {
+        let parsed: Value = serde_json::from_slice(body)
+            .map_err(|e| FeedbackError::Malformed(format!("body is not JSON: {e}")))?;
+        match parsed {
+            Value::Array(items) => {
+                if items.is_empty() || items.len() > MAX_EVENTS {
+                    return Err(FeedbackError::Malformed(format!(
+                        "a batch holds 1 to {MAX_EVENTS} events, got {}",
+                        items.len()
+                    )));
+                }
+                Ok(Submission { items, batch: true })
+            }
+            v @ Value::Object(_) => Ok(Submission {
+                items: vec![v],
+                batch: false,
+            }),
+            _ => Err(FeedbackError::Malformed(
+                "body must be an event object or an array of them".into(),
+            )),
+        }
+    }
 }
 
 impl FeedbackService {
@@ -66,8 +163,13 @@ impl FeedbackService {
         book: Arc<MetricBook>,
         telemetry: Arc<Telemetry>,
     ) -> Result<Arc<FeedbackService>, crate::store::StoreError> {
-        for ((e, a, m), sums) in log.sums()? {
-            book.cell(&e, &a, &m).restore(sums);
+        for t in log.sums()? {
+            book.cell(&t.experiment, &t.arm, &t.metric)
+                .restore(super::metrics::MetricSums {
+                    n: t.n,
+                    sum: t.sum,
+                    sum_sq: t.sum_sq,
+                });
         }
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
         let writer_book = book.clone();
@@ -142,75 +244,20 @@ impl FeedbackService {
             .increment(1);
     }
 
-    /// Serves `POST <feedback path>`.
-    pub async fn handle<A>(
+    /// Validates every event, makes the valid ones durable (one group commit),
+    /// and returns each event's result in order. `Err` means nothing was
+    /// recorded and the client should retry.
+    pub async fn ingest<A>(
         &self,
-        req: Request<Incoming>,
+        submission: Submission,
         table: &RoutingTable<A>,
-        max_body: usize,
-    ) -> Response<ProxyBody> {
-        if req.method() != Method::POST {
-            return problem(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "POST feedback events".into(),
-            );
-        }
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > max_body) {
-            return too_large(max_body);
-        }
-        let body = match Limited::new(req.into_body(), max_body).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(max_body),
-            Err(e) => {
-                return problem(
-                    StatusCode::BAD_REQUEST,
-                    "malformed",
-                    format!("cannot read the body: {e}"),
-                )
-            }
-        };
-        let parsed: Value = match serde_json::from_slice(&body) {
-            Ok(v) => v,
-            Err(e) => {
-                return problem(
-                    StatusCode::BAD_REQUEST,
-                    "malformed",
-                    format!("body is not JSON: {e}"),
-                )
-            }
-        };
-        let (items, batch) = match parsed {
-            Value::Array(items) => {
-                if items.is_empty() || items.len() > MAX_EVENTS {
-                    return problem(
-                        StatusCode::BAD_REQUEST,
-                        "malformed",
-                        format!(
-                            "a batch holds 1 to {MAX_EVENTS} events, got {}",
-                            items.len()
-                        ),
-                    );
-                }
-                (items, true)
-            }
-            v @ Value::Object(_) => (vec![v], false),
-            _ => {
-                return problem(
-                    StatusCode::BAD_REQUEST,
-                    "malformed",
-                    "body must be an event object or an array of them".into(),
-                )
-            }
-        };
+    ) -> Result<Vec<EventResult>, FeedbackError> {
         let now = now_ms();
-        let checked: Vec<Result<FeedbackEvent, Rejection>> =
-            items.iter().map(|v| self.validate(v, table, now)).collect();
+        let checked: Vec<Result<FeedbackEvent, Rejection>> = submission
+            .items
+            .iter()
+            .map(|v| self.validate(v, table, now))
+            .collect();
         let valid: Vec<FeedbackEvent> = checked
             .iter()
             .filter_map(|c| c.as_ref().ok().cloned())
@@ -227,69 +274,33 @@ impl FeedbackService {
                 })
                 .is_err()
             {
-                return problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "overloaded",
-                    "the feedback queue is full; retry later".into(),
-                );
+                return Err(FeedbackError::Overloaded);
             }
             match tokio::time::timeout(Duration::from_secs(30), answer).await {
                 Ok(Ok(Ok(v))) => v,
-                _ => {
-                    return problem(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "store-unavailable",
-                        "the events could not be made durable; nothing was recorded, retry".into(),
-                    )
-                }
+                _ => return Err(FeedbackError::StoreUnavailable),
             }
         };
         let mut new_iter = inserted.into_iter();
-        let mut results = Vec::with_capacity(checked.len());
-        let (mut accepted, mut duplicates, mut rejected) = (0, 0, 0);
-        for c in checked {
-            match c {
+        let results = checked
+            .into_iter()
+            .map(|c| match c {
                 Ok(e) => {
-                    let new = new_iter.next().unwrap_or(false);
-                    let result = if new { "accepted" } else { "duplicate" };
-                    if new {
-                        accepted += 1;
+                    let result = if new_iter.next().unwrap_or(false) {
+                        EventResult::Accepted
                     } else {
-                        duplicates += 1;
-                    }
-                    self.count(&e.experiment, &e.arm, &e.metric, result);
-                    results.push(Ok(result));
+                        EventResult::Duplicate
+                    };
+                    self.count(&e.experiment, &e.arm, &e.metric, result.name());
+                    result
                 }
                 Err(r) => {
-                    rejected += 1;
-                    self.count(&r.experiment, &r.arm, &r.metric, r.slug);
-                    results.push(Err(r));
+                    self.count(&r.experiment, &r.arm, &r.metric, r.reason.slug());
+                    EventResult::Rejected(r)
                 }
-            }
-        }
-        if !batch {
-            return match results.pop() {
-                Some(Ok(result)) => json_response(StatusCode::OK, &json!({"result": result})),
-                Some(Err(r)) => problem(r.status, r.slug, r.detail),
-                None => problem(StatusCode::BAD_REQUEST, "malformed", "no event".into()),
-            };
-        }
-        let results: Vec<Value> = results
-            .into_iter()
-            .map(|r| match r {
-                Ok(result) => json!({"result": result}),
-                Err(r) => json!({
-                    "result": "rejected",
-                    "status": r.status.as_u16(),
-                    "type": format!("urn:abgate:problem:{}", r.slug),
-                    "detail": r.detail,
-                }),
             })
             .collect();
-        json_response(
-            StatusCode::OK,
-            &json!({"results": results, "accepted": accepted, "duplicate": duplicates, "rejected": rejected}),
-        )
+        Ok(results)
     }
 
     fn validate<A>(
@@ -298,9 +309,8 @@ impl FeedbackService {
         table: &RoutingTable<A>,
         now: u64,
     ) -> Result<FeedbackEvent, Rejection> {
-        let reject = |status, slug, detail: String, e: &str, a: &str, m: &str| Rejection {
-            status,
-            slug,
+        let reject = |reason, detail: String, e: &str, a: &str, m: &str| Rejection {
+            reason,
             detail,
             experiment: e.to_string(),
             arm: a.to_string(),
@@ -309,8 +319,7 @@ impl FeedbackService {
         const UNKNOWN: &str = "_unknown";
         let malformed = |detail: &str| {
             reject(
-                StatusCode::BAD_REQUEST,
-                "malformed",
+                RejectReason::Malformed,
                 detail.to_string(),
                 UNKNOWN,
                 UNKNOWN,
@@ -336,24 +345,16 @@ impl FeedbackService {
             _ => return Err(malformed("`value` must be a number")),
         };
         let claims = self.keys.verify(token).map_err(|e| {
-            let slug = match e {
-                TokenError::UnknownKey(_) => "unknown-key",
-                TokenError::Malformed | TokenError::BadSignature => "bad-token",
+            let reason = match e {
+                TokenError::UnknownKey(_) => RejectReason::UnknownKey,
+                TokenError::Malformed | TokenError::BadSignature => RejectReason::BadToken,
             };
-            reject(
-                StatusCode::UNAUTHORIZED,
-                slug,
-                e.to_string(),
-                UNKNOWN,
-                UNKNOWN,
-                UNKNOWN,
-            )
+            reject(reason, e.to_string(), UNKNOWN, UNKNOWN, UNKNOWN)
         })?;
         let (exp, arm) = (claims.experiment.as_str(), claims.arm.as_str());
         let Some(route) = table.experiment(exp) else {
             return Err(reject(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown-metric",
+                RejectReason::UnknownMetric,
                 format!("experiment {exp:?} is no longer configured"),
                 exp,
                 arm,
@@ -373,8 +374,7 @@ impl FeedbackService {
                         .map(|m| m.name.as_str())
                         .collect();
                     reject(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "unknown-metric",
+                        RejectReason::UnknownMetric,
                         format!(
                         "experiment {exp:?} declares no feedback metric {metric:?}; declared: {}",
                         if declared.is_empty() { "(none)".to_string() } else { declared.join(", ") }
@@ -387,8 +387,7 @@ impl FeedbackService {
         let age = now.saturating_sub(claims.issued_at_ms);
         if u128::from(age) > route.attribution_window.as_millis() {
             return Err(reject(
-                StatusCode::GONE,
-                "expired",
+                RejectReason::Expired,
                 format!(
                     "the token is {}s old; experiment {exp:?} attributes feedback for {}s",
                     age / 1000,
@@ -399,16 +398,8 @@ impl FeedbackService {
                 metric,
             ));
         }
-        let out_of_range = |detail: String| {
-            reject(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "out-of-range",
-                detail,
-                exp,
-                arm,
-                metric,
-            )
-        };
+        let out_of_range =
+            |detail: String| reject(RejectReason::OutOfRange, detail, exp, arm, metric);
         match def.kind {
             MetricKind::Binary if value != 0.0 && value != 1.0 => {
                 return Err(out_of_range(format!(
@@ -436,26 +427,4 @@ impl FeedbackService {
             issued_at_ms: claims.issued_at_ms,
         })
     }
-}
-
-fn json_response(status: StatusCode, v: &Value) -> Response<ProxyBody> {
-    let mut r = Response::new(ProxyBody::full(Bytes::from(v.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn problem(status: StatusCode, slug: &str, detail: String) -> Response<ProxyBody> {
-    crate::proxy::problem::problem_response(status, slug, &detail).map(ProxyBody::full)
-}
-
-fn too_large(max: usize) -> Response<ProxyBody> {
-    problem(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "too-large",
-        format!("the body is over the {max}-byte limit"),
-    )
 }

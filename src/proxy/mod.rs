@@ -10,6 +10,7 @@
 pub mod activity;
 pub mod body;
 pub mod classify;
+pub mod feedback;
 pub mod forward;
 pub mod guarded_body;
 pub mod handler;

@@ -1,10 +1,90 @@
-//! Errors the proxy answers with, mapped to a status and a JSON problem body
-//! (RFC 9457) in exactly one place.
+//! The one error vocabulary of every answer abgate gives instead of a backend:
+//! [`Problem`] (status, slug, detail, and who is at fault), rendered as an
+//! RFC 9457 `application/problem+json` body in exactly one place. The data
+//! plane's [`ProxyError`], the feedback endpoint's rejections and the admin
+//! API's errors all convert into it.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
+use serde_json::{Map, Value};
 
 use crate::outcomes::FailureKind;
+
+/// Who is at fault: the client (fix the request), the upstream (the backend
+/// failed; another try may land elsewhere) or abgate itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    Internal,
+}
+
+/// An answer abgate gives on its own behalf.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub status: StatusCode,
+    /// Stable and machine-readable: the problem `type` is `urn:abgate:problem:<slug>`.
+    pub slug: &'static str,
+    /// For people: what went wrong and what to do.
+    pub detail: String,
+    pub side: Side,
+    /// RFC 9457 extension members (e.g. `errors` of an invalid config).
+    pub extensions: Map<String, Value>,
+}
+
+impl Problem {
+    pub fn new(side: Side, status: StatusCode, slug: &'static str, detail: String) -> Problem {
+        Problem {
+            status,
+            slug,
+            detail,
+            side,
+            extensions: Map::new(),
+        }
+    }
+
+    pub fn client(status: StatusCode, slug: &'static str, detail: String) -> Problem {
+        Problem::new(Side::Client, status, slug, detail)
+    }
+
+    pub fn upstream(status: StatusCode, slug: &'static str, detail: String) -> Problem {
+        Problem::new(Side::Upstream, status, slug, detail)
+    }
+
+    pub fn internal(status: StatusCode, slug: &'static str, detail: String) -> Problem {
+        Problem::new(Side::Internal, status, slug, detail)
+    }
+
+    /// Adds an extension member to the body.
+    pub fn with(mut self, key: &str, value: Value) -> Problem {
+        self.extensions.insert(key.to_string(), value);
+        self
+    }
+
+    /// `urn:abgate:problem:<slug>`.
+    pub fn type_uri(&self) -> String {
+        format!("urn:abgate:problem:{}", self.slug)
+    }
+
+    /// The `application/problem+json` response.
+    pub fn to_response(&self) -> Response<Bytes> {
+        let mut body = self.extensions.clone();
+        body.insert("type".into(), Value::String(self.type_uri()));
+        body.insert(
+            "title".into(),
+            Value::String(self.status.canonical_reason().unwrap_or("Error").into()),
+        );
+        body.insert("status".into(), Value::from(self.status.as_u16()));
+        body.insert("detail".into(), Value::String(self.detail.clone()));
+        let mut resp = Response::new(Bytes::from(Value::Object(body).to_string()));
+        *resp.status_mut() = self.status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        resp
+    }
+}
 
 /// Everything that makes abgate answer instead of the backend.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -103,25 +183,26 @@ impl ProxyError {
     }
 }
 
-/// Builds an `application/problem+json` response.
-pub fn problem_response(status: StatusCode, slug: &str, detail: &str) -> Response<Bytes> {
-    let body = serde_json::json!({
-        "type": format!("urn:abgate:problem:{slug}"),
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    let mut resp = Response::new(Bytes::from(body.to_string()));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    resp
+impl ProxyError {
+    /// Who is at fault.
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::ConnectRefused { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::ResponseTimeout { .. }
+            | ProxyError::UpstreamReset { .. }
+            | ProxyError::BadResponse { .. } => Side::Upstream,
+            _ => Side::Client,
+        }
+    }
+
+    pub fn to_response(&self) -> Response<Bytes> {
+        Problem::from(self).to_response()
+    }
 }
 
-impl ProxyError {
-    pub fn to_response(&self) -> Response<Bytes> {
-        problem_response(self.status(), self.slug(), &self.to_string())
+impl From<&ProxyError> for Problem {
+    fn from(e: &ProxyError) -> Problem {
+        Problem::new(e.side(), e.status(), e.slug(), e.to_string())
     }
 }

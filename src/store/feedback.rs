@@ -10,7 +10,6 @@ use std::time::Duration;
 use rusqlite::{params, Connection};
 
 use super::StoreError;
-use crate::outcomes::metrics::{MetricKey, MetricSums};
 
 /// One event to make durable.
 #[derive(Debug, Clone)]
@@ -116,25 +115,39 @@ impl FeedbackLog {
 
     /// Sums per (experiment, arm, metric) over non-forced events, to rebuild the
     /// in-memory statistics at startup.
-    pub fn sums(&self) -> Result<Vec<(MetricKey, MetricSums)>, StoreError> {
+    pub fn sums(&self) -> Result<Vec<FeedbackTotal>, StoreError> {
         let mut st = self.conn.prepare(
             "SELECT experiment, arm, metric, COUNT(*), SUM(value), SUM(value * value)
              FROM feedback WHERE forced = 0 GROUP BY experiment, arm, metric",
         )?;
         let rows = st
             .query_map([], |r| {
-                Ok((
-                    (r.get(0)?, r.get(1)?, r.get(2)?),
-                    MetricSums {
-                        n: r.get::<_, i64>(3)? as u64,
-                        sum: r.get(4)?,
-                        sum_sq: r.get(5)?,
-                    },
-                ))
+                Ok(FeedbackTotal {
+                    experiment: r.get(0)?,
+                    arm: r.get(1)?,
+                    metric: r.get(2)?,
+                    n: r.get::<_, i64>(3)? as u64,
+                    sum: r.get(4)?,
+                    sum_sq: r.get(5)?,
+                })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
+}
+
+/// The recorded (non-forced) feedback of one metric of one arm.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackTotal {
+    pub experiment: String,
+    pub arm: String,
+    pub metric: String,
+    /// Events.
+    pub n: u64,
+    /// Sum of values.
+    pub sum: f64,
+    /// Sum of squared values.
+    pub sum_sq: f64,
 }
 
 #[cfg(test)]
@@ -178,7 +191,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         drop(alive);
-        assert_eq!(log.sums().unwrap()[0].1.n, 2000);
+        assert_eq!(log.sums().unwrap()[0].n, 2000);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
