@@ -19,11 +19,11 @@ use super::mixture::{
     difference, halfwidth_two_sided, log_e_one_sided_for, two_sided, MixtureConfig, NotComputable,
     Scale, SequentialEstimate,
 };
+use super::p_from_log_e;
 use super::policy::{Policy, PolicyError};
 use super::snapshot::{MetricData, Snapshot};
 use super::srm::{srm_test, SrmResult};
 use super::sufficient::Moments;
-use super::p_from_log_e;
 
 /// Which hypothesis test a p-value belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

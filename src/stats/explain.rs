@@ -10,9 +10,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::decide::{
-    evidence_of, levels, non_inferior, ComparisonEvidence, HoldReason, Verdict,
-};
+use super::decide::{evidence_of, levels, non_inferior, ComparisonEvidence, HoldReason, Verdict};
 use super::evidence::{EffectScale, ExperimentEvidence, TestKind};
 use super::policy::Policy;
 

@@ -45,14 +45,14 @@ pub mod sufficient;
 pub use analyze::{analyze_json, render_table, AnalyzeError};
 pub use attribution::{attribution_q, ErrorAttribution, RR_GRID};
 pub use decide::{decide, ComparisonEvidence, HoldReason, Verdict};
+pub use evidence::{
+    ArmUnits, ComparisonRecord, EffectScale, ExperimentEvidence, SrmRecord, TestKind,
+};
 pub use explain::{comparisons, ComparisonView};
 pub use policy::{
     Direction, ExperimentKind, GuardrailPolicy, Margin, Policy, PolicyError, PrimaryPolicy,
 };
 pub use snapshot::{ArmSnapshot, MetricData, MetricSnapshot, Snapshot, StepFacts};
-pub use evidence::{
-    ArmUnits, ComparisonRecord, EffectScale, ExperimentEvidence, SrmRecord, TestKind,
-};
 
 pub use mixture::{
     compare, Comparison, MixtureConfig, NotComputable, Scale, SequentialEstimate, DEFAULT_ALPHA,

@@ -184,17 +184,29 @@ pub(super) fn bad(field: &str, message: String) -> PolicyError {
 
 impl Policy {
     /// Checks ranges: levels in (0, 0.5), N* and k > 0, margins finite and ≥ 0.
+    /// Returns the first of [`Policy::problems`].
     pub fn validate(&self) -> Result<(), PolicyError> {
+        match self.problems().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every range violation, in field order (empty when the policy is valid).
+    /// The config schema reports them all at once, each at its YAML line; a
+    /// look only needs the first.
+    pub fn problems(&self) -> Vec<PolicyError> {
+        let mut out = Vec::new();
         for (name, a) in [
             ("alpha", self.alpha),
             ("guardrail_alpha", self.guardrail_alpha),
         ] {
             if !(a > 0.0 && a < 0.5) {
-                return Err(bad(name, format!("must be in (0, 0.5), got {a}")));
+                out.push(bad(name, format!("must be in (0, 0.5), got {a}")));
             }
         }
         if !(self.srm_alpha > 0.0 && self.srm_alpha < 1.0) {
-            return Err(bad(
+            out.push(bad(
                 "srm_alpha",
                 format!("must be in (0, 1), got {}", self.srm_alpha),
             ));
@@ -204,13 +216,13 @@ impl Policy {
             ("srm_concentration", self.srm_concentration),
         ] {
             if !(v.is_finite() && v > 0.0) {
-                return Err(bad(name, format!("must be finite and > 0, got {v}")));
+                out.push(bad(name, format!("must be finite and > 0, got {v}")));
             }
         }
         for (i, g) in self.guardrails.iter().enumerate() {
             let m = g.margin.value();
             if !(m.is_finite() && m >= 0.0) {
-                return Err(bad(
+                out.push(bad(
                     &format!("guardrails[{i}].margin"),
                     format!("must be finite and >= 0, got {m}"),
                 ));
@@ -218,21 +230,21 @@ impl Policy {
         }
         if let Some(p) = &self.primary {
             if !(p.min_effect.is_finite() && p.min_effect >= 0.0) {
-                return Err(bad(
+                out.push(bad(
                     "primary.min_effect",
                     format!("must be >= 0, got {}", p.min_effect),
                 ));
             }
             if let Some(e) = p.equivalence_margin {
                 if !(e.is_finite() && e > 0.0) {
-                    return Err(bad(
+                    out.push(bad(
                         "primary.equivalence_margin",
                         format!("must be > 0, got {e}"),
                     ));
                 }
             }
         }
-        Ok(())
+        out
     }
 
     /// The two-sided mixture tuning at the primary level.
@@ -241,5 +253,41 @@ impl Policy {
             alpha: self.alpha,
             design_samples: self.design_samples,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problems_lists_every_violation_and_validate_returns_the_first() {
+        let p = Policy {
+            alpha: 0.7,
+            design_samples: 0.0,
+            primary: Some(PrimaryPolicy {
+                metric: "accepted".into(),
+                direction: Direction::Increase,
+                scale: Scale::Relative,
+                min_effect: -0.1,
+                equivalence_margin: None,
+            }),
+            ..Policy::default()
+        };
+        let fields: Vec<String> = p
+            .problems()
+            .into_iter()
+            .map(|e| match e {
+                PolicyError::BadParameter { field, .. } => field,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(fields, ["alpha", "design_samples", "primary.min_effect"]);
+        assert_eq!(
+            p.validate().unwrap_err().to_string(),
+            "alpha: must be in (0, 0.5), got 0.7"
+        );
+        assert!(Policy::default().problems().is_empty());
+        assert_eq!(Policy::default().validate(), Ok(()));
     }
 }
