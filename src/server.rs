@@ -24,7 +24,7 @@ use crate::outcomes::RecorderRegistry;
 use crate::proxy::handler::DataPlane;
 use crate::proxy::limits::RequestLimits;
 use crate::proxy::server::{self as listener, ListenerSettings};
-use crate::proxy::tls::TlsTerminator;
+use crate::proxy::tls::{TlsError, TlsTerminator};
 use crate::proxy::upstream::UpstreamPool;
 use crate::routing::RoutingTable;
 use crate::store::feedback::FeedbackLog;
@@ -58,11 +58,11 @@ impl Shared {
     /// whenever a config is re-applied so renewed certificates take effect for
     /// new connections. On error the old certificate stays in use. Turning TLS on
     /// or off needs a restart (the listener's mode is fixed at bind).
-    pub fn reload_tls(&self, config: &Config) -> Result<(), String> {
+    pub fn reload_tls(&self, config: &Config) -> Result<(), TlsError> {
         match (&self.tls, &config.tls) {
             (Some(t), Some(files)) => t.reload(files),
             (None, None) => Ok(()),
-            _ => Err("enabling or disabling TLS on the listener needs a restart".into()),
+            _ => Err(TlsError::ModeChange),
         }
     }
 }
@@ -89,7 +89,7 @@ pub enum StartError {
     #[error(transparent)]
     TokenKeys(#[from] KeyError),
     #[error("cannot set up TLS on the data plane: {0}")]
-    Tls(String),
+    Tls(TlsError),
 }
 
 /// What to start from.

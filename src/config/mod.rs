@@ -6,6 +6,7 @@
 
 mod decode;
 pub mod model;
+pub mod pem;
 pub mod policy;
 mod schema;
 pub mod yaml;

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use super::decode::{field, index, Decoder, Fields};
 use super::model::*;
+use super::pem;
 use super::policy::{config_key, stats_policy};
 use super::yaml::{Node, Value};
 use crate::stats::PolicyError;
@@ -1230,13 +1231,13 @@ fn pem_file(d: &mut Decoder, f: &Fields, key: &str, want: PemKind) -> Option<Pat
     let path = f.path_of(key);
     let file = PathBuf::from(d.name(node, &path)?);
     let checked = match want {
-        PemKind::Certs => crate::proxy::tls::load_certs(&file).map(drop),
-        PemKind::Key => crate::proxy::tls::load_key(&file).map(drop),
+        PemKind::Certs => pem::load_certs(&file).map(drop),
+        PemKind::Key => pem::load_key(&file).map(drop),
     };
     match checked {
         Ok(()) => Some(file),
         Err(e) => {
-            d.error(path, node.line, e);
+            d.error(path, node.line, e.to_string());
             None
         }
     }
