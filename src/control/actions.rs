@@ -3,8 +3,8 @@
 //! Each is written to the store as a decision *before* the table changes
 //! (write-ahead), then applied, then marked applied.
 
-use crate::config::{self, BUCKETS};
 use crate::clock::now_ms;
+use crate::config::{self, BUCKETS};
 use crate::store::{ExperimentPhase, ExperimentState, NewDecision, StoreError, Weights};
 
 use super::{arms_fingerprint, effective, Actor, ControlPlane};

@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use crate::clock::now_ms;
 use crate::config::{self, Config, ConfigErrors};
 use crate::server::Shared;
-use crate::clock::now_ms;
 use crate::store::{ConfigRecord, ExperimentState, Store, StoreError};
 
 pub use actions::{Action, ActionError};

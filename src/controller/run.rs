@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::clock::now_ms;
 use crate::config::{stats_policy, uses_events};
 use crate::config::{ControlPolicy, Experiment, ExperimentKind, OnFailure, OnSuccess, BUCKETS};
 use crate::control::actions::all_to;
@@ -15,7 +16,6 @@ use crate::stats::{
     self, decide, ArmSnapshot, ErrorAttribution, ExperimentEvidence, MetricData, MetricSnapshot,
     Snapshot, SrmMonitor, StepFacts, Verdict,
 };
-use crate::clock::now_ms;
 use crate::store::{ExperimentPhase, Weights};
 
 /// What the loop carries between ticks. It is published after every look and

@@ -21,11 +21,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::metrics::MetricBook;
 use super::token::{TokenError, TokenKeys};
+use crate::clock::now_ms;
 use crate::config::{MetricKind, MetricSource};
 use crate::proxy::body::ProxyBody;
 use crate::routing::RoutingTable;
 use crate::store::feedback::{FeedbackEvent, FeedbackLog};
-use crate::clock::now_ms;
 use crate::telemetry::Telemetry;
 
 /// Most events in one POST.

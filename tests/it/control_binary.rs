@@ -1,7 +1,6 @@
 //! The real binary: durability across kill -9, SIGHUP reloads, refusing an
 //! unauthenticated public admin listener, and the CLI against a running server.
 
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

@@ -1,7 +1,6 @@
 //! The control plane over real sockets: table swaps under load, the admin API,
 //! config changes through the API and the watched file, auth, manual actions.
 
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,6 +1,5 @@
 //! Data plane over real sockets: split, stickiness, ramp, override, tagging.
 
-
 use std::collections::HashMap;
 use std::sync::Arc;
 

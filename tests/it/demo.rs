@@ -23,7 +23,10 @@ fn the_default_demo_rolls_back_the_flawed_canary() {
     assert!(out.contains("why: rolled back"), "{out}");
     // The last lines point a newcomer at the other story, the admin API, the
     // live status and the metrics.
-    let tail = out.split("what next:").nth(1).expect("a `what next:` section");
+    let tail = out
+        .split("what next:")
+        .nth(1)
+        .expect("a `what next:` section");
     for hint in [
         "demo --canary good",
         "http://127.0.0.1:9901/v1/experiments",
@@ -41,6 +44,9 @@ fn a_good_canary_is_promoted() {
     let (ok, out) = demo(&["--canary", "good", "--duration", "45s"]);
     assert!(ok, "{out}");
     assert!(out.contains("decision: promote"), "{out}");
-    let tail = out.split("what next:").nth(1).expect("a `what next:` section");
+    let tail = out
+        .split("what next:")
+        .nth(1)
+        .expect("a `what next:` section");
     assert!(tail.contains("cargo run --release -- demo\n"), "{tail}");
 }

@@ -1,12 +1,11 @@
 //! Streaming, client disconnects, upstream failures, Host validation and the
 //! exact counts `/metrics` reports for them.
 
-
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Empty};
 use crate::support::*;
+use http_body_util::{BodyExt, Empty};
 
 fn one_arm(url: &str, extra_backend: &str) -> String {
     format!(

@@ -1,12 +1,11 @@
 //! Outcome attribution over real sockets: tokens on routed responses, the
 //! feedback endpoint's every answer, forgeries, key rotation, forced requests.
 
-
 use std::time::Duration;
 
+use crate::support::*;
 use abgate::outcomes::token::TokenKeys;
 use serde_json::{json, Value};
-use crate::support::*;
 
 const KEYS: &str = "k1:0123456789abcdef0123456789";
 

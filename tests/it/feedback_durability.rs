@@ -1,14 +1,13 @@
 //! Acknowledged feedback is never lost and never counted twice: the real binary
 //! is killed with SIGKILL while several clients post, then restarted.
 
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use crate::support::*;
 
 const KEYS: &str = "k1:0123456789abcdef0123456789";
 

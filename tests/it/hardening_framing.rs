@@ -2,7 +2,6 @@
 //! forbidden bytes in headers, CL+TE smuggling and Upgrade. After every bad
 //! request a normal one succeeds.
 
-
 use std::time::Duration;
 
 use crate::support::*;

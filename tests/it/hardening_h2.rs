@@ -1,19 +1,18 @@
 //! HTTP/2 on both sides: h2c prior knowledge from clients, the concurrent-stream
 //! limit, and h2c to backends with trailers passed through (what gRPC needs).
 
-
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, Version};
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use crate::support::*;
 use tokio::net::{TcpListener, TcpStream};
 
 fn h2_client() -> HttpClient {

@@ -5,15 +5,14 @@
 //! machines are much larger), so they get a looser budget; to measure a release
 //! binary, run with `ABGATE_RSS_BIN=target/release/abgate ... -- --nocapture`.
 
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use crate::support::*;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use crate::support::*;
 use tokio::net::TcpStream;
 
 const CONNECTIONS: usize = 1_000;
