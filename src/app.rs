@@ -26,7 +26,7 @@ use crate::outcomes::RecorderRegistry;
 use crate::proxy::handler::DataPlane;
 use crate::proxy::limits::RequestLimits;
 use crate::proxy::listener::{self, ListenerSettings};
-use crate::proxy::tls::TlsTerminator;
+use crate::proxy::tls::{TlsError, TlsTerminator};
 use crate::proxy::upstream::UpstreamPool;
 use crate::proxy::wiring::Published;
 use crate::store::feedback::FeedbackLog;
@@ -55,7 +55,7 @@ pub enum StartError {
     #[error(transparent)]
     TokenKeys(#[from] KeyError),
     #[error("cannot set up TLS on the data plane: {0}")]
-    Tls(String),
+    Tls(TlsError),
 }
 
 /// What to start from.

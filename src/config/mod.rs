@@ -1,10 +1,13 @@
 //! Configuration: the only place that reads config text.
 //!
 //! Owns: parsing YAML/JSON into a validated [`Config`], reporting every problem
-//! at once with its path and line. Never: touches sockets or routing state.
+//! at once with its path and line, including what the statistics engine would
+//! refuse (see [`policy`]). Never: touches sockets or routing state.
 
 mod decode;
 pub mod model;
+pub mod pem;
+pub mod policy;
 mod schema;
 pub mod yaml;
 
@@ -12,6 +15,7 @@ use std::path::Path;
 
 pub use decode::{parse_duration, ConfigError, ConfigErrors};
 pub use model::*;
+pub use policy::{stats_policy, uses_events};
 pub use schema::{percent, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN};
 
 /// Parses and validates config text (YAML or JSON).

@@ -14,6 +14,10 @@ pub type BasisPoints = u32;
 /// The total number of assignment buckets (and basis points in 100%).
 pub const BUCKETS: BasisPoints = 10_000;
 
+/// Longest experiment, arm or metric name, in bytes: outcome tokens carry
+/// names, and their size is fixed.
+pub const MAX_NAME: usize = 64;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Data-plane listener address.

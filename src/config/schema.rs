@@ -8,9 +8,12 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use super::decode::{index, Decoder, Fields};
+use super::decode::{field, index, Decoder, Fields};
 use super::model::*;
+use super::pem;
+use super::policy::{config_key, stats_policy};
 use super::yaml::{Node, Value};
+use crate::stats::PolicyError;
 
 const TOP: &[&str] = &[
     "listen",
@@ -199,7 +202,7 @@ fn feedback(d: &mut Decoder, top: &Fields) -> Option<FeedbackConfig> {
 /// bounded alphabet.
 fn safe_name(d: &mut Decoder, node: &Node, path: &str) -> Option<String> {
     let s = d.name(node, path)?;
-    let ok = s.len() <= crate::outcomes::token::MAX_NAME
+    let ok = s.len() <= super::MAX_NAME
         && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
@@ -743,6 +746,9 @@ fn control_policy(
         max_duration: Duration::from_secs(24 * 3600),
         notify_url: None,
     };
+    // A guardrail that failed to decode is missing from `p`, which would shift
+    // the indices the statistics check reports; it then waits for the fix.
+    let mut guardrails_whole = true;
     if let Some(n) = f.get("analysis") {
         let af = d.fields(n, &f.path_of("analysis"), ANALYSIS)?;
         if let Some(m) = af.get("interval") {
@@ -766,7 +772,8 @@ fn control_policy(
         }
         if let Some(g) = af.get("guardrails") {
             let gpath = af.path_of("guardrails");
-            for (i, item) in d.seq(g, &gpath).unwrap_or_default().iter().enumerate() {
+            let items = d.seq(g, &gpath).unwrap_or_default();
+            for (i, item) in items.iter().enumerate() {
                 let ipath = index(&gpath, i);
                 let Some(gf) = d.fields(item, &ipath, GUARDRAIL) else {
                     ok = false;
@@ -811,6 +818,7 @@ fn control_policy(
                     _ => ok = false,
                 }
             }
+            guardrails_whole = p.guardrails.len() == items.len();
         }
         if let Some(pn) = af.get("primary") {
             let pf = d.fields(pn, &af.path_of("primary"), PRIMARY)?;
@@ -856,6 +864,9 @@ fn control_policy(
         d.error(&f.path, f.line, "an ab experiment needs `analysis.primary`");
         ok = false;
     }
+    if guardrails_whole {
+        ok &= statistics(d, f, &p);
+    }
     p.on_success = choice(
         d,
         f,
@@ -896,6 +907,71 @@ fn control_policy(
         }
     }
     ok.then_some(p)
+}
+
+/// Runs the statistics engine's own validation on the translated policy, so
+/// `abgate check` refuses exactly what the controller would refuse when it
+/// starts (where the only recourse is to log it and run no controller). Each failure is
+/// reported at the config key it came from; one without a key (an engine
+/// default) at the `analysis` block. Returns whether the policy is valid.
+fn statistics(d: &mut Decoder, f: &Fields, p: &ControlPolicy) -> bool {
+    let mut reported: Vec<(String, String)> = Vec::new();
+    for e in stats_policy(p).problems() {
+        let located = match &e {
+            PolicyError::BadParameter { field, message } => {
+                config_key(field, p).map(|key| (key, message.clone()))
+            }
+            _ => None,
+        };
+        let (path, line, message) = match located {
+            Some((key, message)) => (field(&f.path, &key), line_of(f, &key), message),
+            None => (
+                f.path_of("analysis"),
+                f.get("analysis").map_or(f.line, |n| n.line),
+                e.to_string(),
+            ),
+        };
+        // `alpha` sets two engine levels; one report per key is enough.
+        if !reported
+            .iter()
+            .any(|(at, said)| *at == path && *said == message)
+        {
+            d.error(&path, line, &message);
+            reported.push((path, message));
+        }
+    }
+    reported.is_empty()
+}
+
+/// The line of the node at `key` below `f` (e.g. `analysis.guardrails[1].max_relative_increase`),
+/// or of its deepest ancestor present: a defaulted value has no node of its own.
+fn line_of(f: &Fields, key: &str) -> usize {
+    let mut line = f.line;
+    let mut node: Option<&Node> = None;
+    for part in key.split('.') {
+        let (name, at) = match part.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let next = match node {
+            None => f.get(name),
+            Some(n) => match &n.value {
+                Value::Map(entries) => entries.iter().find(|e| e.key == name).map(|e| &e.value),
+                _ => None,
+            },
+        };
+        let Some(mut n) = next else { break };
+        line = n.line;
+        if let Some(i) = at {
+            match &n.value {
+                Value::Seq(items) if i < items.len() => n = &items[i],
+                _ => break,
+            }
+            line = n.line;
+        }
+        node = Some(n);
+    }
+    line
 }
 
 fn matcher(d: &mut Decoder, node: &Node, path: &str) -> Option<Match> {
@@ -1155,13 +1231,13 @@ fn pem_file(d: &mut Decoder, f: &Fields, key: &str, want: PemKind) -> Option<Pat
     let path = f.path_of(key);
     let file = PathBuf::from(d.name(node, &path)?);
     let checked = match want {
-        PemKind::Certs => crate::proxy::tls::load_certs(&file).map(drop),
-        PemKind::Key => crate::proxy::tls::load_key(&file).map(drop),
+        PemKind::Certs => pem::load_certs(&file).map(drop),
+        PemKind::Key => pem::load_key(&file).map(drop),
     };
     match checked {
         Ok(()) => Some(file),
         Err(e) => {
-            d.error(path, node.line, e);
+            d.error(path, node.line, e.to_string());
             None
         }
     }

@@ -191,3 +191,70 @@ fn an_empty_document_is_a_valid_empty_config() {
     assert!(c.experiments.is_empty());
     assert_eq!(c.admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
 }
+
+/// An A/B experiment whose primary block is `primary` (line 12).
+fn ab_with_primary(primary: &str) -> String {
+    format!(
+        r#"
+backends: {{ a: {{ url: "http://127.0.0.1:1" }} }}
+experiments:
+  - name: e
+    kind: ab
+    metrics: [ {{ name: accepted, source: feedback, type: binary }} ]
+    arms:
+      - {{ name: control, backend: a, weight: 50 }}
+      - {{ name: treatment, backend: a, weight: 50 }}
+    analysis:
+      guardrails: [ {{ metric: latency_ms, max_relative_increase: 0.1 }} ]
+      primary: {primary}
+"#
+    )
+}
+
+#[test]
+fn what_the_statistics_engine_refuses_is_a_config_error_at_its_line() {
+    // The schema takes any number for min_effect; the engine needs >= 0. Before
+    // the schema ran the engine's validation, this passed `abgate check` and the
+    // controller then refused to start.
+    let bad = ab_with_primary("{ metric: accepted, direction: increase, min_effect: -0.05 }");
+    let errs = parse(&bad).unwrap_err().0;
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].path, "experiments[0].analysis.primary.min_effect");
+    assert_eq!(errs[0].line, Some(12));
+    assert_eq!(
+        errs[0].to_string(),
+        "experiments[0].analysis.primary.min_effect: must be >= 0, got -0.05 (line 12)"
+    );
+    let ok = ab_with_primary("{ metric: accepted, direction: increase, min_effect: 0.05 }");
+    let c = parse(&ok).unwrap();
+    let policy = c.experiments[0].policy.as_ref().unwrap();
+    assert_eq!(stats_policy(policy).validate(), Ok(()));
+}
+
+#[test]
+fn every_configurable_statistics_field_maps_back_to_its_config_key() {
+    // Built directly: the schema would refuse most of these values itself.
+    let ok = ab_with_primary("{ metric: accepted, direction: increase }");
+    let mut p = parse(&ok).unwrap().experiments[0].policy.clone().unwrap();
+    p.alpha = 0.7;
+    p.design_samples = 0.0;
+    p.guardrails[0].margin = -1.0;
+    p.guardrails[0].harm = Direction::Decrease;
+    p.primary.as_mut().unwrap().min_effect = -1.0;
+    let keys: Vec<Option<String>> = stats_policy(&p)
+        .problems()
+        .iter()
+        .map(|e| match e {
+            crate::stats::PolicyError::BadParameter { field, .. } => policy::config_key(field, &p),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    let want = [
+        "analysis.alpha",
+        "analysis.alpha",
+        "analysis.design_samples",
+        "analysis.guardrails[0].max_relative_decrease",
+        "analysis.primary.min_effect",
+    ];
+    assert_eq!(keys, want.map(|k| Some(k.to_string())));
+}

@@ -16,18 +16,9 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::outcomes::RecorderRegistry;
 use crate::proxy::handler::DataPlane;
-use crate::proxy::tls::TlsTerminator;
+use crate::proxy::tls::{TlsError, TlsTerminator};
 use crate::proxy::upstream::UpstreamPool;
 use crate::proxy::wiring::Published;
-
-/// Why the listener certificate was not reloaded (the old one stays in use).
-#[derive(Debug, thiserror::Error)]
-pub enum TlsReloadError {
-    #[error("enabling or disabling TLS on the listener needs a restart")]
-    NeedsRestart,
-    #[error("{0}")]
-    Files(String),
-}
 
 pub struct Publisher {
     plane: Arc<DataPlane>,
@@ -70,12 +61,12 @@ impl Publisher {
     /// Re-reads the listener certificate and key named by `config.tls`; called
     /// whenever a config is re-applied so renewed certificates take effect for
     /// new connections. Turning TLS on or off needs a restart (the listener's
-    /// mode is fixed at bind).
-    pub fn reload_tls(&mut self, config: &Config) -> Result<(), TlsReloadError> {
+    /// mode is fixed at bind). On error the old certificate stays in use.
+    pub fn reload_tls(&mut self, config: &Config) -> Result<(), TlsError> {
         match (&self.tls, &config.tls) {
-            (Some(t), Some(files)) => t.reload(files).map_err(TlsReloadError::Files),
+            (Some(t), Some(files)) => t.reload(files),
             (None, None) => Ok(()),
-            _ => Err(TlsReloadError::NeedsRestart),
+            _ => Err(TlsError::ModeChange),
         }
     }
 }

@@ -30,7 +30,7 @@ type HmacSha256 = Hmac<Sha256>;
 const FORMAT: u8 = 1;
 const MAC_LEN: usize = 16;
 /// Longest name a token can carry (config validation enforces it).
-pub const MAX_NAME: usize = 64;
+pub use crate::config::MAX_NAME;
 
 /// What a token says.
 #[derive(Debug, Clone, PartialEq, Eq)]

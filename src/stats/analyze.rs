@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::decision::{fmt_num, fmt_p};
+use super::explain::{fmt_num, fmt_p};
 use super::mixture::{compare, Comparison, MixtureConfig, Scale};
 use super::srm::srm_test;
 use super::sufficient::{BinaryStats, ContinuousStats, Moments};

@@ -5,19 +5,25 @@
 //! and the intersection of all confidence sequences so far. This module keeps
 //! them per (metric, arm, test), so "ever crossed" is remembered across looks
 //! and across restarts (everything is serde-serializable).
+//!
+//! Owns: [`ExperimentEvidence`] and how one look folds into it.
+//! Never: decides or explains (it sits below `decide` and `explain` and names
+//! neither); it reads only the `policy` and the `snapshot` of the look.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::decision::{MetricData, Policy, PolicyError, Snapshot};
+use super::attribution::ErrorAttribution;
 use super::mixture::{
     difference, halfwidth_two_sided, log_e_one_sided_for, two_sided, MixtureConfig, NotComputable,
     Scale, SequentialEstimate,
 };
+use super::p_from_log_e;
+use super::policy::{Policy, PolicyError};
+use super::snapshot::{MetricData, Snapshot};
 use super::srm::{srm_test, SrmResult};
 use super::sufficient::Moments;
-use super::{p_from_log_e, ErrorAttribution};
 
 /// Which hypothesis test a p-value belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,9 +16,16 @@
 //!   valid while the canary share is ramped.
 //! * [`srm`]: sample-ratio-mismatch tests (chi-square for display, sequential
 //!   Dirichlet-multinomial for decisions).
+//! * [`policy`]: what the decision rule is configured with, and its validation.
+//! * [`snapshot`]: the per-arm facts fed in at one look.
 //! * [`evidence`]: running state across looks (serde-serializable).
-//! * [`decision`]: policy types and the pure decision rule producing a [`Verdict`].
+//! * [`decide`](mod@decide): the pure decision rule producing a [`Verdict`].
+//! * [`explain`]: the comparisons behind a verdict and its explanation, for people.
 //! * [`analyze`]: offline JSON analysis for the `abgate analyze` CLI verb.
+//!
+//! The decision rule's layers, lowest first: `policy` ← `snapshot` ← `evidence`
+//! ← `decide` ← `explain` ← `analyze`; a module never names one above it, so
+//! there is no import cycle to untangle when one of them changes.
 //!
 //! Formulas follow `shared/reference/STATISTICS.md` and mirror `avi.py`.
 
@@ -26,22 +33,26 @@
 
 pub mod analyze;
 pub mod attribution;
-pub mod decision;
+pub mod decide;
 pub mod evidence;
+pub mod explain;
 pub mod mixture;
+pub mod policy;
+pub mod snapshot;
 pub mod srm;
 pub mod sufficient;
 
 pub use analyze::{analyze_json, render_table, AnalyzeError};
 pub use attribution::{attribution_q, ErrorAttribution, RR_GRID};
-pub use decision::{
-    comparisons, decide, ArmSnapshot, ComparisonEvidence, ComparisonView, Direction,
-    ExperimentKind, GuardrailPolicy, HoldReason, Margin, MetricData, MetricSnapshot, Policy,
-    PolicyError, PrimaryPolicy, Snapshot, StepFacts, Verdict,
-};
+pub use decide::{decide, ComparisonEvidence, HoldReason, Verdict};
 pub use evidence::{
     ArmUnits, ComparisonRecord, EffectScale, ExperimentEvidence, SrmRecord, TestKind,
 };
+pub use explain::{comparisons, ComparisonView};
+pub use policy::{
+    Direction, ExperimentKind, GuardrailPolicy, Margin, Policy, PolicyError, PrimaryPolicy,
+};
+pub use snapshot::{ArmSnapshot, MetricData, MetricSnapshot, Snapshot, StepFacts};
 
 pub use mixture::{
     compare, Comparison, MixtureConfig, NotComputable, Scale, SequentialEstimate, DEFAULT_ALPHA,

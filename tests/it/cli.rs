@@ -68,6 +68,32 @@ fn check_reports_every_error_with_file_and_line_and_exits_1() {
     assert_eq!(missing.status.code(), Some(1));
 }
 
+#[test]
+fn check_refuses_what_the_controller_would_refuse_naming_file_line_and_field() {
+    // Valid to the schema's own checks, but the statistics engine needs
+    // min_effect >= 0: `check` must fail rather than `serve` run no controller.
+    let dir = std::env::temp_dir().join(format!("abgate-cli-stats-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("negative-min-effect.yaml");
+    std::fs::write(
+        &bad,
+        "backends:\n  a: { url: \"http://127.0.0.1:1\" }\nexperiments:\n  - name: e\n    kind: ab\n    metrics: [ { name: accepted, source: feedback, type: binary } ]\n    analysis:\n      primary: { metric: accepted, direction: increase, min_effect: -0.1 }\n    arms:\n      - { name: x, backend: a, weight: 50 }\n      - { name: y, backend: a, weight: 50 }\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).arg("check").arg(&bad).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let f = bad.display();
+    assert!(
+        err.contains(&format!(
+            "{f}:8: experiments[0].analysis.primary.min_effect: must be >= 0, got -0.1"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("1 error(s)"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 fn analyze(input: &str, args: &[&str]) -> std::process::Output {
     let mut child = Command::new(BIN)
         .arg("analyze")

@@ -239,8 +239,8 @@ async fn https_backend(
             .unwrap()
             .with_client_cert_verifier(verifier)
             .with_single_cert(
-                abgate::proxy::tls::load_certs(Path::new(&pki.path("cert.pem"))).unwrap(),
-                abgate::proxy::tls::load_key(Path::new(&pki.path("key.pem"))).unwrap(),
+                abgate::config::pem::load_certs(Path::new(&pki.path("cert.pem"))).unwrap(),
+                abgate::config::pem::load_key(Path::new(&pki.path("key.pem"))).unwrap(),
             )
             .unwrap();
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

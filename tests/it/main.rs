@@ -3,6 +3,7 @@
 
 mod support;
 
+mod architecture;
 mod cli;
 mod control_binary;
 mod control_plane;

@@ -8,7 +8,6 @@
 //!
 //! Never: computes statistics itself (see `stats`) or touches the hot path.
 
-mod policy;
 mod run;
 
 use std::collections::HashMap;
@@ -20,7 +19,7 @@ use tokio::task::JoinHandle;
 use crate::config::ControlPolicy;
 use crate::control::ControlPlane;
 
-pub use policy::stats_policy;
+pub use crate::config::stats_policy;
 
 /// Starts the supervisor: it keeps exactly one task per controlled experiment,
 /// restarting a task when its policy changes and stopping it when the

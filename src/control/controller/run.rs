@@ -6,8 +6,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::policy::{stats_policy, uses_events};
 use crate::clock::now_ms;
+use crate::config::{stats_policy, uses_events};
 use crate::config::{ControlPolicy, Experiment, ExperimentKind, OnFailure, OnSuccess, BUCKETS};
 use crate::control::decision::{all_to, DecisionKind};
 use crate::control::{arms_fingerprint, ControlPlane};
