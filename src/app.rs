@@ -139,6 +139,7 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
         limits: RequestLimits::new(&file_config.limits, &file_config.timeouts),
     });
     let settings = ListenerSettings::from_config(&file_config, tls.clone());
+    let grace = file_config.timeouts.shutdown_grace;
     let publisher = Publisher::new(plane.clone(), pools, recorders.clone(), tls);
     let handles = PlaneHandles {
         plane: plane.clone(),
@@ -189,7 +190,7 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
         listen: admin_addr,
     });
     let data_task = tokio::spawn(listener::serve(data, plane, settings, stopped.clone()));
-    let admin_task = tokio::spawn(crate::admin::serve(admin, admin_state, stopped));
+    let admin_task = tokio::spawn(crate::admin::serve(admin, admin_state, stopped, grace));
     let upkeep_task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {

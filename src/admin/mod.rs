@@ -22,8 +22,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::control::{Action, ActionError, Actor, ApplyError, ControlPlane};
+use crate::proxy::accept::{accept_loop, stop_requested, AcceptLimits};
 use crate::proxy::body::ProxyBody;
-use crate::proxy::listener::stop_requested;
 use crate::proxy::problem::Problem;
 use auth::{host_is_local, AdminAuth};
 
@@ -36,27 +36,49 @@ pub struct Admin {
     pub listen: SocketAddr,
 }
 
-/// Serves the admin API until `shutdown` flips to true.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
+/// Open admin connections at most: `status --watch` and scrapers hold one
+/// each; more than this is a misbehaving client, which then waits in the
+/// accept queue instead of costing memory.
+pub const MAX_ADMIN_CONNECTIONS: usize = 256;
+
+/// A client must send a complete request head within this.
+const ADMIN_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves the admin API until `shutdown` flips to true, then lets open
+/// connections finish their requests for up to `shutdown_grace`.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    shutdown: watch::Receiver<bool>,
+    shutdown_grace: std::time::Duration,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(std::time::Duration::from_secs(10));
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
-                let admin = admin.clone();
-                let svc = service_fn(move |req| handle(admin.clone(), peer, req));
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+        .header_read_timeout(ADMIN_HEADER_READ_TIMEOUT);
+    let builder = Arc::new(builder);
+    let limits = AcceptLimits {
+        max_connections: MAX_ADMIN_CONNECTIONS,
+        shutdown_grace,
+    };
+    let conn_shutdown = shutdown.clone();
+    accept_loop(listener, limits, shutdown, "admin", move |stream, peer| {
+        let admin = admin.clone();
+        let builder = builder.clone();
+        let mut stop = conn_shutdown.clone();
+        async move {
+            let svc = service_fn(move |req| handle(admin.clone(), peer, req));
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stop_requested(&mut stop) => conn.as_mut().graceful_shutdown(),
             }
-            _ = stop_requested(&mut shutdown) => break,
+            let _ = conn.await;
         }
-    }
+    })
+    .await;
 }
 
 type Answer = Result<Response<ProxyBody>, Problem>;

@@ -1,8 +1,7 @@
-//! The data-plane listener: accept loop, per-connection tasks, graceful drain.
-//!
-//! Shape (after mini-redis): take a connection permit, then accept, one task per
-//! connection (TLS handshake bounded by its own timeout, then HTTP/1 or HTTP/2),
-//! a shutdown signal that stops accepting, then a drain bounded by the grace period.
+//! The data-plane listener: what each accepted connection does (TLS handshake
+//! bounded by its own timeout, then HTTP/1 or HTTP/2 with abgate's limits,
+//! closed when idle, closed gracefully on shutdown). Accepting and draining is
+//! the shared loop in [`super::accept`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +11,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
+use super::accept::{accept_loop, stop_requested, AcceptLimits};
 use super::activity::{Activity, ActivityBody};
 use super::handler::{handle, ConnInfo, DataPlane};
 use super::limits::WriteIdleIo;
@@ -103,62 +103,45 @@ fn http_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves until `shutdown` flips to true, then drains connections for up to the
-/// grace period. Returns when every connection has finished or the grace is over.
+/// grace period (see [`super::accept`]). Returns when every connection has
+/// finished or the grace is over.
 pub async fn serve(
     listener: TcpListener,
     plane: Arc<DataPlane>,
     settings: ListenerSettings,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let builder = Arc::new(http_builder(&settings));
+    let limits = AcceptLimits {
+        max_connections: settings.max_connections,
+        shutdown_grace: settings.shutdown_grace,
+    };
     let settings = Arc::new(settings);
-    let permits = Arc::new(Semaphore::new(settings.max_connections));
     let open = plane.telemetry.gauge("abgate_downstream_connections", &[]);
-    loop {
-        // The permit is taken before accept: at the limit, new clients wait in
-        // the kernel's accept queue instead of costing abgate memory.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            _ = stop_requested(&mut shutdown) => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop_requested(&mut shutdown) => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let conn = Conn {
-            peer,
-            plane: plane.clone(),
-            builder: builder.clone(),
-            settings: settings.clone(),
-            shutdown: shutdown.clone(),
-        };
-        let open = open.clone();
-        open.increment(1.0);
-        tokio::spawn(async move {
-            conn.run(stream).await;
-            open.decrement(1.0);
-            drop(permit);
-        });
-    }
-    drop(listener);
-    // Every connection task holds one permit until it ends, so having them all
-    // back means every connection has drained.
-    let all = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
-    tokio::select! {
-        _ = permits.acquire_many(all) => tracing::info!("all connections drained"),
-        _ = tokio::time::sleep(settings.shutdown_grace) => {
-            tracing::warn!(grace = ?settings.shutdown_grace, "grace period over; cutting remaining connections");
-        }
-    }
+    let conn_shutdown = shutdown.clone();
+    accept_loop(
+        listener,
+        limits,
+        shutdown,
+        "data plane",
+        move |stream, peer| {
+            let _ = stream.set_nodelay(true);
+            let conn = Conn {
+                peer,
+                plane: plane.clone(),
+                builder: builder.clone(),
+                settings: settings.clone(),
+                shutdown: conn_shutdown.clone(),
+            };
+            let open = open.clone();
+            open.increment(1.0);
+            async move {
+                conn.run(stream).await;
+                open.decrement(1.0);
+            }
+        },
+    )
+    .await;
 }
 
 /// One client connection and what it needs.
@@ -270,10 +253,4 @@ fn connection_error_reason(e: &(dyn std::error::Error + 'static)) -> Option<&'st
         source = s.source();
     }
     None
-}
-
-/// Resolves once `rx` reads true (or its sender is gone). Kept in its own fn so
-/// the non-`Send` watch guard never lives inside a `select!`.
-pub async fn stop_requested(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await.is_ok();
 }

@@ -7,6 +7,7 @@
 //! Never: decides routing (see `routing`), judges outcomes (see `stats`), or
 //! reads or writes the store or the control plane.
 
+pub mod accept;
 pub mod activity;
 pub mod body;
 pub mod classify;

@@ -1,9 +1,15 @@
-//! Durable state: applied config versions, decisions (the audit log), and each
-//! experiment's manual/automatic state.
+//! Durable state: applied config versions, decisions (the audit log), each
+//! experiment's manual/automatic state, saved per-arm counts and controller
+//! runs ([`Store`], SQLite in [`sqlite`]), and the feedback log ([`feedback`]).
 //!
-//! Owns: the [`Store`] trait and its records. The embedded SQLite implementation
-//! lives in [`sqlite`]; a shared store for fleets can implement the same trait.
-//! Never: on the request path (the data plane reads only the routing table).
+//! Owns: the [`Store`] trait and its records, in the store's own types (it
+//! imports no layer above it). A shared store for fleets can implement the same
+//! trait.
+//!
+//! Never: called from an async worker thread. Every call blocks (a mutex and an
+//! fsync), so the control plane runs them on the blocking pool and the feedback
+//! log has its own writer thread. The feedback endpoint is the one request that
+//! waits for the store, through that writer's queue, never by calling it.
 
 pub mod sqlite;
 

@@ -4,7 +4,9 @@
 //! Why per instance and not the global `metrics` recorder: several servers run in
 //! one test process, and each `/metrics` must show exactly its own counts.
 //! Hot-path code never looks metrics up by name: it registers handles once (per
-//! arm, per table build) and increments those.
+//! arm, per table build) and increments those. The one counter keyed by a
+//! per-request value, rejections by reason, goes through a copy-on-write cache
+//! (one lock-free load and a short scan; registered once per reason).
 
 use std::sync::Arc;
 
@@ -23,6 +25,10 @@ pub const DURATION_BUCKETS: &[f64] = &[
 pub struct Telemetry {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// `abgate_rejected_requests_total` per reason seen so far. Reasons are a
+    /// small closed set of slugs, so the list stays short; a miss (the first
+    /// time a reason is seen) registers it and swaps in a longer list.
+    rejections: arc_swap::ArcSwap<Vec<(&'static str, Counter)>>,
 }
 
 static METADATA: Metadata<'static> = Metadata::new("abgate", Level::INFO, Some("abgate"));
@@ -42,7 +48,11 @@ impl Telemetry {
             .expect("bucket list is not empty")
             .build_recorder();
         let handle = recorder.handle();
-        let t = Telemetry { recorder, handle };
+        let t = Telemetry {
+            recorder,
+            handle,
+            rejections: arc_swap::ArcSwap::from_pointee(Vec::new()),
+        };
         t.describe();
         Arc::new(t)
     }
@@ -89,9 +99,23 @@ impl Telemetry {
     }
 
     /// Counts a request rejected before routing (bad Host, limits, ...).
+    /// Allocation-free once `reason` has been seen.
     pub fn rejected(&self, reason: &'static str) {
-        self.counter("abgate_rejected_requests_total", &[("reason", reason)])
-            .increment(1);
+        if let Some((_, c)) = self.rejections.load().iter().find(|(r, _)| *r == reason) {
+            c.increment(1);
+            return;
+        }
+        let counter = self.counter("abgate_rejected_requests_total", &[("reason", reason)]);
+        counter.increment(1);
+        // Two first sightings at once may both add the reason; the registry
+        // hands both the same underlying counter, so nothing is double counted.
+        self.rejections.rcu(|list| {
+            let mut next = Vec::clone(list);
+            if !next.iter().any(|(r, _)| *r == reason) {
+                next.push((reason, counter.clone()));
+            }
+            next
+        });
     }
 
     /// Prometheus text exposition.
@@ -103,5 +127,33 @@ impl Telemetry {
     /// even when nobody scrapes.
     pub fn upkeep(&self) {
         self.handle.run_upkeep();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected_count(t: &Telemetry, reason: &str) -> f64 {
+        t.render()
+            .lines()
+            .find(|l| {
+                l.starts_with("abgate_rejected_requests_total")
+                    && l.contains(&format!("reason=\"{reason}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map_or(0.0, |v| v.parse().unwrap())
+    }
+
+    #[test]
+    fn rejections_are_counted_once_each_through_the_cache() {
+        let t = Telemetry::new();
+        for _ in 0..3 {
+            t.rejected("no-route");
+        }
+        t.rejected("missing-host");
+        assert_eq!(rejected_count(&t, "no-route"), 3.0);
+        assert_eq!(rejected_count(&t, "missing-host"), 1.0);
+        assert_eq!(t.rejections.load().len(), 2);
     }
 }
