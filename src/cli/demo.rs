@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::scenario::{Overrides, Scenario};
+use crate::lab::scenario::{Overrides, Scenario};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CanaryQuality {
@@ -70,6 +70,7 @@ fn next_steps(shown: CanaryQuality) -> Vec<String> {
         "  admin API:    http://127.0.0.1:9901/v1/experiments".to_string(),
         "  live status:  ./target/release/abgate status --watch".to_string(),
         "  metrics:      curl -s http://127.0.0.1:9901/metrics | grep abgate_".to_string(),
-        "  scenarios:    ./target/release/abgate scenario load/scenarios/ab-better-treatment.yaml".to_string(),
+        "  scenarios:    ./target/release/abgate scenario load/scenarios/ab-better-treatment.yaml"
+            .to_string(),
     ]
 }

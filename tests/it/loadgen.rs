@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use abgate::loadgen::{
+use abgate::lab::loadgen::{
     run, run_with_progress, LoadError, LoadMode, LoadProgress, LoadSpec, Protocol, RequestKind,
 };
-use abgate::mock::{LatencyDist, MockServer, MockSpec, StreamSpec};
+use abgate::lab::mock::{LatencyDist, MockServer, MockSpec, StreamSpec};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};

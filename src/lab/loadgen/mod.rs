@@ -11,9 +11,9 @@
 //! endpoint.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), abgate::loadgen::LoadError> {
+//! # async fn demo() -> Result<(), abgate::lab::loadgen::LoadError> {
 //! use std::time::Duration;
-//! use abgate::loadgen::{run, LoadMode, LoadSpec};
+//! use abgate::lab::loadgen::{run, LoadMode, LoadSpec};
 //! let mut spec = LoadSpec::new("http://127.0.0.1:8080");
 //! spec.mode = LoadMode::OpenLoop { rate_per_s: 500.0, connections: 64, max_in_flight: 4096 };
 //! spec.max_requests = 5_000;

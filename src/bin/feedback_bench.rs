@@ -160,7 +160,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Only `http://127.0.0.1[:port]` (stricter than the load driver's loopback check).
 fn local_uri(base: &str, path: &str) -> anyhow::Result<Uri> {
     let url = format!("{}{}", base.trim_end_matches('/'), path);
-    let uri = abgate::loadgen::loopback_uri(&url)?;
+    let uri = abgate::lab::loadgen::loopback_uri(&url)?;
     if uri.host() != Some("127.0.0.1") {
         bail!("refusing `{url}`: only http://127.0.0.1 targets are allowed");
     }

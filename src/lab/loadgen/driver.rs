@@ -292,10 +292,10 @@ impl Ctx {
         };
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let value: Option<Value> = match self.feedback_value {
-            FeedbackValue::Outcome => header(crate::mock::HEADER_OUTCOME)
+            FeedbackValue::Outcome => header(crate::lab::mock::HEADER_OUTCOME)
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(|v| json!(v)),
-            FeedbackValue::Reward => header(crate::mock::HEADER_REWARD)
+            FeedbackValue::Reward => header(crate::lab::mock::HEADER_REWARD)
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .filter(|v| v.is_finite())
                 .map(|v| json!(v)),

@@ -26,8 +26,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::yaml;
-use crate::loadgen::{self, LoadMode, LoadProgress, LoadSpec, RequestKind};
-use crate::mock::{MockServer, MockSpec};
+use crate::lab::loadgen::{self, LoadMode, LoadProgress, LoadSpec, RequestKind};
+use crate::lab::mock::{MockServer, MockSpec};
 use crate::server::{self, StartOptions};
 
 #[derive(Debug, Deserialize)]

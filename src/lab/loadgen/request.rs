@@ -149,7 +149,7 @@ pub async fn exchange(
 
 /// Arm key: `x-abgate-arm`, else `x-mock-backend`, else `unknown`.
 pub fn arm_of(headers: &HeaderMap) -> String {
-    [HEADER_ARM, crate::mock::HEADER_BACKEND]
+    [HEADER_ARM, crate::lab::mock::HEADER_BACKEND]
         .iter()
         .find_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()))
         .unwrap_or("unknown")

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use abgate::loadgen::{
+use abgate::lab::loadgen::{
     run_with_progress, FeedbackSpec, FeedbackValue, LoadMode, LoadProgress, LoadSpec, Protocol,
     RequestKind,
 };
