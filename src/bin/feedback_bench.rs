@@ -36,6 +36,8 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
+use abgate::lab::loadgen::parse_duration_flag;
+
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 #[derive(Parser)]
@@ -86,19 +88,19 @@ struct FeedbackArgs {
     #[arg(long, default_value_t = 100)]
     batch: u64,
     /// (a) time bound.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration_flag)]
     batched_duration: Duration,
     /// (b) open-loop single events per second.
     #[arg(long, default_value_t = 2000.0)]
     single_rate: f64,
     /// (b) scheduling time bound.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration_flag)]
     single_duration: Duration,
     /// (b) cap on in-flight single events; beyond it an event counts as `overloaded`.
     #[arg(long, default_value_t = 2048)]
     max_in_flight: usize,
     /// Per-request timeout.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration_flag)]
     timeout: Duration,
     /// abgate's pid: its CPU time (utime+stime, /proc) is reported per phase.
     #[arg(long)]
@@ -125,36 +127,17 @@ struct SpreadArgs {
     #[arg(long, default_value_t = 200.0)]
     rate: f64,
     /// Scheduling time bound.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_duration_flag)]
     duration: Duration,
     /// Request count bound.
     #[arg(long, default_value_t = 20_000)]
     max_requests: u64,
     /// Per-request timeout.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_duration_flag)]
     timeout: Duration,
     /// Simulated users (x-user-id user-0 .. user-N-1, round-robin).
     #[arg(long, default_value_t = 10_000)]
     users: u64,
-}
-
-/// `10s`, `500ms`, `2m`; a bare number is seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad duration `{s}`"))?;
-    Duration::try_from_secs_f64(v * scale).map_err(|e| format!("bad duration `{s}`: {e}"))
 }
 
 /// Only `http://127.0.0.1[:port]` (stricter than the load driver's loopback check).

@@ -55,7 +55,9 @@ pub enum Expect {
 #[serde(deny_unknown_fields)]
 pub struct LoadSettings {
     pub rate: f64,
-    pub duration: String,
+    /// The longest the load runs, in the config grammar (`30s`, `2m`).
+    #[serde(deserialize_with = "config_duration")]
+    pub duration: Duration,
     #[serde(default = "default_users")]
     pub users: u64,
     #[serde(default)]
@@ -64,6 +66,22 @@ pub struct LoadSettings {
     pub kind: Option<String>,
     #[serde(default = "default_seed")]
     pub seed: u64,
+}
+
+/// Reads a duration the way config files do, so a scenario and the abgate config
+/// it embeds take the same `30s` (a YAML number becomes its text: `0` is allowed,
+/// `30` needs a unit).
+fn config_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = match Value::deserialize(d)? {
+        Value::String(s) => s,
+        Value::Number(n) => n.to_string(),
+        other => {
+            return Err(serde::de::Error::custom(format!(
+                "duration must be text such as \"30s\", got {other}"
+            )))
+        }
+    };
+    crate::config::parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
 fn default_users() -> u64 {
@@ -162,10 +180,7 @@ fn kind(name: Option<&str>) -> Result<RequestKind, ScenarioError> {
 /// Runs a scenario to its decision (or its duration), printing progress:
 /// redrawn in place on a terminal, one line every two seconds otherwise.
 pub async fn run(s: &Scenario, o: &Overrides, state_dir: &Path) -> Result<Outcome, ScenarioError> {
-    let duration = match o.duration {
-        Some(d) => d,
-        None => crate::config::parse_duration(&s.load.duration).map_err(ScenarioError::Invalid)?,
-    };
+    let duration = o.duration.unwrap_or(s.load.duration);
     let rate = o.rate.unwrap_or(s.load.rate);
     let mut mocks = BTreeMap::new();
     for (name, spec) in &s.backends {
@@ -375,4 +390,26 @@ fn render(view: &Value, elapsed: Duration, completed: u64) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_duration(d: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::parse(&format!(
+            "description: x\nexperiment: e\nbackends: {{}}\nload: {{ rate: 1, duration: {d} }}\nabgate: {{}}\n"
+        ))
+    }
+
+    #[test]
+    fn load_duration_takes_the_config_grammar() {
+        let s = with_duration("2m").unwrap();
+        assert_eq!(s.load.duration, Duration::from_secs(120));
+        assert_eq!(with_duration("0").unwrap().load.duration, Duration::ZERO);
+        let err = with_duration("30").unwrap_err().to_string();
+        assert!(err.contains("needs a unit"), "{err}");
+        let err = with_duration("5y").unwrap_err().to_string();
+        assert!(err.contains("unknown unit"), "{err}");
+    }
 }

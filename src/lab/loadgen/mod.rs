@@ -38,6 +38,6 @@ pub use recorder::LoadProgress;
 pub use report::{ArmCounts, ErrorCounts, FeedbackCounts, LoadReport, Quantiles};
 pub use request::{HEADER_ARM, HEADER_EXPERIMENT, HEADER_TOKEN};
 pub use spec::{
-    loopback_uri, FeedbackSpec, FeedbackValue, LoadMode, LoadSpec, Protocol, RequestKind,
-    DEFAULT_FEEDBACK_PATH,
+    loopback_uri, parse_duration_flag, FeedbackSpec, FeedbackValue, LoadMode, LoadSpec, Protocol,
+    RequestKind, DEFAULT_FEEDBACK_PATH,
 };
