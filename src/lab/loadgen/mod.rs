@@ -8,7 +8,8 @@
 //! Every run is bounded by both `max_requests` and `max_duration` and only targets loopback
 //! URLs. Responses are tallied per arm (`x-abgate-arm`, else `x-mock-backend`), and for a
 //! fraction of tokened responses the mock's true outcome is posted to the proxy's feedback
-//! endpoint.
+//! endpoint. A [`Workload`] replaces the built-in request kinds when each request must
+//! differ or each answer must be read (see `abgate-feedback-bench`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), abgate::lab::loadgen::LoadError> {
@@ -31,8 +32,9 @@ mod recorder;
 pub mod report;
 mod request;
 mod spec;
+mod workload;
 
-pub use driver::{run, run_with_progress};
+pub use driver::{run, run_with_progress, run_workload};
 pub use error::LoadError;
 pub use recorder::LoadProgress;
 pub use report::{ArmCounts, ErrorCounts, FeedbackCounts, LoadReport, Quantiles};
@@ -41,3 +43,4 @@ pub use spec::{
     loopback_uri, parse_duration_flag, FeedbackSpec, FeedbackValue, LoadMode, LoadSpec, Protocol,
     RequestKind, DEFAULT_FEEDBACK_PATH,
 };
+pub use workload::{Reply, WorkRequest, Workload};

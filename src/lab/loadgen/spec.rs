@@ -4,8 +4,10 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::Uri;
 use serde::Serialize;
+use serde_json::json;
 
 use super::error::LoadError;
 
@@ -34,6 +36,23 @@ impl RequestKind {
             RequestKind::Kserve => format!("/v2/models/{model}/infer"),
             RequestKind::Predict => "/predict".into(),
         }
+    }
+
+    /// The JSON request body, the same for every request of a run.
+    pub fn body(self, model: &str) -> Bytes {
+        let body = match self {
+            RequestKind::Chat | RequestKind::ChatStream => json!({
+                "model": model,
+                "messages": [{"role": "user", "content": "Say hello from abgate-load."}],
+                "stream": self == RequestKind::ChatStream,
+            }),
+            RequestKind::Kserve => json!({
+                "inputs": [{"name": "input0", "shape": [1, 4], "datatype": "FP32",
+                            "data": [0.1, 0.2, 0.3, 0.4]}],
+            }),
+            RequestKind::Predict => json!({"features": [0.1, 0.2, 0.3, 0.4]}),
+        };
+        Bytes::from(body.to_string())
     }
 }
 
