@@ -283,7 +283,6 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-use crate::clock::now_ms;
 
     #[test]
     fn records_survive_reopening() {
