@@ -1,13 +1,12 @@
 //! The controller end to end: real abgate, mock model backends with configured
 //! error rates, latencies and rewards, and the bounded load driver.
 
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use abgate::lab::loadgen::{self, LoadMode, LoadSpec, RequestKind};
 use abgate::lab::mock::{MockServer, MockSpec};
 use serde_json::Value;
-use crate::support::*;
 
 /// The error-rate guardrail most tests use (a YAML list item).
 const ERROR_GUARDRAIL: &str = "        - { metric: error, max_relative_increase: 0.10 }";
