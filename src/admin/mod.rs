@@ -164,7 +164,7 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
         (&Method::GET, ["v1", "experiments", name]) => c
             .experiment_view(name)
             .await
-            .map(|v| json_ok(&v))
+            .map(|v| json_ok(&json!(v)))
             .ok_or_else(|| unknown_experiment(name)),
         (&Method::POST, ["v1", "experiments", name, verb]) => {
             let name = name.to_string();
@@ -194,7 +194,10 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
                 }
             };
             let id = c.act(&name, action, &actor).await.map_err(action_problem)?;
-            let view = c.experiment_view(&name).await.unwrap_or(json!({}));
+            let view = c
+                .experiment_view(&name)
+                .await
+                .map_or(json!({}), |v| json!(v));
             Ok(json_ok(&json!({"decision_id": id, "experiment": view})))
         }
         (&Method::GET, ["v1", "decisions"]) => {

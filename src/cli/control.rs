@@ -8,6 +8,7 @@ use http::Method;
 
 use super::remote::{block_on, Remote, RemoteArgs};
 use crate::config;
+use crate::control::view::{render_status, ExperimentView};
 
 #[derive(clap::Args)]
 pub struct ActionArgs {
@@ -66,13 +67,17 @@ fn post(verb: &'static str, name: String, body: Option<String>, remote: RemoteAr
             .await
         {
             Ok(reply) => {
-                let e = &reply.body["experiment"];
+                // `{}` when the experiment is gone by the time the view is read.
+                let view: Option<ExperimentView> =
+                    serde_json::from_value(reply.body["experiment"].clone()).ok();
                 println!(
                     "{verb}: {name} is now {} (decision {})",
-                    e["state"].as_str().unwrap_or("?"),
+                    view.as_ref().map_or("?", |v| v.state.as_str()),
                     reply.body["decision_id"]
                 );
-                print!("{}", super::status::render(std::slice::from_ref(e)));
+                if let Some(v) = &view {
+                    print!("{}", render_status(std::slice::from_ref(v)));
+                }
                 ExitCode::SUCCESS
             }
             Err(f) => f.exit(),

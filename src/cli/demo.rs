@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::scenario::{Overrides, Scenario};
+use crate::lab::scenario::{Overrides, Scenario};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CanaryQuality {

@@ -13,8 +13,6 @@ mod scenario;
 mod serve;
 mod status;
 
-pub use status::render as render_status;
-
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

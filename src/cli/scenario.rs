@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::scenario::{self, Overrides, Scenario};
+use crate::lab::scenario::{self, Overrides, Scenario};
 
 #[derive(clap::Args)]
 pub struct ScenarioArgs {

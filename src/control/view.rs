@@ -1,27 +1,248 @@
-//! Read-only JSON views of experiments for the admin API and the CLI.
+//! The experiment view: what `GET /v1/experiments` and `GET /v1/experiments/{name}`
+//! answer, as typed structs that the admin API serializes and `abgate status` and
+//! the scenario runner read back, plus the text both print ([`render_status`]).
+//!
+//! Owns the view's shape: field names, which fields are `null` and which absent.
+//! Never changes state; reading a view takes the control plane's lock only to
+//! copy what it needs.
 
-use serde_json::{json, Value};
+mod render;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::actions::phase_name;
 use super::ControlPlane;
 use crate::outcomes::recorder::OutcomeSnapshot;
-use crate::store::ExperimentPhase;
+use crate::outcomes::summary::MetricStats;
+use crate::stats::{ComparisonView, Verdict};
+use crate::store::{Decision, ExperimentPhase};
 
-fn ms(us: Option<f64>) -> Value {
-    us.map_or(Value::Null, |v| {
-        json!((v / 1000.0 * 1000.0).round() / 1000.0)
-    })
+pub use render::render_status;
+
+/// `GET /v1/experiments`: every experiment in force, in declared order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentList {
+    pub experiments: Vec<ExperimentView>,
 }
 
-fn outcome_json(o: &OutcomeSnapshot) -> Value {
-    let requests = o.requests();
-    json!({
-        "requests": requests,
-        "errors": o.errors,
-        "error_rate": if requests > 0 { json!(o.errors as f64 / requests as f64) } else { Value::Null },
-        "latency_ms": { "p50": ms(o.latency.quantile_us(0.5)), "p99": ms(o.latency.quantile_us(0.99)), "mean": ms(o.latency.mean_us()) },
-        "ttfb_ms": { "p50": ms(o.ttfb.quantile_us(0.5)), "p99": ms(o.ttfb.quantile_us(0.99)) },
-    })
+/// One experiment: its state, weights, per-arm outcomes, last decision and the
+/// controller's latest analysis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentView {
+    pub name: String,
+    /// `running`, `paused`, `rolled_back`, `promoted` or `concluded`.
+    pub state: String,
+    /// The arm every other arm is compared with.
+    pub baseline: String,
+    /// Version of the routing table in force.
+    pub table_version: u64,
+    /// Version of the config in force.
+    pub config_version: u64,
+    /// Configured arms, in declared order.
+    pub arms: Vec<ArmView>,
+    /// Arms no longer configured whose counts are still held.
+    pub removed_arms: Vec<RemovedArmView>,
+    /// The latest decision (manual or automatic); `null` before the first.
+    pub last_decision: Option<Decision>,
+    /// The controller's latest look; `null` for an experiment without a `kind`
+    /// or before the first look.
+    pub analysis: Option<AnalysisView>,
+}
+
+/// One configured arm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArmView {
+    /// Every metric of the arm's assigned traffic, by name.
+    pub metrics: BTreeMap<String, MetricView>,
+    pub name: String,
+    pub backend: String,
+    /// Share of traffic in percent (0..=100).
+    pub weight: f64,
+    pub baseline: bool,
+    /// Outcomes of assigned (not forced) requests; `null` until the arm has a recorder.
+    pub assigned: Option<OutcomeView>,
+    /// Requests sent to the arm by an override, kept out of every statistic.
+    pub forced_requests: u64,
+}
+
+/// An arm no longer configured: its counts stay readable until they are dropped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemovedArmView {
+    pub name: String,
+    pub assigned: OutcomeView,
+}
+
+/// Outcomes of an arm's requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeView {
+    pub requests: u64,
+    pub errors: u64,
+    /// `errors / requests` (fraction 0..1); `null` without requests.
+    pub error_rate: Option<f64>,
+    pub latency_ms: LatencyView,
+    pub ttfb_ms: TtfbView,
+}
+
+/// Whole-response latency (ms, to the microsecond); `null` without samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencyView {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub mean: Option<f64>,
+}
+
+/// Time to first byte (ms, to the microsecond); `null` without samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TtfbView {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+/// One metric of one arm's assigned traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MetricView {
+    Binary {
+        n: u64,
+        successes: u64,
+        /// `successes / n`; `null` when `n` is 0.
+        rate: Option<f64>,
+    },
+    Continuous {
+        n: u64,
+        /// `null` when `n` is 0.
+        mean: Option<f64>,
+        /// Sample variance; `null` when `n` < 2.
+        variance: Option<f64>,
+    },
+}
+
+impl MetricView {
+    /// Observations (binary: trials).
+    pub fn n(&self) -> u64 {
+        match self {
+            MetricView::Binary { n, .. } | MetricView::Continuous { n, .. } => *n,
+        }
+    }
+}
+
+/// The controller's latest look at an experiment, as it published it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AnalysisView {
+    /// A running experiment, judged.
+    Judged(Box<Judgement>),
+    /// Automatic decisions are off (the experiment is not running).
+    Off {
+        /// The phase, e.g. `paused`.
+        status: String,
+        note: String,
+    },
+    /// Anything else the controller publishes, passed through as it is so the
+    /// admin API never drops a field it does not know.
+    Other(Value),
+}
+
+/// One look of the controller at a running experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Judgement {
+    /// Always `running`.
+    pub status: String,
+    /// The verdict's name, e.g. `continue`, `rollback`.
+    pub verdict: String,
+    /// The verdict in words, starting with its name.
+    pub explain: String,
+    /// The verdict with its evidence.
+    pub details: Option<Verdict>,
+    /// Canary: the step in force, from 1; `null` for an A/B test.
+    pub step: Option<u64>,
+    /// Canary: each step's candidate weight in percent.
+    pub steps: Vec<f64>,
+    /// Candidate units since the step began (A/B: the smallest arm's units).
+    pub step_units: u64,
+    pub step_minimums_met: bool,
+    /// Looks taken so far.
+    pub looks: u64,
+    /// Every guardrail and primary comparison behind the verdict.
+    pub comparisons: Vec<ComparisonView>,
+    /// Units per arm the evidence has seen.
+    pub samples: BTreeMap<String, u64>,
+}
+
+impl AnalysisView {
+    /// The look, if the controller judged the experiment.
+    pub fn judgement(&self) -> Option<&Judgement> {
+        match self {
+            AnalysisView::Judged(j) => Some(j),
+            _ => None,
+        }
+    }
+}
+
+impl ExperimentView {
+    /// Requests assigned to the arms other than the baseline: what the
+    /// statistics compare with it.
+    pub fn treatment_requests(&self) -> u64 {
+        self.arms
+            .iter()
+            .filter(|a| !a.baseline)
+            .filter_map(|a| a.assigned.as_ref())
+            .map(|o| o.requests)
+            .sum()
+    }
+}
+
+/// The `summary` a decision's reason carries (free-form JSON), or "".
+pub fn decision_summary(d: &Decision) -> &str {
+    d.reason
+        .get("summary")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// Microseconds to milliseconds, rounded to the microsecond.
+fn ms(us: Option<f64>) -> Option<f64> {
+    us.map(|v| (v / 1000.0 * 1000.0).round() / 1000.0)
+}
+
+impl From<&OutcomeSnapshot> for OutcomeView {
+    fn from(o: &OutcomeSnapshot) -> Self {
+        let requests = o.requests();
+        OutcomeView {
+            requests,
+            errors: o.errors,
+            error_rate: (requests > 0).then(|| o.errors as f64 / requests as f64),
+            latency_ms: LatencyView {
+                p50: ms(o.latency.quantile_us(0.5)),
+                p99: ms(o.latency.quantile_us(0.99)),
+                mean: ms(o.latency.mean_us()),
+            },
+            ttfb_ms: TtfbView {
+                p50: ms(o.ttfb.quantile_us(0.5)),
+                p99: ms(o.ttfb.quantile_us(0.99)),
+            },
+        }
+    }
+}
+
+impl From<&MetricStats> for MetricView {
+    fn from(m: &MetricStats) -> Self {
+        match m {
+            MetricStats::Binary(b) => MetricView::Binary {
+                n: b.n,
+                successes: b.successes,
+                rate: (b.n > 0).then(|| b.mean()),
+            },
+            MetricStats::Continuous(c) => MetricView::Continuous {
+                n: c.n,
+                mean: (c.n > 0).then_some(c.mean),
+                variance: (c.n > 1).then(|| c.variance()),
+            },
+        }
+    }
 }
 
 impl ControlPlane {
@@ -36,7 +257,7 @@ impl ControlPlane {
     }
 
     /// One experiment's state, weights and per-arm outcomes; `None` if unknown.
-    pub async fn experiment_view(&self, name: &str) -> Option<Value> {
+    pub async fn experiment_view(&self, name: &str) -> Option<ExperimentView> {
         let (config_version, phase, baseline, arms_cfg, experiment) = {
             let cur = self.current.lock().await;
             let e = cur.config.experiment(name)?;
@@ -63,7 +284,7 @@ impl ControlPlane {
         let table = self.plane.table.load_full();
         let route = table.routes.experiment(name)?;
         let snaps = self.recorders.experiment(name);
-        let arms: Vec<Value> = arms_cfg
+        let arms = arms_cfg
             .iter()
             .map(|(arm, backend)| {
                 let weight = route
@@ -72,51 +293,57 @@ impl ControlPlane {
                     .find(|a| &a.name == arm)
                     .map_or(0, |a| a.weight);
                 let snap = snaps.iter().find(|s| &s.arm == arm);
-                let metrics: serde_json::Map<String, Value> = metric_stats
+                let metrics = metric_stats
                     .iter()
                     .find(|m| &m.arm == arm)
                     .map(|m| {
                         m.metrics
                             .iter()
-                            .map(|(k, v)| (k.clone(), v.to_json()))
+                            .map(|(k, v)| (k.clone(), MetricView::from(v)))
                             .collect()
                     })
                     .unwrap_or_default();
-                json!({
-                    "metrics": metrics,
-                    "name": arm,
-                    "backend": backend,
-                    "weight": f64::from(weight) / 100.0,
-                    "baseline": *arm == baseline,
-                    "assigned": snap.map(|s| outcome_json(&s.assigned)),
-                    "forced_requests": snap.map_or(0, |s| s.forced.requests()),
-                })
+                ArmView {
+                    metrics,
+                    name: arm.clone(),
+                    backend: backend.clone(),
+                    weight: f64::from(weight) / 100.0,
+                    baseline: *arm == baseline,
+                    assigned: snap.map(|s| OutcomeView::from(&s.assigned)),
+                    forced_requests: snap.map_or(0, |s| s.forced.requests()),
+                }
             })
             .collect();
         // Arms no longer configured keep their counts readable.
-        let removed: Vec<Value> = snaps
+        let removed_arms = snaps
             .iter()
             .filter(|s| !arms_cfg.iter().any(|(a, _)| a == &s.arm))
-            .map(|s| json!({"name": s.arm, "assigned": outcome_json(&s.assigned)}))
+            .map(|s| RemovedArmView {
+                name: s.arm.clone(),
+                assigned: OutcomeView::from(&s.assigned),
+            })
             .collect();
         let owned = name.to_string();
         let last_decision = self
             .blocking(move |s| s.decisions(Some(&owned), 1))
             .await
             .ok()
-            .and_then(|d| d.into_iter().next())
-            .map(|d| serde_json::to_value(d).unwrap_or(Value::Null));
-        Some(json!({
-            "name": name,
-            "state": phase_name(phase),
-            "baseline": baseline,
-            "table_version": table.version,
-            "config_version": config_version,
-            "arms": arms,
-            "removed_arms": removed,
-            "last_decision": last_decision,
-            "analysis": self.analysis(name),
-        }))
+            .and_then(|d| d.into_iter().next());
+        // The controller publishes JSON; read here, off its loop, only when asked.
+        let analysis = self
+            .analysis(name)
+            .map(|v| serde_json::from_value(v.clone()).unwrap_or(AnalysisView::Other(v)));
+        Some(ExperimentView {
+            name: name.to_string(),
+            state: phase_name(phase).to_string(),
+            baseline,
+            table_version: table.version,
+            config_version,
+            arms,
+            removed_arms,
+            last_decision,
+            analysis,
+        })
     }
 }
 
@@ -216,5 +443,111 @@ impl ControlPlane {
         if let Ok(Err(e)) = saved {
             tracing::warn!(error = %e, "cannot save per-arm outcome counts and controller runs");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{ComparisonEvidence, EffectScale, TestKind};
+    use serde_json::json;
+
+    fn evidence(metric: &str) -> ComparisonEvidence {
+        ComparisonEvidence {
+            metric: metric.into(),
+            arm: "canary".into(),
+            test: TestKind::NonInferiority,
+            effect: EffectScale::Relative,
+            estimate: 0.012,
+            ci: [-0.03, f64::MAX],
+            ci_alpha: 0.025,
+            p_value: 0.004,
+            threshold: 0.025,
+            units_arm: 500,
+            units_baseline: 4500,
+            events_arm: 9,
+            events_baseline: 80,
+        }
+    }
+
+    /// The controller publishes its look as JSON; the view must hand it on
+    /// exactly, whatever its shape.
+    #[test]
+    fn every_analysis_shape_passes_through_unchanged() {
+        let verdict = Verdict::Promote {
+            arm: "canary".into(),
+            evidence: evidence("accepted"),
+            guardrails: vec![evidence("error")],
+        };
+        let comparison = ComparisonView {
+            role: "primary".into(),
+            evidence: evidence("accepted"),
+            ready: true,
+            non_inferior: None,
+        };
+        // As the controller builds it.
+        let judged = json!({
+            "status": "running",
+            "verdict": "promote",
+            "explain": "promote: canary is better",
+            "details": serde_json::to_value(&verdict).unwrap(),
+            "step": null,
+            "steps": [0.1, 0.5, 1.0],
+            "step_units": 120,
+            "step_minimums_met": true,
+            "looks": 17,
+            "comparisons": [comparison],
+            "samples": {"stable": 4500, "canary": 500},
+        });
+        let off = json!({"status": "paused", "note": "automatic decisions are off"});
+        let other = json!({"status": "warming", "progress": 0.5});
+        for v in [&judged, &off, &other] {
+            let a: AnalysisView = serde_json::from_value(v.clone()).unwrap();
+            assert_eq!(&serde_json::to_value(&a).unwrap(), v);
+        }
+        let a: AnalysisView = serde_json::from_value(judged).unwrap();
+        let j = a.judgement().expect("a judged look");
+        assert_eq!(j.details, Some(verdict));
+        assert_eq!(j.comparisons, vec![comparison]);
+        assert!(serde_json::from_value::<AnalysisView>(off)
+            .unwrap()
+            .judgement()
+            .is_none());
+    }
+
+    #[test]
+    fn the_view_keeps_its_json_shape() {
+        let old = json!({
+            "name": "exp", "state": "running", "baseline": "stable",
+            "table_version": 3, "config_version": 2,
+            "arms": [
+                {"metrics": {
+                    "accepted": {"type": "binary", "n": 0, "successes": 0, "rate": null},
+                    "latency_ms": {"type": "continuous", "n": 1, "mean": 12.5, "variance": null}},
+                 "name": "stable", "backend": "b1", "weight": 90.0, "baseline": true,
+                 "assigned": {"requests": 4, "errors": 1, "error_rate": 0.25,
+                              "latency_ms": {"p50": 1.5, "p99": 9.0, "mean": 2.25},
+                              "ttfb_ms": {"p50": 1.0, "p99": null}},
+                 "forced_requests": 2},
+                {"metrics": {}, "name": "canary", "backend": "b2", "weight": 10.0,
+                 "baseline": false, "assigned": null, "forced_requests": 0},
+            ],
+            "removed_arms": [{"name": "old", "assigned": {"requests": 0, "errors": 0,
+                "error_rate": null, "latency_ms": {"p50": null, "p99": null, "mean": null},
+                "ttfb_ms": {"p50": null, "p99": null}}}],
+            "last_decision": {"id": 7, "experiment": "exp", "kind": "pause",
+                "from_weights": {"stable": 9000, "canary": 1000},
+                "to_weights": {"stable": 9000, "canary": 1000},
+                "reason": {"summary": "by hand"}, "actor": "ops",
+                "created_at_ms": 1700000000000u64, "applied": true},
+            "analysis": null,
+        });
+        let view: ExperimentView = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&view).unwrap(), old);
+        assert_eq!(view.treatment_requests(), 0);
+        assert_eq!(
+            decision_summary(view.last_decision.as_ref().unwrap()),
+            "by hand"
+        );
     }
 }

@@ -179,6 +179,61 @@ const RULES: &[Rule] = &[
         ],
         reason: "config is read by every layer and reads none of them (only stats, for the one validator)",
     },
+    Rule {
+        scope: "src/stats",
+        forbidden: &[Prefix("crate::cli"), Prefix("crate::lab")],
+        reason: "the CLI is the top floor and the lab sits just below it: nothing under them names them",
+    },
+    Rule {
+        scope: "src/config",
+        forbidden: &[Prefix("crate::cli"), Prefix("crate::lab")],
+        reason: "the CLI is the top floor and the lab sits just below it: nothing under them names them",
+    },
+    Rule {
+        scope: "src/store",
+        forbidden: &[Prefix("crate::cli"), Prefix("crate::lab")],
+        reason: "the CLI is the top floor and the lab sits just below it: nothing under them names them",
+    },
+    Rule {
+        scope: "src/routing",
+        forbidden: &[Prefix("crate::cli"), Prefix("crate::lab")],
+        reason: "the CLI is the top floor and the lab sits just below it: nothing under them names them",
+    },
+    Rule {
+        scope: "src/outcomes",
+        forbidden: &[Prefix("crate::cli"), Prefix("crate::lab")],
+        reason: "the CLI is the top floor and the lab sits just below it: nothing under them names them",
+    },
+    Rule {
+        scope: "src/telemetry",
+        forbidden: &[Prefix("crate::cli"), Prefix("crate::lab")],
+        reason: "the CLI is the top floor and the lab sits just below it: nothing under them names them",
+    },
+    Rule {
+        scope: "src/proxy",
+        forbidden: &[Prefix("crate::cli"), Prefix("crate::lab")],
+        reason: "the CLI is the top floor and the lab sits just below it: nothing under them names them",
+    },
+    Rule {
+        scope: "src/control",
+        forbidden: &[Prefix("crate::cli"), Prefix("crate::lab")],
+        reason: "the CLI is the top floor and the lab sits just below it: nothing under them names them",
+    },
+    Rule {
+        scope: "src/admin",
+        forbidden: &[Prefix("crate::cli"), Prefix("crate::lab")],
+        reason: "the CLI is the top floor and the lab sits just below it: nothing under them names them",
+    },
+    Rule {
+        scope: "src/app.rs",
+        forbidden: &[Prefix("crate::cli"), Prefix("crate::lab")],
+        reason: "the CLI is the top floor and the lab sits just below it: nothing under them names them",
+    },
+    Rule {
+        scope: "src/lab",
+        forbidden: &[Prefix("crate::cli")],
+        reason: "the CLI is the top floor and the lab sits just below it: nothing under them names them",
+    },
 ];
 
 #[test]

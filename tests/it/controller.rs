@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use abgate::loadgen::{self, LoadMode, LoadSpec, RequestKind};
-use abgate::mock::{MockServer, MockSpec};
+use abgate::lab::loadgen::{self, LoadMode, LoadSpec, RequestKind};
+use abgate::lab::mock::{MockServer, MockSpec};
 use serde_json::Value;
 
 /// The error-rate guardrail most tests use (a YAML list item).

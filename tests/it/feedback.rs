@@ -363,8 +363,8 @@ async fn forced_feedback_is_accepted_but_not_counted() {
 async fn response_header_metrics_are_recorded_per_arm() {
     // The fake backend sets no x-backend-tokens; use the mock backend, which
     // reports x-model-output-tokens.
-    let spec: abgate::mock::MockSpec = "name=m,chunks=7".parse().unwrap();
-    let mock = abgate::mock::MockServer::start(spec, "127.0.0.1:0".parse().unwrap())
+    let spec: abgate::lab::mock::MockSpec = "name=m,chunks=7".parse().unwrap();
+    let mock = abgate::lab::mock::MockServer::start(spec, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let yaml = format!(

@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use abgate::loadgen::{
-    run, run_with_progress, LoadError, LoadMode, LoadProgress, LoadSpec, Protocol, RequestKind,
+use abgate::lab::loadgen::{
+    run, run_with_progress, run_workload, LoadError, LoadMode, LoadProgress, LoadSpec, Protocol,
+    Reply, RequestKind, WorkRequest, Workload,
 };
-use abgate::mock::{LatencyDist, MockServer, MockSpec, StreamSpec};
+use abgate::lab::mock::{LatencyDist, MockServer, MockSpec, StreamSpec};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -326,4 +327,77 @@ async fn h2_streaming_against_the_mock_with_progress() {
     assert_eq!(last.in_flight, 0);
     assert_eq!(mock.requests_served(), 80);
     mock.shutdown().await.unwrap();
+}
+
+/// Sends `items` requests, then has nothing left; keeps every answer's body.
+struct Numbered {
+    items: u64,
+    taken: AtomicU64,
+    bodies: std::sync::Mutex<Vec<(u64, u16, Vec<u8>)>>,
+}
+
+impl Numbered {
+    fn new(items: u64) -> Arc<Numbered> {
+        Arc::new(Numbered {
+            items,
+            taken: AtomicU64::new(0),
+            bodies: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+}
+
+impl Workload for Numbered {
+    fn request(&self, index: u64) -> Option<WorkRequest> {
+        if self.taken.fetch_add(1, Ordering::Relaxed) >= self.items {
+            return None;
+        }
+        Some(WorkRequest {
+            path: format!("/work/{index}?n={index}").parse().unwrap(),
+            body: Bytes::from_static(b"{}"),
+            user: index.is_multiple_of(2).then_some(index),
+            read_body: true,
+        })
+    }
+
+    fn response(&self, index: u64, reply: &Reply<'_>) {
+        self.bodies
+            .lock()
+            .unwrap()
+            .push((index, reply.status, reply.body.to_vec()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_decides_requests_sees_answers_and_ends_the_run() {
+    let (addr, state) = fake_server(FakeBehaviour::default()).await;
+    let mut spec = spec_for(addr);
+    spec.mode = LoadMode::ClosedLoop { connections: 3 };
+    spec.max_requests = 1000;
+    let work = Numbered::new(25);
+    let report = run_workload(spec, work.clone()).await.unwrap();
+    assert_eq!(report.requests_sent, 25, "{report}");
+    assert_eq!(report.requests_scheduled, 25, "{report}");
+    assert_eq!(report.url, format!("http://{addr}"));
+    assert_eq!(state.hits.load(Ordering::Relaxed), 25);
+    {
+        let bodies = work.bodies.lock().unwrap();
+        assert_eq!(bodies.len(), 25);
+        assert!(bodies
+            .iter()
+            .all(|(_, status, body)| *status == 200 && body == b"{\"ok\":true}"));
+    }
+
+    // Open loop: running out ends scheduling long before the time bound.
+    let mut spec = spec_for(addr);
+    spec.mode = LoadMode::OpenLoop {
+        rate_per_s: 200.0,
+        connections: 4,
+        max_in_flight: 100,
+    };
+    spec.max_requests = 10_000;
+    spec.max_duration = Duration::from_secs(20);
+    let started = Instant::now();
+    let report = run_workload(spec, Numbered::new(10)).await.unwrap();
+    assert_eq!(report.requests_sent, 10, "{report}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{report}");
 }

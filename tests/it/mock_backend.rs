@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use abgate::mock::{LatencyDist, MockServer, MockSpec, RewardDist, StreamSpec};
+use abgate::lab::mock::{LatencyDist, MockServer, MockSpec, RewardDist, StreamSpec};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};

@@ -1,7 +1,7 @@
 //! Every shipped scenario parses, names only its own backends, and carries an
 //! abgate config that `abgate check` would accept.
 
-use abgate::scenario::Scenario;
+use abgate::lab::scenario::Scenario;
 
 #[test]
 fn every_scenario_is_valid() {

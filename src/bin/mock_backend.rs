@@ -5,7 +5,7 @@
 //!             --serve 127.0.0.1:9002,name=canary,latency=fixed:25,error_rate=0.05,outcome_p=0.33
 //! ```
 
-use abgate::mock::{MockServer, ServeArg};
+use abgate::lab::mock::{MockServer, ServeArg};
 use anyhow::Context;
 use clap::Parser;
 

@@ -18,25 +18,24 @@
 //! counted from the responses' `accepted` field (batches) or `result` (single events).
 //! Single-event latency is measured from each event's *scheduled* send time (open loop, no
 //! coordinated omission) into an HDR histogram. Only `http://127.0.0.1` targets are accepted;
-//! every phase is bounded by a count and a duration.
+//! every phase is bounded by a count and a duration. Requests are driven by the load driver
+//! (`abgate::lab::loadgen`, one [`Workload`] per phase), which owns the schedule, the bounds,
+//! the timeouts and the timing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use abgate::lab::loadgen::{
+    loopback_uri, parse_duration_flag, run_workload, LoadMode, LoadReport, LoadSpec, Reply,
+    RequestKind, WorkRequest, Workload, HEADER_TOKEN,
+};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use http::{header, HeaderValue, Method, Request, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::uri::PathAndQuery;
 use serde_json::{json, Value};
-use tokio::sync::Semaphore;
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 #[derive(Parser)]
 #[command(
@@ -86,19 +85,19 @@ struct FeedbackArgs {
     #[arg(long, default_value_t = 100)]
     batch: u64,
     /// (a) time bound.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration_flag)]
     batched_duration: Duration,
     /// (b) open-loop single events per second.
     #[arg(long, default_value_t = 2000.0)]
     single_rate: f64,
     /// (b) scheduling time bound.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration_flag)]
     single_duration: Duration,
     /// (b) cap on in-flight single events; beyond it an event counts as `overloaded`.
     #[arg(long, default_value_t = 2048)]
     max_in_flight: usize,
     /// Per-request timeout.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration_flag)]
     timeout: Duration,
     /// abgate's pid: its CPU time (utime+stime, /proc) is reported per phase.
     #[arg(long)]
@@ -125,95 +124,49 @@ struct SpreadArgs {
     #[arg(long, default_value_t = 200.0)]
     rate: f64,
     /// Scheduling time bound.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_duration_flag)]
     duration: Duration,
     /// Request count bound.
     #[arg(long, default_value_t = 20_000)]
     max_requests: u64,
     /// Per-request timeout.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_duration_flag)]
     timeout: Duration,
     /// Simulated users (x-user-id user-0 .. user-N-1, round-robin).
     #[arg(long, default_value_t = 10_000)]
     users: u64,
 }
 
-/// `10s`, `500ms`, `2m`; a bare number is seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad duration `{s}`"))?;
-    Duration::try_from_secs_f64(v * scale).map_err(|e| format!("bad duration `{s}`: {e}"))
-}
-
-/// Only `http://127.0.0.1[:port]` (stricter than the load driver's loopback check).
-fn local_uri(base: &str, path: &str) -> anyhow::Result<Uri> {
+/// The path and query of `base` + `path`, accepted only on `http://127.0.0.1[:port]`
+/// (stricter than the load driver's loopback check).
+fn local_path(base: &str, path: &str) -> anyhow::Result<PathAndQuery> {
     let url = format!("{}{}", base.trim_end_matches('/'), path);
-    let uri = abgate::loadgen::loopback_uri(&url)?;
+    let uri = loopback_uri(&url)?;
     if uri.host() != Some("127.0.0.1") {
         bail!("refusing `{url}`: only http://127.0.0.1 targets are allowed");
     }
-    Ok(uri)
+    Ok(uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/")))
 }
 
-fn client(pool: usize) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(2)));
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(pool)
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector)
-}
-
-fn post(uri: &Uri, body: Bytes, user: Option<u64>) -> Request<Full<Bytes>> {
-    let mut req = Request::new(Full::new(body));
-    *req.method_mut() = Method::POST;
-    *req.uri_mut() = uri.clone();
-    let h = req.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Some(u) = user {
-        if let Ok(v) = HeaderValue::from_str(&format!("user-{u}")) {
-            h.insert("x-user-id", v);
-        }
+/// Runs one bounded phase on the load driver; a phase with nothing to schedule (no
+/// requests or no time) sends nothing and reports nothing.
+async fn drive(spec: LoadSpec, workload: Arc<dyn Workload>) -> anyhow::Result<LoadReport> {
+    if spec.max_requests == 0 || spec.max_duration.is_zero() {
+        return Ok(LoadReport::default());
     }
-    req
+    Ok(run_workload(spec, workload).await?)
 }
 
-/// Sends `req`, reads the whole body; `(status, token header, body)`.
-async fn exchange(
-    client: &HttpClient,
-    req: Request<Full<Bytes>>,
-    timeout: Duration,
-) -> Result<(u16, Option<String>, Bytes), String> {
-    let fut = async {
-        let resp = client.request(req).await.map_err(|e| e.to_string())?;
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-        let token = parts
-            .headers
-            .get("x-abgate-token")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        Ok((parts.status.as_u16(), token, body))
-    };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| "timeout".to_string())?
+/// Requests that got no response at all (connect, timeout, reset).
+fn transport_errors(r: &LoadReport) -> u64 {
+    r.errors.connect + r.errors.timeout + r.errors.io
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// utime+stime of a process in seconds (all threads), from /proc/PID/stat.
@@ -331,49 +284,67 @@ fn quantiles_ms(h: &Histogram<u64>) -> Value {
     })
 }
 
-async fn obtain_tokens(a: &FeedbackArgs, client: &HttpClient) -> anyhow::Result<Vec<String>> {
-    let uri = local_uri(&a.target, &a.path)?;
-    let body = Bytes::from_static(br#"{"features":[0.1,0.2,0.3,0.4]}"#);
-    let next = Arc::new(AtomicU64::new(0));
-    let out = Arc::new(Mutex::new(Vec::with_capacity(a.tokens as usize)));
-    let failures = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut workers = Vec::new();
-    for _ in 0..a.token_concurrency.max(1) {
-        let (client, uri, body, next, out, failures) = (
-            client.clone(),
-            uri.clone(),
-            body.clone(),
-            next.clone(),
-            out.clone(),
-            failures.clone(),
-        );
-        let (limit, timeout) = (a.tokens, a.timeout);
-        workers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                // Bounded: N requests plus at most as many retries, and two minutes.
-                if i >= limit * 2 || Instant::now() > deadline {
-                    return;
-                }
-                if out.lock().unwrap().len() as u64 >= limit {
-                    return;
-                }
-                match exchange(&client, post(&uri, body.clone(), Some(i)), timeout).await {
-                    Ok((200, Some(t), _)) => out.lock().unwrap().push(t),
-                    _ => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+/// Requests through abgate, one per user `user-<i>`, keeping each 200's token.
+struct TokenRequests {
+    path: PathAndQuery,
+    body: Bytes,
+    wanted: u64,
+    tokens: Mutex<Vec<String>>,
+    failures: AtomicU64,
+}
+
+impl Workload for TokenRequests {
+    fn request(&self, index: u64) -> Option<WorkRequest> {
+        if lock(&self.tokens).len() as u64 >= self.wanted {
+            return None;
+        }
+        Some(WorkRequest {
+            path: self.path.clone(),
+            body: self.body.clone(),
+            user: Some(index),
+            read_body: false,
+        })
+    }
+
+    fn response(&self, _index: u64, reply: &Reply<'_>) {
+        let token = reply
+            .headers
+            .get(HEADER_TOKEN)
+            .and_then(|v| v.to_str().ok());
+        match (reply.status, token) {
+            (200, Some(t)) => lock(&self.tokens).push(t.to_string()),
+            _ => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
             }
-        }));
+        }
     }
-    for w in workers {
-        w.await?;
-    }
-    let mut tokens = std::mem::take(&mut *out.lock().unwrap());
+}
+
+async fn obtain_tokens(a: &FeedbackArgs) -> anyhow::Result<Vec<String>> {
+    let work = Arc::new(TokenRequests {
+        path: local_path(&a.target, &a.path)?,
+        body: RequestKind::Predict.body(""),
+        wanted: a.tokens,
+        tokens: Mutex::new(Vec::with_capacity(a.tokens as usize)),
+        failures: AtomicU64::new(0),
+    });
+    // Bounded: N requests plus at most as many retries, and two minutes.
+    let report = drive(
+        LoadSpec {
+            mode: LoadMode::ClosedLoop {
+                connections: a.token_concurrency.max(1),
+            },
+            max_requests: a.tokens * 2,
+            max_duration: Duration::from_secs(120),
+            request_timeout: a.timeout,
+            ..LoadSpec::new(&a.target)
+        },
+        work.clone(),
+    )
+    .await?;
+    let mut tokens = std::mem::take(&mut *lock(&work.tokens));
     tokens.truncate(a.tokens as usize);
-    let f = failures.load(Ordering::Relaxed);
+    let f = work.failures.load(Ordering::Relaxed) + transport_errors(&report);
     if (tokens.len() as u64) < a.tokens {
         bail!(
             "obtained only {} of {} tokens ({f} failed requests)",
@@ -407,160 +378,184 @@ impl Tally {
     }
 }
 
-/// (a): C clients, each POSTing B-event arrays back to back.
-async fn batched(
-    a: &FeedbackArgs,
-    client: &HttpClient,
-    events: &Arc<Events>,
+/// Feedback POSTs of fresh events: `batch` events as a JSON array, or (`batch`
+/// `None`) one event as an object, tallied from the answers.
+struct EventPosts {
+    path: PathAndQuery,
+    events: Arc<Events>,
+    batch: Option<u64>,
     limit: u64,
-) -> anyhow::Result<Value> {
-    let uri = local_uri(&a.target, &a.feedback_path)?;
-    let tally = Arc::new(Mutex::new(Tally::default()));
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
-    let cpu = CpuMeter::start(a.server_pid);
-    let started = Instant::now();
-    let end = started + a.batched_duration;
-    let mut workers = Vec::new();
-    for _ in 0..a.clients.max(1) {
-        let (client, uri, events, tally, hist) = (
-            client.clone(),
-            uri.clone(),
-            events.clone(),
-            tally.clone(),
-            hist.clone(),
-        );
-        let (batch, timeout) = (a.batch, a.timeout);
-        workers.push(tokio::spawn(async move {
-            let mut body = String::with_capacity(batch as usize * 200);
-            while Instant::now() < end {
-                let range = events.take(batch, limit);
-                if range.is_empty() {
-                    return;
-                }
-                let n = range.end - range.start;
-                body.clear();
+    tally: Mutex<Tally>,
+    /// Latency of 200 answers (µs).
+    hist: Mutex<Histogram<u64>>,
+    /// When the last event was handed out: the end of scheduling.
+    last_request: Mutex<Option<Instant>>,
+}
+
+impl EventPosts {
+    fn new(
+        path: PathAndQuery,
+        events: &Arc<Events>,
+        batch: Option<u64>,
+        limit: u64,
+        hist: Histogram<u64>,
+    ) -> Self {
+        EventPosts {
+            path,
+            events: events.clone(),
+            batch,
+            limit,
+            tally: Mutex::new(Tally::default()),
+            hist: Mutex::new(hist),
+            last_request: Mutex::new(None),
+        }
+    }
+}
+
+impl Workload for EventPosts {
+    fn request(&self, _index: u64) -> Option<WorkRequest> {
+        let range = self.events.take(self.batch.unwrap_or(1), self.limit);
+        if range.is_empty() {
+            return None;
+        }
+        let n = range.end - range.start;
+        let mut body = String::with_capacity(n as usize * 200);
+        match self.batch {
+            Some(_) => {
                 body.push('[');
                 for i in range {
                     if body.len() > 1 {
                         body.push(',');
                     }
-                    events.write(i, &mut body);
+                    self.events.write(i, &mut body);
                 }
                 body.push(']');
-                let t0 = Instant::now();
-                let r = exchange(
-                    &client,
-                    post(&uri, Bytes::from(body.clone()), None),
-                    timeout,
-                )
-                .await;
-                let us = t0.elapsed().as_micros() as u64;
-                let mut t = tally.lock().unwrap();
-                t.posts += 1;
-                t.events_sent += n;
-                match r {
-                    Ok((200, _, b)) => {
-                        let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
+            }
+            None => self.events.write(range.start, &mut body),
+        }
+        {
+            let mut t = lock(&self.tally);
+            t.posts += 1;
+            t.events_sent += n;
+        }
+        *lock(&self.last_request) = Some(Instant::now());
+        Some(WorkRequest {
+            path: self.path.clone(),
+            body: Bytes::from(body),
+            user: None,
+            read_body: true,
+        })
+    }
+
+    fn response(&self, _index: u64, reply: &Reply<'_>) {
+        let mut t = lock(&self.tally);
+        match reply.status {
+            200 => {
+                let v: Value = serde_json::from_slice(reply.body).unwrap_or(Value::Null);
+                match self.batch {
+                    Some(_) => {
                         let field = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
                         t.accepted += field("accepted");
                         t.duplicate += field("duplicate");
                         t.rejected += field("rejected");
-                        let _ = hist.lock().unwrap().record(us.max(1));
                     }
-                    Ok((503, _, _)) => t.overloaded += 1,
-                    Ok(_) => t.http_errors += 1,
-                    Err(_) => t.transport_errors += 1,
+                    None => match v.get("result").and_then(Value::as_str) {
+                        Some("accepted") => t.accepted += 1,
+                        Some("duplicate") => t.duplicate += 1,
+                        _ => t.rejected += 1,
+                    },
                 }
+                let us = reply.latency.as_micros() as u64;
+                let _ = lock(&self.hist).record(us.max(1));
             }
-        }));
+            503 => t.overloaded += 1,
+            _ => t.http_errors += 1,
+        }
     }
-    for w in workers {
-        w.await?;
-    }
+}
+
+/// The tally with the driver's counts of requests that got no answer (transport)
+/// or were never sent (over the in-flight cap).
+fn final_tally(work: &EventPosts, report: &LoadReport) -> Value {
+    let mut t = lock(&work.tally);
+    t.transport_errors += transport_errors(report);
+    t.overloaded += report.errors.overloaded;
+    t.to_json()
+}
+
+/// (a): C clients, each POSTing B-event arrays back to back.
+async fn batched(a: &FeedbackArgs, events: &Arc<Events>, limit: u64) -> anyhow::Result<Value> {
+    let work = Arc::new(EventPosts::new(
+        local_path(&a.target, &a.feedback_path)?,
+        events,
+        Some(a.batch),
+        limit,
+        Histogram::<u64>::new(3)?,
+    ));
+    let cpu = CpuMeter::start(a.server_pid);
+    let started = Instant::now();
+    let report = drive(
+        LoadSpec {
+            mode: LoadMode::ClosedLoop {
+                connections: a.clients.max(1),
+            },
+            // Every POST but the last takes a full batch, so this never cuts a run short.
+            max_requests: limit.div_ceil(a.batch),
+            max_duration: a.batched_duration,
+            request_timeout: a.timeout,
+            ..LoadSpec::new(&a.target)
+        },
+        work.clone(),
+    )
+    .await?;
     let elapsed = started.elapsed().as_secs_f64();
-    let t = tally.lock().unwrap();
-    let h = hist.lock().unwrap();
+    let tally = final_tally(&work, &report);
+    let accepted = tally["accepted"].as_u64().unwrap_or(0);
     Ok(json!({
         "clients": a.clients, "batch": a.batch, "elapsed_s": elapsed,
-        "accepted_per_s": (t.accepted as f64 / elapsed).round(),
-        "tally": t.to_json(),
-        "post_latency_ms": quantiles_ms(&h),
+        "accepted_per_s": (accepted as f64 / elapsed).round(),
+        "tally": tally,
+        "post_latency_ms": quantiles_ms(&lock(&work.hist)),
         "cpu": cpu.stop(),
     }))
 }
 
 /// (b): open loop at `single_rate`, one event per POST, latency from the scheduled time.
-async fn single(
-    a: &FeedbackArgs,
-    client: &HttpClient,
-    events: &Arc<Events>,
-    limit: u64,
-) -> anyhow::Result<Value> {
-    let uri = local_uri(&a.target, &a.feedback_path)?;
-    let tally = Arc::new(Mutex::new(Tally::default()));
-    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
-    let slots = Arc::new(Semaphore::new(a.max_in_flight.max(1)));
-    let total = (a.single_rate * a.single_duration.as_secs_f64()) as u64;
-    let interval = Duration::from_secs_f64(1.0 / a.single_rate);
+async fn single(a: &FeedbackArgs, events: &Arc<Events>, limit: u64) -> anyhow::Result<Value> {
+    let work = Arc::new(EventPosts::new(
+        local_path(&a.target, &a.feedback_path)?,
+        events,
+        None,
+        limit,
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
+    ));
+    let in_flight = a.max_in_flight.max(1);
     let cpu = CpuMeter::start(a.server_pid);
-    let origin = tokio::time::Instant::now() + Duration::from_millis(5);
-    let mut tasks = Vec::with_capacity(total as usize);
-    for k in 0..total {
-        let scheduled = origin + interval.mul_f64(k as f64);
-        tokio::time::sleep_until(scheduled).await;
-        let range = events.take(1, limit);
-        if range.is_empty() {
-            break;
-        }
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tally.lock().unwrap().overloaded += 1;
-            continue;
-        };
-        let mut body = String::with_capacity(200);
-        events.write(range.start, &mut body);
-        let (client, uri, tally, hist, timeout) = (
-            client.clone(),
-            uri.clone(),
-            tally.clone(),
-            hist.clone(),
-            a.timeout,
-        );
-        tasks.push(tokio::spawn(async move {
-            let r = exchange(&client, post(&uri, Bytes::from(body), None), timeout).await;
-            let us = (tokio::time::Instant::now() - scheduled).as_micros() as u64;
-            drop(permit);
-            let mut t = tally.lock().unwrap();
-            t.posts += 1;
-            t.events_sent += 1;
-            match r {
-                Ok((200, _, b)) => {
-                    let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
-                    match v.get("result").and_then(Value::as_str) {
-                        Some("accepted") => t.accepted += 1,
-                        Some("duplicate") => t.duplicate += 1,
-                        _ => t.rejected += 1,
-                    }
-                    let _ = hist.lock().unwrap().record(us.max(1));
-                }
-                Ok((503, _, _)) => t.overloaded += 1,
-                Ok(_) => t.http_errors += 1,
-                Err(_) => t.transport_errors += 1,
-            }
-        }));
-    }
-    let scheduled_for = origin.elapsed().as_secs_f64();
-    for t in tasks {
-        t.await?;
-    }
-    let t = tally.lock().unwrap();
-    let h = hist.lock().unwrap();
+    let origin = Instant::now();
+    let report = drive(
+        LoadSpec {
+            mode: LoadMode::OpenLoop {
+                rate_per_s: a.single_rate,
+                // As many send slots as the cap: an admitted event is sent at once.
+                connections: in_flight,
+                max_in_flight: in_flight,
+            },
+            max_requests: (a.single_rate * a.single_duration.as_secs_f64()) as u64,
+            max_duration: a.single_duration,
+            request_timeout: a.timeout,
+            ..LoadSpec::new(&a.target)
+        },
+        work.clone(),
+    )
+    .await?;
+    let scheduled_for = lock(&work.last_request).map_or(0.0, |t| (t - origin).as_secs_f64());
+    let tally = final_tally(&work, &report);
+    let accepted = tally["accepted"].as_u64().unwrap_or(0);
     Ok(json!({
         "rate": a.single_rate, "scheduled_s": scheduled_for,
-        "achieved_per_s": (t.accepted as f64 / scheduled_for).round(),
-        "tally": t.to_json(),
-        "latency_ms": quantiles_ms(&h),
+        "achieved_per_s": (accepted as f64 / scheduled_for).round(),
+        "tally": tally,
+        "latency_ms": quantiles_ms(&lock(&work.hist)),
         "cpu": cpu.stop(),
     }))
 }
@@ -572,13 +567,10 @@ async fn feedback(a: FeedbackArgs) -> anyhow::Result<()> {
     if !(a.single_rate.is_finite() && a.single_rate > 0.0 && a.single_rate <= 100_000.0) {
         bail!("--single-rate must be in (0, 100000]");
     }
-    let client = client(256);
     let load_start = loadavg();
     let t0 = Instant::now();
     let cpu = CpuMeter::start(a.server_pid);
-    let tokens = obtain_tokens(&a, &client)
-        .await
-        .context("obtaining tokens")?;
+    let tokens = obtain_tokens(&a).await.context("obtaining tokens")?;
     let token_phase = json!({
         "tokens": tokens.len(), "elapsed_s": t0.elapsed().as_secs_f64(), "cpu": cpu.stop(),
     });
@@ -609,7 +601,7 @@ async fn feedback(a: FeedbackArgs) -> anyhow::Result<()> {
     });
     if !a.skip_batched {
         let load = loadavg();
-        let r = batched(&a, &client, &events, batched_limit).await?;
+        let r = batched(&a, &events, batched_limit).await?;
         eprintln!(
             "[bench] batched: {} accepted/s  {}",
             r["accepted_per_s"], r["tally"]
@@ -625,7 +617,7 @@ async fn feedback(a: FeedbackArgs) -> anyhow::Result<()> {
         events.next.store(batched_limit, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let load = loadavg();
-        let r = single(&a, &client, &events, capacity).await?;
+        let r = single(&a, &events, capacity).await?;
         eprintln!(
             "[bench] single: latency {}  {}",
             r["latency_ms"], r["tally"]
@@ -638,6 +630,35 @@ async fn feedback(a: FeedbackArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Requests round-robin over the paths, user `user-<k mod users>` for request `k`.
+struct Spread {
+    paths: Vec<PathAndQuery>,
+    body: Bytes,
+    users: u64,
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Workload for Spread {
+    fn request(&self, index: u64) -> Option<WorkRequest> {
+        Some(WorkRequest {
+            path: self.paths[(index % self.paths.len() as u64) as usize].clone(),
+            body: self.body.clone(),
+            user: Some(index % self.users),
+            read_body: false,
+        })
+    }
+
+    fn response(&self, _index: u64, reply: &Reply<'_>) {
+        let count = if reply.status == 200 {
+            &self.ok
+        } else {
+            &self.failed
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 async fn spread(a: SpreadArgs) -> anyhow::Result<()> {
     if !(a.rate.is_finite() && a.rate > 0.0 && a.rate <= 20_000.0) || a.paths == 0 {
         bail!("need 0 < --rate <= 20000 and --paths > 0");
@@ -645,49 +666,38 @@ async fn spread(a: SpreadArgs) -> anyhow::Result<()> {
     if !a.path_template.contains("{}") {
         bail!("--path-template needs a `{{}}`");
     }
-    let uris: Vec<Uri> = (0..a.paths)
-        .map(|i| local_uri(&a.target, &a.path_template.replace("{}", &i.to_string())))
+    let paths: Vec<PathAndQuery> = (0..a.paths)
+        .map(|i| local_path(&a.target, &a.path_template.replace("{}", &i.to_string())))
         .collect::<anyhow::Result<_>>()?;
-    let uris = Arc::new(uris);
-    let client = client(64);
-    let body = Bytes::from(
-        json!({"inputs": [{"name": "input0", "shape": [1, 4], "datatype": "FP32",
-                           "data": [0.1, 0.2, 0.3, 0.4]}]})
-        .to_string(),
-    );
+    let work = Arc::new(Spread {
+        paths,
+        body: RequestKind::Kserve.body(""),
+        users: a.users.max(1),
+        ok: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+    });
     let total = ((a.rate * a.duration.as_secs_f64()) as u64).min(a.max_requests);
-    let interval = Duration::from_secs_f64(1.0 / a.rate);
-    let slots = Arc::new(Semaphore::new(512));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let origin = tokio::time::Instant::now();
-    let mut skipped = 0u64;
-    for k in 0..total {
-        tokio::time::sleep_until(origin + interval.mul_f64(k as f64)).await;
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            skipped += 1;
-            continue;
-        };
-        let req = post(
-            &uris[(k % a.paths as u64) as usize],
-            body.clone(),
-            Some(k % a.users.max(1)),
-        );
-        let (client, ok, failed, timeout) = (client.clone(), ok.clone(), failed.clone(), a.timeout);
-        tokio::spawn(async move {
-            match exchange(&client, req, timeout).await {
-                Ok((200, _, _)) => ok.fetch_add(1, Ordering::Relaxed),
-                _ => failed.fetch_add(1, Ordering::Relaxed),
-            };
-            drop(permit);
-        });
-    }
-    // Drain: wait for every permit back (bounded by the request timeout).
-    let _ = tokio::time::timeout(a.timeout + Duration::from_secs(1), slots.acquire_many(512)).await;
+    let origin = Instant::now();
+    let report = drive(
+        LoadSpec {
+            mode: LoadMode::OpenLoop {
+                rate_per_s: a.rate,
+                connections: 512,
+                max_in_flight: 512,
+            },
+            max_requests: total,
+            max_duration: a.duration,
+            request_timeout: a.timeout,
+            ..LoadSpec::new(&a.target)
+        },
+        work.clone(),
+    )
+    .await?;
     println!(
         "{}",
-        json!({"scheduled": total, "ok": ok.load(Ordering::Relaxed),
-               "failed": failed.load(Ordering::Relaxed), "skipped": skipped,
+        json!({"scheduled": total, "ok": work.ok.load(Ordering::Relaxed),
+               "failed": work.failed.load(Ordering::Relaxed) + transport_errors(&report),
+               "skipped": report.errors.overloaded,
                "elapsed_s": origin.elapsed().as_secs_f64()})
     );
     Ok(())

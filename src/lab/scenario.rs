@@ -27,8 +27,12 @@ use serde_json::Value;
 
 use crate::app::{self as server, StartOptions};
 use crate::config::yaml;
-use crate::loadgen::{self, LoadMode, LoadProgress, LoadSpec, RequestKind};
-use crate::mock::{MockServer, MockSpec};
+use crate::control::view::{
+    decision_summary, render_status, AnalysisView, ExperimentView, MetricView,
+};
+use crate::lab::loadgen::{self, LoadMode, LoadProgress, LoadSpec, RequestKind};
+use crate::lab::mock::{MockServer, MockSpec};
+use crate::stats::{ComparisonEvidence, Verdict};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,7 +59,9 @@ pub enum Expect {
 #[serde(deny_unknown_fields)]
 pub struct LoadSettings {
     pub rate: f64,
-    pub duration: String,
+    /// The longest the load runs, in the config grammar (`30s`, `2m`).
+    #[serde(deserialize_with = "config_duration")]
+    pub duration: Duration,
     #[serde(default = "default_users")]
     pub users: u64,
     #[serde(default)]
@@ -64,6 +70,22 @@ pub struct LoadSettings {
     pub kind: Option<String>,
     #[serde(default = "default_seed")]
     pub seed: u64,
+}
+
+/// Reads a duration the way config files do, so a scenario and the abgate config
+/// it embeds take the same `30s` (a YAML number becomes its text: `0` is allowed,
+/// `30` needs a unit).
+fn config_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = match Value::deserialize(d)? {
+        Value::String(s) => s,
+        Value::Number(n) => n.to_string(),
+        other => {
+            return Err(serde::de::Error::custom(format!(
+                "duration must be text such as \"30s\", got {other}"
+            )))
+        }
+    };
+    crate::config::parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
 fn default_users() -> u64 {
@@ -162,10 +184,7 @@ fn kind(name: Option<&str>) -> Result<RequestKind, ScenarioError> {
 /// Runs a scenario to its decision (or its duration), printing progress:
 /// redrawn in place on a terminal, one line every two seconds otherwise.
 pub async fn run(s: &Scenario, o: &Overrides, state_dir: &Path) -> Result<Outcome, ScenarioError> {
-    let duration = match o.duration {
-        Some(d) => d,
-        None => crate::config::parse_duration(&s.load.duration).map_err(ScenarioError::Invalid)?,
-    };
+    let duration = o.duration.unwrap_or(s.load.duration);
     let rate = o.rate.unwrap_or(s.load.rate);
     let mut mocks = BTreeMap::new();
     for (name, spec) in &s.backends {
@@ -219,29 +238,11 @@ pub async fn run(s: &Scenario, o: &Overrides, state_dir: &Path) -> Result<Outcom
     let started = Instant::now();
     let mut last_line = Instant::now() - Duration::from_secs(10);
     let mut seen_decisions = 0usize;
-    let baseline = s.abgate["experiments"]
-        .as_array()
-        .and_then(|e| e.iter().find(|x| x["name"] == s.experiment.as_str()))
-        .and_then(|e| e["baseline"].as_str())
-        .unwrap_or("")
-        .to_string();
-    // Requests abgate assigned to the non-baseline arms (what the statistics saw).
-    let treatment_requests = |view: &Value| -> u64 {
-        view["arms"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|a| a["name"] != baseline.as_str())
-            .map(|a| a["assigned"]["requests"].as_u64().unwrap_or(0))
-            .sum()
-    };
     let final_view = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let view = server
-            .control
-            .experiment_view(&s.experiment)
-            .await
-            .unwrap_or(Value::Null);
+        let Some(view) = server.control.experiment_view(&s.experiment).await else {
+            break None;
+        };
         // Every new decision, as it happens.
         let decisions = server
             .control
@@ -253,8 +254,8 @@ pub async fn run(s: &Scenario, o: &Overrides, state_dir: &Path) -> Result<Outcom
                 "  [{:>5.1}s] decision {}: {} ({} treatment requests so far)",
                 started.elapsed().as_secs_f64(),
                 d.kind,
-                d.reason["summary"].as_str().unwrap_or(""),
-                treatment_requests(&view)
+                decision_summary(d),
+                view.treatment_requests()
             );
         }
         seen_decisions = decisions.len();
@@ -268,111 +269,187 @@ pub async fn run(s: &Scenario, o: &Overrides, state_dir: &Path) -> Result<Outcom
             println!("{}", one_line(&view, started.elapsed()));
             last_line = Instant::now();
         }
-        if view["state"] != "running" || started.elapsed() >= duration || load.is_finished() {
-            break view;
+        if view.state != "running" || started.elapsed() >= duration || load.is_finished() {
+            break Some(view);
         }
     };
     load.abort();
-    let ended = final_view["state"] != "running";
-    let d = &final_view["last_decision"];
-    let decision = ended.then(|| d["kind"].as_str().unwrap_or("?").to_string());
-    let outcome = Outcome {
-        summary: if ended {
-            d["reason"]["summary"].as_str().unwrap_or("").to_string()
-        } else {
-            final_view["analysis"]["explain"]
-                .as_str()
-                .unwrap_or("collecting evidence")
-                .to_string()
-        },
-        decision: decision.clone(),
-        elapsed: started.elapsed(),
-        canary_requests: treatment_requests(&final_view),
-        met_expectation: s.expect.map(|e| match e {
-            Expect::Rollback => decision.as_deref() == Some("rollback"),
-            Expect::Promote => decision.as_deref() == Some("promote"),
-            Expect::None => decision.is_none(),
-        }),
+    let outcome = match final_view {
+        Some(v) => Ok(outcome_of(s, &v, started.elapsed())),
+        None => Err(ScenarioError::Invalid(format!(
+            "experiment {:?} is not in the scenario's abgate config",
+            s.experiment
+        ))),
     };
     server.shutdown().await;
     for (_, m) in mocks {
         let _ = m.shutdown().await;
     }
-    Ok(outcome)
+    outcome
 }
 
-fn pct(v: &Value) -> String {
-    v.as_f64()
-        .map_or("-".into(), |x| format!("{:.2}%", x * 100.0))
+/// What the last view says happened, and whether the scenario expected it.
+fn outcome_of(s: &Scenario, view: &ExperimentView, elapsed: Duration) -> Outcome {
+    let ended = view.state != "running";
+    let last = view.last_decision.as_ref();
+    let decision = ended.then(|| last.map_or("?", |d| d.kind.as_str()).to_string());
+    Outcome {
+        summary: if ended {
+            last.map_or("", decision_summary).to_string()
+        } else {
+            view.analysis
+                .as_ref()
+                .and_then(AnalysisView::judgement)
+                .map_or("collecting evidence", |j| j.explain.as_str())
+                .to_string()
+        },
+        decision: decision.clone(),
+        elapsed,
+        canary_requests: view.treatment_requests(),
+        met_expectation: s.expect.map(|e| match e {
+            Expect::Rollback => decision.as_deref() == Some("rollback"),
+            Expect::Promote => decision.as_deref() == Some("promote"),
+            Expect::None => decision.is_none(),
+        }),
+    }
 }
 
-fn ms(v: &Value) -> String {
-    v.as_f64().map_or("-".into(), |x| format!("{x:.1}"))
+fn pct(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{:.2}%", x * 100.0))
 }
 
-fn one_line(view: &Value, elapsed: Duration) -> String {
-    let arms: Vec<String> = view["arms"]
-        .as_array()
-        .into_iter()
-        .flatten()
+fn ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{x:.1}"))
+}
+
+/// A binary metric's rate; `None` for a continuous or missing one.
+fn rate(m: Option<&MetricView>) -> Option<f64> {
+    match m {
+        Some(MetricView::Binary { rate, .. }) => *rate,
+        _ => None,
+    }
+}
+
+/// A continuous metric's mean; `None` for a binary or missing one.
+fn mean(m: Option<&MetricView>) -> Option<f64> {
+    match m {
+        Some(MetricView::Continuous { mean, .. }) => *mean,
+        _ => None,
+    }
+}
+
+/// How the admin API's JSON shows a number (`90.0`, `null`), which these lines
+/// have always printed.
+fn json_num(v: Option<impl Into<Value>>) -> String {
+    v.map_or(Value::Null, Into::into).to_string()
+}
+
+fn one_line(view: &ExperimentView, elapsed: Duration) -> String {
+    let arms: Vec<String> = view
+        .arms
+        .iter()
         .map(|a| {
+            let s = a.assigned.as_ref();
             format!(
                 "{} {}% n={} err={} p50={}ms",
-                a["name"].as_str().unwrap_or("?"),
-                a["weight"],
-                a["assigned"]["requests"],
-                pct(&a["assigned"]["error_rate"]),
-                ms(&a["assigned"]["latency_ms"]["p50"])
+                a.name,
+                json_num(Some(a.weight)),
+                json_num(s.map(|s| s.requests)),
+                pct(s.and_then(|s| s.error_rate)),
+                ms(s.and_then(|s| s.latency_ms.p50))
             )
         })
         .collect();
+    let explain = view
+        .analysis
+        .as_ref()
+        .and_then(AnalysisView::judgement)
+        .map_or("starting", |j| j.explain.as_str());
     format!(
         "[{:>5.1}s] {} | {} | {}",
         elapsed.as_secs_f64(),
-        view["state"].as_str().unwrap_or("?"),
+        view.state,
         arms.join(" | "),
-        view["analysis"]["explain"].as_str().unwrap_or("starting")
+        explain
     )
 }
 
-fn render(view: &Value, elapsed: Duration, completed: u64) -> String {
+/// The evidence a verdict acted on, by the name its JSON gives it.
+fn evidence_sections(v: &Verdict) -> Vec<(&'static str, Vec<&ComparisonEvidence>)> {
+    match v {
+        Verdict::Rollback { evidence, .. } => vec![("evidence", vec![evidence])],
+        Verdict::Advance { guardrails, .. } => {
+            vec![("guardrails", guardrails.iter().collect())]
+        }
+        Verdict::Promote {
+            evidence,
+            guardrails,
+            ..
+        } => vec![
+            ("guardrails", guardrails.iter().collect()),
+            ("evidence", vec![evidence]),
+        ],
+        Verdict::NoDifference { evidence } => vec![("evidence", evidence.iter().collect())],
+        _ => vec![],
+    }
+}
+
+fn render(view: &ExperimentView, elapsed: Duration, completed: u64) -> String {
     let mut out = format!(
         "t={:.1}s  requests={}  state={}\n\n",
         elapsed.as_secs_f64(),
         completed,
-        view["state"].as_str().unwrap_or("?")
+        view.state
     );
-    out.push_str(&crate::cli::render_status(std::slice::from_ref(view)));
+    out.push_str(&render_status(std::slice::from_ref(view)));
     out.push_str("\n  per-arm metrics (assigned traffic):\n");
-    for a in view["arms"].as_array().into_iter().flatten() {
-        let m = &a["metrics"];
+    for a in &view.arms {
+        let m = &a.metrics;
         out.push_str(&format!(
             "    {:<10} error {:>7}  latency mean {:>6} ms  p99 {:>6} ms  accepted {:>7} (n={})\n",
-            a["name"].as_str().unwrap_or("?"),
-            pct(&m["error"]["rate"]),
-            ms(&m["latency_ms"]["mean"]),
-            ms(&a["assigned"]["latency_ms"]["p99"]),
-            pct(&m["accepted"]["rate"]),
-            m["accepted"]["n"]
+            a.name,
+            pct(rate(m.get("error"))),
+            ms(mean(m.get("latency_ms"))),
+            ms(a.assigned.as_ref().and_then(|s| s.latency_ms.p99)),
+            pct(rate(m.get("accepted"))),
+            json_num(m.get("accepted").map(MetricView::n))
         ));
     }
-    for key in ["guardrails", "evidence"] {
-        let items: Vec<Value> = match &view["analysis"]["details"][key] {
-            Value::Array(a) => a.clone(),
-            Value::Object(_) => vec![view["analysis"]["details"][key].clone()],
-            _ => continue,
-        };
+    let details = view
+        .analysis
+        .as_ref()
+        .and_then(AnalysisView::judgement)
+        .and_then(|j| j.details.as_ref());
+    for (key, items) in details.map(evidence_sections).unwrap_or_default() {
         out.push_str(&format!("\n  {key}:\n"));
         for g in items {
             out.push_str(&format!(
                 "    {:<11} estimate {:>9.4}  CS [{:.4}, {:.4}]  p={:.4}\n",
-                g["metric"].as_str().unwrap_or("?"),
-                g["estimate"].as_f64().unwrap_or(f64::NAN),
-                g["ci"][0].as_f64().unwrap_or(f64::NAN),
-                g["ci"][1].as_f64().unwrap_or(f64::NAN),
-                g["p_value"].as_f64().unwrap_or(f64::NAN)
+                g.metric, g.estimate, g.ci[0], g.ci[1], g.p_value
             ));
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_duration(d: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::parse(&format!(
+            "description: x\nexperiment: e\nbackends: {{}}\nload: {{ rate: 1, duration: {d} }}\nabgate: {{}}\n"
+        ))
+    }
+
+    #[test]
+    fn load_duration_takes_the_config_grammar() {
+        let s = with_duration("2m").unwrap();
+        assert_eq!(s.load.duration, Duration::from_secs(120));
+        assert_eq!(with_duration("0").unwrap().load.duration, Duration::ZERO);
+        let err = with_duration("30").unwrap_err().to_string();
+        assert!(err.contains("needs a unit"), "{err}");
+        let err = with_duration("5y").unwrap_err().to_string();
+        assert!(err.contains("unknown unit"), "{err}");
+    }
 }

@@ -7,8 +7,8 @@
 //! in `x-mock-backend`, `x-mock-outcome`, `x-mock-reward`, `x-model-output-tokens` and `x-mock-latency-ms`.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), abgate::mock::MockError> {
-//! use abgate::mock::{MockServer, MockSpec};
+//! # async fn demo() -> Result<(), abgate::lab::mock::MockError> {
+//! use abgate::lab::mock::{MockServer, MockSpec};
 //! let server = MockServer::start(MockSpec::default(), "127.0.0.1:0".parse().unwrap()).await?;
 //! println!("mock on {}", server.url());
 //! server.shutdown().await?;

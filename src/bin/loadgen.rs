@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
-use abgate::loadgen::{
-    run_with_progress, FeedbackSpec, FeedbackValue, LoadMode, LoadProgress, LoadSpec, Protocol,
-    RequestKind,
+use abgate::lab::loadgen::{
+    parse_duration_flag, run_with_progress, FeedbackSpec, FeedbackValue, LoadMode, LoadProgress,
+    LoadSpec, Protocol, RequestKind,
 };
 use clap::Parser;
 
@@ -45,13 +45,13 @@ struct Args {
     #[arg(long)]
     h2: bool,
     /// Scheduling time bound, e.g. 10s, 500ms, 2m.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration_flag)]
     duration: Duration,
     /// Request count bound.
     #[arg(long, default_value_t = 20_000)]
     max_requests: u64,
     /// Per-request timeout, e.g. 5s.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration_flag)]
     timeout: Duration,
     /// Simulated user population (unit keys user-0 .. user-N-1).
     #[arg(long, default_value_t = 10_000)]
@@ -80,25 +80,6 @@ struct Args {
     /// Print live progress to stderr once per second.
     #[arg(long)]
     progress: bool,
-}
-
-/// `10s`, `500ms`, `2m`, `1.5s`; a bare number is seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad duration `{s}` (use e.g. 10s, 500ms, 2m)"))?;
-    Duration::try_from_secs_f64(v * scale).map_err(|e| format!("bad duration `{s}`: {e}"))
 }
 
 fn spec_from(args: &Args) -> LoadSpec {

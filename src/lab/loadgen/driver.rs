@@ -1,6 +1,6 @@
 //! Open- and closed-loop scheduling of a bounded load run.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use super::recorder::{ErrorKind, InFlightGuard, LoadProgress, Recorder, Response
 use super::report::LoadReport;
 use super::request::{abgate_server_timing, arm_of, exchange, RequestTemplate, HEADER_TOKEN};
 use super::spec::{loopback_uri, FeedbackValue, LoadMode, LoadSpec, Protocol};
+use super::workload::{Reply, Workload};
 
 /// How often progress snapshots are published.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -26,7 +27,7 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// slot) is abandoned as `timeout` at `max_duration + request_timeout` after the start at the
 /// latest; the feedback flush adds at most one more `request_timeout`.
 pub async fn run(spec: LoadSpec) -> Result<LoadReport, LoadError> {
-    run_inner(spec, None).await
+    run_inner(spec, None, None).await
 }
 
 /// Like [`run`], publishing a [`LoadProgress`] snapshot every 100 ms and a final one with
@@ -35,7 +36,20 @@ pub async fn run_with_progress(
     spec: LoadSpec,
     progress: watch::Sender<LoadProgress>,
 ) -> Result<LoadReport, LoadError> {
-    run_inner(spec, Some(progress)).await
+    run_inner(spec, Some(progress), None).await
+}
+
+/// Like [`run`], with each request decided and each answer seen by `workload`
+/// instead of the spec's request kind. The spec's target, arrival process,
+/// protocol, bounds, timeouts and unit header apply; its `kind`, `model`, `path`,
+/// `users`, `seed` and `feedback` are not used. The run also ends once the workload
+/// has nothing left to send. The report's `url` is the target.
+pub async fn run_workload(
+    mut spec: LoadSpec,
+    workload: Arc<dyn Workload>,
+) -> Result<LoadReport, LoadError> {
+    spec.feedback.fraction = 0.0;
+    run_inner(spec, None, Some(workload)).await
 }
 
 /// Shared by all request tasks of one run.
@@ -48,15 +62,23 @@ struct Ctx {
     feedback_value: FeedbackValue,
     request_timeout: Duration,
     hard_deadline: Instant,
+    /// Decides requests instead of `template`'s kind, if set.
+    workload: Option<Arc<dyn Workload>>,
+    /// Set once the workload has nothing left to send: scheduling stops.
+    exhausted: AtomicBool,
 }
 
 async fn run_inner(
     spec: LoadSpec,
     progress: Option<watch::Sender<LoadProgress>>,
+    workload: Option<Arc<dyn Workload>>,
 ) -> Result<LoadReport, LoadError> {
     spec.validate()?;
-    let url = spec.request_url();
-    let uri = loopback_uri(&url)?;
+    let uri = loopback_uri(&spec.request_url())?;
+    let url = match workload {
+        Some(_) => spec.target.clone(),
+        None => spec.request_url(),
+    };
     let connections = match spec.mode {
         LoadMode::OpenLoop { connections, .. } | LoadMode::ClosedLoop { connections } => {
             connections
@@ -86,6 +108,8 @@ async fn run_inner(
         feedback_value: spec.feedback.value,
         request_timeout: spec.request_timeout,
         hard_deadline: start + spec.max_duration + spec.request_timeout,
+        workload,
+        exhausted: AtomicBool::new(false),
     });
     let ticker = progress.clone().map(|tx| {
         let recorder = recorder.clone();
@@ -164,6 +188,9 @@ async fn open_loop(
     // tasks make progress on a current-thread runtime too (e.g. an in-process demo).
     let mut due = pacer(start, end, max_requests, rate_per_s)?;
     while let Some((i, scheduled)) = due.recv().await {
+        if ctx.exhausted.load(Ordering::Relaxed) {
+            break;
+        }
         ctx.recorder.scheduled.fetch_add(1, Ordering::Relaxed);
         match outstanding.clone().try_acquire_owned() {
             Ok(permit) => {
@@ -227,7 +254,7 @@ async fn closed_loop(ctx: &Arc<Ctx>, end: Instant, max_requests: u64, connection
         let (ctx, next) = (ctx.clone(), next.clone());
         workers.spawn(async move {
             loop {
-                if Instant::now() >= end {
+                if Instant::now() >= end || ctx.exhausted.load(Ordering::Relaxed) {
                     break;
                 }
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -260,11 +287,27 @@ async fn one_request(ctx: &Ctx, index: u64, origin: Instant, slots: Option<Arc<S
         }
         None => None,
     };
-    let draw = ctx.template.draw(index);
-    let req = ctx.template.build(draw);
+    let (req, draw, keep_body) = match &ctx.workload {
+        None => {
+            let draw = ctx.template.draw(index);
+            (ctx.template.build(draw), Some(draw), false)
+        }
+        Some(w) => match w.request(index) {
+            Some(work) => {
+                let keep_body = work.read_body;
+                (ctx.template.build_work(work), None, keep_body)
+            }
+            None => {
+                ctx.exhausted.store(true, Ordering::Relaxed);
+                rec.scheduled.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+        },
+    };
     rec.sent.fetch_add(1, Ordering::Relaxed);
     let deadline = (Instant::now() + ctx.request_timeout).min(ctx.hard_deadline);
-    match tokio::time::timeout_at(deadline, exchange(&ctx.client, req, origin)).await {
+    let sent = exchange(&ctx.client, req, origin, keep_body);
+    match tokio::time::timeout_at(deadline, sent).await {
         Err(_) => rec.error(ErrorKind::Timeout),
         Ok(Err(kind)) => rec.error(kind),
         Ok(Ok(ex)) => {
@@ -275,7 +318,17 @@ async fn one_request(ctx: &Ctx, index: u64, origin: Instant, slots: Option<Arc<S
                 ttfb: ex.ttfb,
                 abgate_dur_ms: abgate_server_timing(&ex.headers),
             });
-            if draw.feedback && (200..300).contains(&ex.status) {
+            if let Some(w) = &ctx.workload {
+                w.response(
+                    index,
+                    &Reply {
+                        status: ex.status,
+                        headers: &ex.headers,
+                        body: &ex.body,
+                        latency: ex.latency,
+                    },
+                );
+            } else if draw.is_some_and(|d| d.feedback) && (200..300).contains(&ex.status) {
                 ctx.offer_feedback(&ex.headers);
             }
         }
@@ -292,10 +345,10 @@ impl Ctx {
         };
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let value: Option<Value> = match self.feedback_value {
-            FeedbackValue::Outcome => header(crate::mock::HEADER_OUTCOME)
+            FeedbackValue::Outcome => header(crate::lab::mock::HEADER_OUTCOME)
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(|v| json!(v)),
-            FeedbackValue::Reward => header(crate::mock::HEADER_REWARD)
+            FeedbackValue::Reward => header(crate::lab::mock::HEADER_REWARD)
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .filter(|v| v.is_finite())
                 .map(|v| json!(v)),

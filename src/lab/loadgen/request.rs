@@ -2,17 +2,17 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::json;
 use tokio::time::Instant;
 
 use super::client::HttpClient;
 use super::recorder::ErrorKind;
 use super::spec::{LoadSpec, RequestKind};
+use super::workload::WorkRequest;
 
 /// Proxy header naming the arm that served the request.
 pub const HEADER_ARM: &str = "x-abgate-arm";
@@ -45,21 +45,9 @@ pub struct Draw {
 impl RequestTemplate {
     /// Prebuilds the body for `spec` (which must be validated).
     pub fn new(spec: &LoadSpec, uri: Uri) -> Self {
-        let body = match spec.kind {
-            RequestKind::Chat | RequestKind::ChatStream => json!({
-                "model": spec.model,
-                "messages": [{"role": "user", "content": "Say hello from abgate-load."}],
-                "stream": spec.kind == RequestKind::ChatStream,
-            }),
-            RequestKind::Kserve => json!({
-                "inputs": [{"name": "input0", "shape": [1, 4], "datatype": "FP32",
-                            "data": [0.1, 0.2, 0.3, 0.4]}],
-            }),
-            RequestKind::Predict => json!({"features": [0.1, 0.2, 0.3, 0.4]}),
-        };
         RequestTemplate {
             uri,
-            body: Bytes::from(body.to_string()),
+            body: spec.kind.body(&spec.model),
             stream: spec.kind == RequestKind::ChatStream,
             // validate() checked the header name; fall back to the default rather than panic.
             unit_header: HeaderName::from_bytes(spec.unit_header.as_bytes())
@@ -81,9 +69,24 @@ impl RequestTemplate {
 
     /// The HTTP request for a draw.
     pub fn build(&self, draw: Draw) -> Request<Full<Bytes>> {
-        let mut req = Request::new(Full::new(self.body.clone()));
+        self.post(self.uri.clone(), self.body.clone(), Some(draw.user))
+    }
+
+    /// The HTTP request for a workload's item: its path on this run's target, so
+    /// it cannot leave the loopback host the spec was checked for.
+    pub fn build_work(&self, work: WorkRequest) -> Request<Full<Bytes>> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = self.uri.scheme().cloned();
+        parts.authority = self.uri.authority().cloned();
+        parts.path_and_query = Some(work.path);
+        let uri = Uri::from_parts(parts).expect("scheme and authority of a checked loopback URI");
+        self.post(uri, work.body, work.user)
+    }
+
+    fn post(&self, uri: Uri, body: Bytes, user: Option<u64>) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
-        *req.uri_mut() = self.uri.clone();
+        *req.uri_mut() = uri;
         let h = req.headers_mut();
         h.insert(
             header::CONTENT_TYPE,
@@ -97,7 +100,7 @@ impl RequestTemplate {
                 "application/json"
             }),
         );
-        if let Ok(v) = HeaderValue::from_str(&format!("user-{}", draw.user)) {
+        if let Some(Ok(v)) = user.map(|k| HeaderValue::from_str(&format!("user-{k}"))) {
             h.insert(self.unit_header.clone(), v);
         }
         req
@@ -114,13 +117,17 @@ pub struct Exchange {
     pub ttfb: Duration,
     /// Until the end of the body.
     pub latency: Duration,
+    /// The body, if it was asked for; else empty.
+    pub body: Bytes,
 }
 
-/// Sends `req` and reads the whole body, timing both from `origin`.
+/// Sends `req` and reads the whole body (keeping it with `keep_body`), timing both
+/// from `origin`.
 pub async fn exchange(
     client: &HttpClient,
     req: Request<Full<Bytes>>,
     origin: Instant,
+    keep_body: bool,
 ) -> Result<Exchange, ErrorKind> {
     let resp = client.request(req).await.map_err(|e| {
         if e.is_connect() {
@@ -132,10 +139,14 @@ pub async fn exchange(
     let headers_at = Instant::now();
     let (parts, mut body) = resp.into_parts();
     let mut first_byte = None;
+    let mut kept = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| ErrorKind::Io)?;
-        if first_byte.is_none() && frame.data_ref().is_some_and(|d| !d.is_empty()) {
-            first_byte = Some(Instant::now());
+        if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
+            first_byte.get_or_insert_with(Instant::now);
+            if keep_body {
+                kept.extend_from_slice(data);
+            }
         }
     }
     let done = Instant::now();
@@ -144,12 +155,13 @@ pub async fn exchange(
         headers: parts.headers,
         ttfb: first_byte.unwrap_or(headers_at) - origin,
         latency: done - origin,
+        body: kept.freeze(),
     })
 }
 
 /// Arm key: `x-abgate-arm`, else `x-mock-backend`, else `unknown`.
 pub fn arm_of(headers: &HeaderMap) -> String {
-    [HEADER_ARM, crate::mock::HEADER_BACKEND]
+    [HEADER_ARM, crate::lab::mock::HEADER_BACKEND]
         .iter()
         .find_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()))
         .unwrap_or("unknown")

@@ -4,8 +4,10 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::Uri;
 use serde::Serialize;
+use serde_json::json;
 
 use super::error::LoadError;
 
@@ -34,6 +36,23 @@ impl RequestKind {
             RequestKind::Kserve => format!("/v2/models/{model}/infer"),
             RequestKind::Predict => "/predict".into(),
         }
+    }
+
+    /// The JSON request body, the same for every request of a run.
+    pub fn body(self, model: &str) -> Bytes {
+        let body = match self {
+            RequestKind::Chat | RequestKind::ChatStream => json!({
+                "model": model,
+                "messages": [{"role": "user", "content": "Say hello from abgate-load."}],
+                "stream": self == RequestKind::ChatStream,
+            }),
+            RequestKind::Kserve => json!({
+                "inputs": [{"name": "input0", "shape": [1, 4], "datatype": "FP32",
+                            "data": [0.1, 0.2, 0.3, 0.4]}],
+            }),
+            RequestKind::Predict => json!({"features": [0.1, 0.2, 0.3, 0.4]}),
+        };
+        Bytes::from(body.to_string())
     }
 }
 
@@ -259,6 +278,28 @@ fn join_url(base: &str, path: &str) -> String {
     )
 }
 
+/// A duration on the load tools' command lines: the config grammar
+/// ([`crate::config::parse_duration`]: `250ms`, `10s`, `2m`, `1h`, `7d`), plus the
+/// two forms these flags have always taken that config files do not: a bare number
+/// of seconds (`--duration 10`) and a space before the unit (`10 s`).
+pub fn parse_duration_flag(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if let Ok(seconds) = t.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds)
+            .map_err(|_| format!("duration {t:?} is out of range"));
+    }
+    match t.find(char::is_alphabetic) {
+        Some(unit) => {
+            let (num, unit) = t.split_at(unit);
+            let joined = format!("{}{unit}", num.trim_end());
+            // Errors quote what was typed, not the joined form.
+            crate::config::parse_duration(&joined)
+                .map_err(|e| e.replace(&format!("{joined:?}"), &format!("{t:?}")))
+        }
+        None => crate::config::parse_duration(t),
+    }
+}
+
 /// Parses `url` and accepts it only if it is `http` on `localhost`, 127.0.0.0/8 or `[::1]`.
 pub fn loopback_uri(url: &str) -> Result<Uri, LoadError> {
     let invalid = |reason: &str| LoadError::InvalidUrl {
@@ -313,6 +354,23 @@ mod tests {
             spec.feedback_url(),
             "http://127.0.0.1:1/_abgate/v1/feedback"
         );
+    }
+
+    #[test]
+    fn duration_flags_take_the_config_grammar_and_bare_seconds() {
+        let d = |t: &str| parse_duration_flag(t).unwrap();
+        assert_eq!(d("10s"), Duration::from_secs(10));
+        assert_eq!(d("500ms"), Duration::from_millis(500));
+        assert_eq!(d("2m"), Duration::from_secs(120));
+        assert_eq!(d("1.5s"), Duration::from_millis(1500));
+        assert_eq!(d("1h"), Duration::from_secs(3600));
+        assert_eq!(d("10"), Duration::from_secs(10));
+        assert_eq!(d("0.25"), Duration::from_millis(250));
+        assert_eq!(d(" 10 s "), Duration::from_secs(10));
+        assert_eq!(d("0"), Duration::ZERO);
+        for bad in ["", "s", "ten", "5y", "-1", "-1s", "3 weeks"] {
+            assert!(parse_duration_flag(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,0 +1,150 @@
+//! The experiment view as text: the table `abgate status` prints and the
+//! scenario runner redraws. Pure formatting; no I/O.
+
+use super::{decision_summary, ExperimentView};
+
+fn num(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".to_string(), |x| format!("{x:.digits$}"))
+}
+
+/// Renders experiments as aligned text tables: one header line per experiment,
+/// a row per arm, then the canary step, the verdict with every comparison behind
+/// it, and the last decision.
+pub fn render_status(experiments: &[ExperimentView]) -> String {
+    let mut out = String::new();
+    if experiments.is_empty() {
+        out.push_str("no experiments\n");
+    }
+    for e in experiments {
+        out.push_str(&format!(
+            "{}  state={}  table=v{}  config=v{}\n",
+            e.name, e.state, e.table_version, e.config_version
+        ));
+        let mut rows = vec![[
+            "ARM".to_string(),
+            "BACKEND".into(),
+            "WEIGHT".into(),
+            "REQUESTS".into(),
+            "ERRORS".into(),
+            "P50 MS".into(),
+            "P99 MS".into(),
+        ]];
+        for a in &e.arms {
+            let s = a.assigned.as_ref();
+            let rate = s
+                .and_then(|s| s.error_rate)
+                .map_or("-".to_string(), |r| format!("{:.2}%", r * 100.0));
+            rows.push([
+                format!("{}{}", a.name, if a.baseline { " (baseline)" } else { "" }),
+                a.backend.clone(),
+                format!(
+                    "{}%",
+                    num(Some(a.weight), 2)
+                        .trim_end_matches('0')
+                        .trim_end_matches('.')
+                ),
+                s.map_or(0, |s| s.requests).to_string(),
+                rate,
+                num(s.and_then(|s| s.latency_ms.p50), 1),
+                num(s.and_then(|s| s.latency_ms.p99), 1),
+            ]);
+        }
+        let widths: Vec<usize> = (0..7)
+            .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+            .collect();
+        for r in &rows {
+            let line: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            out.push_str(&format!("  {}\n", line.join("  ").trim_end()));
+        }
+        if let Some(j) = e.analysis.as_ref().and_then(|a| a.judgement()) {
+            if let Some(step) = j.step {
+                out.push_str(&format!("  step {step}/{}\n", j.steps.len()));
+            }
+            // The explanation starts with the verdict in words.
+            out.push_str(&format!("  verdict: {}\n", j.explain));
+            for view in &j.comparisons {
+                out.push_str(&format!("    {}\n", view.describe()));
+            }
+        }
+        if let Some(d) = &e.last_decision {
+            out.push_str(&format!(
+                "  last decision: {} by {} ({})\n",
+                d.kind,
+                d.actor,
+                decision_summary(d)
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{AnalysisView, Judgement};
+    use super::*;
+    use crate::stats::{ComparisonEvidence, ComparisonView, EffectScale, TestKind};
+
+    #[test]
+    fn status_shows_the_verdict_once_and_every_comparison_behind_it() {
+        let view = ComparisonView {
+            role: "guardrail".into(),
+            evidence: ComparisonEvidence {
+                metric: "error".into(),
+                arm: "canary".into(),
+                test: TestKind::Harm,
+                effect: EffectScale::RateRatio,
+                estimate: 2.4,
+                ci: [0.8, 7.1],
+                ci_alpha: 0.025,
+                p_value: 0.31,
+                threshold: 0.025,
+                units_arm: 272,
+                units_baseline: 2928,
+                events_arm: 6,
+                events_baseline: 27,
+            },
+            ready: true,
+            non_inferior: Some(false),
+        };
+        let experiment = ExperimentView {
+            name: "exp".into(),
+            state: "running".into(),
+            baseline: "stable".into(),
+            table_version: 2,
+            config_version: 1,
+            arms: vec![],
+            removed_arms: vec![],
+            last_decision: None,
+            analysis: Some(AnalysisView::Judged(Box::new(Judgement {
+                status: "running".into(),
+                verdict: "continue".into(),
+                explain: "continue: no boundary crossed yet".into(),
+                details: None,
+                step: None,
+                steps: vec![],
+                step_units: 0,
+                step_minimums_met: false,
+                looks: 3,
+                comparisons: vec![view],
+                samples: Default::default(),
+            }))),
+        };
+        let text = render_status(&[experiment]);
+        assert!(
+            text.contains("  verdict: continue: no boundary crossed yet\n"),
+            "{text}"
+        );
+        assert!(!text.contains("continue: continue"), "{text}");
+        let line = text
+            .lines()
+            .find(|l| l.contains("guardrail error on canary"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains("2.40"), "{line}");
+        assert!(line.contains("272 canary units"), "{line}");
+        assert!(line.ends_with("not yet shown non-inferior"), "{line}");
+    }
+}
