@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 use crate::clock::now_ms;
 use crate::config::{self, Config};
 use crate::outcomes::RecorderRegistry;
-use crate::proxy::handler::DataPlane;
+use crate::proxy::plane::DataPlane;
 use crate::store::{ConfigRecord, ExperimentState, Store, StoreError};
 use crate::telemetry::Telemetry;
 

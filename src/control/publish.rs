@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::outcomes::RecorderRegistry;
-use crate::proxy::handler::DataPlane;
+use crate::proxy::plane::DataPlane;
 use crate::proxy::tls::{TlsError, TlsTerminator};
 use crate::proxy::upstream::UpstreamPool;
 use crate::proxy::wiring::Published;

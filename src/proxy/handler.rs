@@ -4,47 +4,22 @@
 //! logging above debug, allocation only where hyper or header values need it.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
 use super::body::ProxyBody;
 use super::forward::{forward, Tags};
-use super::limits::{check_head, RequestLimits};
+use super::limits::check_head;
+use super::plane::{error_response, ConnInfo, DataPlane};
 use super::problem::ProxyError;
 use super::wiring::Published;
-use crate::outcomes::feedback::FeedbackService;
-use crate::outcomes::token::TokenKeys;
 use crate::routing::{matcher, RequestView, Route};
-use crate::telemetry::Telemetry;
 
 static X_TOKEN: HeaderName = HeaderName::from_static("x-abgate-token");
-
-/// What every connection of the data plane shares.
-pub struct DataPlane {
-    /// The table in force; the control plane's publisher is its only writer.
-    pub table: ArcSwap<Published>,
-    pub telemetry: Arc<Telemetry>,
-    /// Signs the outcome token on every routed response.
-    pub tokens: Arc<TokenKeys>,
-    pub feedback: Arc<FeedbackService>,
-    /// Size limits and body timeouts, fixed for the listener's lifetime.
-    pub limits: RequestLimits,
-}
-
-/// Facts about one client connection.
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    /// `peer`'s address as an `x-forwarded-for` element ([`super::headers::peer_value`]).
-    pub peer_header: HeaderValue,
-    /// `http` or `https`, for `x-forwarded-proto`.
-    pub proto: &'static str,
-}
 
 /// hyper service entry point: never fails, every error becomes a response.
 pub async fn handle(
@@ -97,10 +72,6 @@ pub async fn handle(
             }
         },
     )
-}
-
-pub(super) fn error_response(e: &ProxyError) -> Response<ProxyBody> {
-    e.to_response().map(ProxyBody::full)
 }
 
 /// Validates Host: HTTP/1.1 needs exactly one; HTTP/2 may carry `:authority` instead.

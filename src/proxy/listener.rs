@@ -15,8 +15,9 @@ use tokio::sync::watch;
 
 use super::accept::{accept_loop, stop_requested, AcceptLimits};
 use super::activity::{Activity, ActivityBody};
-use super::handler::{handle, ConnInfo, DataPlane};
+use super::handler::handle;
 use super::limits::WriteIdleIo;
+use super::plane::{ConnInfo, DataPlane};
 use super::tls::TlsTerminator;
 use crate::config::Config;
 

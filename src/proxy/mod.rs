@@ -2,7 +2,8 @@
 //! connection (limits, TLS), [`handler`] admits the request and routes it,
 //! [`forward`] sends it to its upstream and streams the answer back through the
 //! [`body`] wrappers, [`classify`] names what failed, [`problem`] answers for
-//! abgate in one vocabulary. [`wiring`] builds what each arm carries.
+//! abgate in one vocabulary. [`wiring`] builds what each arm carries; [`plane`]
+//! is what all of them share; [`accept`] is the accept loop every listener uses.
 //!
 //! Never: decides routing (see `routing`), judges outcomes (see `stats`), or
 //! reads or writes the store or the control plane.
@@ -18,6 +19,7 @@ pub mod handler;
 pub mod headers;
 pub mod limits;
 pub mod listener;
+pub mod plane;
 pub mod problem;
 pub mod tls;
 pub mod upstream;

@@ -63,7 +63,7 @@ impl SseBody {
         let chunk = serde_json::json!({
             "id": self.id,
             "object": "chat.completion.chunk",
-            "created": super::handlers::unix_now(),
+            "created": crate::clock::now_ms() / 1000,
             "model": self.model,
             "choices": [{
                 "index": 0,

@@ -1,7 +1,7 @@
 //! Request routing and response construction for the mock endpoints.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use http::{header, HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::body::{self, MockBody, SseBody};
 use super::decision::Decision;
-use super::server::Shared;
+use super::state::Shared;
 
 /// Largest request body read (bytes); larger bodies get 413.
 pub const MAX_REQUEST_BODY: usize = 10 * 1024 * 1024;
@@ -158,7 +158,7 @@ fn chat(shared: &Shared, n: u64, request: &Value) -> Response<MockBody> {
     let value = json!({
         "id": id,
         "object": "chat.completion",
-        "created": unix_now(),
+        "created": crate::clock::now_ms() / 1000,
         "model": model,
         "choices": [{
             "index": 0,
@@ -243,12 +243,4 @@ fn error_response(status: StatusCode, message: &str) -> Response<MockBody> {
         status,
         &json!({"error": {"message": message, "code": status.as_u16()}}),
     )
-}
-
-/// Seconds since the Unix epoch (0 if the clock is before it).
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

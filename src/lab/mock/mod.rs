@@ -21,6 +21,7 @@ mod error;
 mod handlers;
 mod server;
 mod spec;
+mod state;
 
 pub use error::{MockError, SpecError};
 pub use handlers::MAX_REQUEST_BODY;
