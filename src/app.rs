@@ -102,7 +102,6 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
     if !file_config.admin.listen.ip().is_loopback() && !auth.is_configured() {
         return Err(StartError::InsecureAdmin(file_config.admin.listen));
     }
-    let store = Arc::new(SqliteStore::open(&file_config.state_dir)?);
     let data = bind(file_config.listen, "data plane").await?;
     let admin = bind(file_config.admin.listen, "admin").await?;
     let tls = match &file_config.tls {
@@ -113,10 +112,21 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
     };
     let telemetry = Telemetry::new();
     let recorders = Arc::new(RecorderRegistry::new(telemetry.clone()));
-    let restored = crate::outcomes::persist::restore(&recorders, store.as_ref())?;
-    if restored > 0 {
-        tracing::info!(arms = restored, "restored per-arm outcome counts");
-    }
+    // Opening the store and reading back saved counts blocks (SQLite): it runs
+    // on the blocking pool like every other store call.
+    let (store, feedback_log) = {
+        let (dir, recorders) = (file_config.state_dir.clone(), recorders.clone());
+        tokio::task::spawn_blocking(move || -> Result<_, StartError> {
+            let store = SqliteStore::open(&dir)?;
+            let restored = crate::outcomes::persist::restore(&recorders, &store)?;
+            if restored > 0 {
+                tracing::info!(arms = restored, "restored per-arm outcome counts");
+            }
+            Ok((Arc::new(store), FeedbackLog::open(&dir)?))
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?
+    };
     let pools = UpstreamPool::default();
     // Placeholder until the control plane publishes the restored table.
     let empty = config::parse("").map_err(StartError::Config)?;
@@ -126,7 +136,7 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
         &file_config.state_dir,
     )?);
     let feedback = FeedbackService::start(
-        FeedbackLog::open(&file_config.state_dir)?,
+        feedback_log,
         tokens.clone(),
         recorders.metrics.clone(),
         telemetry.clone(),

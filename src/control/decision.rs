@@ -49,6 +49,20 @@ pub enum DecisionKind {
 pub struct UnknownDecisionKind(pub String);
 
 impl DecisionKind {
+    /// Every kind, in no particular order.
+    pub const ALL: [DecisionKind; 10] = [
+        DecisionKind::Start,
+        DecisionKind::Advance,
+        DecisionKind::Promote,
+        DecisionKind::Winner,
+        DecisionKind::Rollback,
+        DecisionKind::RollbackArm,
+        DecisionKind::Conclude,
+        DecisionKind::Hold,
+        DecisionKind::Pause,
+        DecisionKind::Resume,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DecisionKind::Start => "start",
@@ -90,19 +104,8 @@ impl FromStr for DecisionKind {
     type Err = UnknownDecisionKind;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        const ALL: [DecisionKind; 10] = [
-            DecisionKind::Start,
-            DecisionKind::Advance,
-            DecisionKind::Promote,
-            DecisionKind::Winner,
-            DecisionKind::Rollback,
-            DecisionKind::RollbackArm,
-            DecisionKind::Conclude,
-            DecisionKind::Hold,
-            DecisionKind::Pause,
-            DecisionKind::Resume,
-        ];
-        ALL.into_iter()
+        DecisionKind::ALL
+            .into_iter()
             .find(|k| k.as_str() == s)
             .ok_or_else(|| UnknownDecisionKind(s.to_string()))
     }
@@ -209,18 +212,7 @@ mod tests {
 
     #[test]
     fn every_kind_reads_back_from_its_stored_name() {
-        for k in [
-            DecisionKind::Start,
-            DecisionKind::Advance,
-            DecisionKind::Promote,
-            DecisionKind::Winner,
-            DecisionKind::Rollback,
-            DecisionKind::RollbackArm,
-            DecisionKind::Conclude,
-            DecisionKind::Hold,
-            DecisionKind::Pause,
-            DecisionKind::Resume,
-        ] {
+        for k in DecisionKind::ALL {
             assert_eq!(k.as_str().parse::<DecisionKind>(), Ok(k));
             assert_eq!(
                 serde_json::to_value(k).unwrap(),

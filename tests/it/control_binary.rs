@@ -22,37 +22,6 @@ fn write_config(dir: &Path, body: &str) -> PathBuf {
     path
 }
 
-/// Two healthy fake backends, `v1` and `v2`.
-async fn two_backends() -> (FakeBackend, FakeBackend) {
-    (
-        FakeBackend::start("v1", Behaviour::Ok).await,
-        FakeBackend::start("v2", Behaviour::Ok).await,
-    )
-}
-
-/// Sends `n` requests from users `u{from}`.. to the data plane, each answered 200.
-async fn send_users(data: std::net::SocketAddr, from: usize, n: usize) {
-    let c = client();
-    for i in from..from + n {
-        let a = get(
-            &c,
-            &format!("http://{data}/p"),
-            &[("x-user-id", &format!("u{i}"))],
-        )
-        .await;
-        assert_eq!(a.status, 200);
-    }
-}
-
-fn split(v1: &FakeBackend, v2: &FakeBackend, canary: u32) -> String {
-    format!(
-        "backends:\n  v1: {{ url: \"{}\" }}\n  v2: {{ url: \"{}\" }}\nexperiments:\n  - name: exp\n    unit: {{ header: x-user-id }}\n    arms:\n      - {{ name: stable, backend: v1, weight: {} }}\n      - {{ name: canary, backend: v2, weight: {canary} }}\n",
-        v1.url(),
-        v2.url(),
-        100 - canary
-    )
-}
-
 async fn experiment(admin: std::net::SocketAddr) -> serde_json::Value {
     get(
         &client(),
@@ -67,7 +36,7 @@ async fn experiment(admin: std::net::SocketAddr) -> serde_json::Value {
 async fn a_rollback_survives_kill_9_and_restart() {
     let (v1, v2) = two_backends().await;
     let dir = temp_state_dir();
-    let cfg = write_config(&dir, &split(&v1, &v2, 50));
+    let cfg = write_config(&dir, &two_arm(&v1, &v2, 50));
     let mut p = Proc::start(&cfg, &["--no-watch"], &[("ABGATE_ADMIN_TOKEN", "tok")]);
     let rolled = admin_call(
         "POST",
@@ -110,9 +79,9 @@ async fn a_rollback_survives_kill_9_and_restart() {
 async fn sighup_applies_a_valid_file_and_keeps_serving_on_an_invalid_one() {
     let (v1, v2) = two_backends().await;
     let dir = temp_state_dir();
-    let cfg = write_config(&dir, &split(&v1, &v2, 10));
+    let cfg = write_config(&dir, &two_arm(&v1, &v2, 10));
     let p = Proc::start(&cfg, &["--no-watch"], &[]);
-    write_config(&dir, &split(&v1, &v2, 40));
+    write_config(&dir, &two_arm(&v1, &v2, 40));
     p.signal("-HUP");
     let admin = p.admin_addr;
     eventually(
@@ -123,7 +92,7 @@ async fn sighup_applies_a_valid_file_and_keeps_serving_on_an_invalid_one() {
     .await;
     write_config(
         &dir,
-        &split(&v1, &v2, 40).replace("name: canary", "name: stable"),
+        &two_arm(&v1, &v2, 40).replace("name: canary", "name: stable"),
     );
     p.signal("-HUP");
     eventually(
@@ -189,7 +158,7 @@ fn cli(admin: std::net::SocketAddr, args: &[&str]) -> (i32, String, String) {
 async fn the_cli_drives_a_running_server() {
     let (v1, v2) = two_backends().await;
     let dir = temp_state_dir();
-    let cfg = write_config(&dir, &split(&v1, &v2, 10));
+    let cfg = write_config(&dir, &two_arm(&v1, &v2, 10));
     let p = Proc::start(&cfg, &["--no-watch"], &[("ABGATE_ADMIN_TOKEN", "tok")]);
     let c = client();
     for i in 0..20 {
@@ -232,7 +201,7 @@ async fn the_cli_drives_a_running_server() {
     let bad = dir.join("bad.yaml");
     std::fs::write(
         &bad,
-        split(&v1, &v2, 10).replace("weight: 10", "weight: 11"),
+        two_arm(&v1, &v2, 10).replace("weight: 10", "weight: 11"),
     )
     .unwrap();
     let bad_arg = bad.display().to_string();
@@ -259,7 +228,7 @@ async fn the_cli_drives_a_running_server() {
 
     // A good file goes through with If-Match.
     let good = dir.join("good.yaml");
-    std::fs::write(&good, split(&v1, &v2, 20)).unwrap();
+    std::fs::write(&good, two_arm(&v1, &v2, 20)).unwrap();
     let good_arg = good.display().to_string();
     let (code, out, err) =
         tokio::task::spawn_blocking(move || cli(admin, &["config", "apply", &good_arg]))
@@ -280,7 +249,7 @@ async fn the_cli_drives_a_running_server() {
 async fn a_decision_recorded_before_a_crash_is_applied_exactly_once_on_restart() {
     let (v1, v2) = two_backends().await;
     let dir = temp_state_dir();
-    let cfg = write_config(&dir, &split(&v1, &v2, 50));
+    let cfg = write_config(&dir, &two_arm(&v1, &v2, 50));
     // A first run creates the state; then the store is left exactly as a
     // crash between the write-ahead record and the table swap leaves it: the
     // rollback recorded, its state not saved, the decision not marked applied.
@@ -377,7 +346,7 @@ fn saved_requests(state: &Path) -> u64 {
 async fn per_arm_statistics_survive_restarts() {
     let (v1, v2) = two_backends().await;
     let dir = temp_state_dir();
-    let cfg = write_config(&dir, &split(&v1, &v2, 50));
+    let cfg = write_config(&dir, &two_arm(&v1, &v2, 50));
     // A clean stop saves a last snapshot: nothing is lost.
     let p = Proc::start(&cfg, &["--no-watch"], &[]);
     send_users(p.data_addr, 0, 20).await;

@@ -8,25 +8,6 @@ use std::time::Duration;
 
 use crate::support::*;
 
-fn two_arm(a: &FakeBackend, b: &FakeBackend, b_weight: u32) -> String {
-    format!(
-        r#"
-backends:
-  v1: {{ url: "{}" }}
-  v2: {{ url: "{}" }}
-experiments:
-  - name: exp
-    unit: {{ header: x-user-id }}
-    arms:
-      - {{ name: stable, backend: v1, weight: {} }}
-      - {{ name: canary, backend: v2, weight: {b_weight} }}
-"#,
-        a.url(),
-        b.url(),
-        100 - b_weight
-    )
-}
-
 /// A full config for a swap (listen addresses in a running server's config only
 /// take effect after a restart, so these placeholders change nothing).
 fn with_prefix(yaml: &str) -> String {

@@ -662,3 +662,46 @@ pub async fn put_config(admin: SocketAddr, token: Option<&str>, text: &str) -> u
     assert_eq!(a.status, 200, "PUT /v1/config: {}", a.json());
     a.json()["version"].as_u64().unwrap()
 }
+
+/// Two backends answering 200 with their names, `v1` and `v2`.
+pub async fn two_backends() -> (FakeBackend, FakeBackend) {
+    (
+        FakeBackend::start("v1", Behaviour::Ok).await,
+        FakeBackend::start("v2", Behaviour::Ok).await,
+    )
+}
+
+/// The two-arm experiment most tests use: `exp`, sticky on `x-user-id`, arms
+/// `stable` (on `a`) and `canary` (on `b`, `canary_percent` of the traffic).
+pub fn two_arm(a: &FakeBackend, b: &FakeBackend, canary_percent: u32) -> String {
+    format!(
+        r#"
+backends:
+  v1: {{ url: "{}" }}
+  v2: {{ url: "{}" }}
+experiments:
+  - name: exp
+    unit: {{ header: x-user-id }}
+    arms:
+      - {{ name: stable, backend: v1, weight: {} }}
+      - {{ name: canary, backend: v2, weight: {canary_percent} }}
+"#,
+        a.url(),
+        b.url(),
+        100 - canary_percent
+    )
+}
+
+/// Sends `n` requests from users `u{from}`.. to the data plane, each answered 200.
+pub async fn send_users(data: SocketAddr, from: usize, n: usize) {
+    let c = client();
+    for i in from..from + n {
+        let a = get(
+            &c,
+            &format!("http://{data}/p"),
+            &[("x-user-id", &format!("u{i}"))],
+        )
+        .await;
+        assert_eq!(a.status, 200);
+    }
+}

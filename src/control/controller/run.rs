@@ -141,6 +141,19 @@ pub async fn run(control: Arc<ControlPlane>, name: String, cfg: ControlPolicy) {
     }
 }
 
+/// Why one look failed (logged; the next look tries again).
+#[derive(Debug, thiserror::Error)]
+enum TickError {
+    #[error("statistics: {0}")]
+    Stats(#[from] crate::stats::StatsError),
+    #[error("applying the decision: {0}")]
+    Act(#[from] crate::control::ActionError),
+    #[error("the analysis policy: {0}")]
+    Policy(#[from] crate::stats::PolicyError),
+    #[error("a canary needs a candidate arm")]
+    NoCandidate,
+}
+
 fn weights_of(e: &Experiment, w: &Weights) -> Vec<(String, u32)> {
     e.arms
         .iter()
@@ -161,7 +174,7 @@ impl Run {
         control: &ControlPlane,
         name: &str,
         cfg: &ControlPolicy,
-    ) -> Result<(), String> {
+    ) -> Result<(), TickError> {
         let Some((e, state, weights)) = control.controller_view(name).await else {
             return Ok(());
         };
@@ -177,7 +190,7 @@ impl Run {
             .map(|a| a.name.clone());
         // A canary starts at its first step.
         if cfg.kind == ExperimentKind::Canary && state.as_ref().and_then(|s| s.step).is_none() {
-            let cand = candidate.clone().ok_or("a canary needs a candidate arm")?;
+            let cand = candidate.clone().ok_or(TickError::NoCandidate)?;
             let to = canary_weights(&e, &cand, cfg.steps[0]);
             let summary = format!(
                 "started: step 1/{} ({}% to {cand})",
@@ -191,8 +204,7 @@ impl Run {
                     to,
                     json!({"step": 0, "summary": summary}),
                 )
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             return Ok(());
         }
         self.adopt(control, name, &e, state.as_ref().map(|s| s.started_ms));
@@ -207,10 +219,7 @@ impl Run {
             .collect();
         let w = weights_of(&e, &weights);
         let snapshot = self.snapshot(&e, cfg, &arms, &w)?;
-        self.c
-            .evidence
-            .observe(&self.policy, &snapshot)
-            .map_err(|err| err.to_string())?;
+        self.c.evidence.observe(&self.policy, &snapshot)?;
 
         let now = now_ms();
         // An experiment without recorded state (an A/B test before its first
@@ -320,7 +329,7 @@ impl Run {
         cfg: &ControlPolicy,
         arms: &[ArmMetrics],
         w: &[(String, u32)],
-    ) -> Result<Snapshot, String> {
+    ) -> Result<Snapshot, TickError> {
         let weight = |arm: &str| w.iter().find(|(a, _)| a == arm).map_or(0, |(_, x)| *x);
         // Per-period deltas feed the ramp-aware tests.
         let rebase = std::mem::take(&mut self.rebase_periods);
@@ -333,14 +342,13 @@ impl Run {
             match &mut self.c.srm {
                 Some((n, m)) if *n == names => {
                     if m.weights != ws {
-                        m.set_weights(ws).map_err(|e| e.to_string())?;
+                        m.set_weights(ws)?;
                     }
                 }
                 _ => {
                     self.c.srm = Some((
                         names.clone(),
-                        SrmMonitor::new(ws, self.policy.srm_concentration)
-                            .map_err(|e| e.to_string())?,
+                        SrmMonitor::new(ws, self.policy.srm_concentration)?,
                     ))
                 }
             }
@@ -349,7 +357,7 @@ impl Run {
                     .iter()
                     .map(|a| deltas.get(a).map_or(0, |d| d.0))
                     .collect();
-                m.observe(&counts).map_err(|e| e.to_string())?;
+                m.observe(&counts)?;
             }
         }
         let mut metrics = Vec::new();
@@ -376,8 +384,7 @@ impl Run {
                         deltas.get(&a.arm).map_or(0, pick),
                         deltas.get(&e.baseline).map_or(0, pick),
                     );
-                    acc.observe_period(share, dc, db)
-                        .map_err(|e| e.to_string())?;
+                    acc.observe_period(share, dc, db)?;
                 }
             }
             let data: BTreeMap<String, ErrorAttribution> = self
@@ -448,7 +455,7 @@ impl Run {
         candidate: Option<&str>,
         step: Option<usize>,
         verdict: &Verdict,
-    ) -> Result<(), String> {
+    ) -> Result<(), TickError> {
         let reason = |extra: Value| {
             let mut r = json!({"summary": verdict.explain(), "verdict": serde_json::to_value(verdict).unwrap_or(Value::Null)});
             if let (Value::Object(m), Value::Object(x)) = (&mut r, extra) {
@@ -552,8 +559,7 @@ impl Run {
         if let Some((kind, to, reason)) = decision {
             let id = control
                 .controller_decide(name, kind, to, reason.clone())
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             tracing::info!(
                 experiment = name,
                 kind = kind.as_str(),
@@ -578,14 +584,13 @@ impl Run {
         name: &str,
         weights: &Weights,
         reason: Value,
-    ) -> Result<(), String> {
+    ) -> Result<(), TickError> {
         if self.c.last_once == Some(kind) {
             return Ok(());
         }
         control
             .controller_decide(name, kind, weights.clone(), reason)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         self.c.last_once = Some(kind);
         Ok(())
     }
