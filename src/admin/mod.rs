@@ -5,6 +5,7 @@
 //! Never: serves data-plane traffic.
 
 pub mod auth;
+pub mod precondition;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::control::{Action, ActionError, Actor, ApplyError, ControlPlane};
+use crate::control::{Action, ActionError, Actor, ApplyError, ControlPlane, IfMatch};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::listener::stop_requested;
 use crate::proxy::problem::Problem;
@@ -237,10 +238,10 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
                     }
                     Ok(r)
                 }
-                Err(ApplyError::StaleVersion { current, expected }) => Err(Problem::client(
+                Err(ApplyError::StaleVersion { current, given }) => Err(Problem::client(
                     StatusCode::PRECONDITION_FAILED,
                     "stale-version",
-                    format!("If-Match names version {expected} but version {current} is current; GET /v1/config and retry"),
+                    format!("If-Match {given} does not name the config in force (version {current}, ETag \"{current}\"); GET /v1/config and retry"),
                 )),
                 Err(ApplyError::Invalid(errors)) => Err(Problem::client(
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -288,30 +289,19 @@ fn authorize(admin: &Admin, req: &Request<Incoming>) -> Result<String, Problem> 
     })
 }
 
-fn if_match(req: &Request<Incoming>) -> Result<u64, Problem> {
-    let raw = req
-        .headers()
-        .get(header::IF_MATCH)
-        .ok_or_else(|| {
-            Problem::client(
-                StatusCode::PRECONDITION_REQUIRED,
-                "if-match-required",
-                "PUT /v1/config needs `If-Match: <version>` (from GET /v1/config) so concurrent edits are not lost".into(),
-            )
-        })?
-        .to_str()
-        .unwrap_or("");
-    raw.trim()
-        .trim_start_matches("W/")
-        .trim_matches('"')
-        .parse()
-        .map_err(|_| {
-            Problem::client(
-                StatusCode::BAD_REQUEST,
-                "bad-request",
-                format!("If-Match must be a version number, got {raw:?}"),
-            )
-        })
+/// The request's `If-Match` (see [`precondition`]): 428 when missing, 400
+/// when it is not an entity-tag list.
+fn if_match(req: &Request<Incoming>) -> Result<IfMatch, Problem> {
+    let lines = req.headers().get_all(header::IF_MATCH);
+    if lines.iter().next().is_none() {
+        return Err(Problem::client(
+            StatusCode::PRECONDITION_REQUIRED,
+            "if-match-required",
+            "PUT /v1/config needs `If-Match: \"<version>\"` (the ETag of GET /v1/config) so concurrent edits are not lost".into(),
+        ));
+    }
+    precondition::parse(lines.iter().map(|v| v.as_bytes()))
+        .map_err(|e| Problem::client(StatusCode::BAD_REQUEST, "bad-request", e.to_string()))
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Problem> {

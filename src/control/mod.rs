@@ -37,7 +37,7 @@ use crate::store::{ConfigRecord, ExperimentState, Store, StoreError};
 use crate::telemetry::Telemetry;
 
 pub use actions::{Action, ActionError};
-pub use apply::ApplyError;
+pub use apply::{ApplyError, IfMatch};
 pub use decision::DecisionKind;
 use publish::Publisher;
 
@@ -49,6 +49,10 @@ pub(crate) struct Current {
     text: String,
     config: Config,
     states: HashMap<String, ExperimentState>,
+    /// SHA-256 of the config file's text as abgate last read it (at startup or
+    /// by a reload), whether or not it was applied: a reload applies the file
+    /// only when this changes (see [`apply`]).
+    file_hash: Option<String>,
     publisher: Publisher,
 }
 
@@ -183,6 +187,9 @@ impl ControlPlane {
         file_text: String,
         file_config: Config,
     ) -> Result<ControlPlane, StoreError> {
+        // What abgate read of the file at startup: the watcher compares later
+        // reads with it, never with the recorded config that may have won here.
+        let file_hash = config_path.as_ref().map(|_| text_hash(&file_text));
         let (config_version, text, config) = match store.latest_config()? {
             Some(rec) => match config::parse(&rec.text) {
                 Ok(c) => {
@@ -270,6 +277,7 @@ impl ControlPlane {
                 text,
                 config,
                 states,
+                file_hash,
                 publisher,
             }),
             analysis: dashmap::DashMap::new(),

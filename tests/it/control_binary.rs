@@ -566,3 +566,67 @@ async fn a_redefined_experiment_starts_afresh_and_a_removed_one_leaves_no_eviden
     })
     .await;
 }
+
+/// File and SIGHUP reloads counted so far, whatever their result.
+async fn reloads(admin: std::net::SocketAddr, source: &str) -> f64 {
+    metric_value(
+        &metrics(admin).await,
+        "abgate_config_reload_total",
+        &[("source", source)],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cat_and_sighup_of_an_unchanged_file_keep_what_the_operator_set() {
+    let (v1, v2) = two_backends().await;
+    let dir = temp_state_dir();
+    let cfg = write_config(&dir, &split(&v1, &v2, 10));
+    // Watching the file, as `abgate serve` does by default.
+    let p = Proc::start(&cfg, &[], &[("ABGATE_ADMIN_TOKEN", "tok")]);
+    let admin = p.admin_addr;
+    let file_text = std::fs::read_to_string(&cfg).unwrap();
+    let put = file_text.replace("weight: 90", "weight: 50").replace("weight: 10", "weight: 50");
+    assert_eq!(put_config(admin, Some("tok"), &put).await, 2);
+
+    // The operator looks at the file, then asks for a re-read.
+    let out = Command::new("cat").arg(&cfg).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), file_text);
+    p.signal("-HUP");
+    eventually(Duration::from_secs(10), "the SIGHUP was handled", || async move {
+        reloads(admin, "sighup").await >= 1.0
+    })
+    .await;
+    let e = experiment(admin).await;
+    assert_eq!(e["config_version"], 2, "{e}");
+    assert_eq!(e["arms"][1]["weight"], 50.0, "{e}");
+
+    // A manual pause survives the same.
+    let paused = admin_call(
+        "POST",
+        &format!("http://{admin}/v1/experiments/exp/pause"),
+        Some("tok"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(paused.status, 200);
+    Command::new("cat").arg(&cfg).output().unwrap();
+    p.signal("-HUP");
+    eventually(Duration::from_secs(10), "the second SIGHUP was handled", || async move {
+        reloads(admin, "sighup").await >= 2.0
+    })
+    .await;
+    let e = experiment(admin).await;
+    assert_eq!(e["state"], "paused", "{e}");
+    assert_eq!(e["config_version"], 2, "{e}");
+    assert_eq!(reloads(admin, "file").await, 0.0, "reading the file is not a change");
+
+    // An edited file is the newer intent: SIGHUP applies it.
+    write_config(&dir, &split(&v1, &v2, 30));
+    p.signal("-HUP");
+    eventually(Duration::from_secs(10), "the edited file applied", || async move {
+        experiment(admin).await["arms"][1]["weight"] == 30.0
+    })
+    .await;
+    assert_eq!(experiment(admin).await["config_version"], 3);
+}

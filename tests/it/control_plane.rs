@@ -529,3 +529,202 @@ async fn the_watched_file_applies_valid_changes_and_rejects_invalid_ones() {
     assert_eq!(a.status, 200);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_match_is_a_strong_entity_tag_comparison() {
+    let (v1, v2) = (
+        FakeBackend::start("v1", Behaviour::Ok).await,
+        FakeBackend::start("v2", Behaviour::Ok).await,
+    );
+    let server = start_abgate(&two_arm(&v1, &v2, 10)).await;
+    let url = format!("http://{}/v1/config", server.admin_addr);
+    let put = |if_match: &'static str, canary: u32| {
+        let (url, text) = (url.clone(), two_arm(&v1, &v2, canary));
+        async move {
+            let a = admin_call("PUT", &url, None, &[("if-match", if_match)], &text).await;
+            (a.status, String::from_utf8_lossy(&a.body).into_owned())
+        }
+    };
+    // Well-formed entity-tags that do not name the version in force are a
+    // failed precondition (RFC 9110 §13.1.1), not a malformed request.
+    for tag in [r#""stale-0""#, r#""7""#, r#""01""#, r#""v1""#] {
+        let (status, body) = put(tag, 20).await;
+        assert_eq!(status, 412, "If-Match: {tag}: {body}");
+    }
+    // Weak tags never match: the comparison is strong.
+    let (status, body) = put(r#"W/"1""#, 20).await;
+    assert_eq!(status, 412, "{body}");
+    // A list matches when any strong tag names the version in force.
+    let (status, body) = put(r#"W/"1", "stale-0", "1""#, 20).await;
+    assert_eq!(status, 200, "{body}");
+    // `*` matches any current config.
+    let (status, body) = put("*", 30).await;
+    assert_eq!(status, 200, "{body}");
+    // The bare version number the README always documented stays accepted.
+    let (status, body) = put("3", 40).await;
+    assert_eq!(status, 200, "{body}");
+    // Only a header that is not an entity-tag at all is a bad request.
+    for bad in ["stale-0", r#""unterminated"#, r#"W/4"#, r#""4", x"#, r#"* , "4""#, ""] {
+        let (status, body) = put(bad, 50).await;
+        assert_eq!(status, 400, "If-Match: {bad:?}: {body}");
+        assert!(body.contains("entity-tag"), "{body}");
+    }
+    let got = admin_call("GET", &url, None, &[], "").await;
+    assert_eq!(got.json()["version"], 4);
+    assert_eq!(arm_of(&experiment_json(server.admin_addr, "exp").await, "canary")["weight"], 40.0);
+    server.shutdown().await;
+}
+
+/// A server started from a watched file in `dir` (atomically replaced by
+/// `write`, as editors and config management do).
+struct Watched {
+    server: abgate::app::RunningServer,
+    path: std::path::PathBuf,
+    prefix: String,
+}
+
+impl Watched {
+    async fn start(dir: &std::path::Path, body: &str) -> Watched {
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("abgate.yaml");
+        let prefix = format!(
+            "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nstate_dir: {}\n",
+            dir.join("state").display()
+        );
+        let w = |p: &std::path::Path, t: &str| {
+            let tmp = p.with_extension("yaml.tmp");
+            std::fs::write(&tmp, t).unwrap();
+            std::fs::rename(&tmp, p).unwrap();
+        };
+        w(&path, &(prefix.clone() + body));
+        let server = abgate::app::start(abgate::app::StartOptions {
+            config_text: std::fs::read_to_string(&path).unwrap(),
+            config_path: Some(path.clone()),
+            watch_file: true,
+            admin_token: None,
+            token_keys: None,
+        })
+        .await
+        .unwrap();
+        Watched {
+            server,
+            path,
+            prefix,
+        }
+    }
+
+    fn write(&self, body: &str) {
+        let tmp = self.path.with_extension("yaml.tmp");
+        std::fs::write(&tmp, self.prefix.clone() + body).unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
+    }
+
+    /// Reads the file as `cat`, an editor opening it or a backup tool do.
+    fn read_like_an_operator(&self) {
+        use std::io::Read;
+        for _ in 0..3 {
+            let _ = std::fs::read_to_string(&self.path).unwrap();
+            let mut f = std::fs::File::open(&self.path).unwrap();
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf).unwrap();
+        }
+    }
+
+    /// File reloads counted so far, whatever their result.
+    async fn file_reloads(&self) -> f64 {
+        metric_value(
+            &metrics(self.server.admin_addr).await,
+            "abgate_config_reload_total",
+            &[("source", "file")],
+        )
+    }
+
+    /// Rewrites the file with the bytes it already holds (config management
+    /// re-asserting it): a write the watcher must look at, so once it was
+    /// counted every event before it (the reads) has been handled too.
+    async fn barrier(&self) {
+        let before = self.file_reloads().await;
+        let same = std::fs::read_to_string(&self.path).unwrap();
+        let tmp = self.path.with_extension("yaml.tmp");
+        std::fs::write(&tmp, same).unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
+        eventually(Duration::from_secs(10), "the watcher looked at the file", || async move {
+            self.file_reloads().await > before
+        })
+        .await;
+    }
+
+    async fn config_version(&self) -> u64 {
+        admin_call(
+            "GET",
+            &format!("http://{}/v1/config", self.server.admin_addr),
+            None,
+            &[],
+            "",
+        )
+        .await
+        .json()["version"]
+            .as_u64()
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_the_watched_file_never_undoes_an_api_change_or_a_manual_action() {
+    let (v1, v2) = (
+        FakeBackend::start("v1", Behaviour::Ok).await,
+        FakeBackend::start("v2", Behaviour::Ok).await,
+    );
+    let dir = temp_state_dir();
+    let w = Watched::start(&dir, &two_arm(&v1, &v2, 10)).await;
+    let admin = w.server.admin_addr;
+    let canary = || async move {
+        arm_of(&experiment_json(admin, "exp").await, "canary")["weight"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(w.config_version().await, 1);
+
+    // The API change wins while the file is unchanged.
+    assert_eq!(put_config(admin, None, &(w.prefix.clone() + &two_arm(&v1, &v2, 50))).await, 2);
+    w.read_like_an_operator();
+    w.barrier().await;
+    assert_eq!(w.config_version().await, 2, "reading the file re-applied it");
+    assert_eq!(canary().await, 50.0);
+
+    // So does a manual action.
+    let rolled = admin_call(
+        "POST",
+        &format!("http://{admin}/v1/experiments/exp/rollback"),
+        None,
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(rolled.status, 200);
+    w.read_like_an_operator();
+    w.barrier().await;
+    let e = experiment_json(admin, "exp").await;
+    assert_eq!(e["state"], "rolled_back", "{e}");
+    assert_eq!(canary().await, 0.0);
+    assert_eq!(w.config_version().await, 2);
+
+    // The file wins again once its own content changes.
+    w.write(&two_arm(&v1, &v2, 25));
+    eventually(Duration::from_secs(10), "the edited file applied", || async {
+        canary().await == 25.0
+    })
+    .await;
+    assert_eq!(w.config_version().await, 3);
+    let m = metrics(admin).await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "abgate_config_reload_total",
+            &[("result", "applied"), ("source", "file")]
+        ),
+        1.0,
+        "{m}"
+    );
+    w.server.shutdown().await;
+}
