@@ -165,9 +165,13 @@ impl ControlPlane {
             self.blocking(move |s| clear_states(s, &stale)).await;
         }
         let Current {
-            publisher, states, ..
+            publisher,
+            states,
+            cohorts,
+            ..
         } = cur;
-        publisher.publish(&effective(&config, states));
+        self.commit(cohorts, publisher, &effective(&config, states))
+            .await?;
         // Renewed certificates take effect for new connections.
         if let Err(e) = publisher.reload_tls(&config) {
             tracing::warn!(error = %e, "listener certificate not reloaded; the previous one stays in use");

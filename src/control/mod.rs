@@ -4,7 +4,8 @@
 //! [`actions`] runs manual experiment actions; [`decision`] is the write-ahead
 //! path every change takes (record it in the store *before* it goes live);
 //! [`publish`] is the one place that builds and swaps the routing table;
-//! [`view`] answers what people read; [`watch`] re-reads the config file;
+//! [`cohorts`] keeps each experiment's weight history and the bucket layout it
+//! replays to; [`view`] answers what people read; [`watch`] re-reads the config file;
 //! [`controller`] runs the experiments automatically through [`automatic`].
 //! Here: the control plane's state (the config in force and each experiment's
 //! recorded state laid over it) and its restore at startup.
@@ -17,6 +18,7 @@
 pub mod actions;
 pub mod apply;
 mod automatic;
+mod cohorts;
 pub mod controller;
 pub mod decision;
 pub mod publish;
@@ -53,6 +55,8 @@ pub(crate) struct Current {
     /// by a reload), whether or not it was applied: a reload applies the file
     /// only when this changes (see [`apply`]).
     file_hash: Option<String>,
+    /// Each experiment's weight history, replayed to its bucket layout.
+    cohorts: cohorts::Cohorts,
     publisher: Publisher,
 }
 
@@ -265,7 +269,17 @@ impl ControlPlane {
         let stale = drop_stale(&config, &mut states);
         clear_states(store.as_ref(), &stale);
         let restored_runs = store.controller_runs()?.into_iter().collect();
-        publisher.publish(&effective(&config, &states));
+        // Replay the weight histories; record what the restored weights add
+        // (a crash between a change's record and its history step) first.
+        let (mut cohorts, gone) = cohorts::replay(&config, store.weight_steps()?);
+        for name in &gone {
+            store.clear_weight_steps(name)?;
+        }
+        let in_force = effective(&config, &states);
+        let changes = cohorts::plan(&cohorts, &in_force);
+        cohorts::record(store.as_ref(), &changes)?;
+        cohorts::apply(&mut cohorts, &changes, &in_force);
+        publisher.publish(&in_force, |n| cohorts.get(n).map(|h| &h.layout));
         Ok(ControlPlane {
             plane: handles.plane,
             recorders: handles.recorders,
@@ -278,12 +292,33 @@ impl ControlPlane {
                 config,
                 states,
                 file_hash,
+                cohorts,
                 publisher,
             }),
             analysis: dashmap::DashMap::new(),
             unsaved_runs: dashmap::DashMap::new(),
             restored_runs: std::sync::Mutex::new(restored_runs),
         })
+    }
+
+    /// Publishes `in_force` (the config with the recorded weights laid over):
+    /// first records the weight-history steps it adds (write-ahead, so a
+    /// restart replays exactly the layout that was routed), then builds and
+    /// swaps the table laid out by the replayed histories.
+    pub(crate) async fn commit(
+        &self,
+        cohorts: &mut cohorts::Cohorts,
+        publisher: &mut Publisher,
+        in_force: &Config,
+    ) -> Result<u64, StoreError> {
+        let changes = cohorts::plan(cohorts, in_force);
+        if !changes.is_empty() {
+            let recorded = changes.clone();
+            self.blocking(move |s| cohorts::record(s, &recorded))
+                .await?;
+        }
+        cohorts::apply(cohorts, &changes, in_force);
+        Ok(publisher.publish(in_force, |n| cohorts.get(n).map(|h| &h.layout)))
     }
 
     /// Runs a store call on the blocking pool. SQLite takes a mutex and syncs

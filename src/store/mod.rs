@@ -1,5 +1,6 @@
-//! Durable state: applied config versions, decisions (the audit log), and each
-//! experiment's manual/automatic state.
+//! Durable state: applied config versions, decisions (the audit log), each
+//! experiment's manual/automatic state, and each experiment's weight history
+//! (what its bucket layout is replayed from).
 //!
 //! Owns: the [`Store`] trait and its records. The embedded SQLite implementation
 //! lives in [`sqlite`]; a shared store for fleets can implement the same trait.
@@ -93,6 +94,23 @@ pub struct Decision {
     pub applied: bool,
 }
 
+/// One weight vector in an experiment's weight history: the layout of its
+/// buckets is the replay of these, oldest first (see `routing::layout`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightStep {
+    pub experiment: String,
+    /// 0 for the first vector of a history; recording a step 0 discards the
+    /// experiment's earlier history (its arms changed, so it starts again).
+    pub seq: u64,
+    /// Identifies the arms (and salt) the history is for; a history whose key
+    /// no longer matches the config is not replayed.
+    pub layout_key: String,
+    /// The weights in force from this step on, in basis points by arm.
+    pub weights: Weights,
+    /// Unix milliseconds.
+    pub recorded_at_ms: u64,
+}
+
 /// A decision before the store assigns its id.
 #[derive(Debug, Clone)]
 pub struct NewDecision {
@@ -136,6 +154,13 @@ pub trait Store: Send + Sync {
     fn save_state(&self, state: &ExperimentState) -> Result<(), StoreError>;
     fn clear_state(&self, experiment: &str) -> Result<(), StoreError>;
     fn states(&self) -> Result<Vec<ExperimentState>, StoreError>;
+    /// Appends a step to an experiment's weight history; a step with `seq` 0
+    /// replaces the whole history, in one transaction.
+    fn record_weight_step(&self, step: &WeightStep) -> Result<(), StoreError>;
+    /// Forgets an experiment's weight history (the experiment was removed).
+    fn clear_weight_steps(&self, experiment: &str) -> Result<(), StoreError>;
+    /// Every recorded weight step, by experiment, then by `seq`.
+    fn weight_steps(&self) -> Result<Vec<WeightStep>, StoreError>;
     /// Saves one snapshot of what the process otherwise holds only in memory,
     /// in one transaction (so the counts and the controller runs agree).
     fn save_snapshot(&self, snapshot: &MemorySnapshot<'_>) -> Result<(), StoreError>;

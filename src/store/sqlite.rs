@@ -50,6 +50,14 @@ CREATE TABLE IF NOT EXISTS experiment_state (
     experiment TEXT PRIMARY KEY,
     state TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS weight_history (
+    experiment TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    layout_key TEXT NOT NULL,
+    weights TEXT NOT NULL,
+    recorded_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (experiment, seq)
+);
 ";
 
 impl SqliteStore {
@@ -265,6 +273,68 @@ impl Store for SqliteStore {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
+    }
+
+    fn record_weight_step(&self, step: &WeightStep) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        if step.seq == 0 {
+            tx.execute(
+                "DELETE FROM weight_history WHERE experiment = ?1",
+                params![step.experiment],
+            )?;
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO weight_history (experiment, seq, layout_key, weights, recorded_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                step.experiment,
+                step.seq as i64,
+                step.layout_key,
+                serde_json::to_string(&step.weights)?,
+                step.recorded_at_ms as i64
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn clear_weight_steps(&self, experiment: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "DELETE FROM weight_history WHERE experiment = ?1",
+            params![experiment],
+        )?;
+        Ok(())
+    }
+
+    fn weight_steps(&self) -> Result<Vec<WeightStep>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT experiment, seq, layout_key, weights, recorded_at_ms
+             FROM weight_history ORDER BY experiment, seq",
+        )?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(experiment, seq, layout_key, weights, at)| {
+                Ok(WeightStep {
+                    experiment,
+                    seq: seq as u64,
+                    layout_key,
+                    weights: serde_json::from_str(&weights)?,
+                    recorded_at_ms: at as u64,
+                })
+            })
+            .collect()
     }
 
     fn states(&self) -> Result<Vec<ExperimentState>, StoreError> {

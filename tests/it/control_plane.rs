@@ -728,3 +728,125 @@ async fn reading_the_watched_file_never_undoes_an_api_change_or_a_manual_action(
     );
     w.server.shutdown().await;
 }
+
+/// An A/B/n experiment over four backends: the baseline `base` and the
+/// treatments `t1`, `t2`, `t3`, with weights in percent.
+fn four_arm(b: &[FakeBackend], w: [u32; 4]) -> String {
+    format!(
+        r#"
+backends:
+  b0: {{ url: "{}" }}
+  b1: {{ url: "{}" }}
+  b2: {{ url: "{}" }}
+  b3: {{ url: "{}" }}
+experiments:
+  - name: exp
+    unit: {{ header: x-user-id }}
+    arms:
+      - {{ name: base, backend: b0, weight: {} }}
+      - {{ name: t1, backend: b1, weight: {} }}
+      - {{ name: t2, backend: b2, weight: {} }}
+      - {{ name: t3, backend: b3, weight: {} }}
+"#,
+        b[0].url(),
+        b[1].url(),
+        b[2].url(),
+        b[3].url(),
+        w[0],
+        w[1],
+        w[2],
+        w[3]
+    )
+}
+
+/// The arm that serves each of `users` users, asked over the data plane.
+async fn arms_of_users(data: std::net::SocketAddr, users: usize) -> Vec<String> {
+    let c = client();
+    let mut arms = Vec::with_capacity(users);
+    for i in 0..users {
+        let a = get(
+            &c,
+            &format!("http://{data}/p"),
+            &[("x-user-id", &format!("user-{i}"))],
+        )
+        .await;
+        assert_eq!(a.status, 200);
+        arms.push(a.header("x-abgate-arm").unwrap().to_string());
+    }
+    arms
+}
+
+/// Asserts that every user who moved left an arm in `fell` for an arm in
+/// `rose`; returns how many moved.
+fn moved_only(before: &[String], after: &[String], fell: &[&str], rose: &[&str]) -> usize {
+    let mut moved = 0;
+    for (i, (b, a)) in before.iter().zip(after).enumerate() {
+        if b != a {
+            assert!(
+                fell.contains(&b.as_str()) && rose.contains(&a.as_str()),
+                "user-{i} moved from {b} to {a}; only {fell:?} -> {rose:?} may move"
+            );
+            moved += 1;
+        }
+    }
+    moved
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zeroing_a_non_adjacent_treatment_moves_only_its_users_and_a_restart_moves_nobody() {
+    let mut backends = Vec::new();
+    for name in ["b0", "b1", "b2", "b3"] {
+        backends.push(FakeBackend::start(name, Behaviour::Ok).await);
+    }
+    let dir = temp_state_dir();
+    let yaml = four_arm(&backends, [25, 25, 25, 25]);
+    let server = start_abgate_opts(&yaml, None, None, &dir).await;
+    const USERS: usize = 400;
+    let start = arms_of_users(server.data_addr, USERS).await;
+    let t2_users = start.iter().filter(|a| *a == "t2").count();
+    assert!((60..=140).contains(&t2_users), "{t2_users} of {USERS} on t2");
+
+    // The controller stops the harmed t2, which is not next to the baseline:
+    // its share goes to the baseline, and no user of t1 or t3 may move.
+    let to: abgate::store::Weights = [("base", 5000), ("t1", 2500), ("t2", 0), ("t3", 2500)]
+        .into_iter()
+        .map(|(a, w)| (a.to_string(), w))
+        .collect();
+    server
+        .control
+        .controller_decide(
+            "exp",
+            abgate::control::DecisionKind::RollbackArm,
+            to,
+            serde_json::json!({"arm": "t2", "summary": "t2 harms the error rate"}),
+        )
+        .await
+        .unwrap();
+    let after_rollback = arms_of_users(server.data_addr, USERS).await;
+    assert_eq!(moved_only(&start, &after_rollback, &["t2"], &["base"]), t2_users);
+
+    // A config edit of weights only is a weight change like any other: the
+    // baseline falls 50 -> 40, t1 rises 25 -> 35; only baseline users move, into t1.
+    let url = format!("http://{}/v1/config", server.admin_addr);
+    let version = admin_call("GET", &url, None, &[], "").await.json()["version"].clone();
+    let edit = admin_call(
+        "PUT",
+        &url,
+        None,
+        &[("if-match", &format!("\"{version}\""))],
+        &with_prefix(&four_arm(&backends, [40, 35, 0, 25])),
+    )
+    .await;
+    assert_eq!(edit.status, 200, "{:?}", edit.body);
+    let after_edit = arms_of_users(server.data_addr, USERS).await;
+    let moved = moved_only(&after_rollback, &after_edit, &["base"], &["t1"]);
+    // About 10% of 400 users move; none or all would be a broken layout.
+    assert!((15..=70).contains(&moved), "{moved} moved");
+    server.shutdown().await;
+
+    // A restart replays the recorded weight history: everyone keeps their arm.
+    let server = start_abgate_opts(&yaml, None, None, &dir).await;
+    let after_restart = arms_of_users(server.data_addr, USERS).await;
+    assert_eq!(moved_only(&after_edit, &after_restart, &[], &[]), 0);
+    server.shutdown().await;
+}
