@@ -100,7 +100,10 @@ fn element(s: &[u8]) -> Option<(Element, &[u8])> {
     let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
     if digits > 0 {
         let after = &s[digits..];
-        if after.first().is_none_or(|b| *b == b',' || b.is_ascii_whitespace()) {
+        if after
+            .first()
+            .is_none_or(|b| *b == b',' || b.is_ascii_whitespace())
+        {
             let tag = String::from_utf8_lossy(&s[..digits]).into_owned();
             return Some((Element::Strong(tag), after));
         }
@@ -113,7 +116,10 @@ fn opaque(s: &[u8]) -> Option<(String, &[u8])> {
     let body = s.strip_prefix(b"\"")?;
     let end = body.iter().position(|&b| b == b'"')?;
     let tag = &body[..end];
-    if !tag.iter().all(|&b| b == 0x21 || (0x23..=0x7e).contains(&b) || b >= 0x80) {
+    if !tag
+        .iter()
+        .all(|&b| b == 0x21 || (0x23..=0x7e).contains(&b) || b >= 0x80)
+    {
         return None;
     }
     Some((String::from_utf8_lossy(tag).into_owned(), &body[end + 1..]))

@@ -31,6 +31,12 @@ pub enum ApplyError {
     Invalid(ConfigErrors),
     #[error("the server was not started from a config file")]
     NoConfigFile,
+    /// A revert named a version that is not (or no longer) kept.
+    #[error("no config version {version} is kept; {}", super::history::kept_range(*.kept))]
+    UnknownVersion {
+        version: u64,
+        kept: Option<(u64, u64)>,
+    },
     #[error("cannot read {}: {source}", path.display())]
     Read {
         path: PathBuf,

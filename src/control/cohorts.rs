@@ -72,7 +72,10 @@ fn in_declared_order(e: &config::Experiment, w: &Weights) -> Vec<u32> {
 pub(crate) fn replay(config: &Config, steps: Vec<WeightStep>) -> (Cohorts, Vec<String>) {
     let mut by_experiment: HashMap<String, Vec<WeightStep>> = HashMap::new();
     for s in steps {
-        by_experiment.entry(s.experiment.clone()).or_default().push(s);
+        by_experiment
+            .entry(s.experiment.clone())
+            .or_default()
+            .push(s);
     }
     let mut cohorts = Cohorts::new();
     let mut gone = Vec::new();

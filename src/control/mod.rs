@@ -4,7 +4,8 @@
 //! [`actions`] runs manual experiment actions; [`decision`] is the write-ahead
 //! path every change takes (record it in the store *before* it goes live);
 //! [`publish`] is the one place that builds and swaps the routing table;
-//! [`cohorts`] keeps each experiment's weight history and the bucket layout it
+//! [`history`] reads the config history back (and reverts it) and tells an
+//! experiment's lineage; [`cohorts`] keeps each experiment's weight history and the bucket layout it
 //! replays to; [`view`] answers what people read; [`watch`] re-reads the config file;
 //! [`controller`] runs the experiments automatically through [`automatic`].
 //! Here: the control plane's state (the config in force and each experiment's
@@ -21,6 +22,7 @@ mod automatic;
 mod cohorts;
 pub mod controller;
 pub mod decision;
+pub mod history;
 pub mod publish;
 pub mod view;
 pub mod watch;
@@ -194,7 +196,10 @@ impl ControlPlane {
         // What abgate read of the file at startup: the watcher compares later
         // reads with it, never with the recorded config that may have won here.
         let file_hash = config_path.as_ref().map(|_| text_hash(&file_text));
-        let (config_version, text, config) = match store.latest_config()? {
+        // `fresh`: a version this start creates (the first run, or a recorded
+        // config that no longer validates). A recorded version is not recorded
+        // again: that would overwrite who applied it and when.
+        let (config_version, text, config, fresh) = match store.latest_config()? {
             Some(rec) => match config::parse(&rec.text) {
                 Ok(c) => {
                     if rec.hash != text_hash(&file_text) {
@@ -205,25 +210,27 @@ impl ControlPlane {
                              or start with an empty state_dir to reset"
                         );
                     }
-                    (rec.version, rec.text, c)
+                    (rec.version, rec.text, c, false)
                 }
                 Err(errors) => {
                     tracing::error!(%errors, "the recorded config no longer validates; using the file");
-                    (rec.version + 1, file_text, file_config)
+                    (rec.version + 1, file_text, file_config, true)
                 }
             },
-            None => (1, file_text, file_config),
+            None => (1, file_text, file_config, true),
         };
-        store.record_config(&ConfigRecord {
-            version: config_version,
-            hash: text_hash(&text),
-            text: text.clone(),
-            applied_at_ms: now_ms(),
-            actor: "startup".into(),
-            source: config_path
-                .as_ref()
-                .map_or_else(|| "inline".into(), |p| p.display().to_string()),
-        })?;
+        if fresh {
+            store.record_config(&ConfigRecord {
+                version: config_version,
+                hash: text_hash(&text),
+                text: text.clone(),
+                applied_at_ms: now_ms(),
+                actor: "startup".into(),
+                source: config_path
+                    .as_ref()
+                    .map_or_else(|| "inline".into(), |p| p.display().to_string()),
+            })?;
+        }
         let mut states: HashMap<String, ExperimentState> = store
             .states()?
             .into_iter()

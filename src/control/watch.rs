@@ -36,8 +36,8 @@ pub fn watch_file(control: Arc<ControlPlane>) -> Option<notify::RecommendedWatch
             if may_change_content(&ev.kind)
                 && ev
                     .paths
-                .iter()
-                .any(|p| p.file_name() == Some(file_name.as_os_str()))
+                    .iter()
+                    .any(|p| p.file_name() == Some(file_name.as_os_str()))
             {
                 let _ = tx.send(());
             }

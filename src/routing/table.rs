@@ -103,7 +103,9 @@ impl<A> RoutingTable<A> {
             .map(|e| {
                 let weights: Vec<u32> = e.arms.iter().map(|a| a.weight).collect();
                 let (run_starts, run_arms) = match layout(&e.name) {
-                    Some(l) if l.arms() == weights.len() && l.shares() == layout::shares(&weights) => {
+                    Some(l)
+                        if l.arms() == weights.len() && l.shares() == layout::shares(&weights) =>
+                    {
                         l.runs()
                     }
                     _ => Layout::initial(&weights).runs(),

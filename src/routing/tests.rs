@@ -177,7 +177,12 @@ fn replayed(history: &[[u32; 3]]) -> RoutingTable<String> {
         .collect();
     let layout = Layout::replay(bp.iter().map(Vec::as_slice)).unwrap();
     let c = config::parse(&three_arm(*history.last().unwrap())).unwrap();
-    RoutingTable::build_with(&c, |_| Some(&layout), |_, a| a.backend.clone(), |b| b.to_string())
+    RoutingTable::build_with(
+        &c,
+        |_| Some(&layout),
+        |_, a| a.backend.clone(),
+        |b| b.to_string(),
+    )
 }
 
 #[test]
@@ -188,9 +193,18 @@ fn zeroing_a_treatment_not_next_to_the_baseline_moves_only_its_users() {
     let (mut moved, mut would_slide) = (0, 0);
     for i in 0..5000 {
         let h = with_user(&format!("user-{i}"));
-        let a = before.experiments[0].assign(&h, || unreachable!()).unwrap().arm;
-        let b = after.experiments[0].assign(&h, || unreachable!()).unwrap().arm;
-        let slid = contiguous.experiments[0].assign(&h, || unreachable!()).unwrap().arm;
+        let a = before.experiments[0]
+            .assign(&h, || unreachable!())
+            .unwrap()
+            .arm;
+        let b = after.experiments[0]
+            .assign(&h, || unreachable!())
+            .unwrap()
+            .arm;
+        let slid = contiguous.experiments[0]
+            .assign(&h, || unreachable!())
+            .unwrap()
+            .arm;
         if a != b {
             assert_eq!((a, b), (2, 0), "user-{i}: only t2 users move, into base");
             moved += 1;
@@ -211,13 +225,21 @@ fn a_one_vector_history_routes_as_the_contiguous_table() {
     let t = table(&three_arm([20, 30, 50]));
     let r = replayed(&[[20, 30, 50]]);
     for b in 0..crate::config::BUCKETS {
-        assert_eq!(t.experiments[0].arm_for_bucket(b), r.experiments[0].arm_for_bucket(b));
+        assert_eq!(
+            t.experiments[0].arm_for_bucket(b),
+            r.experiments[0].arm_for_bucket(b)
+        );
     }
     // A layout for other weights is not used: the table follows its weights.
     let stale = replayed(&[[20, 30, 50]]);
     let c = config::parse(&three_arm([50, 30, 20])).unwrap();
     let layout = Layout::initial(&[2000, 3000, 5000]);
-    let t = RoutingTable::build_with(&c, |_| Some(&layout), |_, a| a.backend.clone(), |b| b.to_string());
+    let t = RoutingTable::build_with(
+        &c,
+        |_| Some(&layout),
+        |_, a| a.backend.clone(),
+        |b| b.to_string(),
+    );
     assert_eq!(t.experiments[0].arm_for_bucket(4999), 0);
     assert_eq!(stale.experiments[0].arm_for_bucket(4999), 1);
 }

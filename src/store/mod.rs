@@ -29,6 +29,19 @@ pub struct ConfigRecord {
     pub source: String,
 }
 
+/// What the history lists of one applied config version (its text is read
+/// one version at a time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigVersionInfo {
+    pub version: u64,
+    /// Unix milliseconds.
+    pub applied_at_ms: u64,
+    pub actor: String,
+    pub source: String,
+    /// SHA-256 of the text, hex.
+    pub hash: String,
+}
+
 /// Lifecycle of an experiment as changed by people or the controller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -141,6 +154,18 @@ pub enum StoreError {
 pub trait Store: Send + Sync {
     fn record_config(&self, record: &ConfigRecord) -> Result<(), StoreError>;
     fn latest_config(&self) -> Result<Option<ConfigRecord>, StoreError>;
+    /// Applied versions, newest first: those below `before` (all when `None`),
+    /// skipping `offset`, at most `limit`. Past the end: empty.
+    fn config_versions(
+        &self,
+        before: Option<u64>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<ConfigVersionInfo>, StoreError>;
+    /// One applied version with its text, if it is kept.
+    fn config_version(&self, version: u64) -> Result<Option<ConfigRecord>, StoreError>;
+    /// The oldest and newest versions kept, if any.
+    fn config_version_range(&self) -> Result<Option<(u64, u64)>, StoreError>;
     /// Records a decision (not yet applied) and returns its id.
     fn record_decision(&self, decision: &NewDecision) -> Result<i64, StoreError>;
     fn mark_applied(&self, id: i64) -> Result<(), StoreError>;

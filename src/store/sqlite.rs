@@ -84,6 +84,17 @@ impl SqliteStore {
     }
 }
 
+fn config_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ConfigRecord> {
+    Ok(ConfigRecord {
+        version: row.get::<_, i64>(0)? as u64,
+        text: row.get(1)?,
+        hash: row.get(2)?,
+        applied_at_ms: row.get::<_, i64>(3)? as u64,
+        actor: row.get(4)?,
+        source: row.get(5)?,
+    })
+}
+
 fn decision_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Decision, [String; 3])> {
     Ok((
         Decision {
@@ -132,18 +143,66 @@ impl Store for SqliteStore {
                 "SELECT version, text, hash, applied_at_ms, actor, source
                  FROM config_versions ORDER BY version DESC LIMIT 1",
                 [],
-                |row| {
-                    Ok(ConfigRecord {
-                        version: row.get::<_, i64>(0)? as u64,
-                        text: row.get(1)?,
-                        hash: row.get(2)?,
-                        applied_at_ms: row.get::<_, i64>(3)? as u64,
-                        actor: row.get(4)?,
-                        source: row.get(5)?,
-                    })
-                },
+                config_from_row,
             )
             .optional()?)
+    }
+
+    fn config_versions(
+        &self,
+        before: Option<u64>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<ConfigVersionInfo>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(
+            "SELECT version, applied_at_ms, actor, source, hash FROM config_versions
+             WHERE version < ?1 ORDER BY version DESC LIMIT ?2 OFFSET ?3",
+        )?;
+        let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+        let rows = st
+            .query_map(
+                params![
+                    before,
+                    limit.min(10_000) as i64,
+                    offset.min(i64::MAX as usize) as i64
+                ],
+                |row| {
+                    Ok(ConfigVersionInfo {
+                        version: row.get::<_, i64>(0)? as u64,
+                        applied_at_ms: row.get::<_, i64>(1)? as u64,
+                        actor: row.get(2)?,
+                        source: row.get(3)?,
+                        hash: row.get(4)?,
+                    })
+                },
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    fn config_version(&self, version: u64) -> Result<Option<ConfigRecord>, StoreError> {
+        if version > i64::MAX as u64 {
+            return Ok(None);
+        }
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT version, text, hash, applied_at_ms, actor, source
+                 FROM config_versions WHERE version = ?1",
+                params![version as i64],
+                config_from_row,
+            )
+            .optional()?)
+    }
+
+    fn config_version_range(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        let (min, max): (Option<i64>, Option<i64>) = self.conn().query_row(
+            "SELECT MIN(version), MAX(version) FROM config_versions",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(min.zip(max).map(|(a, b)| (a as u64, b as u64)))
     }
 
     fn record_decision(&self, d: &NewDecision) -> Result<i64, StoreError> {

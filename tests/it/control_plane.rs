@@ -564,14 +564,24 @@ async fn if_match_is_a_strong_entity_tag_comparison() {
     let (status, body) = put("3", 40).await;
     assert_eq!(status, 200, "{body}");
     // Only a header that is not an entity-tag at all is a bad request.
-    for bad in ["stale-0", r#""unterminated"#, r#"W/4"#, r#""4", x"#, r#"* , "4""#, ""] {
+    for bad in [
+        "stale-0",
+        r#""unterminated"#,
+        r#"W/4"#,
+        r#""4", x"#,
+        r#"* , "4""#,
+        "",
+    ] {
         let (status, body) = put(bad, 50).await;
         assert_eq!(status, 400, "If-Match: {bad:?}: {body}");
         assert!(body.contains("entity-tag"), "{body}");
     }
     let got = admin_call("GET", &url, None, &[], "").await;
     assert_eq!(got.json()["version"], 4);
-    assert_eq!(arm_of(&experiment_json(server.admin_addr, "exp").await, "canary")["weight"], 40.0);
+    assert_eq!(
+        arm_of(&experiment_json(server.admin_addr, "exp").await, "canary")["weight"],
+        40.0
+    );
     server.shutdown().await;
 }
 
@@ -648,9 +658,11 @@ impl Watched {
         let tmp = self.path.with_extension("yaml.tmp");
         std::fs::write(&tmp, same).unwrap();
         std::fs::rename(&tmp, &self.path).unwrap();
-        eventually(Duration::from_secs(10), "the watcher looked at the file", || async move {
-            self.file_reloads().await > before
-        })
+        eventually(
+            Duration::from_secs(10),
+            "the watcher looked at the file",
+            || async move { self.file_reloads().await > before },
+        )
         .await;
     }
 
@@ -686,10 +698,17 @@ async fn reading_the_watched_file_never_undoes_an_api_change_or_a_manual_action(
     assert_eq!(w.config_version().await, 1);
 
     // The API change wins while the file is unchanged.
-    assert_eq!(put_config(admin, None, &(w.prefix.clone() + &two_arm(&v1, &v2, 50))).await, 2);
+    assert_eq!(
+        put_config(admin, None, &(w.prefix.clone() + &two_arm(&v1, &v2, 50))).await,
+        2
+    );
     w.read_like_an_operator();
     w.barrier().await;
-    assert_eq!(w.config_version().await, 2, "reading the file re-applied it");
+    assert_eq!(
+        w.config_version().await,
+        2,
+        "reading the file re-applied it"
+    );
     assert_eq!(canary().await, 50.0);
 
     // So does a manual action.
@@ -711,9 +730,11 @@ async fn reading_the_watched_file_never_undoes_an_api_change_or_a_manual_action(
 
     // The file wins again once its own content changes.
     w.write(&two_arm(&v1, &v2, 25));
-    eventually(Duration::from_secs(10), "the edited file applied", || async {
-        canary().await == 25.0
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the edited file applied",
+        || async { canary().await == 25.0 },
+    )
     .await;
     assert_eq!(w.config_version().await, 3);
     let m = metrics(admin).await;
@@ -804,7 +825,10 @@ async fn zeroing_a_non_adjacent_treatment_moves_only_its_users_and_a_restart_mov
     const USERS: usize = 400;
     let start = arms_of_users(server.data_addr, USERS).await;
     let t2_users = start.iter().filter(|a| *a == "t2").count();
-    assert!((60..=140).contains(&t2_users), "{t2_users} of {USERS} on t2");
+    assert!(
+        (60..=140).contains(&t2_users),
+        "{t2_users} of {USERS} on t2"
+    );
 
     // The controller stops the harmed t2, which is not next to the baseline:
     // its share goes to the baseline, and no user of t1 or t3 may move.
@@ -823,7 +847,10 @@ async fn zeroing_a_non_adjacent_treatment_moves_only_its_users_and_a_restart_mov
         .await
         .unwrap();
     let after_rollback = arms_of_users(server.data_addr, USERS).await;
-    assert_eq!(moved_only(&start, &after_rollback, &["t2"], &["base"]), t2_users);
+    assert_eq!(
+        moved_only(&start, &after_rollback, &["t2"], &["base"]),
+        t2_users
+    );
 
     // A config edit of weights only is a weight change like any other: the
     // baseline falls 50 -> 40, t1 rises 25 -> 35; only baseline users move, into t1.
@@ -848,5 +875,198 @@ async fn zeroing_a_non_adjacent_treatment_moves_only_its_users_and_a_restart_mov
     let server = start_abgate_opts(&yaml, None, None, &dir).await;
     let after_restart = arms_of_users(server.data_addr, USERS).await;
     assert_eq!(moved_only(&after_edit, &after_restart, &[], &[]), 0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_history_is_listed_shown_redacted_reverted_and_told_per_experiment() {
+    let (v1, v2) = (
+        FakeBackend::start("v1", Behaviour::Ok).await,
+        FakeBackend::start("v2", Behaviour::Ok).await,
+    );
+    let tok = Some("tok");
+    // A header match on a credential: its value must never be shown.
+    let with_secret = |canary| {
+        two_arm(&v1, &v2, canary).replace(
+            "    unit:",
+            "    match: { headers: [ { name: x-api-key, exact: live-123 } ] }\n    unit:",
+        )
+    };
+    let server = start_abgate_with(&with_secret(10), tok).await;
+    let admin = server.admin_addr;
+    let base = format!("http://{admin}/v1/config/versions");
+    assert_eq!(
+        put_config(admin, tok, &with_prefix(&with_secret(30))).await,
+        2
+    );
+    assert_eq!(
+        put_config(admin, tok, &with_prefix(&with_secret(40))).await,
+        3
+    );
+    let call = |method: &'static str, url: String, headers: Vec<(&'static str, String)>| async move {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        admin_call(method, &url, tok, &h, "").await
+    };
+
+    // The list: newest first, paginated; a page past the end is empty.
+    assert_eq!(admin_call("GET", &base, None, &[], "").await.status, 401);
+    let page = call("GET", base.clone(), vec![]).await;
+    assert_eq!(page.status, 200);
+    let page = page.json();
+    let versions: Vec<u64> = page["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, vec![3, 2, 1]);
+    assert_eq!(page["versions"][2]["actor"], "startup");
+    let current = call("GET", format!("http://{admin}/v1/config"), vec![])
+        .await
+        .json();
+    assert_eq!(page["versions"][0]["hash"], current["hash"]);
+    assert!(page["versions"][0]["applied_at_ms"].as_u64().unwrap() > 0);
+    assert!(page["versions"][0]["source"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    let first = call("GET", format!("{base}?limit=2"), vec![]).await.json();
+    assert_eq!(first["versions"].as_array().unwrap().len(), 2);
+    assert_eq!(first["next_before"], 2);
+    let second = call("GET", format!("{base}?limit=2&before=2"), vec![])
+        .await
+        .json();
+    assert_eq!(second["versions"][0]["version"], 1);
+    assert_eq!(second["next_before"], serde_json::Value::Null);
+    for past_the_end in ["?before=1", "?offset=10", "?before=1&limit=5"] {
+        let a = call("GET", format!("{base}{past_the_end}"), vec![]).await;
+        assert_eq!(a.status, 200, "{past_the_end}");
+        assert_eq!(
+            a.json()["versions"],
+            serde_json::json!([]),
+            "{past_the_end}"
+        );
+        assert_eq!(a.json()["newest"], 3);
+    }
+    for bad in ["?limit=x", "?bogus=1", "?before=-1"] {
+        assert_eq!(
+            call("GET", format!("{base}{bad}"), vec![]).await.status,
+            400,
+            "{bad}"
+        );
+    }
+
+    // One version: its text with the secret redacted.
+    let v2_text = call("GET", format!("{base}/2"), vec![]).await;
+    assert_eq!(v2_text.status, 200);
+    let text = v2_text.json()["text"].as_str().unwrap().to_string();
+    assert!(text.contains("weight: 30"), "{text}");
+    assert!(text.contains("exact: REDACTED"), "{text}");
+    assert!(!text.contains("live-123"), "{text}");
+    let unknown = call("GET", format!("{base}/99"), vec![]).await;
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.json()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("versions 1 to 3 are kept"));
+
+    // Revert: If-Match guarded, applied as a new version, through the validator.
+    let revert = format!("{base}/1/revert");
+    assert_eq!(call("POST", revert.clone(), vec![]).await.status, 428);
+    let stale = call("POST", revert.clone(), vec![("if-match", "\"2\"".into())]).await;
+    assert_eq!(stale.status, 412);
+    let done = call("POST", revert.clone(), vec![("if-match", "\"3\"".into())]).await;
+    assert_eq!(done.status, 200, "{:?}", done.body);
+    assert_eq!(done.json()["version"], 4);
+    assert_eq!(done.header("etag"), Some("\"4\""));
+    assert_eq!(
+        arm_of(&experiment_json(admin, "exp").await, "canary")["weight"],
+        10.0
+    );
+    let listed = call("GET", format!("{base}?limit=1"), vec![]).await.json();
+    let v4 = &listed["versions"][0];
+    assert!(
+        v4["source"]
+            .as_str()
+            .unwrap()
+            .contains("revert of version 1"),
+        "{v4}"
+    );
+    let v1_hash =
+        call("GET", format!("{base}?before=2"), vec![]).await.json()["versions"][0]["hash"].clone();
+    assert_eq!(v4["hash"], v1_hash);
+    let gone = call(
+        "POST",
+        format!("{base}/42/revert"),
+        vec![("if-match", "\"4\"".into())],
+    )
+    .await;
+    assert_eq!(gone.status, 404);
+    let g = gone.json();
+    assert!(
+        g["detail"]
+            .as_str()
+            .unwrap()
+            .contains("versions 1 to 4 are kept"),
+        "{g}"
+    );
+    assert_eq!(
+        (g["oldest"].clone(), g["newest"].clone()),
+        (1.into(), 4.into())
+    );
+
+    // The experiment's lineage: each version that changed it, then the rollback.
+    let rolled = admin_call(
+        "POST",
+        &format!("http://{admin}/v1/experiments/exp/rollback"),
+        tok,
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(rolled.status, 200);
+    let h = get(
+        &client(),
+        &format!("http://{admin}/v1/experiments/exp/history"),
+        &[],
+    )
+    .await;
+    assert_eq!(h.status, 200);
+    let lineage = h.json()["lineage"].as_array().unwrap().clone();
+    let causes: Vec<(String, serde_json::Value)> = lineage
+        .iter()
+        .map(|e| {
+            let id = if e["cause"] == "config" {
+                e["config_version"].clone()
+            } else {
+                e["kind"].clone()
+            };
+            (e["cause"].as_str().unwrap().to_string(), id)
+        })
+        .collect();
+    assert_eq!(
+        causes,
+        vec![
+            ("config".into(), 1.into()),
+            ("config".into(), 2.into()),
+            ("config".into(), 3.into()),
+            ("config".into(), 4.into()),
+            ("decision".into(), "rollback".into()),
+        ]
+    );
+    assert_eq!(lineage[0]["change"], "added");
+    assert_eq!(
+        lineage[0]["baseline"],
+        serde_json::json!({"arm": "stable", "backend": "v1"})
+    );
+    assert_eq!(lineage[4]["serving_all"], "stable");
+    assert_eq!(lineage[4]["baseline"]["backend"], "v1");
+    let none = get(
+        &client(),
+        &format!("http://{admin}/v1/experiments/nope/history"),
+        &[],
+    )
+    .await;
+    assert_eq!(none.status, 404);
     server.shutdown().await;
 }
