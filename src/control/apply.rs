@@ -71,7 +71,7 @@ impl IfMatch {
             IfMatch::Any => true,
             IfMatch::Tags(tags) => {
                 let v = version.to_string();
-                tags.iter().any(|t| *t == v)
+                tags.contains(&v)
             }
         }
     }

@@ -178,7 +178,7 @@ mod tests {
         fn weights(&mut self, n: usize) -> Vec<u32> {
             let mut cuts: Vec<u32> = (0..n - 1)
                 .map(|_| {
-                    if self.next() % 4 == 0 {
+                    if self.next().is_multiple_of(4) {
                         0
                     } else {
                         (self.next() % u64::from(BUCKETS + 1)) as u32
