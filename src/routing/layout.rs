@@ -35,6 +35,11 @@ pub struct Layout {
     /// `owner[b]`: index (declared order) of the arm owning bucket `b`.
     owner: Box<[u32]>,
     arms: usize,
+    /// Derived from `owner` whenever it changes, so building a table from a
+    /// layout copies a few runs instead of scanning 10,000 buckets.
+    shares: Vec<u32>,
+    run_starts: Box<[u32]>,
+    run_arms: Box<[u32]>,
 }
 
 /// The buckets each arm gets for `weights` (the same split the contiguous
@@ -63,10 +68,53 @@ impl Layout {
         }
         // No arms at all (not a valid config): every bucket to arm 0.
         owner.resize(BUCKETS as usize, 0);
-        Layout {
+        let mut l = Layout {
             owner: owner.into_boxed_slice(),
             arms: weights.len(),
+            shares: Vec::new(),
+            run_starts: Box::new([]),
+            run_arms: Box::new([]),
+        };
+        l.derive();
+        l
+    }
+
+    /// The runs of the contiguous layout of `weights`, without building it
+    /// (what a table without a recorded history uses).
+    pub fn contiguous_runs(weights: &[BasisPoints]) -> (Box<[u32]>, Box<[u32]>) {
+        let (mut starts, mut arms) = (vec![0], vec![0]);
+        let mut at = 0;
+        for (arm, share) in shares(weights).into_iter().enumerate() {
+            if share == 0 {
+                continue;
+            }
+            if at == 0 {
+                arms[0] = arm as u32;
+            } else {
+                starts.push(at);
+                arms.push(arm as u32);
+            }
+            at += share;
         }
+        (starts.into_boxed_slice(), arms.into_boxed_slice())
+    }
+
+    /// Recomputes what is derived from `owner`.
+    fn derive(&mut self) {
+        let mut shares = vec![0u32; self.arms];
+        let (mut starts, mut arms) = (Vec::new(), Vec::new());
+        for (b, &a) in self.owner.iter().enumerate() {
+            if let Some(n) = shares.get_mut(a as usize) {
+                *n += 1;
+            }
+            if arms.last() != Some(&a) {
+                starts.push(b as u32);
+                arms.push(a);
+            }
+        }
+        self.shares = shares;
+        self.run_starts = starts.into_boxed_slice();
+        self.run_arms = arms.into_boxed_slice();
     }
 
     /// Replays a whole history (oldest first); `None` when it is empty.
@@ -86,7 +134,7 @@ impl Layout {
             *self = Layout::initial(weights);
             return;
         }
-        let old = self.shares();
+        let old = self.shares.clone();
         let new = shares(weights);
         let mut queue: Vec<usize> = Vec::new();
         for arm in 0..self.arms {
@@ -111,17 +159,12 @@ impl Layout {
             }
         }
         debug_assert!(next.next().is_none(), "shares always sum to BUCKETS");
+        self.derive();
     }
 
     /// The number of buckets each arm owns, in declared order.
-    pub fn shares(&self) -> Vec<u32> {
-        let mut s = vec![0u32; self.arms];
-        for &a in self.owner.iter() {
-            if let Some(n) = s.get_mut(a as usize) {
-                *n += 1;
-            }
-        }
-        s
+    pub fn shares(&self) -> &[u32] {
+        &self.shares
     }
 
     /// How many arms the history is for.
@@ -138,14 +181,7 @@ impl Layout {
     /// `i` covering `starts[i]..starts[i + 1]` (the last one up to BUCKETS).
     /// What the routing table binary-searches per request.
     pub fn runs(&self) -> (Box<[u32]>, Box<[u32]>) {
-        let (mut starts, mut owners) = (Vec::new(), Vec::new());
-        for (b, &a) in self.owner.iter().enumerate() {
-            if owners.last() != Some(&a) {
-                starts.push(b as u32);
-                owners.push(a);
-            }
-        }
-        (starts.into_boxed_slice(), owners.into_boxed_slice())
+        (self.run_starts.clone(), self.run_arms.clone())
     }
 
     /// The bucket ranges arm `arm` owns, ascending (for people to read).
@@ -249,7 +285,12 @@ mod tests {
                 let before = layout.clone();
                 let (old, new) = (shares(history.last().unwrap()), shares(&next));
                 layout.reweight(&next);
-                assert_eq!(layout.shares(), new, "case {case}");
+                assert_eq!(layout.shares(), &new[..], "case {case}");
+                assert_eq!(
+                    Layout::contiguous_runs(&next),
+                    Layout::initial(&next).runs(),
+                    "case {case}"
+                );
                 for b in 0..BUCKETS {
                     let (from, to) = (before.owner(b), layout.owner(b));
                     if from != to {

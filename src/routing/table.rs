@@ -108,7 +108,7 @@ impl<A> RoutingTable<A> {
                     {
                         l.runs()
                     }
-                    _ => Layout::initial(&weights).runs(),
+                    _ => Layout::contiguous_runs(&weights),
                 };
                 ExperimentRoute {
                     name: e.name.clone(),
