@@ -682,7 +682,7 @@ impl Watched {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reading_the_watched_file_never_undoes_an_api_change_or_a_manual_action() {
+async fn reading_the_watched_file_never_undoes_an_api_change_a_decision_or_a_manual_action() {
     let (v1, v2) = (
         FakeBackend::start("v1", Behaviour::Ok).await,
         FakeBackend::start("v2", Behaviour::Ok).await,
@@ -710,6 +710,27 @@ async fn reading_the_watched_file_never_undoes_an_api_change_or_a_manual_action(
         "reading the file re-applied it"
     );
     assert_eq!(canary().await, 50.0);
+
+    // So does a controller decision.
+    let to: abgate::store::Weights =
+        [("stable".to_string(), 2000), ("canary".to_string(), 8000)].into();
+    w.server
+        .control
+        .controller_decide(
+            "exp",
+            abgate::control::DecisionKind::Hold,
+            to,
+            serde_json::json!({"summary": "held by the test"}),
+        )
+        .await
+        .unwrap();
+    w.read_like_an_operator();
+    w.barrier().await;
+    assert_eq!(
+        canary().await,
+        80.0,
+        "a reload of the unchanged file undid a decision"
+    );
 
     // So does a manual action.
     let rolled = admin_call(
