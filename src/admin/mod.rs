@@ -5,6 +5,7 @@
 //! Never: serves data-plane traffic.
 
 pub mod auth;
+pub mod precondition;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::control::{Action, ActionError, Actor, ApplyError, ControlPlane};
+use crate::control::{Action, ActionError, Actor, ApplyError, ControlPlane, IfMatch};
 use crate::proxy::accept::{accept_loop, stop_requested, AcceptLimits};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::problem::Problem;
@@ -112,7 +113,7 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
     // Everything that changes state, and the config (which may hold secrets), needs the token.
-    let needs_auth = method != Method::GET || path == "/v1/config";
+    let needs_auth = method != Method::GET || segments.starts_with(&["v1", "config"]);
     let actor_name = if needs_auth {
         authorize(admin, &req)?
     } else {
@@ -254,35 +255,50 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
                     "config must be UTF-8".into(),
                 )
             })?;
-            match c.apply_text(text_body, &actor, Some(expected)).await {
-                Ok(version) => {
-                    let mut r = json_ok(&json!({"version": version}));
-                    if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
-                        r.headers_mut().insert(header::ETAG, etag);
-                    }
-                    Ok(r)
-                }
-                Err(ApplyError::StaleVersion { current, expected }) => Err(Problem::client(
-                    StatusCode::PRECONDITION_FAILED,
-                    "stale-version",
-                    format!("If-Match names version {expected} but version {current} is current; GET /v1/config and retry"),
-                )),
-                Err(ApplyError::Invalid(errors)) => Err(Problem::client(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid-config",
-                    format!("{} error(s); the config was rejected whole and the running config stays", errors.0.len()),
-                )
-                .with("errors", json!(errors.0))),
-                Err(ApplyError::Store(e)) => Err(Problem::internal(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string())),
-                // Only a file reload reads a file.
-                Err(e @ (ApplyError::NoConfigFile | ApplyError::Read { .. })) => {
-                    Err(Problem::internal(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
-                }
-            }
+            let version = c
+                .apply_text(text_body, &actor, Some(expected))
+                .await
+                .map_err(apply_problem)?;
+            Ok(with_etag(json_ok(&json!({"version": version})), version))
         }
+        (&Method::GET, ["v1", "config", "versions"]) => {
+            let q = query(&req, &["limit", "before", "offset"])?;
+            let limit = number(&q, "limit")?.unwrap_or(50) as usize;
+            let before = number(&q, "before")?;
+            let offset = number(&q, "offset")?.unwrap_or(0) as usize;
+            let page = c
+                .config_versions(before, offset, limit)
+                .await
+                .map_err(store_problem)?;
+            Ok(json_ok(&json!(page)))
+        }
+        (&Method::GET, ["v1", "config", "versions", n]) => {
+            let n = version_number(n)?;
+            let rec = c.config_version(n).await.map_err(version_problem)?;
+            Ok(json_ok(&json!(rec)))
+        }
+        (&Method::POST, ["v1", "config", "versions", n, "revert"]) => {
+            let n = version_number(n)?;
+            let expected = if_match(&req)?;
+            let version = c
+                .revert(n, &actor, Some(expected))
+                .await
+                .map_err(apply_problem)?;
+            Ok(with_etag(
+                json_ok(&json!({"version": version, "reverted_to": n})),
+                version,
+            ))
+        }
+        (&Method::GET, ["v1", "experiments", name, "history"]) => c
+            .experiment_history(name)
+            .await
+            .map_err(store_problem)?
+            .map(|v| json_ok(&v))
+            .ok_or_else(|| unknown_experiment(name)),
         (_, ["metrics" | "healthz" | "readyz"])
         | (_, ["v1", "experiments", ..])
-        | (_, ["v1", "decisions" | "config"]) => Err(Problem::client(
+        | (_, ["v1", "decisions" | "config"])
+        | (_, ["v1", "config", "versions", ..]) => Err(Problem::client(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
             format!("{method} is not allowed on {path}"),
@@ -313,30 +329,19 @@ fn authorize(admin: &Admin, req: &Request<Incoming>) -> Result<String, Problem> 
     })
 }
 
-fn if_match(req: &Request<Incoming>) -> Result<u64, Problem> {
-    let raw = req
-        .headers()
-        .get(header::IF_MATCH)
-        .ok_or_else(|| {
-            Problem::client(
-                StatusCode::PRECONDITION_REQUIRED,
-                "if-match-required",
-                "PUT /v1/config needs `If-Match: <version>` (from GET /v1/config) so concurrent edits are not lost".into(),
-            )
-        })?
-        .to_str()
-        .unwrap_or("");
-    raw.trim()
-        .trim_start_matches("W/")
-        .trim_matches('"')
-        .parse()
-        .map_err(|_| {
-            Problem::client(
-                StatusCode::BAD_REQUEST,
-                "bad-request",
-                format!("If-Match must be a version number, got {raw:?}"),
-            )
-        })
+/// The request's `If-Match` (see [`precondition`]): 428 when missing, 400
+/// when it is not an entity-tag list.
+fn if_match(req: &Request<Incoming>) -> Result<IfMatch, Problem> {
+    let lines = req.headers().get_all(header::IF_MATCH);
+    if lines.iter().next().is_none() {
+        return Err(Problem::client(
+            StatusCode::PRECONDITION_REQUIRED,
+            "if-match-required",
+            "a config change needs `If-Match: \"<version>\"` (the ETag of GET /v1/config) so concurrent edits are not lost".into(),
+        ));
+    }
+    precondition::parse(lines.iter().map(|v| v.as_bytes()))
+        .map_err(|e| Problem::client(StatusCode::BAD_REQUEST, "bad-request", e.to_string()))
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Problem> {
@@ -370,6 +375,109 @@ async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, Problem>
             format!("invalid JSON: {e}"),
         )
     })
+}
+
+/// The Problem for a config change that was not applied.
+fn apply_problem(e: ApplyError) -> Problem {
+    match e {
+        ApplyError::StaleVersion { current, given } => Problem::client(
+            StatusCode::PRECONDITION_FAILED,
+            "stale-version",
+            format!("If-Match {given} does not name the config in force (version {current}, ETag \"{current}\"); GET /v1/config and retry"),
+        ),
+        ApplyError::Invalid(errors) => Problem::client(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-config",
+            format!("{} error(s); the config was rejected whole and the running config stays", errors.0.len()),
+        )
+        .with("errors", json!(errors.0)),
+        ApplyError::UnknownVersion { version, kept } => Problem::client(
+            StatusCode::NOT_FOUND,
+            "unknown-version",
+            format!("no config version {version} is kept; {}", crate::control::history::kept_range(kept)),
+        )
+        .with("oldest", json!(kept.map(|k| k.0)))
+        .with("newest", json!(kept.map(|k| k.1))),
+        ApplyError::Store(e) => store_problem(e),
+        // Only a file reload reads a file.
+        e @ (ApplyError::NoConfigFile | ApplyError::Read { .. }) => {
+            Problem::internal(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        }
+    }
+}
+
+fn version_problem(e: crate::control::history::VersionError) -> Problem {
+    use crate::control::history::VersionError;
+    match e {
+        VersionError::Unknown { version, kept } => {
+            apply_problem(ApplyError::UnknownVersion { version, kept })
+        }
+        VersionError::Store(e) => store_problem(e),
+    }
+}
+
+fn store_problem(e: crate::store::StoreError) -> Problem {
+    Problem::internal(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string())
+}
+
+fn with_etag(mut r: Response<ProxyBody>, version: u64) -> Response<ProxyBody> {
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        r.headers_mut().insert(header::ETAG, etag);
+    }
+    r
+}
+
+fn version_number(n: &str) -> Result<u64, Problem> {
+    n.parse().map_err(|_| {
+        Problem::client(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            format!("a config version is a whole number, got {n:?}"),
+        )
+    })
+}
+
+/// The query's `name=value` pairs; a name outside `allowed` is a 400.
+fn query<'r>(
+    req: &'r Request<Incoming>,
+    allowed: &[&str],
+) -> Result<Vec<(&'r str, &'r str)>, Problem> {
+    let mut out = Vec::new();
+    for pair in req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if !allowed.contains(&k) {
+            return Err(Problem::client(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                format!(
+                    "unknown query parameter {pair:?}; use {}",
+                    allowed.join("=, ") + "="
+                ),
+            ));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+/// The whole-number query parameter `name`, if given (the last one wins).
+fn number(q: &[(&str, &str)], name: &str) -> Result<Option<u64>, Problem> {
+    match q.iter().rev().find(|(k, _)| *k == name) {
+        None => Ok(None),
+        Some((_, v)) => v.parse().map(Some).map_err(|_| {
+            Problem::client(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                format!("{name} must be a whole number, got {v:?}"),
+            )
+        }),
+    }
 }
 
 fn unknown_experiment(name: &str) -> Problem {

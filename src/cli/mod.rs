@@ -8,6 +8,7 @@ mod analyze;
 mod check;
 mod control;
 mod demo;
+mod diff;
 mod remote;
 mod scenario;
 mod serve;
@@ -50,7 +51,7 @@ enum Command {
     Rollback(control::ActionArgs),
     /// Send all traffic to one arm (ends the experiment).
     Promote(control::PromoteArgs),
-    /// Read or replace the running config.
+    /// Read, replace, list, diff or revert the running config.
     #[command(subcommand)]
     Config(control::ConfigCommand),
 }

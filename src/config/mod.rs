@@ -8,6 +8,7 @@ mod decode;
 pub mod model;
 pub mod pem;
 pub mod policy;
+pub mod redact;
 mod schema;
 pub mod yaml;
 
@@ -16,6 +17,7 @@ use std::path::Path;
 pub use decode::{parse_duration, ConfigError, ConfigErrors};
 pub use model::*;
 pub use policy::{stats_policy, uses_events};
+pub use redact::redact;
 pub use schema::{percent, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN};
 
 /// Parses and validates config text (YAML or JSON).

@@ -3,7 +3,8 @@
 //!
 //! Owns: the [`DecisionKind`] vocabulary (stored as its snake_case name), the
 //! phase and state a decision leads to, and `record_and_apply`: record the
-//! decision, save the state it leads to, publish the table, mark it applied. A
+//! decision, save the state it leads to, record the weight-history step, publish
+//! the table, mark it applied. A
 //! crash between any two steps is repaired at the next start (see
 //! `ControlPlane::restore`), exactly once.
 //!
@@ -193,8 +194,9 @@ impl ControlPlane {
         let saved = state.clone();
         self.blocking(move |s| s.save_state(&saved)).await?;
         cur.states.insert(e.name.clone(), state);
-        let table = effective(&cur.config, &cur.states);
-        cur.publisher.publish(&table);
+        let in_force = effective(&cur.config, &cur.states);
+        self.commit(&mut cur.cohorts, &mut cur.publisher, &in_force)
+            .await?;
         self.blocking(move |s| s.mark_applied(id)).await?;
         self.telemetry
             .counter(

@@ -4,7 +4,9 @@
 //! [`actions`] runs manual experiment actions; [`decision`] is the write-ahead
 //! path every change takes (record it in the store *before* it goes live);
 //! [`publish`] is the one place that builds and swaps the routing table;
-//! [`view`] answers what people read; [`watch`] re-reads the config file;
+//! [`history`] reads the config history back (and reverts it) and tells an
+//! experiment's lineage; [`cohorts`] keeps each experiment's weight history and the bucket layout it
+//! replays to; [`view`] answers what people read; [`watch`] re-reads the config file;
 //! [`controller`] runs the experiments automatically through [`automatic`].
 //! Here: the control plane's state (the config in force and each experiment's
 //! recorded state laid over it) and its restore at startup.
@@ -17,8 +19,10 @@
 pub mod actions;
 pub mod apply;
 mod automatic;
+mod cohorts;
 pub mod controller;
 pub mod decision;
+pub mod history;
 pub mod publish;
 pub mod view;
 pub mod watch;
@@ -37,7 +41,7 @@ use crate::store::{ConfigRecord, ExperimentState, Store, StoreError};
 use crate::telemetry::Telemetry;
 
 pub use actions::{Action, ActionError};
-pub use apply::ApplyError;
+pub use apply::{ApplyError, IfMatch};
 pub use decision::DecisionKind;
 use publish::Publisher;
 
@@ -49,6 +53,12 @@ pub(crate) struct Current {
     text: String,
     config: Config,
     states: HashMap<String, ExperimentState>,
+    /// SHA-256 of the config file's text as abgate last read it (at startup or
+    /// by a reload), whether or not it was applied: a reload applies the file
+    /// only when this changes (see [`apply`]).
+    file_hash: Option<String>,
+    /// Each experiment's weight history, replayed to its bucket layout.
+    cohorts: cohorts::Cohorts,
     publisher: Publisher,
 }
 
@@ -183,7 +193,13 @@ impl ControlPlane {
         file_text: String,
         file_config: Config,
     ) -> Result<ControlPlane, StoreError> {
-        let (config_version, text, config) = match store.latest_config()? {
+        // What abgate read of the file at startup: the watcher compares later
+        // reads with it, never with the recorded config that may have won here.
+        let file_hash = config_path.as_ref().map(|_| text_hash(&file_text));
+        // `fresh`: a version this start creates (the first run, or a recorded
+        // config that no longer validates). A recorded version is not recorded
+        // again: that would overwrite who applied it and when.
+        let (config_version, text, config, fresh) = match store.latest_config()? {
             Some(rec) => match config::parse(&rec.text) {
                 Ok(c) => {
                     if rec.hash != text_hash(&file_text) {
@@ -194,25 +210,27 @@ impl ControlPlane {
                              or start with an empty state_dir to reset"
                         );
                     }
-                    (rec.version, rec.text, c)
+                    (rec.version, rec.text, c, false)
                 }
                 Err(errors) => {
                     tracing::error!(%errors, "the recorded config no longer validates; using the file");
-                    (rec.version + 1, file_text, file_config)
+                    (rec.version + 1, file_text, file_config, true)
                 }
             },
-            None => (1, file_text, file_config),
+            None => (1, file_text, file_config, true),
         };
-        store.record_config(&ConfigRecord {
-            version: config_version,
-            hash: text_hash(&text),
-            text: text.clone(),
-            applied_at_ms: now_ms(),
-            actor: "startup".into(),
-            source: config_path
-                .as_ref()
-                .map_or_else(|| "inline".into(), |p| p.display().to_string()),
-        })?;
+        if fresh {
+            store.record_config(&ConfigRecord {
+                version: config_version,
+                hash: text_hash(&text),
+                text: text.clone(),
+                applied_at_ms: now_ms(),
+                actor: "startup".into(),
+                source: config_path
+                    .as_ref()
+                    .map_or_else(|| "inline".into(), |p| p.display().to_string()),
+            })?;
+        }
         let mut states: HashMap<String, ExperimentState> = store
             .states()?
             .into_iter()
@@ -258,7 +276,17 @@ impl ControlPlane {
         let stale = drop_stale(&config, &mut states);
         clear_states(store.as_ref(), &stale);
         let restored_runs = store.controller_runs()?.into_iter().collect();
-        publisher.publish(&effective(&config, &states));
+        // Replay the weight histories; record what the restored weights add
+        // (a crash between a change's record and its history step) first.
+        let (mut cohorts, gone) = cohorts::replay(&config, store.weight_steps()?);
+        for name in &gone {
+            store.clear_weight_steps(name)?;
+        }
+        let in_force = effective(&config, &states);
+        let changes = cohorts::plan(&cohorts, &in_force);
+        cohorts::record(store.as_ref(), &changes)?;
+        cohorts::apply(&mut cohorts, &changes, &in_force);
+        publisher.publish(&in_force, |n| cohorts.get(n).map(|h| &h.layout));
         Ok(ControlPlane {
             plane: handles.plane,
             recorders: handles.recorders,
@@ -270,12 +298,34 @@ impl ControlPlane {
                 text,
                 config,
                 states,
+                file_hash,
+                cohorts,
                 publisher,
             }),
             analysis: dashmap::DashMap::new(),
             unsaved_runs: dashmap::DashMap::new(),
             restored_runs: std::sync::Mutex::new(restored_runs),
         })
+    }
+
+    /// Publishes `in_force` (the config with the recorded weights laid over):
+    /// first records the weight-history steps it adds (write-ahead, so a
+    /// restart replays exactly the layout that was routed), then builds and
+    /// swaps the table laid out by the replayed histories.
+    pub(crate) async fn commit(
+        &self,
+        cohorts: &mut cohorts::Cohorts,
+        publisher: &mut Publisher,
+        in_force: &Config,
+    ) -> Result<u64, StoreError> {
+        let changes = cohorts::plan(cohorts, in_force);
+        if !changes.is_empty() {
+            let recorded = changes.clone();
+            self.blocking(move |s| cohorts::record(s, &recorded))
+                .await?;
+        }
+        cohorts::apply(cohorts, &changes, in_force);
+        Ok(publisher.publish(in_force, |n| cohorts.get(n).map(|h| &h.layout)))
     }
 
     /// Runs a store call on the blocking pool. SQLite takes a mutex and syncs

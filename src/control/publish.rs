@@ -19,6 +19,7 @@ use crate::proxy::plane::DataPlane;
 use crate::proxy::tls::{TlsError, TlsTerminator};
 use crate::proxy::upstream::UpstreamPool;
 use crate::proxy::wiring::Published;
+use crate::routing::Layout;
 
 pub struct Publisher {
     plane: Arc<DataPlane>,
@@ -46,13 +47,18 @@ impl Publisher {
         }
     }
 
-    /// Builds a table from `config` off the hot path and publishes it with one
-    /// store; in-flight requests finish on the table they loaded. Pools of
-    /// backends no table uses any more are dropped. Returns the new version.
-    pub fn publish(&mut self, config: &Config) -> u64 {
+    /// Builds a table from `config` off the hot path, each experiment's
+    /// buckets laid out by `layout(name)`, and publishes it with one store;
+    /// in-flight requests finish on the table they loaded. Pools of backends no
+    /// table uses any more are dropped. Returns the new version.
+    pub fn publish<'l>(
+        &mut self,
+        config: &Config,
+        layout: impl Fn(&str) -> Option<&'l Layout>,
+    ) -> u64 {
         let version = self.next_version;
         self.next_version += 1;
-        let table = Published::build(config, version, &self.pools, &self.recorders);
+        let table = Published::build_with(config, layout, version, &self.pools, &self.recorders);
         self.plane.table.store(Arc::new(table));
         self.pools.prune();
         version

@@ -2,10 +2,17 @@
 //!
 //! The file's directory is watched, not the file, because editors and config
 //! management replace files by rename, which a file watch would lose.
+//!
+//! Only events that can change the file's content wake a reload: access
+//! events (open, read, close without write: `cat`, an editor opening the file,
+//! a backup) and metadata changes never do. The reload itself then applies the
+//! file only if its content changed since abgate last read it (see
+//! `control::apply`), so a spurious wake-up changes nothing either.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
@@ -26,10 +33,11 @@ pub fn watch_file(control: Arc<ControlPlane>) -> Option<notify::RecommendedWatch
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            if ev
-                .paths
-                .iter()
-                .any(|p| p.file_name() == Some(file_name.as_os_str()))
+            if may_change_content(&ev.kind)
+                && ev
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name() == Some(file_name.as_os_str()))
             {
                 let _ = tx.send(());
             }
@@ -51,6 +59,23 @@ pub fn watch_file(control: Arc<ControlPlane>) -> Option<notify::RecommendedWatch
     Some(watcher)
 }
 
+/// Whether an event of this kind can change a file's content: writes,
+/// creations, renames and removals (and kinds the platform cannot tell apart).
+/// Opening, reading and closing without a write never can; nor can metadata.
+fn may_change_content(kind: &EventKind) -> bool {
+    match kind {
+        // A close after writing marks a finished save: the best moment to read.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Create(_)
+        | EventKind::Modify(_)
+        | EventKind::Remove(_)
+        | EventKind::Any
+        | EventKind::Other => true,
+    }
+}
+
 /// Re-reads the config file on every SIGHUP.
 pub fn reload_on_sighup(control: Arc<ControlPlane>) {
     #[cfg(unix)]
@@ -68,4 +93,43 @@ pub fn reload_on_sighup(control: Arc<ControlPlane>) {
     }
     #[cfg(not(unix))]
     let _ = control;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, DataChange, MetadataKind, RemoveKind, RenameMode};
+
+    #[test]
+    fn reading_the_file_never_wakes_a_reload() {
+        for kind in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Open(AccessMode::Read)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Close(AccessMode::Any)),
+            EventKind::Access(AccessKind::Any),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+        ] {
+            assert!(!may_change_content(&kind), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn writes_renames_and_removals_wake_a_reload() {
+        for kind in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+            EventKind::Other,
+        ] {
+            assert!(may_change_content(&kind), "{kind:?}");
+        }
+    }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::config::{Config, MetricKind, MetricSource};
 use crate::outcomes::metrics::MetricCell;
 use crate::outcomes::{ArmRecorder, RecorderRegistry};
-use crate::routing::{RoutingTable, DEFAULT_ROUTE_EXPERIMENT};
+use crate::routing::{Layout, RoutingTable, DEFAULT_ROUTE_EXPERIMENT};
 
 use super::upstream::{Upstream, UpstreamPool};
 
@@ -56,10 +56,23 @@ pub struct Published {
 }
 
 impl Published {
-    /// Builds the wiring for a validated config. Recorders get the experiment's
-    /// slow threshold here, before the table is visible to any request.
+    /// Builds the wiring for a validated config with contiguous bucket layouts.
     pub fn build(
         config: &Config,
+        version: u64,
+        pools: &UpstreamPool,
+        recorders: &RecorderRegistry,
+    ) -> Published {
+        Self::build_with(config, |_| None, version, pools, recorders)
+    }
+
+    /// Builds the wiring for a validated config, each experiment's buckets laid
+    /// out by `layout(name)` (its replayed weight history). Recorders get the
+    /// experiment's slow threshold here, before the table is visible to any
+    /// request.
+    pub fn build_with<'l>(
+        config: &Config,
+        layout: impl Fn(&str) -> Option<&'l Layout>,
         version: u64,
         pools: &UpstreamPool,
         recorders: &RecorderRegistry,
@@ -76,8 +89,9 @@ impl Published {
                     .unwrap_or(config.timeouts.upstream_response),
             }
         };
-        let routes = RoutingTable::build(
+        let routes = RoutingTable::build_with(
             config,
+            layout,
             |e, a| {
                 let recorder = recorders.arm(&e.name, &a.name);
                 recorder.set_slow_threshold(e.slow_threshold);

@@ -79,13 +79,12 @@ impl<A> ExperimentRoute<A> {
         }
     }
 
-    /// The arm owning bucket `b`: arms own contiguous ranges in declared order,
-    /// so growing the last arm only moves units into it.
+    /// The arm owning bucket `b` (0..10,000) in the experiment's layout (see
+    /// `routing::layout`): one binary search over precomputed runs.
     pub fn arm_for_bucket(&self, b: u32) -> usize {
-        self.bounds
-            .iter()
-            .position(|&upper| b < upper)
-            .unwrap_or(self.arms.len() - 1)
+        let run = self.run_starts.partition_point(|&start| start <= b);
+        // run_starts[0] == 0, so run >= 1 for every bucket.
+        self.run_arms[run.saturating_sub(1)] as usize
     }
 }
 

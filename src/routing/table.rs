@@ -1,7 +1,8 @@
-//! The routing table: matching order, salts and bucket bounds, in one immutable
-//! value.
+//! The routing table: matching order, salts and bucket layouts, in one
+//! immutable value.
 //!
-//! Owns: compiling a validated [`Config`] into lookup-ready routes, in declared
+//! Owns: compiling a validated [`Config`] (and each experiment's replayed
+//! [`Layout`], when the caller keeps one) into lookup-ready routes, in declared
 //! order, and finding the route a request belongs to. Generic over what each arm
 //! carries (`A`): the data plane hangs its upstream and recorders there, a bench
 //! or a test hangs nothing.
@@ -14,6 +15,7 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use super::bucket;
+use super::layout::{self, Layout};
 use super::matcher::{self, RequestView};
 use crate::config::{self, BasisPoints, Config, Match, MetricDef, UnitSource};
 
@@ -41,8 +43,11 @@ pub struct ExperimentRoute<A> {
     pub(super) unit: Option<UnitSource>,
     pub allow_override: bool,
     pub arms: Box<[ArmRoute<A>]>,
-    /// Exclusive upper bucket bound of each arm, cumulative in declared order.
-    pub(super) bounds: Box<[u32]>,
+    /// The bucket layout as runs: run `i` starts at bucket `run_starts[i]`
+    /// (`run_starts[0] == 0`) and belongs to arm `run_arms[i]`. Precomputed at
+    /// build so assignment is one binary search, without allocating.
+    pub(super) run_starts: Box<[u32]>,
+    pub(super) run_arms: Box<[u32]>,
     /// Declared metrics (for validating feedback).
     pub metrics: Vec<MetricDef>,
     pub attribution_window: Duration,
@@ -69,11 +74,26 @@ pub(super) fn header_value(s: &str) -> HeaderValue {
 }
 
 impl<A> RoutingTable<A> {
-    /// Compiles a validated config. `arm` builds what each arm carries (called
-    /// once per arm, in declared order); `default` builds what the
-    /// `default_backend` route carries, given the backend's name.
+    /// Compiles a validated config with contiguous layouts (each experiment's
+    /// weight history is just its configured weights). `arm` builds what each
+    /// arm carries (called once per arm, in declared order); `default` builds
+    /// what the `default_backend` route carries, given the backend's name.
     pub fn build(
         config: &Config,
+        arm: impl FnMut(&config::Experiment, &config::Arm) -> A,
+        default: impl FnOnce(&str) -> A,
+    ) -> RoutingTable<A> {
+        Self::build_with(config, |_| None, arm, default)
+    }
+
+    /// As [`RoutingTable::build`], laying out each experiment's buckets by
+    /// `layout(name)`, the replay of its recorded weight history. A layout that
+    /// does not give the configured weights (another arm count, other shares)
+    /// is not used: the weights are what the control plane decided, and the
+    /// contiguous layout of them is the safe fallback.
+    pub fn build_with<'l>(
+        config: &Config,
+        layout: impl Fn(&str) -> Option<&'l Layout>,
         mut arm: impl FnMut(&config::Experiment, &config::Arm) -> A,
         default: impl FnOnce(&str) -> A,
     ) -> RoutingTable<A> {
@@ -81,15 +101,15 @@ impl<A> RoutingTable<A> {
             .experiments
             .iter()
             .map(|e| {
-                let mut acc = 0;
-                let bounds = e
-                    .arms
-                    .iter()
-                    .map(|a| {
-                        acc += a.weight;
-                        acc
-                    })
-                    .collect();
+                let weights: Vec<u32> = e.arms.iter().map(|a| a.weight).collect();
+                let (run_starts, run_arms) = match layout(&e.name) {
+                    Some(l)
+                        if l.arms() == weights.len() && l.shares() == layout::shares(&weights) =>
+                    {
+                        l.runs()
+                    }
+                    _ => Layout::contiguous_runs(&weights),
+                };
                 ExperimentRoute {
                     name: e.name.clone(),
                     name_header: header_value(&e.name),
@@ -107,7 +127,8 @@ impl<A> RoutingTable<A> {
                             carry: arm(e, a),
                         })
                         .collect(),
-                    bounds,
+                    run_starts,
+                    run_arms,
                     metrics: e.metrics.clone(),
                     attribution_window: e.attribution_window,
                 }

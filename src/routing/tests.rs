@@ -151,3 +151,95 @@ experiments:
         Route::NotFound
     ));
 }
+
+fn three_arm(w: [u32; 3]) -> String {
+    format!(
+        r#"
+backends: {{ a: {{ url: "http://127.0.0.1:1" }}, b: {{ url: "http://127.0.0.1:2" }}, c: {{ url: "http://127.0.0.1:3" }} }}
+experiments:
+  - name: s
+    unit: {{ header: x-user-id }}
+    arms:
+      - {{ name: base, backend: a, weight: {} }}
+      - {{ name: t1, backend: b, weight: {} }}
+      - {{ name: t2, backend: c, weight: {} }}
+"#,
+        w[0], w[1], w[2]
+    )
+}
+
+/// The table for the last weights of `history` (percent), laid out by
+/// replaying the whole history.
+fn replayed(history: &[[u32; 3]]) -> RoutingTable<String> {
+    let bp: Vec<Vec<u32>> = history
+        .iter()
+        .map(|w| w.iter().map(|p| p * 100).collect())
+        .collect();
+    let layout = Layout::replay(bp.iter().map(Vec::as_slice)).unwrap();
+    let c = config::parse(&three_arm(*history.last().unwrap())).unwrap();
+    RoutingTable::build_with(
+        &c,
+        |_| Some(&layout),
+        |_, a| a.backend.clone(),
+        |b| b.to_string(),
+    )
+}
+
+#[test]
+fn zeroing_a_treatment_not_next_to_the_baseline_moves_only_its_users() {
+    let before = replayed(&[[34, 33, 33]]);
+    let contiguous = table(&three_arm([67, 33, 0]));
+    let after = replayed(&[[34, 33, 33], [67, 33, 0]]);
+    let (mut moved, mut would_slide) = (0, 0);
+    for i in 0..5000 {
+        let h = with_user(&format!("user-{i}"));
+        let a = before.experiments[0]
+            .assign(&h, || unreachable!())
+            .unwrap()
+            .arm;
+        let b = after.experiments[0]
+            .assign(&h, || unreachable!())
+            .unwrap()
+            .arm;
+        let slid = contiguous.experiments[0]
+            .assign(&h, || unreachable!())
+            .unwrap()
+            .arm;
+        if a != b {
+            assert_eq!((a, b), (2, 0), "user-{i}: only t2 users move, into base");
+            moved += 1;
+        }
+        if a == 1 && slid != 1 {
+            would_slide += 1;
+        }
+    }
+    // About a third of the users were on t2, and all of them moved.
+    assert!((1500..=1800).contains(&moved), "{moved}");
+    // The contiguous layout of the same weights would have moved t1's users:
+    // the slide this layout exists to prevent.
+    assert!(would_slide > 1000, "{would_slide}");
+}
+
+#[test]
+fn a_one_vector_history_routes_as_the_contiguous_table() {
+    let t = table(&three_arm([20, 30, 50]));
+    let r = replayed(&[[20, 30, 50]]);
+    for b in 0..crate::config::BUCKETS {
+        assert_eq!(
+            t.experiments[0].arm_for_bucket(b),
+            r.experiments[0].arm_for_bucket(b)
+        );
+    }
+    // A layout for other weights is not used: the table follows its weights.
+    let stale = replayed(&[[20, 30, 50]]);
+    let c = config::parse(&three_arm([50, 30, 20])).unwrap();
+    let layout = Layout::initial(&[2000, 3000, 5000]);
+    let t = RoutingTable::build_with(
+        &c,
+        |_| Some(&layout),
+        |_, a| a.backend.clone(),
+        |b| b.to_string(),
+    );
+    assert_eq!(t.experiments[0].arm_for_bucket(4999), 0);
+    assert_eq!(stale.experiments[0].arm_for_bucket(4999), 1);
+}

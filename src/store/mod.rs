@@ -1,5 +1,6 @@
 //! Durable state: applied config versions, decisions (the audit log), each
-//! experiment's manual/automatic state, saved per-arm counts and controller
+//! experiment's manual/automatic state, each experiment's weight history (what
+//! its bucket layout is replayed from), saved per-arm counts and controller
 //! runs ([`Store`], SQLite in [`sqlite`]), and the feedback log ([`feedback`]).
 //!
 //! Owns: the [`Store`] trait and its records, in the store's own types (it
@@ -32,6 +33,19 @@ pub struct ConfigRecord {
     pub actor: String,
     /// Remote address for API changes, the file path for file changes.
     pub source: String,
+}
+
+/// What the history lists of one applied config version (its text is read
+/// one version at a time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigVersionInfo {
+    pub version: u64,
+    /// Unix milliseconds.
+    pub applied_at_ms: u64,
+    pub actor: String,
+    pub source: String,
+    /// SHA-256 of the text, hex.
+    pub hash: String,
 }
 
 /// Lifecycle of an experiment as changed by people or the controller.
@@ -99,6 +113,23 @@ pub struct Decision {
     pub applied: bool,
 }
 
+/// One weight vector in an experiment's weight history: the layout of its
+/// buckets is the replay of these, oldest first (see `routing::layout`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightStep {
+    pub experiment: String,
+    /// 0 for the first vector of a history; recording a step 0 discards the
+    /// experiment's earlier history (its arms changed, so it starts again).
+    pub seq: u64,
+    /// Identifies the arms (and salt) the history is for; a history whose key
+    /// no longer matches the config is not replayed.
+    pub layout_key: String,
+    /// The weights in force from this step on, in basis points by arm.
+    pub weights: Weights,
+    /// Unix milliseconds.
+    pub recorded_at_ms: u64,
+}
+
 /// A decision before the store assigns its id.
 #[derive(Debug, Clone)]
 pub struct NewDecision {
@@ -129,6 +160,18 @@ pub enum StoreError {
 pub trait Store: Send + Sync {
     fn record_config(&self, record: &ConfigRecord) -> Result<(), StoreError>;
     fn latest_config(&self) -> Result<Option<ConfigRecord>, StoreError>;
+    /// Applied versions, newest first: those below `before` (all when `None`),
+    /// skipping `offset`, at most `limit`. Past the end: empty.
+    fn config_versions(
+        &self,
+        before: Option<u64>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<ConfigVersionInfo>, StoreError>;
+    /// One applied version with its text, if it is kept.
+    fn config_version(&self, version: u64) -> Result<Option<ConfigRecord>, StoreError>;
+    /// The oldest and newest versions kept, if any.
+    fn config_version_range(&self) -> Result<Option<(u64, u64)>, StoreError>;
     /// Records a decision (not yet applied) and returns its id.
     fn record_decision(&self, decision: &NewDecision) -> Result<i64, StoreError>;
     fn mark_applied(&self, id: i64) -> Result<(), StoreError>;
@@ -142,6 +185,13 @@ pub trait Store: Send + Sync {
     fn save_state(&self, state: &ExperimentState) -> Result<(), StoreError>;
     fn clear_state(&self, experiment: &str) -> Result<(), StoreError>;
     fn states(&self) -> Result<Vec<ExperimentState>, StoreError>;
+    /// Appends a step to an experiment's weight history; a step with `seq` 0
+    /// replaces the whole history, in one transaction.
+    fn record_weight_step(&self, step: &WeightStep) -> Result<(), StoreError>;
+    /// Forgets an experiment's weight history (the experiment was removed).
+    fn clear_weight_steps(&self, experiment: &str) -> Result<(), StoreError>;
+    /// Every recorded weight step, by experiment, then by `seq`.
+    fn weight_steps(&self) -> Result<Vec<WeightStep>, StoreError>;
     /// Saves one snapshot of what the process otherwise holds only in memory,
     /// in one transaction (so the counts and the controller runs agree).
     fn save_snapshot(&self, snapshot: &MemorySnapshot<'_>) -> Result<(), StoreError>;

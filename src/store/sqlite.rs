@@ -50,6 +50,14 @@ CREATE TABLE IF NOT EXISTS experiment_state (
     experiment TEXT PRIMARY KEY,
     state TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS weight_history (
+    experiment TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    layout_key TEXT NOT NULL,
+    weights TEXT NOT NULL,
+    recorded_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (experiment, seq)
+);
 ";
 
 impl SqliteStore {
@@ -74,6 +82,17 @@ impl SqliteStore {
         // roll back), so a poisoned lock is safe to reuse.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+fn config_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ConfigRecord> {
+    Ok(ConfigRecord {
+        version: row.get::<_, i64>(0)? as u64,
+        text: row.get(1)?,
+        hash: row.get(2)?,
+        applied_at_ms: row.get::<_, i64>(3)? as u64,
+        actor: row.get(4)?,
+        source: row.get(5)?,
+    })
 }
 
 fn decision_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Decision, [String; 3])> {
@@ -124,18 +143,66 @@ impl Store for SqliteStore {
                 "SELECT version, text, hash, applied_at_ms, actor, source
                  FROM config_versions ORDER BY version DESC LIMIT 1",
                 [],
-                |row| {
-                    Ok(ConfigRecord {
-                        version: row.get::<_, i64>(0)? as u64,
-                        text: row.get(1)?,
-                        hash: row.get(2)?,
-                        applied_at_ms: row.get::<_, i64>(3)? as u64,
-                        actor: row.get(4)?,
-                        source: row.get(5)?,
-                    })
-                },
+                config_from_row,
             )
             .optional()?)
+    }
+
+    fn config_versions(
+        &self,
+        before: Option<u64>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<ConfigVersionInfo>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(
+            "SELECT version, applied_at_ms, actor, source, hash FROM config_versions
+             WHERE version < ?1 ORDER BY version DESC LIMIT ?2 OFFSET ?3",
+        )?;
+        let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+        let rows = st
+            .query_map(
+                params![
+                    before,
+                    limit.min(10_000) as i64,
+                    offset.min(i64::MAX as usize) as i64
+                ],
+                |row| {
+                    Ok(ConfigVersionInfo {
+                        version: row.get::<_, i64>(0)? as u64,
+                        applied_at_ms: row.get::<_, i64>(1)? as u64,
+                        actor: row.get(2)?,
+                        source: row.get(3)?,
+                        hash: row.get(4)?,
+                    })
+                },
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    fn config_version(&self, version: u64) -> Result<Option<ConfigRecord>, StoreError> {
+        if version > i64::MAX as u64 {
+            return Ok(None);
+        }
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT version, text, hash, applied_at_ms, actor, source
+                 FROM config_versions WHERE version = ?1",
+                params![version as i64],
+                config_from_row,
+            )
+            .optional()?)
+    }
+
+    fn config_version_range(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        let (min, max): (Option<i64>, Option<i64>) = self.conn().query_row(
+            "SELECT MIN(version), MAX(version) FROM config_versions",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(min.zip(max).map(|(a, b)| (a as u64, b as u64)))
     }
 
     fn record_decision(&self, d: &NewDecision) -> Result<i64, StoreError> {
@@ -265,6 +332,68 @@ impl Store for SqliteStore {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
+    }
+
+    fn record_weight_step(&self, step: &WeightStep) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        if step.seq == 0 {
+            tx.execute(
+                "DELETE FROM weight_history WHERE experiment = ?1",
+                params![step.experiment],
+            )?;
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO weight_history (experiment, seq, layout_key, weights, recorded_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                step.experiment,
+                step.seq as i64,
+                step.layout_key,
+                serde_json::to_string(&step.weights)?,
+                step.recorded_at_ms as i64
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn clear_weight_steps(&self, experiment: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "DELETE FROM weight_history WHERE experiment = ?1",
+            params![experiment],
+        )?;
+        Ok(())
+    }
+
+    fn weight_steps(&self) -> Result<Vec<WeightStep>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT experiment, seq, layout_key, weights, recorded_at_ms
+             FROM weight_history ORDER BY experiment, seq",
+        )?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(experiment, seq, layout_key, weights, at)| {
+                Ok(WeightStep {
+                    experiment,
+                    seq: seq as u64,
+                    layout_key,
+                    weights: serde_json::from_str(&weights)?,
+                    recorded_at_ms: at as u64,
+                })
+            })
+            .collect()
     }
 
     fn states(&self) -> Result<Vec<ExperimentState>, StoreError> {

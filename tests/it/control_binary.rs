@@ -535,3 +535,174 @@ async fn a_redefined_experiment_starts_afresh_and_a_removed_one_leaves_no_eviden
     })
     .await;
 }
+
+/// File and SIGHUP reloads counted so far, whatever their result.
+async fn reloads(admin: std::net::SocketAddr, source: &str) -> f64 {
+    metric_value(
+        &metrics(admin).await,
+        "abgate_config_reload_total",
+        &[("source", source)],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cat_and_sighup_of_an_unchanged_file_keep_what_the_operator_set() {
+    let (v1, v2) = two_backends().await;
+    let dir = temp_state_dir();
+    let cfg = write_config(&dir, &two_arm(&v1, &v2, 10));
+    // Watching the file, as `abgate serve` does by default.
+    let p = Proc::start(&cfg, &[], &[("ABGATE_ADMIN_TOKEN", "tok")]);
+    let admin = p.admin_addr;
+    let file_text = std::fs::read_to_string(&cfg).unwrap();
+    let put = file_text
+        .replace("weight: 90", "weight: 50")
+        .replace("weight: 10", "weight: 50");
+    assert_eq!(put_config(admin, Some("tok"), &put).await, 2);
+
+    // The operator looks at the file, then asks for a re-read.
+    let out = Command::new("cat").arg(&cfg).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), file_text);
+    p.signal("-HUP");
+    eventually(
+        Duration::from_secs(10),
+        "the SIGHUP was handled",
+        || async move { reloads(admin, "sighup").await >= 1.0 },
+    )
+    .await;
+    let e = experiment(admin).await;
+    assert_eq!(e["config_version"], 2, "{e}");
+    assert_eq!(e["arms"][1]["weight"], 50.0, "{e}");
+
+    // A manual pause survives the same.
+    let paused = admin_call(
+        "POST",
+        &format!("http://{admin}/v1/experiments/exp/pause"),
+        Some("tok"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(paused.status, 200);
+    Command::new("cat").arg(&cfg).output().unwrap();
+    p.signal("-HUP");
+    eventually(
+        Duration::from_secs(10),
+        "the second SIGHUP was handled",
+        || async move { reloads(admin, "sighup").await >= 2.0 },
+    )
+    .await;
+    let e = experiment(admin).await;
+    assert_eq!(e["state"], "paused", "{e}");
+    assert_eq!(e["config_version"], 2, "{e}");
+    assert_eq!(
+        reloads(admin, "file").await,
+        0.0,
+        "reading the file is not a change"
+    );
+
+    // An edited file is the newer intent: SIGHUP applies it.
+    write_config(&dir, &two_arm(&v1, &v2, 30));
+    p.signal("-HUP");
+    eventually(
+        Duration::from_secs(10),
+        "the edited file applied",
+        || async move { experiment(admin).await["arms"][1]["weight"] == 30.0 },
+    )
+    .await;
+    assert_eq!(experiment(admin).await["config_version"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_history_diff_and_revert_from_the_cli() {
+    let (v1, v2) = two_backends().await;
+    let dir = temp_state_dir();
+    let cfg = write_config(&dir, &two_arm(&v1, &v2, 10));
+    let p = Proc::start(&cfg, &["--no-watch"], &[("ABGATE_ADMIN_TOKEN", "tok")]);
+    let admin = p.admin_addr;
+    let good = dir.join("good.yaml");
+    std::fs::write(
+        &good,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("weight: 90", "weight: 80")
+            .replace("weight: 10", "weight: 20"),
+    )
+    .unwrap();
+    let run = move |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli(admin, &a)
+        })
+        .await
+        .unwrap()
+    };
+    let args = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
+    let (code, _, err) = run(vec![
+        "config".into(),
+        "apply".into(),
+        good.display().to_string(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+
+    let (code, out, err) = run(args("config history")).await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].trim_start().starts_with("2  "), "{out}");
+    assert!(
+        lines[1].trim_start().starts_with("1  ") && lines[1].contains("startup"),
+        "{out}"
+    );
+
+    let (code, out, err) = run(args("config diff 1 2")).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("--- version 1\n+++ version 2\n@@ "),
+        "{out}"
+    );
+    assert!(
+        out.contains("\n-      - { name: canary, backend: v2, weight: 10 }\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\n+      - { name: canary, backend: v2, weight: 20 }\n"),
+        "{out}"
+    );
+    let (code, out, _) = run(args("config diff 2 2")).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, ""),
+        "equal versions: an empty diff"
+    );
+
+    let (code, out, err) = run(args("config revert 1")).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("applied as config version 3"), "{out}");
+    assert_eq!(experiment(admin).await["arms"][1]["weight"], 10.0);
+    let (code, _, err) = run(args("config revert 42")).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("404") && err.contains("versions 1 to 3 are kept"),
+        "{err}"
+    );
+    let (code, out, _) = run(args("config history --before 1")).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("no versions on this page"), "{out}");
+
+    // A restart keeps who applied each version (it records no version of its own).
+    drop(p);
+    let p = Proc::start(&cfg, &["--no-watch"], &[("ABGATE_ADMIN_TOKEN", "tok")]);
+    let admin = p.admin_addr;
+    let page = admin_call(
+        "GET",
+        &format!("http://{admin}/v1/config/versions"),
+        Some("tok"),
+        &[],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(page["newest"], 3);
+    assert_ne!(page["versions"][0]["actor"], "startup", "{page}");
+}
