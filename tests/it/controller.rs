@@ -156,6 +156,47 @@ async fn a_canary_with_ten_times_the_errors_is_rolled_back() {
     server.shutdown().await;
 }
 
+/// With the default analysis settings (1 s interval, 100-unit burn-in) a 10×
+/// error canary at a 5 % first step is rolled back on the exact count test's
+/// evidence, before the asymptotic burn-in (100 canary units) could even be met:
+/// the controller looks every `look_every` canary outcomes, not once a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_times_error_canary_is_rolled_back_within_a_hundred_canary_requests() {
+    let stable = mock("name=stable,error_rate=0.01,latency=fixed:1,seed=1").await;
+    let canary = mock("name=canary,error_rate=0.10,latency=fixed:1,seed=2").await;
+    let yaml = format!(
+        r#"
+backends: {{ v1: {{ url: "{}" }}, v2: {{ url: "{}" }} }}
+experiments:
+  - name: exp
+    kind: canary
+    baseline: stable
+    steps: [5, 50, 100]
+    analysis:
+      guardrails:
+{ERROR_GUARDRAIL}
+    arms:
+      - {{ name: stable, backend: v1, weight: 100 }}
+      - {{ name: canary, backend: v2, weight: 0 }}
+"#,
+        stable.url(),
+        canary.url()
+    );
+    let server = start_abgate(&yaml).await;
+    let traffic = load(server.data_addr, 400.0, 60, 0.0);
+    let v = wait_state(server.admin_addr, "rolled_back", Duration::from_secs(60)).await;
+    traffic.abort();
+    let canary_requests = canary.requests_served();
+    let d = &v["last_decision"];
+    assert_eq!(d["kind"], "rollback", "{v:#}");
+    assert!(
+        canary_requests < 100,
+        "rolled back only after {canary_requests} canary requests: {d:#}"
+    );
+    eprintln!("rolled back after {canary_requests} canary requests");
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_canary_walks_every_step_and_is_promoted() {
     let stable = mock("name=stable,latency=normal:5:0.5,seed=3").await;
