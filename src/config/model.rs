@@ -192,6 +192,11 @@ pub struct ControlPolicy {
     pub min_units_per_arm: u64,
     /// Burn-in in events (errors, successes) per comparison before it can act.
     pub min_events: u64,
+    /// Events on the canary an exact count test needs before it may roll back.
+    pub min_exact_events: u64,
+    /// Look after every this many completed candidate outcomes, or after
+    /// `interval`, whichever comes first (0: on the interval only).
+    pub look_every: u64,
     pub guardrails: Vec<Guardrail>,
     pub primary: Option<Primary>,
     pub on_success: OnSuccess,

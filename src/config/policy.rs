@@ -58,6 +58,7 @@ pub fn stats_policy(p: &ControlPolicy) -> stats::Policy {
             .collect(),
         min_units_per_arm: p.min_units_per_arm,
         min_events: p.min_events,
+        min_exact_events: p.min_exact_events,
         ..stats::Policy::default()
     }
 }
@@ -73,6 +74,7 @@ pub(super) fn config_key(field: &str, p: &ControlPolicy) -> Option<String> {
         "design_samples" => "analysis.design_samples",
         "min_units_per_arm" => "analysis.min_units_per_arm",
         "min_events" => "analysis.min_events",
+        "min_exact_events" => "analysis.min_exact_events",
         "primary.min_effect" => "analysis.primary.min_effect",
         _ => {
             let i: usize = field

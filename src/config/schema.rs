@@ -69,6 +69,11 @@ const EXPERIMENT: &[&str] = &[
     "max_duration",
     "notify",
 ];
+/// Default `analysis.look_every`: the controller looks after every 25 completed
+/// candidate outcomes (or each `interval`, whichever comes first). Every look is
+/// anytime-valid, so looking more often costs no validity; 25 keeps a 5 % step
+/// at 1,000 req/s to two looks a second per experiment instead of one per request.
+pub const DEFAULT_LOOK_EVERY: u64 = 25;
 const STEP: &[&str] = &["min_samples", "min_duration"];
 const ANALYSIS: &[&str] = &[
     "interval",
@@ -76,6 +81,8 @@ const ANALYSIS: &[&str] = &[
     "design_samples",
     "min_units_per_arm",
     "min_events",
+    "min_exact_events",
+    "look_every",
     "guardrails",
     "primary",
 ];
@@ -739,6 +746,8 @@ fn control_policy(
         design_samples: 5000.0,
         min_units_per_arm: 100,
         min_events: 30,
+        min_exact_events: crate::stats::DEFAULT_MIN_EXACT_EVENTS,
+        look_every: DEFAULT_LOOK_EVERY,
         guardrails: Vec::new(),
         primary: None,
         on_success: OnSuccess::Promote,
@@ -769,6 +778,12 @@ fn control_policy(
         }
         if let Some(m) = af.get("min_events") {
             p.min_events = d.integer(m, &af.path_of("min_events"), 1, 1 << 40)?;
+        }
+        if let Some(m) = af.get("min_exact_events") {
+            p.min_exact_events = d.integer(m, &af.path_of("min_exact_events"), 1, 1 << 40)?;
+        }
+        if let Some(m) = af.get("look_every") {
+            p.look_every = d.integer(m, &af.path_of("look_every"), 0, 1 << 40)?;
         }
         if let Some(g) = af.get("guardrails") {
             let gpath = af.path_of("guardrails");

@@ -228,6 +228,14 @@ pub struct ArmRecorder {
     prom: PromHandles,
     /// Set from the experiment's config at each table build.
     slow_threshold_us: AtomicU64,
+    /// Assigned requests completed (latency recorded), for [`Self::look`].
+    completed: AtomicU64,
+    /// Poke [`Self::look`] every this many completions (0: never). Set by the
+    /// controller watching this arm.
+    look_every: AtomicU64,
+    /// Woken every `look_every` completed assigned requests, so the controller
+    /// looks when enough new evidence has arrived rather than on a timer.
+    look: tokio::sync::Notify,
 }
 
 /// A point-in-time copy of an arm's recorder.
@@ -284,6 +292,9 @@ impl ArmRecorder {
             forced: OutcomeSet::default(),
             prom,
             slow_threshold_us: AtomicU64::new(u64::MAX),
+            completed: AtomicU64::new(0),
+            look_every: AtomicU64::new(0),
+            look: tokio::sync::Notify::new(),
         }
     }
 
@@ -349,6 +360,29 @@ impl ArmRecorder {
             set.slow.fetch_add(1, Relaxed);
         }
         self.prom.duration.record(elapsed.as_secs_f64());
+        if !forced {
+            // Two relaxed atomics and a modulo per request; the wake-up itself
+            // (no allocation, no lock while the controller waits or a permit
+            // is already stored) happens once every `look_every` requests.
+            let every = self.look_every.load(Relaxed);
+            let n = self.completed.fetch_add(1, Relaxed) + 1;
+            if every != 0 && n % every == 0 {
+                self.look.notify_one();
+            }
+        }
+    }
+
+    /// Asks for a wake-up of [`Self::look_completed`] every `every` completed
+    /// assigned requests (0: none).
+    pub fn set_look_every(&self, every: u64) {
+        self.look_every.store(every, Relaxed);
+    }
+
+    /// Resolves after the next `look_every` completed assigned requests (at
+    /// once if they completed since the last call). One waiter: the
+    /// controller of the experiment.
+    pub async fn look_completed(&self) {
+        self.look.notified().await
     }
 
     /// The counts, for persisting.

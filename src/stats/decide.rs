@@ -8,7 +8,10 @@
 //!
 //! The module has no clock: the caller supplies time- and budget-related facts as
 //! plain booleans in [`StepFacts`]. Order of checks (first match wins):
-//! 1. burn-in per arm not met → `InsufficientData` (`Inconclusive` if the budget is spent);
+//! 1. burn-in per arm not met → `InsufficientData` (`Inconclusive` if the budget is spent),
+//!    unless an exact count test (attribution, rate ratio) crosses its harm
+//!    boundary with `min_exact_events` treatment events: that test needs no
+//!    asymptotic burn-in, so it is a `Rollback` (a `Hold` if SRM has fired);
 //! 2. SRM running p ≤ `srm_alpha` → `Hold`;
 //! 3. a ready guardrail's harm p ≤ `guardrail_alpha/(K_g·A)` → `Rollback`
 //!    (Bonferroni over K_g guardrails and A treatment arms), or the primary CS lies
@@ -21,7 +24,8 @@
 //! 7. `budget_exhausted` → `Inconclusive`; else `Continue`.
 //!
 //! Little or no traffic can never produce `Rollback`: every action is gated by
-//! burn-in, and not-computable comparisons carry no evidence.
+//! burn-in (for an exact count test: `min_exact_events` treatment events and
+//! an e-value beyond `1/level`), and not-computable comparisons carry no evidence.
 
 use serde::{Deserialize, Serialize};
 
@@ -253,6 +257,53 @@ fn primary_side(p: &PrimaryPolicy, rec: &ComparisonRecord) -> Option<bool> {
     }
 }
 
+/// Whether `rec`'s harm test may act. An exact count test (rate ratio on
+/// attribution events) is valid at any count and needs only
+/// `min_exact_events` on the treatment arm; an asymptotic test waits for its
+/// burn-in (`rec.ready`: units per arm and events).
+fn harm_ready(policy: &Policy, rec: &ComparisonRecord) -> bool {
+    match rec.effect {
+        EffectScale::RateRatio => rec.events_arm >= policy.min_exact_events,
+        _ => rec.ready,
+    }
+}
+
+/// The most significant harm crossing among guardrails whose test may act
+/// (`exact_only`: only exact count tests, before the arm-level burn-in).
+fn harm_crossing(
+    policy: &Policy,
+    evidence: &ExperimentEvidence,
+    lv: &Levels,
+    exact_only: bool,
+) -> Option<ComparisonEvidence> {
+    let mut worst: Option<ComparisonEvidence> = None;
+    for g in &policy.guardrails {
+        for arm in evidence.treatment_arms() {
+            let Some(rec) = evidence.comparison(&g.metric, &arm.name) else {
+                continue;
+            };
+            if exact_only && rec.effect != EffectScale::RateRatio {
+                continue;
+            }
+            if harm_ready(policy, rec) && rec.harm_min_p <= lv.harm {
+                let e = evidence_of(&g.metric, &arm.name, rec, TestKind::Harm, policy, lv.harm);
+                if worst.as_ref().is_none_or(|w| e.p_value < w.p_value) {
+                    worst = Some(e);
+                }
+            }
+        }
+    }
+    worst
+}
+
+fn rollback(e: ComparisonEvidence) -> Verdict {
+    Verdict::Rollback {
+        metric: e.metric.clone(),
+        arm: e.arm.clone(),
+        evidence: e,
+    }
+}
+
 /// The decision rule. Pure: same inputs, same verdict.
 ///
 /// `evidence` must have been fed by [`ExperimentEvidence::observe`] under the same
@@ -280,50 +331,43 @@ pub fn decide(policy: &Policy, evidence: &ExperimentEvidence, facts: &StepFacts)
     if evidence.looks == 0 || evidence.treatment_arms().next().is_none() {
         return wait(&evidence.baseline, None, 0, 0);
     }
+    let srm = || {
+        (evidence.srm.min_p <= policy.srm_alpha).then(|| {
+            let s = &evidence.srm;
+            Verdict::Hold {
+                reason: HoldReason::SampleRatioMismatch {
+                    p_value: s.min_p,
+                    threshold: policy.srm_alpha,
+                    chi2_p: s.latest.map(|l| l.chi2_p),
+                    arms: s.arms.clone(),
+                    counts: s.counts.clone(),
+                    expected_shares: s.expected_shares.clone(),
+                },
+            }
+        })
+    };
     if let Some(a) = evidence
         .arms
         .iter()
         .find(|a| a.units < policy.min_units_per_arm)
     {
-        return wait(&a.name, None, a.units, 0);
+        // An exact count test needs no asymptotic burn-in: its crossing is a
+        // rollback now. It trusts the configured split, so a split that is
+        // off holds instead (the SRM test is anytime-valid at any count too).
+        return match harm_crossing(policy, evidence, &lv, true) {
+            Some(e) => srm().unwrap_or_else(|| rollback(e)),
+            None => wait(&a.name, None, a.units, 0),
+        };
     }
 
     // 2. SRM.
-    if evidence.srm.min_p <= policy.srm_alpha {
-        let s = &evidence.srm;
-        return Verdict::Hold {
-            reason: HoldReason::SampleRatioMismatch {
-                p_value: s.min_p,
-                threshold: policy.srm_alpha,
-                chi2_p: s.latest.map(|l| l.chi2_p),
-                arms: s.arms.clone(),
-                counts: s.counts.clone(),
-                expected_shares: s.expected_shares.clone(),
-            },
-        };
+    if let Some(hold) = srm() {
+        return hold;
     }
 
     // 3. Harm: the most significant crossing among ready guardrails.
-    let mut worst: Option<ComparisonEvidence> = None;
-    for g in &policy.guardrails {
-        for arm in evidence.treatment_arms() {
-            let Some(rec) = evidence.comparison(&g.metric, &arm.name) else {
-                continue;
-            };
-            if rec.ready && rec.harm_min_p <= lv.harm {
-                let e = evidence_of(&g.metric, &arm.name, rec, TestKind::Harm, policy, lv.harm);
-                if worst.as_ref().is_none_or(|w| e.p_value < w.p_value) {
-                    worst = Some(e);
-                }
-            }
-        }
-    }
-    if let Some(e) = worst {
-        return Verdict::Rollback {
-            metric: e.metric.clone(),
-            arm: e.arm.clone(),
-            evidence: e,
-        };
+    if let Some(e) = harm_crossing(policy, evidence, &lv, false) {
+        return rollback(e);
     }
     if let Some(p) = &policy.primary {
         for arm in evidence.treatment_arms() {

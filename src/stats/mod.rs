@@ -50,6 +50,7 @@ pub use evidence::{
 };
 pub use explain::{comparisons, ComparisonView};
 pub use policy::{
+    DEFAULT_MIN_EXACT_EVENTS,
     Direction, ExperimentKind, GuardrailPolicy, Margin, Policy, PolicyError, PrimaryPolicy,
 };
 pub use snapshot::{ArmSnapshot, MetricData, MetricSnapshot, Snapshot, StepFacts};

@@ -129,10 +129,23 @@ pub struct Policy {
     /// Burn-in: events (binary successes, attribution events) across the two
     /// compared arms before that comparison can act.
     pub min_events: u64,
+    /// Events on the treatment arm an exact count test (the attribution test)
+    /// needs before it may roll back. The test is exact at any count, so it
+    /// waits for no asymptotic burn-in (`min_units_per_arm`, `min_events`);
+    /// this floor only keeps a burst of a handful of errors from deciding.
+    #[serde(default = "default_min_exact_events")]
+    pub min_exact_events: u64,
     /// SRM level (sequential test), default 0.001.
     pub srm_alpha: f64,
     /// Dirichlet concentration of the sequential SRM test, default 10 000.
     pub srm_concentration: f64,
+}
+
+/// Default of [`Policy::min_exact_events`].
+pub const DEFAULT_MIN_EXACT_EVENTS: u64 = 5;
+
+fn default_min_exact_events() -> u64 {
+    DEFAULT_MIN_EXACT_EVENTS
 }
 
 impl Default for Policy {
@@ -146,6 +159,7 @@ impl Default for Policy {
             guardrails: Vec::new(),
             min_units_per_arm: 100,
             min_events: 30,
+            min_exact_events: DEFAULT_MIN_EXACT_EVENTS,
             srm_alpha: super::DEFAULT_SRM_ALPHA,
             srm_concentration: super::DEFAULT_SRM_CONCENTRATION,
         }

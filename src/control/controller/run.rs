@@ -11,6 +11,7 @@ use crate::config::{stats_policy, uses_events};
 use crate::config::{ControlPolicy, Experiment, ExperimentKind, OnFailure, OnSuccess, BUCKETS};
 use crate::control::decision::{all_to, DecisionKind};
 use crate::control::{arms_fingerprint, ControlPlane};
+use crate::outcomes::recorder::ArmRecorder;
 use crate::outcomes::summary::{experiment_sums, ArmMetrics, ArmSums, MetricStats};
 use crate::stats::{
     self, decide, ArmSnapshot, ErrorAttribution, ExperimentEvidence, MetricData, MetricSnapshot,
@@ -79,6 +80,9 @@ struct Run {
     rebase_periods: bool,
     /// Hash of the task's policy, part of every owner ([`owner_of`]).
     policy_hash: u64,
+    /// The candidate arm's recorder, which wakes the loop every `look_every`
+    /// completed candidate requests (None: look on the interval only).
+    watch: Option<Arc<ArmRecorder>>,
 }
 
 /// One arm's cumulative counts at a look: (assigned, errors, slow).
@@ -130,11 +134,26 @@ pub async fn run(control: Arc<ControlPlane>, name: String, cfg: ControlPolicy) {
         looked_for_saved: false,
         rebase_periods: false,
         policy_hash: xxhash_rust::xxh3::xxh3_64(format!("{cfg:?}").as_bytes()),
+        watch: None,
     };
+    // A look happens after `look_every` new candidate outcomes or after
+    // `interval`, whichever comes first: decisions follow the evidence, and
+    // the interval still looks at an idle experiment (budget, step duration).
+    // Every look is anytime-valid, so looking more often costs no validity.
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        let watch = r.watch.clone();
+        let woken = async {
+            match &watch {
+                Some(rec) => rec.look_completed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = woken => tick.reset(),
+        }
         if let Err(e) = r.tick(&control, &name, &cfg).await {
             tracing::warn!(experiment = %name, error = %e, "controller tick failed");
         }
@@ -179,6 +198,7 @@ impl Run {
             return Ok(());
         };
         let phase = state.as_ref().map_or(ExperimentPhase::Running, |s| s.phase);
+        self.watch_candidate(control, name, &e, cfg, phase == ExperimentPhase::Running);
         if phase != ExperimentPhase::Running {
             control.set_analysis(name, json!({"status": format!("{phase:?}").to_lowercase(), "note": "automatic decisions are off"}));
             return Ok(());
@@ -279,6 +299,36 @@ impl Run {
             }
         }
         acted
+    }
+
+    /// Keeps [`Run::watch`] on the experiment's candidate arm while it runs;
+    /// a stopped or paused experiment is looked at on the interval only.
+    fn watch_candidate(
+        &mut self,
+        control: &ControlPlane,
+        name: &str,
+        e: &Experiment,
+        cfg: &ControlPolicy,
+        running: bool,
+    ) {
+        let candidate = e.arms.iter().find(|a| a.name != e.baseline);
+        let wanted = candidate.filter(|_| running && cfg.look_every > 0);
+        let same = match (&self.watch, wanted) {
+            (Some(w), Some(c)) => w.experiment == name && w.arm == c.name,
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        if let Some(old) = self.watch.take() {
+            old.set_look_every(0);
+        }
+        if let Some(c) = wanted {
+            let rec = control.recorders.arm(name, &c.name);
+            rec.set_look_every(cfg.look_every);
+            self.watch = Some(rec);
+        }
     }
 
     /// Makes sure the run carried belongs to the experiment as it is now: on
