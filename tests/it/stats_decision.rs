@@ -268,9 +268,11 @@ fn cs_inside_margin_is_no_difference() {
 #[test]
 fn insufficient_data_never_rolls_back() {
     let policy = canary_policy();
-    // Tiny, terrible-looking canaries at every size below burn-in.
-    for units in [0u64, 1, 5, 20, 60, 99] {
-        let errs = units; // every canary request failed
+    // Tiny, terrible-looking canaries at every size below burn-in: the
+    // asymptotic (latency) test waits for the burn-in, and the exact count
+    // test for `min_exact_events` canary events.
+    for units in [0u64, 1, 4, 5, 20, 60, 99] {
+        let errs = units.min(policy.min_exact_events - 1);
         let snap = snapshot(
             arms(&[("stable", 0.9, 10 * units), ("canary", 0.1, units)]),
             "stable",
@@ -292,12 +294,13 @@ fn insufficient_data_never_rolls_back() {
         );
         assert!(v.explain().starts_with("insufficient data"));
     }
-    // Enough units but too few events: the error guardrail cannot act either way.
+    // Enough units but too few events: the error guardrail cannot advance
+    // (its non-inferiority waits for `min_events`), and no harm crossed.
     let snap = snapshot(
         arms(&[("stable", 0.9, 9000), ("canary", 0.1, 1000)]),
         "stable",
         vec![
-            events("errors", "canary", 0.1, 12, 10),
+            events("errors", "canary", 0.1, 2, 20),
             continuous(
                 "latency_ms",
                 &[
@@ -314,6 +317,31 @@ fn insufficient_data_never_rolls_back() {
             assert_eq!(events, 22);
         }
         other => panic!("expected InsufficientData, got {other:?}"),
+    }
+}
+
+/// The attribution test is exact at any count, so it needs no asymptotic
+/// burn-in: five failed canary requests against a clean baseline at a 10 %
+/// share (probability 1e-5 if the canary were no worse) roll back before
+/// either arm has `min_units_per_arm` units; the latency test still waits.
+#[test]
+fn an_exact_count_test_rolls_back_before_the_asymptotic_burn_in() {
+    let policy = canary_policy();
+    let snap = snapshot(
+        arms(&[("stable", 0.9, 50), ("canary", 0.1, 5)]),
+        "stable",
+        vec![
+            events("errors", "canary", 0.1, 5, 0),
+            continuous(
+                "latency_ms",
+                &[("stable", 50, 100.0, 400.0), ("canary", 5, 500.0, 400.0)],
+            ),
+        ],
+    );
+    let (v, _) = verdict_for(&policy, &snap, &GO);
+    match v {
+        Verdict::Rollback { metric, .. } => assert_eq!(metric, "errors"),
+        other => panic!("expected Rollback on errors, got {other:?}"),
     }
 }
 

@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 
 use abgate::stats::mixture::{compare, log_e_two_sided, r_star, MixtureConfig, Scale};
 use abgate::stats::{
-    decide, ArmSnapshot, BinaryStats, ContinuousStats, Direction, ExperimentEvidence,
-    ExperimentKind, MetricData, MetricSnapshot, Policy, PrimaryPolicy, Snapshot, StepFacts,
-    Verdict,
+    decide, ArmSnapshot, BinaryStats, ContinuousStats, Direction, ErrorAttribution,
+    ExperimentEvidence, ExperimentKind, GuardrailPolicy, Margin, MetricData, MetricSnapshot,
+    Policy, PrimaryPolicy, Snapshot, StepFacts, Verdict,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -329,4 +329,89 @@ fn aa_full_decision_rule_rarely_acts() {
     }
     let rate = acted as f64 / reps as f64;
     assert_in("full decision rule A/A action rate", rate, [0.0, 0.05]);
+}
+
+/// Rollback rate of a canary at the harm null under the full decision rule,
+/// fed as the controller feeds it when it looks every 25 canary requests from
+/// the first one: the attribution (exact count) test may act before the
+/// asymptotic burn-in, so this is what checks that acting early is not acting
+/// on noise. `rr` is the canary's true error-rate ratio.
+fn canary_rollback_rate(rr: f64, reps: usize, looks: usize, seed: u64) -> f64 {
+    let mut rng = StdRng::seed_from_u64(seed);
+    // 5 % step, 1 % baseline errors, a look per 25 canary (475 baseline) requests.
+    let (canary_n, base_n, p_base) = (25, 475, 0.01);
+    let canary_errors = Binomial::new(canary_n, p_base * rr).unwrap();
+    let base_errors = Binomial::new(base_n, p_base).unwrap();
+    let margin = 0.10;
+    let policy = Policy {
+        kind: ExperimentKind::Canary,
+        guardrails: vec![GuardrailPolicy {
+            metric: "error".into(),
+            direction: Direction::Increase,
+            margin: Margin::Relative(margin),
+        }],
+        ..Policy::default()
+    };
+    let facts = StepFacts {
+        step_minimums_met: false,
+        budget_exhausted: false,
+    };
+    let share = canary_n as f64 / (canary_n + base_n) as f64;
+    let mut rolled_back = 0;
+    for _ in 0..reps {
+        let mut ev = ExperimentEvidence::new();
+        let mut att = ErrorAttribution::new(1.0 + margin).unwrap();
+        for look in 1..=looks as u64 {
+            att.observe_period(
+                share,
+                canary_errors.sample(&mut rng),
+                base_errors.sample(&mut rng),
+            )
+            .unwrap();
+            let snap = Snapshot {
+                baseline: "stable".into(),
+                arms: vec![
+                    ArmSnapshot {
+                        name: "stable".into(),
+                        weight: 95.0,
+                        assigned: look * base_n,
+                    },
+                    ArmSnapshot {
+                        name: "canary".into(),
+                        weight: 5.0,
+                        assigned: look * canary_n,
+                    },
+                ],
+                metrics: vec![MetricSnapshot {
+                    name: "error".into(),
+                    data: MetricData::Events(BTreeMap::from([("canary".into(), att.clone())])),
+                }],
+                srm_monitor: None,
+            };
+            ev.observe(&policy, &snap).unwrap();
+            if matches!(decide(&policy, &ev, &facts), Verdict::Rollback { .. }) {
+                rolled_back += 1;
+                break;
+            }
+        }
+    }
+    rolled_back as f64 / reps as f64
+}
+
+/// A healthy canary (same error rate) and one exactly at the tolerated rate
+/// ratio (1 + margin, the worst case of the harm null) are rolled back at most
+/// α = 5 % of the time over 200 looks (5,000 canary requests), although the
+/// exact test may act from the first look; a 10× canary is caught, and within
+/// the first 100 canary requests in most runs.
+#[test]
+fn canary_looks_every_25_requests_roll_back_a_healthy_canary_rarely() {
+    let healthy = canary_rollback_rate(1.0, 400, 200, 41);
+    assert_in("healthy canary rollback rate", healthy, [0.0, 0.05]);
+    let at_margin = canary_rollback_rate(1.1, 400, 200, 42);
+    assert_in("canary at the margin rollback rate", at_margin, [0.0, 0.05]);
+    let bad_early = canary_rollback_rate(10.0, 200, 4, 43);
+    assert!(
+        bad_early > 0.5,
+        "a 10x canary is rolled back within 100 canary requests in {bad_early}"
+    );
 }
