@@ -79,9 +79,13 @@ pub fn run_scenario(
             println!();
             match &out.decision {
                 Some(d) => println!(
-                    "decision: {d} after {:.1}s and {} canary requests",
+                    "decision: {d} after {:.1}s and {} canary requests{}",
                     out.elapsed.as_secs_f64(),
-                    out.canary_requests
+                    out.canary_requests,
+                    out.after_start.map_or(String::new(), |t| format!(
+                        " ({:.3}s after the canary's start)",
+                        t.as_secs_f64()
+                    ))
                 ),
                 None => println!(
                     "no final decision after {:.1}s ({} canary requests): still running",

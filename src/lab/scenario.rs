@@ -70,6 +70,13 @@ pub struct LoadSettings {
     pub kind: Option<String>,
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// Keep-alive connections the open-loop load paces its rate over.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+}
+
+fn default_connections() -> usize {
+    64
 }
 
 /// Reads a duration the way config files do, so a scenario and the abgate config
@@ -119,6 +126,9 @@ pub struct Outcome {
     pub summary: String,
     pub elapsed: Duration,
     pub canary_requests: u64,
+    /// From the canary's start decision (its first request follows within a
+    /// request's time) to the final decision, by the decisions' own times.
+    pub after_start: Option<Duration>,
     pub met_expectation: Option<bool>,
 }
 
@@ -223,7 +233,7 @@ pub async fn run(s: &Scenario, o: &Overrides, state_dir: &Path) -> Result<Outcom
     spec.kind = kind(s.load.kind.as_deref())?;
     spec.mode = LoadMode::OpenLoop {
         rate_per_s: rate,
-        connections: 64,
+        connections: s.load.connections,
         max_in_flight: 4096,
     };
     spec.max_duration = duration;
@@ -274,8 +284,27 @@ pub async fn run(s: &Scenario, o: &Overrides, state_dir: &Path) -> Result<Outcom
         }
     };
     load.abort();
+    let elapsed = started.elapsed();
+    let decisions = server
+        .control
+        .store
+        .decisions(Some(&s.experiment), 1000)
+        .unwrap_or_default();
+    let at = |kind: &str| {
+        decisions
+            .iter()
+            .filter(|d| d.kind == kind)
+            .map(|d| d.created_at_ms)
+            .min()
+    };
     let outcome = match final_view {
-        Some(v) => Ok(outcome_of(s, &v, started.elapsed())),
+        Some(v) => {
+            let mut out = outcome_of(s, &v, elapsed);
+            if let (Some(start), Some(end)) = (at("start"), out.decision.as_deref().and_then(at)) {
+                out.after_start = Some(Duration::from_millis(end.saturating_sub(start)));
+            }
+            Ok(out)
+        }
         None => Err(ScenarioError::Invalid(format!(
             "experiment {:?} is not in the scenario's abgate config",
             s.experiment
@@ -306,6 +335,7 @@ fn outcome_of(s: &Scenario, view: &ExperimentView, elapsed: Duration) -> Outcome
         decision: decision.clone(),
         elapsed,
         canary_requests: view.treatment_requests(),
+        after_start: None,
         met_expectation: s.expect.map(|e| match e {
             Expect::Rollback => decision.as_deref() == Some("rollback"),
             Expect::Promote => decision.as_deref() == Some("promote"),
