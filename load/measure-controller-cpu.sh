@@ -24,6 +24,7 @@
 # Environment (defaults in brackets):
 #   EXPERIMENTS [100]  RATE [200]  RUN_S [30]  WARMUP_S [8]  WINDOW_S [20]  REPEATS [3]
 #   MIN_UNITS [5]      burn-in per arm (the default config value is 100)
+#   LOOK_EVERY [10]    analysis.look_every: a look per this many canary requests
 #   BASE_PORT [28300]  4 consecutive loopback ports
 #   NO_BUILD=1         use existing target/release binaries
 #   OUT [load/results/controller-cpu-<date>.md]
@@ -36,6 +37,7 @@ WARMUP_S=${WARMUP_S:-8}
 WINDOW_S=${WINDOW_S:-20}
 REPEATS=${REPEATS:-3}
 MIN_UNITS=${MIN_UNITS:-5}
+LOOK_EVERY=${LOOK_EVERY:-10}
 BASE_PORT=${BASE_PORT:-28300}
 [ $((WARMUP_S + WINDOW_S)) -le "$RUN_S" ] || {
     echo "WARMUP_S + WINDOW_S must fit in RUN_S" >&2
@@ -107,6 +109,7 @@ EOF
       interval: 1s
       min_units_per_arm: $MIN_UNITS
       min_events: $MIN_UNITS
+      look_every: $LOOK_EVERY
       guardrails:
         - { metric: error, max_relative_increase: 0.10 }
         - { metric: latency_ms, max_relative_increase: 0.05 }
@@ -209,7 +212,7 @@ print(f"\nLoad average before: $LOAD_BEFORE; after: $LOAD_AFTER; elapsed ${ELAPS
       f"CLK_TCK $CLK_TCK (1 tick = 10 ms, so one run's resolution is ±{100 / $CLK_TCK / $WINDOW_S:.2f}% of a core).")
 print(f"Mock backends used {int('$MOCK_TICKS') / $CLK_TCK:.1f} CPU s in total.\n")
 print("Command: \`load/measure-controller-cpu.sh\` (EXPERIMENTS=$EXPERIMENTS RATE=$RATE RUN_S=$RUN_S "
-      "WARMUP_S=$WARMUP_S WINDOW_S=$WINDOW_S REPEATS=$REPEATS MIN_UNITS=$MIN_UNITS)")
+      "WARMUP_S=$WARMUP_S WINDOW_S=$WINDOW_S REPEATS=$REPEATS MIN_UNITS=$MIN_UNITS LOOK_EVERY=$LOOK_EVERY)")
 EOF
 cat "$OUT"
 log "wrote $OUT and ${OUT%.md}.tsv"

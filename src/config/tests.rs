@@ -258,3 +258,30 @@ fn every_configurable_statistics_field_maps_back_to_its_config_key() {
     ];
     assert_eq!(keys, want.map(|k| Some(k.to_string())));
 }
+
+#[test]
+fn look_every_and_min_exact_events_default_and_parse() {
+    let plain = ab_with_primary("{ metric: accepted, direction: increase }");
+    let p = parse(&plain).unwrap().experiments[0]
+        .policy
+        .clone()
+        .unwrap();
+    assert_eq!((p.look_every, p.min_exact_events), (10, 5));
+    assert_eq!(stats_policy(&p).min_exact_events, 5);
+    let set = plain.replace(
+        "    analysis:\n",
+        "    analysis:\n      look_every: 0\n      min_exact_events: 8\n",
+    );
+    let p = parse(&set).unwrap().experiments[0].policy.clone().unwrap();
+    assert_eq!((p.look_every, p.min_exact_events), (0, 8));
+    assert_eq!(stats_policy(&p).min_exact_events, 8);
+    let bad = plain.replace(
+        "    analysis:\n",
+        "    analysis:\n      min_exact_events: 0\n",
+    );
+    let errs = parse(&bad).unwrap_err().0;
+    assert_eq!(
+        errs[0].path, "experiments[0].analysis.min_exact_events",
+        "{errs:?}"
+    );
+}

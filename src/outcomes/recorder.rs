@@ -366,7 +366,7 @@ impl ArmRecorder {
             // is already stored) happens once every `look_every` requests.
             let every = self.look_every.load(Relaxed);
             let n = self.completed.fetch_add(1, Relaxed) + 1;
-            if every != 0 && n % every == 0 {
+            if every != 0 && n.is_multiple_of(every) {
                 self.look.notify_one();
             }
         }

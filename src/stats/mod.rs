@@ -50,8 +50,8 @@ pub use evidence::{
 };
 pub use explain::{comparisons, ComparisonView};
 pub use policy::{
-    DEFAULT_MIN_EXACT_EVENTS,
     Direction, ExperimentKind, GuardrailPolicy, Margin, Policy, PolicyError, PrimaryPolicy,
+    DEFAULT_MIN_EXACT_EVENTS,
 };
 pub use snapshot::{ArmSnapshot, MetricData, MetricSnapshot, Snapshot, StepFacts};
 

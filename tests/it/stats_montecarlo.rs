@@ -332,14 +332,15 @@ fn aa_full_decision_rule_rarely_acts() {
 }
 
 /// Rollback rate of a canary at the harm null under the full decision rule,
-/// fed as the controller feeds it when it looks every 25 canary requests from
+/// fed as the controller feeds it when it looks every 10 canary requests from
 /// the first one: the attribution (exact count) test may act before the
 /// asymptotic burn-in, so this is what checks that acting early is not acting
 /// on noise. `rr` is the canary's true error-rate ratio.
 fn canary_rollback_rate(rr: f64, reps: usize, looks: usize, seed: u64) -> f64 {
     let mut rng = StdRng::seed_from_u64(seed);
-    // 5 % step, 1 % baseline errors, a look per 25 canary (475 baseline) requests.
-    let (canary_n, base_n, p_base) = (25, 475, 0.01);
+    // 5 % step, 1 % baseline errors, a look per 10 canary (190 baseline) requests
+    // (the default `look_every`).
+    let (canary_n, base_n, p_base) = (10, 190, 0.01);
     let canary_errors = Binomial::new(canary_n, p_base * rr).unwrap();
     let base_errors = Binomial::new(base_n, p_base).unwrap();
     let margin = 0.10;
@@ -400,16 +401,16 @@ fn canary_rollback_rate(rr: f64, reps: usize, looks: usize, seed: u64) -> f64 {
 
 /// A healthy canary (same error rate) and one exactly at the tolerated rate
 /// ratio (1 + margin, the worst case of the harm null) are rolled back at most
-/// α = 5 % of the time over 200 looks (5,000 canary requests), although the
+/// α = 5 % of the time over 500 looks (5,000 canary requests), although the
 /// exact test may act from the first look; a 10× canary is caught, and within
 /// the first 100 canary requests in most runs.
 #[test]
-fn canary_looks_every_25_requests_roll_back_a_healthy_canary_rarely() {
-    let healthy = canary_rollback_rate(1.0, 400, 200, 41);
+fn canary_looks_every_10_requests_roll_back_a_healthy_canary_rarely() {
+    let healthy = canary_rollback_rate(1.0, 300, 500, 41);
     assert_in("healthy canary rollback rate", healthy, [0.0, 0.05]);
-    let at_margin = canary_rollback_rate(1.1, 400, 200, 42);
+    let at_margin = canary_rollback_rate(1.1, 300, 500, 42);
     assert_in("canary at the margin rollback rate", at_margin, [0.0, 0.05]);
-    let bad_early = canary_rollback_rate(10.0, 200, 4, 43);
+    let bad_early = canary_rollback_rate(10.0, 200, 10, 43);
     assert!(
         bad_early > 0.5,
         "a 10x canary is rolled back within 100 canary requests in {bad_early}"
