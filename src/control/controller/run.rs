@@ -83,8 +83,6 @@ struct Run {
     /// The candidate arm's recorder, which wakes the loop every `look_every`
     /// completed candidate requests (None: look on the interval only).
     watch: Option<Arc<ArmRecorder>>,
-    /// When the run was last published for saving.
-    published: Option<std::time::Instant>,
 }
 
 /// One arm's cumulative counts at a look: (assigned, errors, slow).
@@ -137,7 +135,6 @@ pub async fn run(control: Arc<ControlPlane>, name: String, cfg: ControlPolicy) {
         rebase_periods: false,
         policy_hash: xxhash_rust::xxh3::xxh3_64(format!("{cfg:?}").as_bytes()),
         watch: None,
-        published: None,
     };
     // A look happens after `look_every` new candidate outcomes or after
     // `interval`, whichever comes first: decisions follow the evidence, and
@@ -297,19 +294,6 @@ impl Run {
                 &verdict,
             )
             .await;
-        // The run is saved once a second; looks after every few requests
-        // publish it at most once per interval (and after every verdict that
-        // acts), so serializing it costs no more than with timed looks. A
-        // restart resumes from a run at most an interval older than its counts:
-        // the first look after it rebases the period tests (see `period_deltas`).
-        let quiet = matches!(
-            verdict,
-            Verdict::Continue { .. } | Verdict::InsufficientData { .. }
-        );
-        if quiet && self.published.is_some_and(|t| t.elapsed() < cfg.interval) {
-            return acted;
-        }
-        self.published = Some(std::time::Instant::now());
         match serde_json::to_string(&self.c) {
             Ok(json) => control.publish_run(name, json),
             Err(err) => {
