@@ -112,6 +112,7 @@ experiments:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_with_ten_times_the_errors_is_rolled_back() {
+    let _load = decision_load().await;
     let stable = mock("name=stable,error_rate=0.01,latency=fixed:1,seed=1").await;
     let canary = mock("name=canary,error_rate=0.10,latency=fixed:1,seed=2").await;
     let yaml = canary_config(&stable, &canary, "", ERROR_GUARDRAIL);
@@ -162,6 +163,7 @@ async fn a_canary_with_ten_times_the_errors_is_rolled_back() {
 /// the controller looks every `look_every` canary outcomes, not once a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ten_times_error_canary_is_rolled_back_within_a_hundred_canary_requests() {
+    let _load = decision_load().await;
     let stable = mock("name=stable,error_rate=0.01,latency=fixed:1,seed=1").await;
     let canary = mock("name=canary,error_rate=0.10,latency=fixed:1,seed=2").await;
     let yaml = format!(
@@ -199,6 +201,7 @@ experiments:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_canary_walks_every_step_and_is_promoted() {
+    let _load = decision_load().await;
     let stable = mock("name=stable,latency=normal:5:0.5,seed=3").await;
     let canary = mock("name=canary,latency=normal:5:0.5,seed=4").await;
     let yaml = canary_config(
@@ -232,6 +235,7 @@ async fn a_healthy_canary_walks_every_step_and_is_promoted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_starved_canary_waits_and_is_never_rolled_back() {
+    let _load = decision_load().await;
     let stable = mock("name=stable,seed=5").await;
     let canary = mock("name=canary,error_rate=1.0,seed=6").await;
     let yaml = canary_config(&stable, &canary, "", ERROR_GUARDRAIL);
@@ -267,6 +271,7 @@ async fn a_starved_canary_waits_and_is_never_rolled_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_stops_automatic_rollback_and_resume_re_enables_it() {
+    let _load = decision_load().await;
     let stable = mock("name=stable,error_rate=0.01,latency=fixed:1,seed=1").await;
     let canary = mock("name=canary,error_rate=0.30,latency=fixed:1,seed=2").await;
     let yaml = canary_config(&stable, &canary, "", ERROR_GUARDRAIL);
@@ -356,6 +361,7 @@ experiments:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ab_test_with_a_better_treatment_promotes_it() {
+    let _load = decision_load().await;
     let control = mock("name=control,outcome_p=0.2,latency=fixed:1,seed=8").await;
     let treatment = mock("name=treatment,outcome_p=0.5,latency=fixed:1,seed=9").await;
     let yaml = ab_config(&control, &treatment, "2s", "", "");
@@ -370,6 +376,7 @@ async fn an_ab_test_with_a_better_treatment_promotes_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aa_test_neither_promotes_nor_rolls_back_within_its_budget() {
+    let _load = decision_load().await;
     let a = mock("name=a,outcome_p=0.3,latency=fixed:1,seed=31").await;
     let b = mock("name=b,outcome_p=0.3,latency=fixed:1,seed=32").await;
     let yaml = ab_config(
@@ -407,6 +414,7 @@ async fn an_aa_test_neither_promotes_nor_rolls_back_within_its_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sample_ratio_mismatch_holds_the_canary() {
+    let _load = decision_load().await;
     // The canary swallows 40% of its requests: the router assigned them but
     // never records an outcome, so the recorded split drifts from the weights.
     // Its answered requests look perfectly healthy; only SRM can tell.
@@ -496,6 +504,7 @@ async fn a_sample_ratio_mismatch_holds_the_canary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_are_posted_to_the_webhook_with_bounded_retries() {
+    let _load = decision_load().await;
     // The hook refuses every "start" notification and accepts the rest.
     let hook = RecordingBackend::answering(|body| {
         let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);

@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+use crate::support::decision_load_blocking;
+
 fn demo(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_abgate"))
         .arg("demo")
@@ -17,6 +19,7 @@ fn demo(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn the_default_demo_rolls_back_the_flawed_canary() {
+    let _load = decision_load_blocking();
     let (ok, out) = demo(&["--duration", "30s"]);
     assert!(ok, "{out}");
     assert!(out.contains("decision: rollback"), "{out}");
@@ -41,6 +44,7 @@ fn the_default_demo_rolls_back_the_flawed_canary() {
 
 #[test]
 fn a_good_canary_is_promoted() {
+    let _load = decision_load_blocking();
     let (ok, out) = demo(&["--canary", "good", "--duration", "45s"]);
     assert!(ok, "{out}");
     assert!(out.contains("decision: promote"), "{out}");

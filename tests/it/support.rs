@@ -705,3 +705,20 @@ pub async fn send_users(data: SocketAddr, from: usize, n: usize) {
         assert_eq!(a.status, 200);
     }
 }
+
+/// Tests that judge a controller's decision on latency drive hundreds of
+/// requests a second through a real abgate. Two of them at once on a small
+/// machine slow each other *mid-ramp*, and the latency guardrail then sees a
+/// canary slower than a baseline measured before the other test started. They
+/// take this lock so their load never overlaps.
+static DECISION_LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Holds the decision-load lock (async tests).
+pub async fn decision_load() -> tokio::sync::MutexGuard<'static, ()> {
+    DECISION_LOAD.lock().await
+}
+
+/// Holds the decision-load lock (tests that drive the binary synchronously).
+pub fn decision_load_blocking() -> tokio::sync::MutexGuard<'static, ()> {
+    DECISION_LOAD.blocking_lock()
+}
