@@ -1,5 +1,7 @@
 //! Response bodies: streamed from the backend frame by frame, never buffered,
 //! with the outcome recorded when the stream ends, fails, or the client leaves.
+//! Each data frame is shown to the response scanner after it is in hand and
+//! before it is returned, unchanged: scanning never holds a frame back.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,6 +13,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::guarded_body::{BoxError, IdleBody, StreamIdle};
+use crate::config::Price;
+use crate::outcomes::scan::{End, ScanReport, Scanner};
 use crate::outcomes::{ArmRecorder, FailureKind};
 
 /// The body abgate sends to clients.
@@ -71,6 +75,9 @@ pub struct RecordingBody {
     head_was_error: bool,
     first_byte_seen: bool,
     done: bool,
+    /// Reads inference facts from the frames as they pass.
+    scanner: Scanner,
+    price: Option<Price>,
 }
 
 impl RecordingBody {
@@ -89,7 +96,20 @@ impl RecordingBody {
             head_was_error,
             first_byte_seen: false,
             done: false,
+            scanner: Scanner::off(),
+            price: None,
         }
+    }
+
+    /// Scans the body with `scanner`; `price` turns reported usage into cost.
+    pub fn scanning(mut self, scanner: Scanner, price: Option<Price>) -> Self {
+        self.scanner = scanner;
+        self.price = price;
+        self
+    }
+
+    fn elapsed_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
     }
 
     fn first_byte(&mut self) {
@@ -113,6 +133,27 @@ impl RecordingBody {
         }
         self.recorder
             .record_latency(self.forced, self.started.elapsed());
+        let end = match failure {
+            None => End::Eof,
+            Some(FailureKind::ClientGone) => End::ClientGone,
+            Some(_) => End::BackendCut,
+        };
+        match self.scanner.finish(end, self.elapsed_us()) {
+            ScanReport::Skipped => {}
+            ScanReport::Unparsed(_) => self.recorder.record_unparsed(self.forced),
+            ScanReport::Parsed(r) => {
+                let cost = self.price.filter(|_| {
+                    r.prompt_tokens.is_some() || r.completion_tokens.is_some()
+                });
+                let cost = cost.map(|p| {
+                    p.cost(
+                        r.prompt_tokens.unwrap_or(0),
+                        r.completion_tokens.unwrap_or(0),
+                    )
+                });
+                self.recorder.record_inference(self.forced, &r, cost);
+            }
+        }
     }
 }
 
@@ -128,8 +169,12 @@ impl Body for RecordingBody {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if frame.is_data() {
+                if let Some(data) = frame.data_ref() {
                     this.first_byte();
+                    if this.scanner.is_active() {
+                        let now = this.elapsed_us();
+                        this.scanner.feed(data, now);
+                    }
                 }
                 // hyper stops polling once a sized body reports its end, so the
                 // end must be recorded here rather than only on `None`.

@@ -2,8 +2,9 @@
 //!
 //! Owns: header hygiene on the way up and down, the response-head timeout (from
 //! the end of the upload), wrapping the response body so its end is recorded,
-//! tagging the response (`x-abgate-experiment`, `x-abgate-arm`, `server-timing`)
-//! and recording failures per arm.
+//! tagging the response (`x-abgate-experiment`, `x-abgate-arm`, `server-timing`),
+//! choosing how the response scanner reads the body, and recording failures
+//! per arm.
 //!
 //! Hot path: no locks, no logging, one allocation for `server-timing`.
 
@@ -22,6 +23,7 @@ use super::plane::{error_response, ConnInfo, DataPlane};
 use super::problem::ProxyError;
 use super::wiring::{ArmWiring, Target};
 use crate::config::UpstreamProtocol;
+use crate::outcomes::scan::{self, BodyKind, Scanner};
 use crate::outcomes::{ArmRecorder, FailureKind};
 
 static X_EXPERIMENT: HeaderName = HeaderName::from_static("x-abgate-experiment");
@@ -63,6 +65,9 @@ pub(super) async fn forward(
     tags: &Tags<'_>,
     started: Instant,
 ) -> Response<ProxyBody> {
+    // Only answers to generation endpoints count as unparsed when they are
+    // neither JSON nor SSE; other traffic through abgate is not inference.
+    let expect_inference = scan::is_inference_path(req.uri().path());
     let (mut parts, body) = req.into_parts();
     // gRPC over h2 needs `te: trailers` end to end; it is the only TE value
     // HTTP/2 allows, and only an h2 upstream may see it.
@@ -148,8 +153,10 @@ pub(super) async fn forward(
                 record_header_metrics(arm, &parts.headers);
             }
             let head_was_error = parts.status.is_server_error();
+            let scanner = scanner_for(&parts, expect_inference);
             let body = IdleBody::new(body, limits.stream_idle);
-            let body = RecordingBody::new(body, recorder.clone(), forced, started, head_was_error);
+            let body = RecordingBody::new(body, recorder.clone(), forced, started, head_was_error)
+                .scanning(scanner, target.price);
             Response::from_parts(parts, ProxyBody::Upstream(body))
         }
         Err(kind) => {
@@ -196,6 +203,26 @@ where
             },
         }
     }
+}
+
+/// The scanner for a response, from its head: only successful answers are
+/// read (an error body is not a completion), compressed ones are reported
+/// unparsed rather than decompressed.
+fn scanner_for(parts: &http::response::Parts, expect_inference: bool) -> Scanner {
+    if !parts.status.is_success() {
+        return Scanner::off();
+    }
+    let kind = BodyKind::of(
+        parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .map(HeaderValue::as_bytes),
+    );
+    let compressed = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    Scanner::new(kind, compressed, expect_inference)
 }
 
 /// Reads declared response-header metrics (e.g. token counts) into the arm's sums.

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, MetricKind, MetricSource};
+use crate::config::{Config, MetricKind, MetricSource, Price};
 use crate::outcomes::metrics::MetricCell;
 use crate::outcomes::{ArmRecorder, RecorderRegistry};
 use crate::routing::{RoutingTable, DEFAULT_ROUTE_EXPERIMENT};
@@ -26,6 +26,8 @@ pub struct Target {
     pub backend: String,
     /// How long the backend has to send response headers once the request is sent.
     pub response_timeout: Duration,
+    /// The backend's token prices, for each response's `cost`.
+    pub price: Option<Price>,
 }
 
 /// What the data plane carries on each arm (and on the default route).
@@ -74,6 +76,7 @@ impl Published {
                 response_timeout: b
                     .response_timeout
                     .unwrap_or(config.timeouts.upstream_response),
+                price: b.price,
             }
         };
         let routes = RoutingTable::build(

@@ -356,6 +356,12 @@ impl JsonScanner {
         self.fields = Fields::default();
     }
 
+    /// Whether inference fields were seen so far (even in a value that then
+    /// turned out malformed).
+    pub fn recognized(&self) -> bool {
+        self.fields.recognized
+    }
+
     /// Whether the scanner has given up on this value.
     pub fn is_invalid(&self) -> bool {
         self.st == St::Invalid

@@ -71,7 +71,10 @@ pub fn is_inference_path(path: &str) -> bool {
         || path.ends_with("/responses")
 }
 
-/// Why a response could not be scanned.
+/// Why a response could not be scanned. Counted only for responses that
+/// were, or were expected to be, inference: the request went to a generation
+/// endpoint ([`is_inference_path`]) or the body had shown inference fields
+/// before it went wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unparsed {
     /// Malformed JSON, or an SSE `data:` payload that is neither JSON nor `[DONE]`.
@@ -273,7 +276,14 @@ impl Scanner {
     /// The report, once the body has ended as `end` (at `now_us`).
     pub fn finish(&mut self, end: End, now_us: u64) -> ScanReport {
         if let Some(u) = self.unparsed {
-            return ScanReport::Unparsed(u);
+            // Other traffic through abgate (a plain-text event stream, a
+            // model server's own JSON) is not inference gone wrong.
+            let ours = self.expect_inference || self.facts.recognized || self.json.recognized();
+            return if ours {
+                ScanReport::Unparsed(u)
+            } else {
+                ScanReport::Skipped
+            };
         }
         match self.mode {
             Mode::Off => ScanReport::Skipped,

@@ -26,9 +26,10 @@ const FIXTURES: &[(&str, BodyKind, &[u8])] = &[
     ("responses-incomplete.json", BodyKind::Json, RESPONSES_JSON),
 ];
 
-/// Feeds `pieces` in order, each at time 0, and finishes at EOF.
+/// Feeds `pieces` in order, each at time 0, and finishes at EOF, as the
+/// answer to a generation endpoint.
 fn scan_pieces<'a>(kind: BodyKind, pieces: impl IntoIterator<Item = &'a [u8]>) -> ScanReport {
-    let mut s = Scanner::new(kind, false, false);
+    let mut s = Scanner::new(kind, false, true);
     for p in pieces {
         s.feed(p, 0);
     }
@@ -269,6 +270,19 @@ fn bad_input_is_unparsed_and_never_fails() {
             "{what}, bytewise"
         );
     }
+    // The same bodies from an endpoint that is not a generation endpoint are
+    // other traffic, not inference gone wrong.
+    for body in [&b"<html>"[..], b"data: plain text\n\n"] {
+        for kind in [BodyKind::Json, BodyKind::Sse] {
+            let mut s = Scanner::new(kind, false, false);
+            s.feed(body, 0);
+            assert_eq!(s.finish(End::Eof, 0), ScanReport::Skipped);
+        }
+    }
+    // Unless they had shown inference fields before going wrong.
+    let mut s = Scanner::new(BodyKind::Sse, false, false);
+    s.feed(b"data: {\"choices\":[]}\n\ndata: oops\n\n", 0);
+    assert_eq!(s.finish(End::Eof, 0), ScanReport::Unparsed(Unparsed::Malformed));
     // Lines that are not `data:` are framing, not errors: unknown fields,
     // lines without a colon, comments, binary noise outside data lines.
     let mut noisy = b"garbage without colon\n\x00\x01\xff: \xfe\nbogus: field\n".to_vec();
