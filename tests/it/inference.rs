@@ -561,3 +561,180 @@ async fn bad_bodies_stream_through_byte_for_byte_and_count_as_unparsed() {
     assert_eq!(a.status, 404, "no route, but an answer");
     server.shutdown().await;
 }
+
+// ---- The controller on inference metrics ----
+
+use abgate::lab::loadgen::{self, LoadMode, LoadSpec, RequestKind};
+use abgate::lab::mock::{MockServer, MockSpec};
+
+async fn mock(spec: &str) -> MockServer {
+    MockServer::start(spec.parse::<MockSpec>().unwrap(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Bounded open-loop load of `kind` requests in the background.
+fn load(target: SocketAddr, kind: RequestKind, rate: f64, seconds: u64) -> JoinHandle<()> {
+    let mut spec = LoadSpec::new(format!("http://{target}"));
+    spec.kind = kind;
+    spec.mode = LoadMode::OpenLoop {
+        rate_per_s: rate,
+        connections: 32,
+        max_in_flight: 512,
+    };
+    spec.max_requests = (rate as u64) * seconds;
+    spec.max_duration = Duration::from_secs(seconds);
+    spec.request_timeout = Duration::from_secs(5);
+    spec.seed = 11;
+    tokio::spawn(async move {
+        let _ = loadgen::run(spec).await;
+    })
+}
+
+/// A canary of `canary` against `stable`, judged on `guardrails` (YAML list
+/// items), both backends priced alike.
+fn inference_canary(stable: &MockServer, canary: &MockServer, guardrails: &str) -> String {
+    format!(
+        r#"
+currency: USD
+backends:
+  v1: {{ url: "{}", price: {{ input_per_mtok: 1.0, output_per_mtok: 2.0 }} }}
+  v2: {{ url: "{}", price: {{ input_per_mtok: 1.0, output_per_mtok: 2.0 }} }}
+experiments:
+  - name: exp
+    kind: canary
+    baseline: stable
+    unit: {{ header: x-user-id }}
+    steps: [10, 50, 100]
+    step: {{ min_samples: 40, min_duration: 0s }}
+    analysis:
+      interval: 200ms
+      min_units_per_arm: 50
+      min_events: 20
+      design_samples: 2000
+      guardrails:
+{guardrails}
+    arms:
+      - {{ name: stable, backend: v1, weight: 100 }}
+      - {{ name: canary, backend: v2, weight: 0 }}
+"#,
+        stable.url(),
+        canary.url()
+    )
+}
+
+/// Polls until the experiment is `state` (or `within` passes); the view.
+async fn wait_state(admin: SocketAddr, state: &str, within: Duration) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let v = experiment_json(admin, "exp").await;
+        if v["state"] == state {
+            return v;
+        }
+        assert!(v["state"] == "running", "expected {state}, got {v:#}");
+        assert!(std::time::Instant::now() < deadline, "never {state}: {v:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_with_half_again_the_time_to_first_token_is_rolled_back() {
+    let stable = mock("name=stable,latency=fixed:1,first_token_ms=200,chunks=4,token_delay_ms=1,seed=1").await;
+    let canary = mock("name=canary,latency=fixed:1,first_token_ms=300,chunks=4,token_delay_ms=1,seed=2").await;
+    let yaml = inference_canary(
+        &stable,
+        &canary,
+        "        - { metric: ttft_ms, max_relative_increase: 0.10 }",
+    );
+    let server = start_abgate(&yaml).await;
+    let traffic = load(server.data_addr, RequestKind::ChatStream, 120.0, 40);
+    let v = wait_state(server.admin_addr, "rolled_back", Duration::from_secs(40)).await;
+    traffic.abort();
+    let d = &v["last_decision"];
+    assert_eq!(d["kind"], "rollback");
+    let summary = d["reason"]["summary"].as_str().unwrap();
+    assert!(summary.contains("ttft_ms"), "{summary}");
+    // TTFB is the role chunk, sent at once: the first token comes later.
+    // (Exact means depend on how loaded the machine is; the order does not.)
+    let ttft = |arm: &str| arm_of(&v, arm)["metrics"]["ttft_ms"]["mean"].as_f64().unwrap();
+    let ttfb = |arm: &str| arm_of(&v, arm)["metrics"]["ttfb_ms"]["mean"].as_f64().unwrap();
+    assert!(ttft("canary") > ttft("stable"), "{v:#}");
+    for arm in ["stable", "canary"] {
+        assert!(ttfb(arm) + 30.0 < ttft(arm), "{arm}: {v:#}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_with_thirty_percent_more_completion_tokens_is_rolled_back_on_cost() {
+    let stable = mock("name=stable,latency=fixed:1,chunks=10,tokens_jitter=0.2,seed=3").await;
+    let canary = mock("name=canary,latency=fixed:1,chunks=13,tokens_jitter=0.2,seed=4").await;
+    let yaml = inference_canary(
+        &stable,
+        &canary,
+        "        - { metric: cost, max_relative_increase: 0.10 }",
+    );
+    let server = start_abgate(&yaml).await;
+    let traffic = load(server.data_addr, RequestKind::Chat, 300.0, 40);
+    let v = wait_state(server.admin_addr, "rolled_back", Duration::from_secs(40)).await;
+    traffic.abort();
+    let summary = v["last_decision"]["reason"]["summary"].as_str().unwrap();
+    assert!(summary.contains("cost"), "{summary}");
+    let mean = |arm: &str, m: &str| arm_of(&v, arm)["metrics"][m]["mean"].as_f64().unwrap();
+    let ratio = mean("canary", "completion_tokens") / mean("stable", "completion_tokens");
+    assert!((1.2..1.4).contains(&ratio), "completion tokens ratio {ratio}");
+    assert!(mean("canary", "cost") > mean("stable", "cost"));
+    // Prometheus: the cost so far, from the same usage.
+    let m = metrics(server.admin_addr).await;
+    let cost = metric_value(&m, "abgate_cost_total", &[("experiment", "exp"), ("arm", "stable")]);
+    let tokens = |kind: &str| {
+        metric_value(
+            &m,
+            "abgate_tokens_total",
+            &[("experiment", "exp"), ("arm", "stable"), ("kind", kind)],
+        )
+    };
+    let want = (tokens("prompt") + 2.0 * tokens("completion")) / 1e6;
+    assert!((cost - want).abs() <= want * 1e-6 + 1e-12, "{cost} vs {want}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_with_equal_cost_and_time_to_first_token_is_not_rolled_back() {
+    // A first token at 200 ms: scheduling noise on a busy test machine (tens
+    // of ms, heavy-tailed) stays small beside the 10% margin.
+    let spec = "latency=fixed:1,first_token_ms=200,chunks=6,token_delay_ms=1,tokens_jitter=0.2";
+    let stable = mock(&format!("name=stable,{spec},seed=5")).await;
+    let canary = mock(&format!("name=canary,{spec},seed=6")).await;
+    let yaml = inference_canary(
+        &stable,
+        &canary,
+        "        - { metric: ttft_ms, max_relative_increase: 0.10 }\n        - { metric: cost, max_relative_increase: 0.10 }",
+    );
+    let server = start_abgate(&yaml).await;
+    let traffic = load(server.data_addr, RequestKind::ChatStream, 150.0, 60);
+    // Promoted, or at least never rolled back while the canary is judged on
+    // hundreds of streams (how fast non-inferiority is shown depends on how
+    // noisy the machine's timing is).
+    let started = std::time::Instant::now();
+    let admin = server.admin_addr;
+    loop {
+        let v = experiment_json(admin, "exp").await;
+        assert!(
+            v["state"] == "running" || v["state"] == "promoted",
+            "an equal canary was judged: {v:#}"
+        );
+        if v["state"] == "promoted" {
+            assert_eq!(arm_of(&v, "canary")["weight"], 100.0);
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(40) {
+            let judged = arm_of(&v, "canary")["metrics"]["ttft_ms"]["n"].as_u64().unwrap();
+            assert!(judged >= 300, "the canary was barely judged: {v:#}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    traffic.abort();
+    server.shutdown().await;
+}
