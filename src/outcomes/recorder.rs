@@ -380,7 +380,15 @@ pub struct ArmRecorder {
     prom: PromHandles,
     /// Set from the experiment's config at each table build.
     slow_threshold_us: AtomicU64,
+    /// `abgate_grpc_errors_total{code}`, registered the first time a code is
+    /// seen (most arms never answer gRPC, and 17 empty series per arm would
+    /// bury the ones that matter); index 0 is for codes above 16.
+    grpc: [std::sync::OnceLock<metrics::Counter>; GRPC_CODES],
+    telemetry: Arc<Telemetry>,
 }
+
+/// gRPC status codes 1..=16 plus one slot for anything else.
+const GRPC_CODES: usize = 17;
 
 /// A point-in-time copy of an arm's recorder.
 #[derive(Debug, Clone)]
@@ -394,7 +402,7 @@ pub struct ArmSnapshot {
 }
 
 impl ArmRecorder {
-    fn new(experiment: &str, arm: &str, telemetry: &Telemetry) -> Self {
+    fn new(experiment: &str, arm: &str, telemetry: &Arc<Telemetry>) -> Self {
         let prom = PromHandles {
             classes: StatusClass::ALL.map(|c| {
                 telemetry.counter(
@@ -466,6 +474,8 @@ impl ArmRecorder {
             forced: OutcomeSet::default(),
             prom,
             slow_threshold_us: AtomicU64::new(u64::MAX),
+            grpc: Default::default(),
+            telemetry: telemetry.clone(),
         }
     }
 
@@ -500,6 +510,37 @@ impl ArmRecorder {
             set.errors.fetch_add(1, Relaxed);
         }
         self.prom.failures[kind as usize].increment(1);
+    }
+
+    /// A response (HTTP 200, as gRPC answers) whose `grpc-status` was `code`,
+    /// not 0: an error for the arm, counted once per request
+    /// (`counted_as_error` when it already was, e.g. a 5xx head).
+    pub fn record_grpc_error(&self, forced: bool, code: u32, counted_as_error: bool) {
+        if !counted_as_error {
+            self.set(forced).errors.fetch_add(1, Relaxed);
+        }
+        let slot = if (1..GRPC_CODES as u32).contains(&code) {
+            code as usize
+        } else {
+            0
+        };
+        self.grpc[slot]
+            .get_or_init(|| {
+                let label = if slot == 0 {
+                    "other".to_string()
+                } else {
+                    slot.to_string()
+                };
+                self.telemetry.counter(
+                    "abgate_grpc_errors_total",
+                    &[
+                        ("experiment", &self.experiment),
+                        ("arm", &self.arm),
+                        ("code", &label),
+                    ],
+                )
+            })
+            .increment(1);
     }
 
     /// The client left before a response head was sent: not the arm's fault.

@@ -71,7 +71,8 @@ pub struct RecordingBody {
     recorder: Arc<ArmRecorder>,
     forced: bool,
     started: Instant,
-    /// The response head was a 5xx, so the request already counts as an error.
+    /// The request already counts as an error: a 5xx head, or a non-zero
+    /// `grpc-status` (in the head of a trailers-only response, or in trailers).
     head_was_error: bool,
     first_byte_seen: bool,
     done: bool,
@@ -175,6 +176,12 @@ impl Body for RecordingBody {
                         let now = this.elapsed_us();
                         this.scanner.feed(data, now);
                     }
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    if let Some(code) = grpc_failure(trailers) {
+                        this.recorder
+                            .record_grpc_error(this.forced, code, this.head_was_error);
+                        this.head_was_error = true;
+                    }
                 }
                 // hyper stops polling once a sized body reports its end, so the
                 // end must be recorded here rather than only on `None`.
@@ -202,6 +209,18 @@ impl Body for RecordingBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The code of a failed gRPC call: a `grpc-status` that is present and not
+/// `0` (an unreadable one counts as failed, with code 2, UNKNOWN, as gRPC
+/// clients read it).
+pub fn grpc_failure(headers: &http::HeaderMap) -> Option<u32> {
+    let v = headers.get("grpc-status")?;
+    match std::str::from_utf8(v.as_bytes()).ok()?.trim().parse::<u32>() {
+        Ok(0) => None,
+        Ok(code) => Some(code),
+        Err(_) => Some(2),
     }
 }
 

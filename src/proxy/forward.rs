@@ -15,7 +15,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
-use super::body::{ProxyBody, RecordingBody};
+use super::body::{grpc_failure, ProxyBody, RecordingBody};
 use super::classify::classify;
 use super::guarded_body::{BodyTrip, IdleBody, RequestBody, TripWire};
 use super::headers::{add_forwarded, strip_hop_by_hop};
@@ -152,7 +152,12 @@ pub(super) async fn forward(
             if let (Some(arm), false) = (tags.wiring, forced) {
                 record_header_metrics(arm, &parts.headers);
             }
-            let head_was_error = parts.status.is_server_error();
+            let mut head_was_error = parts.status.is_server_error();
+            // A trailers-only gRPC response carries its status in the head.
+            if let Some(code) = grpc_failure(&parts.headers) {
+                recorder.record_grpc_error(forced, code, head_was_error);
+                head_was_error = true;
+            }
             let scanner = scanner_for(&parts, expect_inference);
             let body = IdleBody::new(body, limits.stream_idle);
             let body = RecordingBody::new(body, recorder.clone(), forced, started, head_was_error)

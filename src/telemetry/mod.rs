@@ -66,6 +66,7 @@ impl Telemetry {
             ("abgate_tokens_total", "Tokens reported in responses' usage, by experiment, arm and kind (prompt, completion)."),
             ("abgate_streams_total", "Event streams whose end the backend decided (client disconnects excluded), by experiment and arm."),
             ("abgate_stream_incomplete_total", "Event streams that ended before [DONE], a finish reason or a terminal event, by experiment and arm."),
+            ("abgate_grpc_errors_total", "Responses whose grpc-status (trailer, or header of a trailers-only response) was not 0, by experiment, arm and code (1-16, or other)."),
             ("abgate_unparsed_responses_total", "Responses the inference scanner could not read (their HTTP outcome still counts), by experiment and arm."),
         ];
         for (name, help) in counters {

@@ -738,3 +738,108 @@ async fn a_canary_with_equal_cost_and_time_to_first_token_is_not_rolled_back() {
     traffic.abort();
     server.shutdown().await;
 }
+
+// ---- gRPC outcomes ----
+
+/// An h2c backend answering like gRPC: `/ok` with trailers `grpc-status: 0`,
+/// `/unavailable` with trailers `grpc-status: 14`, `/trailers-only` with
+/// `grpc-status: 5` in the head and no body.
+async fn grpc_backend() -> (String, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let path = req.uri().path().to_string();
+                    let resp = Response::builder().header("content-type", "application/grpc");
+                    let status = match path.as_str() {
+                        p if p.ends_with("/ok") => "0",
+                        p if p.ends_with("/unavailable") => "14",
+                        _ => {
+                            let empty: Body = http_body_util::Empty::new()
+                                .map_err(|never| match never {})
+                                .boxed();
+                            return Ok::<_, Infallible>(
+                                resp.header("grpc-status", "5")
+                                    .header("grpc-message", "not found")
+                                    .body(empty)
+                                    .unwrap(),
+                            );
+                        }
+                    };
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static(status));
+                    let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+                        Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x02hi"))),
+                        Ok(Frame::trailers(trailers)),
+                    ];
+                    let body: Body = BodyExt::boxed(StreamBody::new(tokio_stream::iter(frames)));
+                    Ok(resp.body(body).unwrap())
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}"), task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_zero_grpc_status_is_an_error_for_the_arm_by_code() {
+    let (url, task) = grpc_backend().await;
+    let server = start_abgate(&format!(
+        r#"
+backends:
+  g: {{ url: "{url}", protocol: http2 }}
+experiments:
+  - name: grpc
+    arms: [ {{ name: arm, backend: g, weight: 100 }} ]
+"#
+    ))
+    .await;
+    let c: Client<_, http_body_util::Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    for (path, want) in [
+        ("/pkg.Svc/ok", Some("0")),
+        ("/pkg.Svc/unavailable", Some("14")),
+        ("/pkg.Svc/trailers-only", None),
+        ("/pkg.Svc/ok", Some("0")),
+    ] {
+        let resp = c
+            .request(
+                Request::post(format!("http://{}{path}", server.data_addr))
+                    .header("te", "trailers")
+                    .header("content-type", "application/grpc")
+                    .body(http_body_util::Empty::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let head_status = resp.headers().get("grpc-status").cloned();
+        let collected = resp.into_body().collect().await.unwrap();
+        match want {
+            Some(code) => assert_eq!(collected.trailers().unwrap()["grpc-status"], code),
+            None => assert_eq!(head_status.unwrap(), "5", "trailers-only passes through"),
+        }
+    }
+    let admin = server.admin_addr;
+    let v = experiment_json(admin, "grpc").await;
+    let error = &arm_of(&v, "arm")["metrics"]["error"];
+    assert_eq!((error["n"].as_u64(), error["successes"].as_u64()), (Some(4), Some(2)), "{v}");
+    assert_eq!(arm_of(&v, "arm")["assigned"]["errors"], 2);
+    let m = metrics(admin).await;
+    let code = |c: &str| {
+        metric_value(&m, "abgate_grpc_errors_total", &[("experiment", "grpc"), ("code", c)])
+    };
+    assert_eq!((code("14"), code("5")), (1.0, 1.0));
+    assert!(!m.contains("abgate_grpc_errors_total{experiment=\"grpc\",arm=\"arm\",code=\"0\""));
+    task.abort();
+    server.shutdown().await;
+}
