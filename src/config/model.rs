@@ -217,6 +217,10 @@ pub struct Experiment {
     pub slow_threshold: Duration,
     /// Automatic analysis and decisions; `None` for a manually run experiment.
     pub policy: Option<ControlPolicy>,
+    /// Add `stream_options.include_usage` to streaming completion requests
+    /// that lack it (and hide the extra usage chunk from their clients), so
+    /// every stream reports its tokens.
+    pub inject_usage: bool,
 }
 
 /// How the controller runs an experiment.

@@ -71,6 +71,7 @@ const EXPERIMENT: &[&str] = &[
     "on_failure",
     "max_duration",
     "notify",
+    "inject_usage",
 ];
 const STEP: &[&str] = &["min_samples", "min_duration"];
 const ANALYSIS: &[&str] = &[
@@ -569,6 +570,10 @@ fn experiment(
         Some(n) => d.bool(n, &f.path_of("allow_override")),
         None => Some(false),
     };
+    let inject_usage = match f.get("inject_usage") {
+        Some(n) => d.bool(n, &f.path_of("inject_usage")),
+        None => Some(false),
+    };
     let arms = match f.get("arms") {
         Some(n) => arms(d, n, &f.path_of("arms"), backends),
         None => {
@@ -631,6 +636,7 @@ fn experiment(
         metrics: metrics?,
         attribution_window: attribution_window?,
         slow_threshold: slow_threshold?,
+        inject_usage: inject_usage?,
     })
 }
 

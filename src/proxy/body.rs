@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 
 use super::guarded_body::{BoxError, IdleBody, StreamIdle};
 use crate::config::Price;
+use super::usage::UsageStrip;
 use crate::outcomes::scan::{End, ScanReport, Scanner};
 use crate::outcomes::{ArmRecorder, FailureKind};
 
@@ -79,6 +80,14 @@ pub struct RecordingBody {
     /// Reads inference facts from the frames as they pass.
     scanner: Scanner,
     price: Option<Price>,
+    /// `inject_usage` asked for a usage chunk the client did not: it is
+    /// removed from what the client gets (boxed: the rare case stays out of
+    /// every other body's size).
+    strip: Option<Box<UsageStrip>>,
+    /// With `strip`: the backend's body has ended (what is still held goes
+    /// out before the end).
+    upstream_ended: bool,
+    tail: Option<Bytes>,
 }
 
 impl RecordingBody {
@@ -99,7 +108,17 @@ impl RecordingBody {
             done: false,
             scanner: Scanner::off(),
             price: None,
+            strip: None,
+            upstream_ended: false,
+            tail: None,
         }
+    }
+
+    /// Removes the usage-only chunk `inject_usage` asked for from what the
+    /// client gets (the scanner still reads it).
+    pub fn stripping_usage(mut self) -> Self {
+        self.strip = Some(Box::default());
+        self
     }
 
     /// Scans the body with `scanner`; `price` turns reported usage into cost.
@@ -167,8 +186,34 @@ impl Body for RecordingBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if this.strip.is_some() {
+            return this.poll_stripped(cx);
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
+        this.observe(&polled);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self.strip {
+            None => self.inner.is_end_stream(),
+            Some(_) => self.upstream_ended && self.tail.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.strip {
+            None => self.inner.size_hint(),
+            Some(_) => SizeHint::default(),
+        }
+    }
+}
+
+impl RecordingBody {
+    /// Scans and records what the backend's body did, frame by frame.
+    fn observe(&mut self, polled: &Poll<Option<Result<Frame<Bytes>, BoxError>>>) {
+        let this = self;
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.first_byte();
@@ -200,15 +245,53 @@ impl Body for RecordingBody {
             Poll::Ready(None) => this.finish(None),
             Poll::Pending => {}
         }
-        polled
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    /// `poll_frame` with the usage chunk removed: frames that filter down to
+    /// nothing are not sent (hyper would read an empty chunk as the end), and
+    /// what the filter still holds when the backend's body ends goes out last.
+    fn poll_stripped(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if let Some(tail) = self.tail.take() {
+                return Poll::Ready(Some(Ok(Frame::data(tail))));
+            }
+            if self.upstream_ended {
+                return Poll::Ready(None);
+            }
+            let polled = Pin::new(&mut self.inner).poll_frame(cx);
+            self.observe(&polled);
+            let ended = self.done;
+            let strip = self.strip.as_mut().expect("only called while stripping");
+            match polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if ended {
+                        self.upstream_ended = true;
+                    }
+                    match frame.into_data() {
+                        Ok(data) => {
+                            let out = strip.filter(data);
+                            if ended {
+                                self.tail = strip.finish();
+                            }
+                            if !out.is_empty() {
+                                return Poll::Ready(Some(Ok(Frame::data(out))));
+                            }
+                        }
+                        Err(frame) => {
+                            if ended {
+                                self.tail = strip.finish();
+                            }
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
+                    }
+                }
+                Poll::Ready(None) => {
+                    self.upstream_ended = true;
+                    self.tail = strip.finish();
+                }
+                other => return other,
+            }
+        }
     }
 }
 

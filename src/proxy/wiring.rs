@@ -37,6 +37,8 @@ pub struct ArmWiring {
     /// Metrics read from the backend's response headers, with their cells.
     /// Empty on the default route.
     pub header_metrics: Box<[HeaderMetric]>,
+    /// The experiment's `inject_usage` (false on the default route).
+    pub inject_usage: bool,
 }
 
 /// One declared response-header metric of one arm.
@@ -99,12 +101,14 @@ impl Published {
                             MetricSource::Feedback => None,
                         })
                         .collect(),
+                    inject_usage: e.inject_usage,
                 }
             },
             |b| ArmWiring {
                 target: target(b),
                 recorder: recorders.arm(DEFAULT_ROUTE_EXPERIMENT, b),
                 header_metrics: Box::new([]),
+                inject_usage: false,
             },
         );
         Published {

@@ -843,3 +843,126 @@ experiments:
     task.abort();
     server.shutdown().await;
 }
+
+// ---- inject_usage ----
+
+/// What a usage-aware backend saw of one request: its body and Content-Length.
+type SeenBodies = Arc<std::sync::Mutex<Vec<(Bytes, Option<String>)>>>;
+
+/// A backend that streams `chat_stream(3, "stop", ..)`, with the usage chunk
+/// (prompt 11, completion 3) only when the request asks for it, as OpenAI does.
+async fn usage_aware_backend() -> (String, SeenBodies, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: SeenBodies = Arc::default();
+    let s = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let s = s.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let s = s.clone();
+                    async move {
+                        let len = req
+                            .headers()
+                            .get("content-length")
+                            .map(|v| v.to_str().unwrap().to_string());
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        s.lock().unwrap().push((body, len));
+                        let usage = v["stream_options"]["include_usage"] == true;
+                        let answer = if v["stream"] == true {
+                            chat_stream(3, "stop", usage.then_some((11, 3)))
+                        } else {
+                            chat_json(11, 3, "stop")
+                        };
+                        let frames = answer
+                            .split_inclusive("\n\n")
+                            .map(|e| (Duration::ZERO, Bytes::from(e.to_string())))
+                            .collect();
+                        let ct = if v["stream"] == true {
+                            "text/event-stream"
+                        } else {
+                            "application/json"
+                        };
+                        Ok::<_, Infallible>(respond(Script {
+                            content_type: ct,
+                            frames,
+                            ending: Ending::Close,
+                        }))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}"), seen, task)
+}
+
+async fn post_json(data: SocketAddr, path: &str, body: &'static str) -> Answer {
+    admin_call(
+        "POST",
+        &format!("http://{data}{path}"),
+        None,
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inject_usage_is_invisible_to_a_client_that_did_not_ask() {
+    let (url, seen, task) = usage_aware_backend().await;
+    let server = start_abgate(&format!(
+        r#"
+backends:
+  b: {{ url: "{url}" }}
+experiments:
+  - name: inject
+    inject_usage: true
+    match: {{ path_prefix: /inject/ }}
+    arms: [ {{ name: arm, backend: b, weight: 100 }} ]
+"#
+    ))
+    .await;
+    let data = server.data_addr;
+    let path = "/inject/v1/chat/completions";
+    // A client that did not ask: the stream exactly as without the option.
+    let plain = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let a = post_json(data, path, plain).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body, chat_stream(3, "stop", None).as_bytes(), "the usage chunk is hidden");
+    assert!(a.header("content-length").is_none());
+    {
+        let seen = seen.lock().unwrap();
+        let (body, len) = &seen[0];
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true, "the backend was asked");
+        assert_eq!(v["messages"][0]["content"], "hi");
+        assert_eq!(len.as_deref(), Some(body.len().to_string().as_str()), "Content-Length fixed");
+    }
+    // ...and abgate counted the tokens the backend reported.
+    let admin = server.admin_addr;
+    let tokens = |kind: &'static str| async move {
+        prom(admin, "abgate_tokens_total", "inject", &[("kind", kind)]).await
+    };
+    assert_eq!((tokens("prompt").await, tokens("completion").await), (11.0, 3.0));
+    // A client that asked gets its usage chunk, and its body is untouched.
+    let asked = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#;
+    let a = post_json(data, path, asked).await;
+    assert_eq!(a.body, chat_stream(3, "stop", Some((11, 3))).as_bytes());
+    assert_eq!(seen.lock().unwrap()[1].0, asked.as_bytes());
+    // A non-streaming request passes as it was.
+    let json = r#"{"model":"m","stream":false}"#;
+    let a = post_json(data, path, json).await;
+    assert_eq!(a.body, chat_json(11, 3, "stop").as_bytes());
+    assert_eq!(seen.lock().unwrap()[2].0, json.as_bytes());
+    assert_eq!((tokens("prompt").await, tokens("completion").await), (33.0, 9.0));
+    task.abort();
+    server.shutdown().await;
+}

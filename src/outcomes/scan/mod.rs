@@ -235,6 +235,11 @@ impl Scanner {
         Scanner::new(BodyKind::Other, false, false)
     }
 
+    /// Whether the body is scanned as an event stream.
+    pub fn is_sse(&self) -> bool {
+        self.mode == Mode::Sse
+    }
+
     /// Whether feeding bytes can still change the report.
     pub fn is_active(&self) -> bool {
         self.mode != Mode::Off && self.unparsed.is_none()
