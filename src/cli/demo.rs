@@ -1,5 +1,6 @@
 //! `abgate demo`: the product in one process and under a minute, as one of two
-//! embedded scenarios (`load/scenarios/demo-bad-canary.yaml`, `good-canary.yaml`).
+//! embedded scenarios (`load/scenarios/demo-inference-canary.yaml`, an LLM
+//! canary that truncates streams and costs more; `good-canary.yaml`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,7 +9,8 @@ use crate::lab::scenario::{Overrides, Scenario};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CanaryQuality {
-    /// 10× the stable error rate and slower: expect a rollback.
+    /// An LLM canary that cuts 5% of its streams short and costs more: expect
+    /// a rollback on `stream_incomplete`.
     Bad,
     /// As good as stable: expect the canary to walk every step and be promoted.
     Good,
@@ -27,7 +29,7 @@ pub struct DemoArgs {
     rate: f64,
 }
 
-const BAD: &str = include_str!("../../load/scenarios/demo-bad-canary.yaml");
+const BAD: &str = include_str!("../../load/scenarios/demo-inference-canary.yaml");
 const GOOD: &str = include_str!("../../load/scenarios/good-canary.yaml");
 
 pub fn run(args: DemoArgs) -> ExitCode {

@@ -94,6 +94,12 @@ pub fn run_scenario(
                 ),
             }
             println!("  why: {}", out.summary);
+            if !out.inference.is_empty() {
+                println!("per arm:");
+                for line in &out.inference {
+                    println!("{line}");
+                }
+            }
             for line in next_steps {
                 println!("{line}");
             }

@@ -38,6 +38,8 @@ pub struct Config {
     pub tls: Option<ListenerTls>,
     pub feedback: FeedbackConfig,
     pub tokens: TokensConfig,
+    /// The currency of every backend's `price` (a label: shown, never converted).
+    pub currency: Option<String>,
 }
 
 /// The feedback endpoint on the data-plane listener.
@@ -66,6 +68,46 @@ pub struct TokensConfig {
 
 /// Metrics every arm has without declaring them.
 pub const BUILTIN_METRICS: [&str; 4] = ["error", "latency_ms", "ttfb_ms", "slow"];
+
+/// Metrics every arm has from the response scanner (OpenAI-compatible
+/// responses): tokens per response, cost per response (backends with a
+/// `price`), time to first token and mean inter-token gap (ms, streams),
+/// the share of streams that ended before their terminal marker, and the share
+/// of responses cut by the token limit. Unlike [`BUILTIN_METRICS`] these names
+/// may still be declared (they were free before the scanner existed): a
+/// declared metric of the same name replaces the scanner's.
+pub const INFERENCE_METRICS: [&str; 7] = [
+    "prompt_tokens",
+    "completion_tokens",
+    "ttft_ms",
+    "itl_ms",
+    "stream_incomplete",
+    "finish_length",
+    "cost",
+];
+
+/// Whether `name` is a metric every arm has without declaring it.
+pub fn is_builtin_metric(name: &str) -> bool {
+    BUILTIN_METRICS.contains(&name) || INFERENCE_METRICS.contains(&name)
+}
+
+/// A backend's price per million tokens, in the config's `currency`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Price {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+}
+
+impl Price {
+    /// The cost of one response's usage. Cached prompt tokens are charged at
+    /// the full input price: providers discount them differently, and a
+    /// guardrail compares arms, which the discount rarely reorders.
+    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.input_per_mtok
+            + completion_tokens as f64 * self.output_per_mtok)
+            / 1e6
+    }
+}
 
 /// A per-experiment metric beyond the built-ins.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,6 +161,8 @@ pub struct Backend {
     pub protocol: UpstreamProtocol,
     /// TLS settings for `https://` backends (ignored for `http://`).
     pub tls: UpstreamTls,
+    /// What its tokens cost; `None` records no `cost`.
+    pub price: Option<Price>,
 }
 
 /// The HTTP version abgate speaks to a backend.
@@ -173,6 +217,10 @@ pub struct Experiment {
     pub slow_threshold: Duration,
     /// Automatic analysis and decisions; `None` for a manually run experiment.
     pub policy: Option<ControlPolicy>,
+    /// Add `stream_options.include_usage` to streaming completion requests
+    /// that lack it (and hide the extra usage chunk from their clients), so
+    /// every stream reports its tokens.
+    pub inject_usage: bool,
 }
 
 /// How the controller runs an experiment.

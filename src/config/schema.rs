@@ -27,6 +27,7 @@ const TOP: &[&str] = &[
     "tokens",
     "limits",
     "tls",
+    "currency",
 ];
 const FEEDBACK: &[&str] = &["path", "max_body"];
 const TOKENS: &[&str] = &["key_file"];
@@ -39,7 +40,9 @@ const BACKEND: &[&str] = &[
     "ca_file",
     "client_cert",
     "client_key",
+    "price",
 ];
+const PRICE: &[&str] = &["input_per_mtok", "output_per_mtok"];
 const LISTENER_TLS: &[&str] = &["cert", "key"];
 const LIMITS: &[&str] = &[
     "max_connections",
@@ -68,6 +71,7 @@ const EXPERIMENT: &[&str] = &[
     "on_failure",
     "max_duration",
     "notify",
+    "inject_usage",
 ];
 /// Default `analysis.look_every`: the controller looks after every 10 completed
 /// candidate outcomes (or each `interval`, whichever comes first). Every look is
@@ -162,6 +166,10 @@ pub fn decode(d: &mut Decoder, root: &Node) -> Option<Config> {
         }),
         None => Some(TokensConfig::default()),
     };
+    let currency = match top.get("currency") {
+        Some(n) => d.name(n, "currency").map(Some),
+        None => Some(None),
+    };
     let limits = limits(d, &top);
     let tls = match top.get("tls") {
         Some(n) => listener_tls(d, n).map(Some),
@@ -179,6 +187,7 @@ pub fn decode(d: &mut Decoder, root: &Node) -> Option<Config> {
         tokens: tokens?,
         limits: limits?,
         tls: tls?,
+        currency: currency?,
     })
 }
 
@@ -401,17 +410,46 @@ fn backends(d: &mut Decoder, top: &Fields) -> Vec<Backend> {
             None => Some(UpstreamProtocol::default()),
         };
         let tls = upstream_tls(d, &bf);
-        if let (Some(url), Some(protocol), Some(tls)) = (url, protocol, tls) {
+        let price = match bf.get("price") {
+            Some(n) => price(d, n, &bf.path_of("price")).map(Some),
+            None => Some(None),
+        };
+        if let (Some(url), Some(protocol), Some(tls), Some(price)) = (url, protocol, tls, price) {
             out.push(Backend {
                 name: entry.key.clone(),
                 url,
                 response_timeout,
                 protocol,
                 tls,
+                price,
             });
         }
     }
     out
+}
+
+/// `{ input_per_mtok: 0.15, output_per_mtok: 0.60 }`: both required, finite, >= 0.
+fn price(d: &mut Decoder, node: &Node, path: &str) -> Option<Price> {
+    let f = d.fields(node, path, PRICE)?;
+    let read = |d: &mut Decoder, key: &str| {
+        let n = required(d, &f, key)?;
+        let v = d.number(n, &f.path_of(key))?;
+        if !(v.is_finite() && v >= 0.0) {
+            d.error(
+                f.path_of(key),
+                n.line,
+                format!("must be a price >= 0, got {v}"),
+            );
+            return None;
+        }
+        Some(v)
+    };
+    let input = read(d, "input_per_mtok");
+    let output = read(d, "output_per_mtok");
+    Some(Price {
+        input_per_mtok: input?,
+        output_per_mtok: output?,
+    })
 }
 
 fn backend_url(d: &mut Decoder, node: &Node, path: &str) -> Option<BackendUrl> {
@@ -544,6 +582,10 @@ fn experiment(
         Some(n) => d.bool(n, &f.path_of("allow_override")),
         None => Some(false),
     };
+    let inject_usage = match f.get("inject_usage") {
+        Some(n) => d.bool(n, &f.path_of("inject_usage")),
+        None => Some(false),
+    };
     let arms = match f.get("arms") {
         Some(n) => arms(d, n, &f.path_of("arms"), backends),
         None => {
@@ -606,6 +648,7 @@ fn experiment(
         metrics: metrics?,
         attribution_window: attribution_window?,
         slow_threshold: slow_threshold?,
+        inject_usage: inject_usage?,
     })
 }
 
@@ -668,7 +711,7 @@ fn control_policy(
         ],
         None,
     )?;
-    let known = |m: &str| BUILTIN_METRICS.contains(&m) || metrics.iter().any(|x| x.name == m);
+    let known = |m: &str| is_builtin_metric(m) || metrics.iter().any(|x| x.name == m);
     let mut ok = true;
     let steps = match (kind, f.get("steps")) {
         (ExperimentKind::Canary, Some(n)) => {
@@ -798,7 +841,7 @@ fn control_policy(
                 let metric = required(d, &gf, "metric").and_then(|n| {
                     let m = d.name(n, &gf.path_of("metric"))?;
                     if !known(&m) {
-                        d.error(gf.path_of("metric"), n.line, format!("unknown metric {m:?}; use a built-in (error, latency_ms, ttfb_ms, slow) or declare it under `metrics`"));
+                        d.error(gf.path_of("metric"), n.line, format!("unknown metric {m:?}; use a built-in ({}) or declare it under `metrics`", BUILTIN_METRICS.iter().chain(&INFERENCE_METRICS).copied().collect::<Vec<_>>().join(", ")));
                         return None;
                     }
                     Some(m)

@@ -130,6 +130,9 @@ pub struct Outcome {
     /// request's time) to the final decision, by the decisions' own times.
     pub after_start: Option<Duration>,
     pub met_expectation: Option<bool>,
+    /// Per arm, what the response scanner saw (tokens, cost, time to first
+    /// token, truncated streams); empty when the arms served no inference.
+    pub inference: Vec<String>,
 }
 
 impl Scenario {
@@ -341,7 +344,42 @@ fn outcome_of(s: &Scenario, view: &ExperimentView, elapsed: Duration) -> Outcome
             Expect::Promote => decision.as_deref() == Some("promote"),
             Expect::None => decision.is_none(),
         }),
+        inference: inference_lines(view, s.abgate.get("currency").and_then(Value::as_str)),
     }
+}
+
+/// One line per arm with what its responses reported: requests with usage,
+/// tokens and cost per request (and the cost in all), time to first token,
+/// the share of streams cut short.
+fn inference_lines(view: &ExperimentView, currency: Option<&str>) -> Vec<String> {
+    let n = |m: Option<&MetricView>| m.map_or(0, MetricView::n);
+    let seen = view.arms.iter().any(|a| {
+        n(a.metrics.get("completion_tokens")) > 0 || n(a.metrics.get("stream_incomplete")) > 0
+    });
+    if !seen {
+        return Vec::new();
+    }
+    let unit = currency.map_or(String::new(), |c| format!(" {c}"));
+    let width = view.arms.iter().map(|a| a.name.len()).max().unwrap_or(0);
+    view.arms
+        .iter()
+        .map(|a| {
+            let m = &a.metrics;
+            let cost = mean(m.get("cost"));
+            let total = cost.map(|c| c * n(m.get("cost")) as f64);
+            format!(
+                "  {:<width$}  {} streams  tokens in/out {}/{} per request  cost {}{unit} per request ({}{unit} in all)  ttft {} ms  incomplete {}",
+                a.name,
+                n(m.get("stream_incomplete")),
+                ms(mean(m.get("prompt_tokens"))),
+                ms(mean(m.get("completion_tokens"))),
+                cost.map_or("-".into(), |c| format!("{c:.6}")),
+                total.map_or("-".into(), |c| format!("{c:.4}")),
+                ms(mean(m.get("ttft_ms"))),
+                pct(rate(m.get("stream_incomplete"))),
+            )
+        })
+        .collect()
 }
 
 fn pct(v: Option<f64>) -> String {
@@ -380,14 +418,23 @@ fn one_line(view: &ExperimentView, elapsed: Duration) -> String {
         .iter()
         .map(|a| {
             let s = a.assigned.as_ref();
-            format!(
+            let mut line = format!(
                 "{} {}% n={} err={} p50={}ms",
                 a.name,
                 json_num(Some(a.weight)),
                 json_num(s.map(|s| s.requests)),
                 pct(s.and_then(|s| s.error_rate)),
                 ms(s.and_then(|s| s.latency_ms.p50))
-            )
+            );
+            // Streams: what the response scanner read.
+            if let Some(incomplete) = rate(a.metrics.get("stream_incomplete")) {
+                line.push_str(&format!(
+                    " ttft={}ms cut={}",
+                    ms(mean(a.metrics.get("ttft_ms"))),
+                    pct(Some(incomplete))
+                ));
+            }
+            line
         })
         .collect();
     let explain = view

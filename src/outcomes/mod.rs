@@ -15,6 +15,7 @@ pub mod histogram;
 pub mod metrics;
 pub mod persist;
 pub mod recorder;
+pub mod scan;
 pub mod summary;
 pub mod token;
 

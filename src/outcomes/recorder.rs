@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-use super::histogram::{AtomicHistogram, HistogramSnapshot};
+use super::histogram::{AtomicHistogram, HistogramSnapshot, HistogramState};
+use super::metrics::{MetricCell, MetricSums};
+use super::scan::{Finish, Inference};
 use crate::telemetry::Telemetry;
 
 /// HTTP status class of the response abgate sent.
@@ -115,6 +117,141 @@ pub struct OutcomeSet {
     slow: AtomicU64,
     latency: AtomicHistogram,
     ttfb: AtomicHistogram,
+    inference: InferenceSet,
+}
+
+/// What the response scanner read from one population's responses: token
+/// usage, cost, time to first token, gaps between tokens, how streams ended.
+/// Each is counted over the responses that reported it (a stream without a
+/// usage chunk adds no token observation), never over unparsed ones.
+#[derive(Default)]
+pub struct InferenceSet {
+    prompt_tokens: MetricCell,
+    completion_tokens: MetricCell,
+    /// Per response, in the config's `currency`; only backends with a `price`.
+    cost: MetricCell,
+    /// Time to the first event with generated content, µs (streams).
+    ttft: AtomicHistogram,
+    /// Per stream, the mean gap between content events, µs.
+    itl: AtomicHistogram,
+    /// Streams whose end the backend decided (the client stayed)...
+    streams: AtomicU64,
+    /// ...and of those, the ones that ended before `[DONE]`, a finish reason
+    /// or a terminal event.
+    incomplete: AtomicU64,
+    /// Responses that said why they stopped...
+    finished: AtomicU64,
+    /// ...and of those, the ones cut by the token limit.
+    finish_length: AtomicU64,
+    /// Responses the scanner could not read.
+    unparsed: AtomicU64,
+}
+
+/// A copy of an [`InferenceSet`].
+#[derive(Debug, Clone)]
+pub struct InferenceSnapshot {
+    pub prompt_tokens: MetricSums,
+    pub completion_tokens: MetricSums,
+    pub cost: MetricSums,
+    pub ttft: HistogramSnapshot,
+    pub itl: HistogramSnapshot,
+    pub streams: u64,
+    pub incomplete: u64,
+    pub finished: u64,
+    pub finish_length: u64,
+    pub unparsed: u64,
+}
+
+/// An [`InferenceSet`]'s contents for the store (absent in state saved
+/// before abgate scanned responses, hence the defaults).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct InferenceState {
+    pub prompt_tokens: MetricSums,
+    pub completion_tokens: MetricSums,
+    pub cost: MetricSums,
+    pub ttft: HistogramState,
+    pub itl: HistogramState,
+    pub streams: u64,
+    pub incomplete: u64,
+    pub finished: u64,
+    pub finish_length: u64,
+    pub unparsed: u64,
+}
+
+impl InferenceSet {
+    fn record(&self, r: &Inference, cost: Option<f64>) {
+        if let Some(t) = r.prompt_tokens {
+            self.prompt_tokens.record(t as f64);
+        }
+        if let Some(t) = r.completion_tokens {
+            self.completion_tokens.record(t as f64);
+        }
+        if let Some(c) = cost {
+            self.cost.record(c);
+        }
+        if let Some(us) = r.ttft_us {
+            self.ttft.record(us);
+        }
+        if let Some(us) = r.itl_us {
+            self.itl.record(us);
+        }
+        if let Some(complete) = r.complete {
+            self.streams.fetch_add(1, Relaxed);
+            if !complete {
+                self.incomplete.fetch_add(1, Relaxed);
+            }
+        }
+        if let Some(f) = r.finish {
+            self.finished.fetch_add(1, Relaxed);
+            if f == Finish::Length {
+                self.finish_length.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> InferenceSnapshot {
+        InferenceSnapshot {
+            prompt_tokens: self.prompt_tokens.sums(),
+            completion_tokens: self.completion_tokens.sums(),
+            cost: self.cost.sums(),
+            ttft: self.ttft.snapshot(),
+            itl: self.itl.snapshot(),
+            streams: self.streams.load(Relaxed),
+            incomplete: self.incomplete.load(Relaxed),
+            finished: self.finished.load(Relaxed),
+            finish_length: self.finish_length.load(Relaxed),
+            unparsed: self.unparsed.load(Relaxed),
+        }
+    }
+
+    fn state(&self) -> InferenceState {
+        InferenceState {
+            prompt_tokens: self.prompt_tokens.sums(),
+            completion_tokens: self.completion_tokens.sums(),
+            cost: self.cost.sums(),
+            ttft: self.ttft.state(),
+            itl: self.itl.state(),
+            streams: self.streams.load(Relaxed),
+            incomplete: self.incomplete.load(Relaxed),
+            finished: self.finished.load(Relaxed),
+            finish_length: self.finish_length.load(Relaxed),
+            unparsed: self.unparsed.load(Relaxed),
+        }
+    }
+
+    fn restore(&self, s: &InferenceState) {
+        self.prompt_tokens.restore(s.prompt_tokens);
+        self.completion_tokens.restore(s.completion_tokens);
+        self.cost.restore(s.cost);
+        self.ttft.restore(&s.ttft);
+        self.itl.restore(&s.itl);
+        self.streams.fetch_add(s.streams, Relaxed);
+        self.incomplete.fetch_add(s.incomplete, Relaxed);
+        self.finished.fetch_add(s.finished, Relaxed);
+        self.finish_length.fetch_add(s.finish_length, Relaxed);
+        self.unparsed.fetch_add(s.unparsed, Relaxed);
+    }
 }
 
 /// A point-in-time copy of an [`OutcomeSet`].
@@ -129,6 +266,7 @@ pub struct OutcomeSnapshot {
     pub slow: u64,
     pub latency: HistogramSnapshot,
     pub ttfb: HistogramSnapshot,
+    pub inference: InferenceSnapshot,
 }
 
 impl OutcomeSnapshot {
@@ -155,8 +293,10 @@ pub struct OutcomeState {
     pub errors: u64,
     pub abandoned: u64,
     pub slow: u64,
-    pub latency: super::histogram::HistogramState,
-    pub ttfb: super::histogram::HistogramState,
+    pub latency: HistogramState,
+    pub ttfb: HistogramState,
+    #[serde(default)]
+    pub inference: InferenceState,
 }
 
 /// An arm's counts for the store, so a restart does not zero its statistics.
@@ -180,6 +320,7 @@ impl OutcomeSet {
             slow: self.slow.load(Relaxed),
             latency: self.latency.state(),
             ttfb: self.ttfb.state(),
+            inference: self.inference.state(),
         }
     }
 
@@ -195,6 +336,7 @@ impl OutcomeSet {
         self.slow.fetch_add(s.slow, Relaxed);
         self.latency.restore(&s.latency);
         self.ttfb.restore(&s.ttfb);
+        self.inference.restore(&s.inference);
     }
 
     fn snapshot(&self) -> OutcomeSnapshot {
@@ -206,6 +348,7 @@ impl OutcomeSet {
             slow: self.slow.load(Relaxed),
             latency: self.latency.snapshot(),
             ttfb: self.ttfb.snapshot(),
+            inference: self.inference.snapshot(),
         }
     }
 }
@@ -217,6 +360,15 @@ struct PromHandles {
     forced: metrics::Counter,
     duration: metrics::Histogram,
     ttfb: metrics::Histogram,
+    /// `abgate_tokens_total` by kind: prompt, completion.
+    tokens: [metrics::Counter; 2],
+    /// A gauge that only grows: the exporter's counters are whole numbers.
+    cost: metrics::Gauge,
+    ttft: metrics::Histogram,
+    itl: metrics::Histogram,
+    streams: metrics::Counter,
+    stream_incomplete: metrics::Counter,
+    unparsed: metrics::Counter,
 }
 
 /// Everything recorded for one (experiment, arm).
@@ -236,7 +388,15 @@ pub struct ArmRecorder {
     /// Woken every `look_every` completed assigned requests, so the controller
     /// looks when enough new evidence has arrived rather than on a timer.
     look: tokio::sync::Notify,
+    /// `abgate_grpc_errors_total{code}`, registered the first time a code is
+    /// seen (most arms never answer gRPC, and 17 empty series per arm would
+    /// bury the ones that matter); index 0 is for codes above 16.
+    grpc: [std::sync::OnceLock<metrics::Counter>; GRPC_CODES],
+    telemetry: Arc<Telemetry>,
 }
+
+/// gRPC status codes 1..=16 plus one slot for anything else.
+const GRPC_CODES: usize = 17;
 
 /// A point-in-time copy of an arm's recorder.
 #[derive(Debug, Clone)]
@@ -250,7 +410,7 @@ pub struct ArmSnapshot {
 }
 
 impl ArmRecorder {
-    fn new(experiment: &str, arm: &str, telemetry: &Telemetry) -> Self {
+    fn new(experiment: &str, arm: &str, telemetry: &Arc<Telemetry>) -> Self {
         let prom = PromHandles {
             classes: StatusClass::ALL.map(|c| {
                 telemetry.counter(
@@ -284,6 +444,36 @@ impl ArmRecorder {
                 "abgate_time_to_first_byte_seconds",
                 &[("experiment", experiment), ("arm", arm)],
             ),
+            tokens: ["prompt", "completion"].map(|kind| {
+                telemetry.counter(
+                    "abgate_tokens_total",
+                    &[("experiment", experiment), ("arm", arm), ("kind", kind)],
+                )
+            }),
+            cost: telemetry.gauge(
+                "abgate_cost_total",
+                &[("experiment", experiment), ("arm", arm)],
+            ),
+            ttft: telemetry.histogram(
+                "abgate_time_to_first_token_seconds",
+                &[("experiment", experiment), ("arm", arm)],
+            ),
+            itl: telemetry.histogram(
+                "abgate_inter_token_latency_seconds",
+                &[("experiment", experiment), ("arm", arm)],
+            ),
+            streams: telemetry.counter(
+                "abgate_streams_total",
+                &[("experiment", experiment), ("arm", arm)],
+            ),
+            stream_incomplete: telemetry.counter(
+                "abgate_stream_incomplete_total",
+                &[("experiment", experiment), ("arm", arm)],
+            ),
+            unparsed: telemetry.counter(
+                "abgate_unparsed_responses_total",
+                &[("experiment", experiment), ("arm", arm)],
+            ),
         };
         ArmRecorder {
             experiment: experiment.to_string(),
@@ -295,6 +485,8 @@ impl ArmRecorder {
             completed: AtomicU64::new(0),
             look_every: AtomicU64::new(0),
             look: tokio::sync::Notify::new(),
+            grpc: Default::default(),
+            telemetry: telemetry.clone(),
         }
     }
 
@@ -331,6 +523,37 @@ impl ArmRecorder {
         self.prom.failures[kind as usize].increment(1);
     }
 
+    /// A response (HTTP 200, as gRPC answers) whose `grpc-status` was `code`,
+    /// not 0: an error for the arm, counted once per request
+    /// (`counted_as_error` when it already was, e.g. a 5xx head).
+    pub fn record_grpc_error(&self, forced: bool, code: u32, counted_as_error: bool) {
+        if !counted_as_error {
+            self.set(forced).errors.fetch_add(1, Relaxed);
+        }
+        let slot = if (1..GRPC_CODES as u32).contains(&code) {
+            code as usize
+        } else {
+            0
+        };
+        self.grpc[slot]
+            .get_or_init(|| {
+                let label = if slot == 0 {
+                    "other".to_string()
+                } else {
+                    slot.to_string()
+                };
+                self.telemetry.counter(
+                    "abgate_grpc_errors_total",
+                    &[
+                        ("experiment", &self.experiment),
+                        ("arm", &self.arm),
+                        ("code", &label),
+                    ],
+                )
+            })
+            .increment(1);
+    }
+
     /// The client left before a response head was sent: not the arm's fault.
     pub fn record_abandoned(&self, forced: bool) {
         let set = self.set(forced);
@@ -343,6 +566,42 @@ impl ArmRecorder {
     pub fn record_ttfb(&self, forced: bool, elapsed: Duration) {
         self.set(forced).ttfb.record(elapsed.as_micros() as u64);
         self.prom.ttfb.record(elapsed.as_secs_f64());
+    }
+
+    /// What the response scanner read from one response; `cost` is its price
+    /// (from the backend's price table), when the backend has one and the
+    /// response reported usage.
+    pub fn record_inference(&self, forced: bool, r: &Inference, cost: Option<f64>) {
+        self.set(forced).inference.record(r, cost);
+        let p = &self.prom;
+        if let Some(t) = r.prompt_tokens {
+            p.tokens[0].increment(t);
+        }
+        if let Some(t) = r.completion_tokens {
+            p.tokens[1].increment(t);
+        }
+        if let Some(c) = cost {
+            p.cost.increment(c);
+        }
+        if let Some(us) = r.ttft_us {
+            p.ttft.record(us as f64 / 1e6);
+        }
+        if let Some(us) = r.itl_us {
+            p.itl.record(us as f64 / 1e6);
+        }
+        if let Some(complete) = r.complete {
+            p.streams.increment(1);
+            if !complete {
+                p.stream_incomplete.increment(1);
+            }
+        }
+    }
+
+    /// The scanner could not read a response: its inference metrics are left
+    /// out; its HTTP outcome is counted as usual.
+    pub fn record_unparsed(&self, forced: bool) {
+        self.set(forced).inference.unparsed.fetch_add(1, Relaxed);
+        self.prom.unparsed.increment(1);
     }
 
     /// Latency above `threshold` counts as slow from now on.

@@ -1,5 +1,7 @@
 //! Per-arm sufficient statistics of every metric an experiment has: the
-//! built-ins (from the recorders) and the declared ones (from the metric book).
+//! built-ins (from the recorders, including what the response scanner read:
+//! tokens, cost, time to first token, stream completeness) and the declared
+//! ones (from the metric book, which win over a scanner metric of the same name).
 //!
 //! This is what people see in `GET /v1/experiments/{name}`, what
 //! `/v1/experiments/{name}/export` hands to `abgate analyze`, and what the
@@ -140,6 +142,30 @@ pub fn experiment_sums(recorders: &RecorderRegistry, experiment: &Experiment) ->
                         "ttfb_ms".to_string(),
                         (MetricKind::Continuous, o.ttfb.sums_ms()),
                     );
+                    let inf = &o.inference;
+                    for (name, kind, sums) in [
+                        ("prompt_tokens", MetricKind::Continuous, inf.prompt_tokens),
+                        (
+                            "completion_tokens",
+                            MetricKind::Continuous,
+                            inf.completion_tokens,
+                        ),
+                        ("cost", MetricKind::Continuous, inf.cost),
+                        ("ttft_ms", MetricKind::Continuous, inf.ttft.sums_ms()),
+                        ("itl_ms", MetricKind::Continuous, inf.itl.sums_ms()),
+                        (
+                            "stream_incomplete",
+                            MetricKind::Binary,
+                            binary(inf.streams, inf.incomplete),
+                        ),
+                        (
+                            "finish_length",
+                            MetricKind::Binary,
+                            binary(inf.finished, inf.finish_length),
+                        ),
+                    ] {
+                        metrics.insert(name.to_string(), (kind, sums));
+                    }
                     o.requests()
                 }
                 None => 0,

@@ -1,5 +1,7 @@
 //! Response bodies: streamed from the backend frame by frame, never buffered,
 //! with the outcome recorded when the stream ends, fails, or the client leaves.
+//! Each data frame is shown to the response scanner after it is in hand and
+//! before it is returned, unchanged: scanning never holds a frame back.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,9 +13,16 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::guarded_body::{BoxError, IdleBody, StreamIdle};
+use super::usage::UsageStrip;
+use crate::config::Price;
+use crate::outcomes::scan::{End, ScanReport, Scanner};
 use crate::outcomes::{ArmRecorder, FailureKind};
 
 /// The body abgate sends to clients.
+// Nearly every response is `Upstream`, which now carries the response scanner's
+// fixed-size state; boxing it would add an allocation to every proxied request
+// to save bytes only on abgate's own (rare) answers.
+#[allow(clippy::large_enum_variant)]
 pub enum ProxyBody {
     /// Streamed from a backend.
     Upstream(RecordingBody),
@@ -67,10 +76,22 @@ pub struct RecordingBody {
     recorder: Arc<ArmRecorder>,
     forced: bool,
     started: Instant,
-    /// The response head was a 5xx, so the request already counts as an error.
+    /// The request already counts as an error: a 5xx head, or a non-zero
+    /// `grpc-status` (in the head of a trailers-only response, or in trailers).
     head_was_error: bool,
     first_byte_seen: bool,
     done: bool,
+    /// Reads inference facts from the frames as they pass.
+    scanner: Scanner,
+    price: Option<Price>,
+    /// `inject_usage` asked for a usage chunk the client did not: it is
+    /// removed from what the client gets (boxed: the rare case stays out of
+    /// every other body's size).
+    strip: Option<Box<UsageStrip>>,
+    /// With `strip`: the backend's body has ended (what is still held goes
+    /// out before the end).
+    upstream_ended: bool,
+    tail: Option<Bytes>,
 }
 
 impl RecordingBody {
@@ -89,7 +110,30 @@ impl RecordingBody {
             head_was_error,
             first_byte_seen: false,
             done: false,
+            scanner: Scanner::off(),
+            price: None,
+            strip: None,
+            upstream_ended: false,
+            tail: None,
         }
+    }
+
+    /// Removes the usage-only chunk `inject_usage` asked for from what the
+    /// client gets (the scanner still reads it).
+    pub fn stripping_usage(mut self) -> Self {
+        self.strip = Some(Box::default());
+        self
+    }
+
+    /// Scans the body with `scanner`; `price` turns reported usage into cost.
+    pub fn scanning(mut self, scanner: Scanner, price: Option<Price>) -> Self {
+        self.scanner = scanner;
+        self.price = price;
+        self
+    }
+
+    fn elapsed_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
     }
 
     fn first_byte(&mut self) {
@@ -113,6 +157,27 @@ impl RecordingBody {
         }
         self.recorder
             .record_latency(self.forced, self.started.elapsed());
+        let end = match failure {
+            None => End::Eof,
+            Some(FailureKind::ClientGone) => End::ClientGone,
+            Some(_) => End::BackendCut,
+        };
+        match self.scanner.finish(end, self.elapsed_us()) {
+            ScanReport::Skipped => {}
+            ScanReport::Unparsed(_) => self.recorder.record_unparsed(self.forced),
+            ScanReport::Parsed(r) => {
+                let cost = self
+                    .price
+                    .filter(|_| r.prompt_tokens.is_some() || r.completion_tokens.is_some());
+                let cost = cost.map(|p| {
+                    p.cost(
+                        r.prompt_tokens.unwrap_or(0),
+                        r.completion_tokens.unwrap_or(0),
+                    )
+                });
+                self.recorder.record_inference(self.forced, &r, cost);
+            }
+        }
     }
 }
 
@@ -125,11 +190,47 @@ impl Body for RecordingBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if this.strip.is_some() {
+            return this.poll_stripped(cx);
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
+        this.observe(&polled);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self.strip {
+            None => self.inner.is_end_stream(),
+            Some(_) => self.upstream_ended && self.tail.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.strip {
+            None => self.inner.size_hint(),
+            Some(_) => SizeHint::default(),
+        }
+    }
+}
+
+impl RecordingBody {
+    /// Scans and records what the backend's body did, frame by frame.
+    fn observe(&mut self, polled: &Poll<Option<Result<Frame<Bytes>, BoxError>>>) {
+        let this = self;
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if frame.is_data() {
+                if let Some(data) = frame.data_ref() {
                     this.first_byte();
+                    if this.scanner.is_active() {
+                        let now = this.elapsed_us();
+                        this.scanner.feed(data, now);
+                    }
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    if let Some(code) = grpc_failure(trailers) {
+                        this.recorder
+                            .record_grpc_error(this.forced, code, this.head_was_error);
+                        this.head_was_error = true;
+                    }
                 }
                 // hyper stops polling once a sized body reports its end, so the
                 // end must be recorded here rather than only on `None`.
@@ -148,15 +249,72 @@ impl Body for RecordingBody {
             Poll::Ready(None) => this.finish(None),
             Poll::Pending => {}
         }
-        polled
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+    /// `poll_frame` with the usage chunk removed: frames that filter down to
+    /// nothing are not sent (hyper would read an empty chunk as the end), and
+    /// what the filter still holds when the backend's body ends goes out last.
+    fn poll_stripped(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if let Some(tail) = self.tail.take() {
+                return Poll::Ready(Some(Ok(Frame::data(tail))));
+            }
+            if self.upstream_ended {
+                return Poll::Ready(None);
+            }
+            let polled = Pin::new(&mut self.inner).poll_frame(cx);
+            self.observe(&polled);
+            let ended = self.done;
+            let strip = self.strip.as_mut().expect("only called while stripping");
+            match polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if ended {
+                        self.upstream_ended = true;
+                    }
+                    match frame.into_data() {
+                        Ok(data) => {
+                            let out = strip.filter(data);
+                            if ended {
+                                self.tail = strip.finish();
+                            }
+                            if !out.is_empty() {
+                                return Poll::Ready(Some(Ok(Frame::data(out))));
+                            }
+                        }
+                        Err(frame) => {
+                            if ended {
+                                self.tail = strip.finish();
+                            }
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
+                    }
+                }
+                Poll::Ready(None) => {
+                    self.upstream_ended = true;
+                    self.tail = strip.finish();
+                }
+                other => return other,
+            }
+        }
     }
+}
 
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+/// The code of a failed gRPC call: a `grpc-status` that is present and not
+/// `0` (an unreadable one counts as failed, with code 2, UNKNOWN, as gRPC
+/// clients read it).
+pub fn grpc_failure(headers: &http::HeaderMap) -> Option<u32> {
+    let v = headers.get("grpc-status")?;
+    match std::str::from_utf8(v.as_bytes())
+        .ok()?
+        .trim()
+        .parse::<u32>()
+    {
+        Ok(0) => None,
+        Ok(code) => Some(code),
+        Err(_) => Some(2),
     }
 }
 

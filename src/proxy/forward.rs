@@ -2,26 +2,32 @@
 //!
 //! Owns: header hygiene on the way up and down, the response-head timeout (from
 //! the end of the upload), wrapping the response body so its end is recorded,
-//! tagging the response (`x-abgate-experiment`, `x-abgate-arm`, `server-timing`)
-//! and recording failures per arm.
+//! tagging the response (`x-abgate-experiment`, `x-abgate-arm`, `server-timing`),
+//! choosing how the response scanner reads the body, `inject_usage` (the
+//! request rewrite and hiding the extra usage chunk), and recording failures
+//! per arm.
 //!
-//! Hot path: no locks, no logging, one allocation for `server-timing`.
+//! Hot path: no locks, no logging, one allocation for `server-timing` (a
+//! request `inject_usage` rewrites is read whole, bounded: its own path).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::body::{ProxyBody, RecordingBody};
+use super::body::{grpc_failure, ProxyBody, RecordingBody};
 use super::classify::classify;
 use super::guarded_body::{BodyTrip, IdleBody, RequestBody, TripWire};
 use super::headers::{add_forwarded, strip_hop_by_hop};
 use super::plane::{error_response, ConnInfo, DataPlane};
 use super::problem::ProxyError;
+use super::usage;
 use super::wiring::{ArmWiring, Target};
 use crate::config::UpstreamProtocol;
+use crate::outcomes::scan::{self, BodyKind, Scanner};
 use crate::outcomes::{ArmRecorder, FailureKind};
 
 static X_EXPERIMENT: HeaderName = HeaderName::from_static("x-abgate-experiment");
@@ -63,6 +69,9 @@ pub(super) async fn forward(
     tags: &Tags<'_>,
     started: Instant,
 ) -> Response<ProxyBody> {
+    // Only answers to generation endpoints count as unparsed when they are
+    // neither JSON nor SSE; other traffic through abgate is not inference.
+    let expect_inference = scan::is_inference_path(req.uri().path());
     let (mut parts, body) = req.into_parts();
     // gRPC over h2 needs `te: trailers` end to end; it is the only TE value
     // HTTP/2 allows, and only an h2 upstream may see it.
@@ -95,14 +104,41 @@ pub(super) async fn forward(
     };
     let limits = &plane.limits;
     let wire = TripWire::new(http_body::Body::is_end_stream(&body));
-    let body = RequestBody::new(body, limits.max_body_bytes, limits.body_idle, wire.clone());
-    let upstream_req = Request::from_parts(parts, body);
-
     let mut guard = AbandonGuard {
         recorder,
         forced,
         armed: true,
     };
+    let mut injected = false;
+    let body = if tags.wiring.is_some_and(|w| w.inject_usage) && usage::may_inject(&parts) {
+        // Read whole (its length is known and bounded) to add the option.
+        let whole = RequestBody::new(body, limits.max_body_bytes, limits.body_idle, wire.clone());
+        match whole.collect().await {
+            Ok(collected) => {
+                let mut bytes = collected.to_bytes();
+                if let Some(rewritten) = usage::inject(&bytes) {
+                    injected = true;
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+                    bytes = rewritten;
+                }
+                RequestBody::buffered(bytes, wire.clone())
+            }
+            Err(_) => {
+                guard.armed = false;
+                let err = match wire.get() {
+                    Some(trip) => client_body_error(trip, plane),
+                    None => ProxyError::BodyBroken,
+                };
+                return client_fault(plane, &err, recorder, forced, tags, started, Duration::ZERO);
+            }
+        }
+    } else {
+        RequestBody::new(body, limits.max_body_bytes, limits.body_idle, wire.clone())
+    };
+    let upstream_req = Request::from_parts(parts, body);
+
     let sent = Instant::now();
     let result = await_response(
         target.upstream.request(upstream_req),
@@ -119,21 +155,8 @@ pub(super) async fn forward(
             // The client's own body broke the request: answer for the client's
             // fault (413/408), not the backend's, and keep the arm's error count clean.
             if let Some(trip) = wire.get() {
-                let err = match trip {
-                    BodyTrip::TooLarge => ProxyError::BodyTooLarge {
-                        limit: limits.max_body_bytes,
-                    },
-                    BodyTrip::Idle => ProxyError::BodyTimeout {
-                        timeout_ms: limits.body_idle.as_millis(),
-                    },
-                };
-                plane.telemetry.rejected(err.slug());
-                recorder.record_response(forced, err.status());
-                recorder.record_ttfb(forced, started.elapsed());
-                recorder.record_latency(forced, started.elapsed());
-                let mut response = error_response(&err);
-                tag(&mut response, tags, started.elapsed(), upstream_time);
-                return response;
+                let err = client_body_error(trip, plane);
+                return client_fault(plane, &err, recorder, forced, tags, started, upstream_time);
             }
             Err(classify(&e))
         }
@@ -147,9 +170,25 @@ pub(super) async fn forward(
             if let (Some(arm), false) = (tags.wiring, forced) {
                 record_header_metrics(arm, &parts.headers);
             }
-            let head_was_error = parts.status.is_server_error();
+            let mut head_was_error = parts.status.is_server_error();
+            // A trailers-only gRPC response carries its status in the head.
+            if let Some(code) = grpc_failure(&parts.headers) {
+                recorder.record_grpc_error(forced, code, head_was_error);
+                head_was_error = true;
+            }
+            let scanner = scanner_for(&parts, expect_inference);
+            let strip = injected && scanner.is_sse();
+            if strip {
+                // The client gets fewer bytes than the backend sent.
+                parts.headers.remove(header::CONTENT_LENGTH);
+            }
             let body = IdleBody::new(body, limits.stream_idle);
-            let body = RecordingBody::new(body, recorder.clone(), forced, started, head_was_error);
+            let mut body =
+                RecordingBody::new(body, recorder.clone(), forced, started, head_was_error)
+                    .scanning(scanner, target.price);
+            if strip {
+                body = body.stripping_usage();
+            }
             Response::from_parts(parts, ProxyBody::Upstream(body))
         }
         Err(kind) => {
@@ -165,6 +204,39 @@ pub(super) async fn forward(
             error_response(&err)
         }
     };
+    tag(&mut response, tags, started.elapsed(), upstream_time);
+    response
+}
+
+/// The answer for a request body that broke the limits.
+fn client_body_error(trip: BodyTrip, plane: &DataPlane) -> ProxyError {
+    match trip {
+        BodyTrip::TooLarge => ProxyError::BodyTooLarge {
+            limit: plane.limits.max_body_bytes,
+        },
+        BodyTrip::Idle => ProxyError::BodyTimeout {
+            timeout_ms: plane.limits.body_idle.as_millis(),
+        },
+    }
+}
+
+/// Answers for the client's own fault (413/408/400), keeping the arm's error
+/// count clean: the response is counted, the request is not an arm error.
+#[allow(clippy::too_many_arguments)]
+fn client_fault(
+    plane: &DataPlane,
+    err: &ProxyError,
+    recorder: &ArmRecorder,
+    forced: bool,
+    tags: &Tags<'_>,
+    started: Instant,
+    upstream_time: Duration,
+) -> Response<ProxyBody> {
+    plane.telemetry.rejected(err.slug());
+    recorder.record_response(forced, err.status());
+    recorder.record_ttfb(forced, started.elapsed());
+    recorder.record_latency(forced, started.elapsed());
+    let mut response = error_response(err);
     tag(&mut response, tags, started.elapsed(), upstream_time);
     response
 }
@@ -196,6 +268,26 @@ where
             },
         }
     }
+}
+
+/// The scanner for a response, from its head: only successful answers are
+/// read (an error body is not a completion), compressed ones are reported
+/// unparsed rather than decompressed.
+fn scanner_for(parts: &http::response::Parts, expect_inference: bool) -> Scanner {
+    if !parts.status.is_success() {
+        return Scanner::off();
+    }
+    let kind = BodyKind::of(
+        parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .map(HeaderValue::as_bytes),
+    );
+    let compressed = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    Scanner::new(kind, compressed, expect_inference)
 }
 
 /// Reads declared response-header metrics (e.g. token counts) into the arm's sums.

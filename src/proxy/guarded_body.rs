@@ -3,7 +3,9 @@
 //!
 //! Owns: cutting a body that is too large or has stalled, and telling the
 //! handler which of the two happened so it can answer 413 or 408.
-//! Never: buffers a body; every frame passes through as it arrives.
+//! Never: buffers a body; every frame passes through as it arrives. (A body
+//! that `inject_usage` rewrites is read whole by `forward` first, within the
+//! same limits, and sent on from here in one frame.)
 
 use std::fmt;
 use std::future::Future as _;
@@ -137,9 +139,17 @@ impl IdleTimer {
     }
 }
 
+/// Where a [`RequestBody`]'s bytes come from.
+enum Source {
+    /// Streamed from the client as it arrives.
+    Client(Incoming),
+    /// Read whole and rewritten (`inject_usage`); `None` once sent.
+    Buffered(Option<Bytes>),
+}
+
 /// The client's request body on its way upstream.
 pub struct RequestBody {
-    inner: Incoming,
+    inner: Source,
     limit: u64,
     seen: u64,
     idle: IdleTimer,
@@ -150,10 +160,25 @@ pub struct RequestBody {
 impl RequestBody {
     pub fn new(inner: Incoming, limit: u64, idle: Duration, wire: TripWire) -> Self {
         RequestBody {
-            inner,
+            inner: Source::Client(inner),
             limit,
             seen: 0,
             idle: IdleTimer::new(idle),
+            wire,
+            tripped: false,
+        }
+    }
+
+    /// A body already read from the client (and checked against the limits):
+    /// sent upstream in one frame. The upload is over, so the response-head
+    /// timeout starts now. (Its idle timer is never armed: it is never pending.)
+    pub fn buffered(bytes: Bytes, wire: TripWire) -> Self {
+        wire.sent();
+        RequestBody {
+            inner: Source::Buffered(Some(bytes)),
+            limit: u64::MAX,
+            seen: 0,
+            idle: IdleTimer::new(Duration::ZERO),
             wire,
             tripped: false,
         }
@@ -178,7 +203,13 @@ impl Body for RequestBody {
         if this.tripped {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let inner = match &mut this.inner {
+            Source::Client(inner) => inner,
+            Source::Buffered(bytes) => {
+                return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))))
+            }
+        };
+        match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle.progress();
                 if let Some(data) = frame.data_ref() {
@@ -188,7 +219,7 @@ impl Body for RequestBody {
                     }
                 }
                 // A sized body is not polled again after its last frame.
-                if this.inner.is_end_stream() {
+                if inner.is_end_stream() {
                     this.wire.sent();
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -209,11 +240,20 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.tripped || self.inner.is_end_stream()
+        self.tripped
+            || match &self.inner {
+                Source::Client(inner) => inner.is_end_stream(),
+                Source::Buffered(bytes) => bytes.is_none(),
+            }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Source::Client(inner) => inner.size_hint(),
+            Source::Buffered(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
     }
 }
 

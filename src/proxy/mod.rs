@@ -23,4 +23,5 @@ pub mod plane;
 pub mod problem;
 pub mod tls;
 pub mod upstream;
+pub mod usage;
 pub mod wiring;

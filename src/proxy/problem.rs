@@ -121,6 +121,8 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("the client sent no request body bytes for {timeout_ms} ms")]
     BodyTimeout { timeout_ms: u128 },
+    #[error("the request body broke off before it was complete")]
+    BodyBroken,
 }
 
 impl ProxyError {
@@ -143,7 +145,8 @@ impl ProxyError {
             ProxyError::MissingHost
             | ProxyError::DuplicateHost
             | ProxyError::BadTransferEncoding
-            | ProxyError::ConflictingContentLength => StatusCode::BAD_REQUEST,
+            | ProxyError::ConflictingContentLength
+            | ProxyError::BodyBroken => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::TooManyHeaders { .. } | ProxyError::HeadersTooLarge { .. } => {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
@@ -179,6 +182,7 @@ impl ProxyError {
             ProxyError::ConflictingContentLength => "conflicting-content-length",
             ProxyError::BodyTooLarge { .. } => "body-too-large",
             ProxyError::BodyTimeout { .. } => "body-timeout",
+            ProxyError::BodyBroken => "body-broken",
         }
     }
 }

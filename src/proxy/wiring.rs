@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, MetricKind, MetricSource};
+use crate::config::{Config, MetricKind, MetricSource, Price};
 use crate::outcomes::metrics::MetricCell;
 use crate::outcomes::{ArmRecorder, RecorderRegistry};
 use crate::routing::{Layout, RoutingTable, DEFAULT_ROUTE_EXPERIMENT};
@@ -26,6 +26,8 @@ pub struct Target {
     pub backend: String,
     /// How long the backend has to send response headers once the request is sent.
     pub response_timeout: Duration,
+    /// The backend's token prices, for each response's `cost`.
+    pub price: Option<Price>,
 }
 
 /// What the data plane carries on each arm (and on the default route).
@@ -35,6 +37,8 @@ pub struct ArmWiring {
     /// Metrics read from the backend's response headers, with their cells.
     /// Empty on the default route.
     pub header_metrics: Box<[HeaderMetric]>,
+    /// The experiment's `inject_usage` (false on the default route).
+    pub inject_usage: bool,
 }
 
 /// One declared response-header metric of one arm.
@@ -87,6 +91,7 @@ impl Published {
                 response_timeout: b
                     .response_timeout
                     .unwrap_or(config.timeouts.upstream_response),
+                price: b.price,
             }
         };
         let routes = RoutingTable::build_with(
@@ -110,12 +115,14 @@ impl Published {
                             MetricSource::Feedback => None,
                         })
                         .collect(),
+                    inject_usage: e.inject_usage,
                 }
             },
             |b| ArmWiring {
                 target: target(b),
                 recorder: recorders.arm(DEFAULT_ROUTE_EXPERIMENT, b),
                 header_metrics: Box::new([]),
+                inject_usage: false,
             },
         );
         Published {

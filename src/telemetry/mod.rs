@@ -63,6 +63,11 @@ impl Telemetry {
             ("abgate_upstream_errors_total", "Transport failures and client disconnects, by experiment, arm and kind."),
             ("abgate_forced_requests_total", "Requests whose arm was forced by the x-abgate-arm header (excluded from statistics)."),
             ("abgate_rejected_requests_total", "Requests rejected before routing, by reason."),
+            ("abgate_tokens_total", "Tokens reported in responses' usage, by experiment, arm and kind (prompt, completion)."),
+            ("abgate_streams_total", "Event streams whose end the backend decided (client disconnects excluded), by experiment and arm."),
+            ("abgate_stream_incomplete_total", "Event streams that ended before [DONE], a finish reason or a terminal event, by experiment and arm."),
+            ("abgate_grpc_errors_total", "Responses whose grpc-status (trailer, or header of a trailers-only response) was not 0, by experiment, arm and code (1-16, or other)."),
+            ("abgate_unparsed_responses_total", "Responses the inference scanner could not read (their HTTP outcome still counts), by experiment and arm."),
         ];
         for (name, help) in counters {
             self.recorder
@@ -77,11 +82,25 @@ impl Telemetry {
                 "abgate_time_to_first_byte_seconds",
                 "Time from request received to the first response body byte.",
             ),
+            (
+                "abgate_time_to_first_token_seconds",
+                "Time from request received to the first event with generated content (streams).",
+            ),
+            (
+                "abgate_inter_token_latency_seconds",
+                "Per stream, the mean gap between events with generated content.",
+            ),
         ];
         for (name, help) in histograms {
             self.recorder
                 .describe_histogram(KeyName::from(name), Some(Unit::Seconds), help.into());
         }
+        self.recorder.describe_gauge(
+            KeyName::from("abgate_cost_total"),
+            None,
+            "Cost of responses from their usage and the backend's price table, in the config's currency, by experiment and arm (only grows; a gauge because it is fractional)."
+                .into(),
+        );
     }
 
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {

@@ -148,6 +148,18 @@ const RULES: &[Rule] = &[
         reason: "feedback ingestion is the domain half; its HTTP half is proxy::feedback",
     },
     Rule {
+        scope: "src/outcomes/scan",
+        forbidden: &[
+            Prefix("http"),
+            Prefix("hyper"),
+            Prefix("tokio"),
+            Prefix("std::time::Instant"),
+            Anywhere("Instant::now"),
+            Prefix("crate::telemetry"),
+        ],
+        reason: "the response scanner is pure: bytes and their arrival times in, a report out; the proxy reads headers and clocks",
+    },
+    Rule {
         scope: "src/outcomes",
         forbidden: &[
             Prefix("crate::proxy"),

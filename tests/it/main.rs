@@ -18,6 +18,7 @@ mod hardening_h2;
 mod hardening_limits;
 mod hardening_memory;
 mod hardening_tls;
+mod inference;
 mod loadgen;
 mod mock_backend;
 mod scenarios;

@@ -267,20 +267,28 @@ async fn sse_streams_chunk_by_chunk() {
         }
     }
     let total = headers_at.elapsed();
-    assert_eq!(events.len(), 6, "5 chunks + [DONE]: {events:?}");
+    assert_eq!(
+        events.len(),
+        7,
+        "role chunk + 5 chunks + [DONE]: {events:?}"
+    );
     assert!(
         events[0].0 < Duration::from_millis(80),
         "first event after {:?}",
         events[0].0
     );
     assert!(total >= Duration::from_millis(400), "total {total:?}");
-    for (i, (_, e)) in events[..5].iter().enumerate() {
+    let role: serde_json::Value =
+        serde_json::from_str(events[0].1.strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(role["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(role["choices"][0]["delta"]["content"], "");
+    for (i, (_, e)) in events[1..6].iter().enumerate() {
         let json: serde_json::Value =
             serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap();
         assert_eq!(json["object"], "chat.completion.chunk");
         assert_eq!(json["choices"][0]["delta"]["content"], format!("tok{i} "));
     }
-    assert_eq!(events[5].1, "data: [DONE]");
+    assert_eq!(events[6].1, "data: [DONE]");
     server.shutdown().await.unwrap();
 }
 
@@ -414,4 +422,112 @@ async fn shutdown_closes_the_port() {
 async fn refuses_non_loopback_bind() {
     let err = MockServer::start(MockSpec::default(), "0.0.0.0:0".parse().unwrap()).await;
     assert!(err.is_err());
+}
+
+/// The events of one SSE body, split at blank lines.
+fn sse_events(body: &[u8]) -> Vec<serde_json::Value> {
+    std::str::from_utf8(body)
+        .unwrap()
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(|d| {
+            if d == "[DONE]" {
+                serde_json::json!("[DONE]")
+            } else {
+                serde_json::from_str(d).unwrap()
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_report_usage_a_delayed_first_token_truncations_and_length_cuts() {
+    let server = start(MockSpec {
+        stream: StreamSpec {
+            chunks: 10,
+            token_delay_ms: 0.0,
+        },
+        first_token_ms: 20.0,
+        truncate_rate: 0.2,
+        length_rate: 0.3,
+        prompt_tokens: 40,
+        tokens_jitter: 0.3,
+        seed: 9,
+        ..MockSpec::default()
+    })
+    .await;
+    let c = client();
+    let (mut truncated, mut length, mut sizes) = (0, 0, std::collections::BTreeSet::new());
+    for i in 0..200 {
+        // Every other request asks for the usage chunk.
+        let ask = i % 2 == 0;
+        let body = if ask {
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#
+        } else {
+            r#"{"model":"m","stream":true,"messages":[]}"#
+        };
+        let a = send(&c, post(&server, "/v1/chat/completions", body)).await;
+        if i < 4 {
+            assert!(a.elapsed >= Duration::from_millis(20), "{:?}", a.elapsed);
+        }
+        let events = sse_events(&a.body);
+        assert_eq!(
+            events[0]["choices"][0]["delta"]["content"], "",
+            "role chunk first"
+        );
+        let content = events
+            .iter()
+            .filter(|e| {
+                e["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .is_some_and(|c| !c.is_empty())
+            })
+            .count() as u64;
+        if events.last() != Some(&serde_json::json!("[DONE]")) {
+            truncated += 1;
+            assert!(events
+                .iter()
+                .all(|e| e["choices"][0]["finish_reason"].is_null()));
+            assert!(events.iter().all(|e| e.get("usage").is_none()));
+            continue;
+        }
+        sizes.insert(content);
+        assert!((7..=13).contains(&content), "{content} tokens");
+        let finish = events
+            .iter()
+            .find_map(|e| e["choices"][0]["finish_reason"].as_str())
+            .unwrap();
+        length += u32::from(finish == "length");
+        let usage = events
+            .iter()
+            .find(|e| e["choices"] == serde_json::json!([]));
+        match usage {
+            Some(u) if ask => {
+                assert_eq!(u["usage"]["prompt_tokens"], 40);
+                assert_eq!(u["usage"]["completion_tokens"], content);
+            }
+            None if !ask => {}
+            other => panic!("usage chunk {other:?} when asked: {ask}"),
+        }
+    }
+    // Binomial(200, 0.2): ±4σ ≈ ±23; of ~160 complete streams, 30% ± 4σ ≈ ±23.
+    assert!((17..=63).contains(&truncated), "{truncated} truncated");
+    assert!((25..=73).contains(&length), "{length} cut by length");
+    assert!(sizes.len() > 3, "token counts vary: {sizes:?}");
+    // The JSON answer carries the same usage shape.
+    let a = send(
+        &c,
+        post(&server, "/v1/chat/completions", r#"{"model":"m"}"#),
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(v["usage"]["prompt_tokens"], 40);
+    assert_eq!(
+        v["usage"]["completion_tokens"]
+            .as_u64()
+            .unwrap()
+            .to_string(),
+        a.headers["x-model-output-tokens"].to_str().unwrap()
+    );
+    server.shutdown().await.unwrap();
 }

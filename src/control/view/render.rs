@@ -60,6 +60,7 @@ pub fn render_status(experiments: &[ExperimentView]) -> String {
                 .collect();
             out.push_str(&format!("  {}\n", line.join("  ").trim_end()));
         }
+        out.push_str(&inference_rows(e));
         if let Some(j) = e.analysis.as_ref().and_then(|a| a.judgement()) {
             if let Some(step) = j.step {
                 out.push_str(&format!("  step {step}/{}\n", j.steps.len()));
@@ -78,6 +79,66 @@ pub fn render_status(experiments: &[ExperimentView]) -> String {
                 decision_summary(d)
             ));
         }
+    }
+    out
+}
+
+/// The response scanner's metrics per arm, as means (tokens and cost per
+/// response, TTFT and inter-token gap in ms) and rates; nothing for an
+/// experiment whose responses carried none.
+fn inference_rows(e: &ExperimentView) -> String {
+    use super::MetricView;
+    let mean = |a: &super::ArmView, m: &str| match a.metrics.get(m) {
+        Some(MetricView::Continuous { mean, .. }) => *mean,
+        _ => None,
+    };
+    let rate = |a: &super::ArmView, m: &str| match a.metrics.get(m) {
+        Some(MetricView::Binary { rate, .. }) => *rate,
+        _ => None,
+    };
+    let seen = e.arms.iter().any(|a| {
+        ["prompt_tokens", "completion_tokens", "ttft_ms"]
+            .iter()
+            .any(|m| mean(a, m).is_some())
+            || rate(a, "stream_incomplete").is_some()
+    });
+    if !seen {
+        return String::new();
+    }
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |r| format!("{:.2}%", r * 100.0));
+    let mut rows = vec![[
+        "ARM".to_string(),
+        "TOKENS IN".into(),
+        "TOKENS OUT".into(),
+        "COST/REQ".into(),
+        "TTFT MS".into(),
+        "ITL MS".into(),
+        "INCOMPLETE".into(),
+        "LENGTH".into(),
+    ]];
+    for a in &e.arms {
+        rows.push([
+            a.name.clone(),
+            num(mean(a, "prompt_tokens"), 1),
+            num(mean(a, "completion_tokens"), 1),
+            num(mean(a, "cost"), 6),
+            num(mean(a, "ttft_ms"), 1),
+            num(mean(a, "itl_ms"), 1),
+            pct(rate(a, "stream_incomplete")),
+            pct(rate(a, "finish_length")),
+        ]);
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(&format!("  {}\n", line.join("  ").trim_end()));
     }
     out
 }

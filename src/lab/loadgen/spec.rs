@@ -20,7 +20,8 @@ pub const DEFAULT_FEEDBACK_PATH: &str = "/_abgate/v1/feedback";
 pub enum RequestKind {
     /// OpenAI chat completion, `"stream": false`, `POST /v1/chat/completions`.
     Chat,
-    /// OpenAI chat completion, `"stream": true` (SSE), `POST /v1/chat/completions`.
+    /// OpenAI chat completion, `"stream": true` (SSE) with `stream_options.include_usage`,
+    /// `POST /v1/chat/completions`.
     ChatStream,
     /// KServe v2 inference, `POST /v2/models/{model}/infer`.
     Kserve,
@@ -41,10 +42,17 @@ impl RequestKind {
     /// The JSON request body, the same for every request of a run.
     pub fn body(self, model: &str) -> Bytes {
         let body = match self {
-            RequestKind::Chat | RequestKind::ChatStream => json!({
+            RequestKind::Chat => json!({
                 "model": model,
                 "messages": [{"role": "user", "content": "Say hello from abgate-load."}],
-                "stream": self == RequestKind::ChatStream,
+                "stream": false,
+            }),
+            // Asks for the usage chunk, as clients that track tokens do.
+            RequestKind::ChatStream => json!({
+                "model": model,
+                "messages": [{"role": "user", "content": "Say hello from abgate-load."}],
+                "stream": true,
+                "stream_options": {"include_usage": true},
             }),
             RequestKind::Kserve => json!({
                 "inputs": [{"name": "input0", "shape": [1, 4], "datatype": "FP32",

@@ -25,8 +25,37 @@ pub fn json(value: &serde_json::Value) -> MockBody {
     full(value.to_string())
 }
 
-/// OpenAI-style `chat.completion.chunk` SSE stream: `chunks` events, the first immediately and
-/// then one every `delay`, followed by `data: [DONE]`.
+/// What one streamed completion looks like.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SsePlan {
+    /// Content chunks (one token each).
+    pub tokens: u32,
+    /// Between the role-only chunk and the first content chunk.
+    pub first_token: Duration,
+    /// Between consecutive content chunks.
+    pub delay: Duration,
+    /// `finish_reason` of the last content chunk.
+    pub finish: &'static str,
+    /// End the body after this many content chunks, with no finish reason,
+    /// usage or `[DONE]` (a truncated stream).
+    pub truncate_after: Option<u32>,
+    /// `(prompt, completion)` tokens of the usage chunk sent before `[DONE]`
+    /// (the client asked with `stream_options.include_usage`).
+    pub usage: Option<(u32, u32)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Next {
+    Role,
+    Token(u32),
+    Usage,
+    Done,
+    End,
+}
+
+/// OpenAI-style `chat.completion.chunk` SSE stream: a role-only chunk at once (as OpenAI and
+/// vLLM send it), the first content chunk `first_token` later, then one every `delay`, the
+/// last carrying the finish reason; a usage chunk if asked; `data: [DONE]`.
 ///
 /// The body produces each event only when its timer fires (no spawned task, nothing buffered
 /// ahead), so hyper writes and flushes events one by one and dropping the body — client gone,
@@ -34,32 +63,24 @@ pub fn json(value: &serde_json::Value) -> MockBody {
 pub struct SseBody {
     id: String,
     model: String,
-    next: u32,
-    chunks: u32,
-    delay: Duration,
+    plan: SsePlan,
+    next: Next,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl SseBody {
-    /// A stream of `chunks` token events `delay` apart for completion `id` of `model`.
-    pub fn new(id: String, model: String, chunks: u32, delay: Duration) -> Self {
+    /// The stream of completion `id` of `model`, shaped by `plan`.
+    pub fn new(id: String, model: String, plan: SsePlan) -> Self {
         SseBody {
             id,
             model,
-            next: 0,
-            chunks,
-            delay,
+            plan,
+            next: Next::Role,
             sleep: None,
         }
     }
 
-    fn event(&self, i: u32) -> Bytes {
-        let last = i + 1 == self.chunks;
-        let delta = if i == 0 {
-            serde_json::json!({"role": "assistant", "content": format!("tok{i} ")})
-        } else {
-            serde_json::json!({"content": format!("tok{i} ")})
-        };
+    fn chunk(&self, delta: serde_json::Value, finish: Option<&str>) -> Bytes {
         let chunk = serde_json::json!({
             "id": self.id,
             "object": "chat.completion.chunk",
@@ -68,10 +89,32 @@ impl SseBody {
             "choices": [{
                 "index": 0,
                 "delta": delta,
-                "finish_reason": if last { serde_json::json!("stop") } else { serde_json::Value::Null },
+                "finish_reason": finish,
             }],
         });
         Bytes::from(format!("data: {chunk}\n\n"))
+    }
+
+    fn usage(&self, prompt: u32, completion: u32) -> Bytes {
+        let chunk = serde_json::json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": crate::clock::now_ms() / 1000,
+            "model": self.model,
+            "choices": [],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            },
+        });
+        Bytes::from(format!("data: {chunk}\n\n"))
+    }
+
+    fn wait(&mut self, d: Duration) {
+        if !d.is_zero() {
+            self.sleep = Some(Box::pin(tokio::time::sleep(d)));
+        }
     }
 }
 
@@ -84,30 +127,63 @@ impl Body for SseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
-        if this.next > this.chunks {
-            return Poll::Ready(None);
-        }
         if let Some(sleep) = this.sleep.as_mut() {
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
             this.sleep = None;
         }
-        let i = this.next;
-        this.next += 1;
-        if i == this.chunks {
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
-                b"data: [DONE]\n\n",
-            )))));
-        }
-        // [DONE] follows the last token immediately; only tokens are spaced by `delay`.
-        if i + 1 < this.chunks && !this.delay.is_zero() {
-            this.sleep = Some(Box::pin(tokio::time::sleep(this.delay)));
-        }
-        Poll::Ready(Some(Ok(Frame::data(this.event(i)))))
+        let plan = this.plan;
+        let frame = match this.next {
+            Next::End => return Poll::Ready(None),
+            Next::Role => {
+                this.next = if plan.tokens > 0 {
+                    this.wait(plan.first_token);
+                    Next::Token(0)
+                } else {
+                    Next::Done
+                };
+                this.chunk(
+                    serde_json::json!({"role": "assistant", "content": ""}),
+                    None,
+                )
+            }
+            Next::Token(i) if plan.truncate_after == Some(i) => {
+                this.next = Next::End;
+                return Poll::Ready(None);
+            }
+            Next::Token(i) => {
+                let last = i + 1 == plan.tokens;
+                this.next = if last {
+                    if plan.usage.is_some() {
+                        Next::Usage
+                    } else {
+                        Next::Done
+                    }
+                } else {
+                    // [DONE] follows the last token immediately; only tokens are spaced.
+                    this.wait(plan.delay);
+                    Next::Token(i + 1)
+                };
+                this.chunk(
+                    serde_json::json!({"content": format!("tok{i} ")}),
+                    last.then_some(plan.finish),
+                )
+            }
+            Next::Usage => {
+                this.next = Next::Done;
+                let (p, c) = plan.usage.unwrap_or_default();
+                this.usage(p, c)
+            }
+            Next::Done => {
+                this.next = Next::End;
+                Bytes::from_static(b"data: [DONE]\n\n")
+            }
+        };
+        Poll::Ready(Some(Ok(Frame::data(frame))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.next > self.chunks
+        self.next == Next::End
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! One `StdRng` per server (i.e. per port), seeded with `MockSpec::seed`, behind a
 //! `std::sync::Mutex` held only while drawing. Every request draws the same fixed sequence
-//! (reset, error, latency, outcome, reward, then hang when `hang_rate` > 0) whatever the
+//! (reset, error, latency, outcome, reward, then hang, truncate, length and token jitter, each
+//! only when its rate is > 0) whatever the
 //! endpoint, so the decisions seen by a single sequential client are reproducible; with concurrent clients the per-request
 //! assignment depends on arrival order but the marginal statistics are unchanged.
 
@@ -30,6 +31,12 @@ pub struct Decision {
     pub outcome: bool,
     /// Simulated reward (`x-mock-reward`).
     pub reward: f64,
+    /// Cut a stream after half its tokens.
+    pub truncate: bool,
+    /// End with `finish_reason: "length"`.
+    pub length: bool,
+    /// Completion tokens as a multiple of `chunks` (1 without jitter).
+    pub tokens_scale: f64,
 }
 
 /// Thread-safe source of [`Decision`]s for one server.
@@ -42,6 +49,9 @@ pub struct Decider {
     reset_rate: f64,
     hang_rate: f64,
     outcome_p: f64,
+    truncate_rate: f64,
+    length_rate: f64,
+    tokens_jitter: f64,
 }
 
 #[derive(Debug)]
@@ -87,6 +97,9 @@ impl Decider {
             reset_rate: spec.reset_rate,
             hang_rate: spec.hang_rate,
             outcome_p: spec.outcome_p,
+            truncate_rate: spec.truncate_rate,
+            length_rate: spec.length_rate,
+            tokens_jitter: spec.tokens_jitter,
         }
     }
 
@@ -108,7 +121,18 @@ impl Decider {
         };
         // Drawn last and only when enabled, so existing seeds keep their sequences.
         let hang = self.hang_rate > 0.0 && rng.random::<f64>() < self.hang_rate;
+        // Likewise: the inference draws come after, each only when enabled.
+        let truncate = self.truncate_rate > 0.0 && rng.random::<f64>() < self.truncate_rate;
+        let length = self.length_rate > 0.0 && rng.random::<f64>() < self.length_rate;
+        let tokens_scale = if self.tokens_jitter > 0.0 {
+            1.0 + self.tokens_jitter * (2.0 * rng.random::<f64>() - 1.0)
+        } else {
+            1.0
+        };
         Decision {
+            truncate,
+            length,
+            tokens_scale,
             reset,
             hang,
             error,

@@ -9,8 +9,9 @@ use hyper::body::Incoming;
 use hyper::Request;
 use serde_json::{json, Value};
 
-use super::body::{self, MockBody, SseBody};
+use super::body::{self, MockBody, SseBody, SsePlan};
 use super::decision::Decision;
+use super::spec::MockSpec;
 use super::state::Shared;
 
 /// Largest request body read (bytes); larger bodies get 413.
@@ -114,26 +115,50 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Handled {
         // Dropped (and so released) when the client closes the connection.
         tokio::time::sleep(HANG_CAP).await;
     }
+    let tokens = completion_tokens(&shared.spec, &decision);
     let mut resp = if decision.error {
         shared.stats.errors.fetch_add(1, Ordering::Relaxed);
         error_response(StatusCode::INTERNAL_SERVER_ERROR, "mock injected error")
     } else {
         match endpoint {
-            Endpoint::Chat => chat(shared, n, &request_json),
+            Endpoint::Chat => chat(shared, n, &request_json, &decision, tokens),
             Endpoint::Kserve(model) => kserve(shared, &model, &request_json, &decision),
             _ => predict(shared, &decision),
         }
     };
-    let tokens = if decision.error {
-        0
-    } else {
-        shared.spec.stream.chunks
-    };
+    let tokens = if decision.error { 0 } else { tokens };
     truth_headers(&mut resp, &shared.spec.name, &decision, tokens);
     Handled::Respond(resp)
 }
 
-fn chat(shared: &Shared, n: u64, request: &Value) -> Response<MockBody> {
+/// This request's completion tokens: `chunks`, scaled by the drawn jitter.
+fn completion_tokens(spec: &MockSpec, d: &Decision) -> u32 {
+    if d.tokens_scale == 1.0 {
+        return spec.stream.chunks;
+    }
+    ((f64::from(spec.stream.chunks) * d.tokens_scale).round() as u32).max(1)
+}
+
+/// `prompt_tokens` from the spec, or about a token per 4 characters of the
+/// request's message content (at least 1).
+fn prompt_tokens(spec: &MockSpec, request: &Value) -> u32 {
+    if spec.prompt_tokens > 0 {
+        return spec.prompt_tokens;
+    }
+    let chars: usize = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(|ms| {
+            ms.iter()
+                .filter_map(|m| m.get("content").and_then(Value::as_str))
+                .map(str::len)
+                .sum()
+        })
+        .unwrap_or(0);
+    (chars.div_ceil(4) as u32).max(1)
+}
+
+fn chat(shared: &Shared, n: u64, request: &Value, d: &Decision, tokens: u32) -> Response<MockBody> {
     let spec = &shared.spec;
     let model = request
         .get("model")
@@ -142,9 +167,22 @@ fn chat(shared: &Shared, n: u64, request: &Value) -> Response<MockBody> {
         .to_string();
     let id = format!("chatcmpl-{}-{n}", spec.name);
     let stream = request.get("stream").and_then(Value::as_bool) == Some(true);
+    let finish = if d.length { "length" } else { "stop" };
+    let prompt = prompt_tokens(spec, request);
     if stream {
-        let delay = Duration::from_secs_f64(spec.stream.token_delay_ms / 1000.0);
-        let body = SseBody::new(id, model, spec.stream.chunks, delay);
+        let include_usage = request
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            == Some(true);
+        let plan = SsePlan {
+            tokens,
+            first_token: Duration::from_secs_f64(spec.first_token_ms / 1000.0),
+            delay: Duration::from_secs_f64(spec.stream.token_delay_ms / 1000.0),
+            finish,
+            truncate_after: d.truncate.then_some(tokens / 2),
+            usage: include_usage.then_some((prompt, tokens)),
+        };
+        let body = SseBody::new(id, model, plan);
         let mut resp = Response::new(BodyExt::boxed(body));
         let h = resp.headers_mut();
         h.insert(
@@ -154,7 +192,7 @@ fn chat(shared: &Shared, n: u64, request: &Value) -> Response<MockBody> {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         return resp;
     }
-    let content: Vec<String> = (0..spec.stream.chunks).map(|i| format!("tok{i}")).collect();
+    let content: Vec<String> = (0..tokens).map(|i| format!("tok{i}")).collect();
     let value = json!({
         "id": id,
         "object": "chat.completion",
@@ -163,12 +201,12 @@ fn chat(shared: &Shared, n: u64, request: &Value) -> Response<MockBody> {
         "choices": [{
             "index": 0,
             "message": {"role": "assistant", "content": content.join(" ")},
-            "finish_reason": "stop",
+            "finish_reason": finish,
         }],
         "usage": {
-            "prompt_tokens": 0,
-            "completion_tokens": spec.stream.chunks,
-            "total_tokens": spec.stream.chunks,
+            "prompt_tokens": prompt,
+            "completion_tokens": tokens,
+            "total_tokens": prompt + tokens,
         },
     });
     json_response(StatusCode::OK, &padded(value, spec.response_bytes))

@@ -6,6 +6,12 @@
 //! (latency, injected 500, connection reset, outcome, reward) and reports the simulated truth
 //! in `x-mock-backend`, `x-mock-outcome`, `x-mock-reward`, `x-model-output-tokens` and `x-mock-latency-ms`.
 //!
+//! Chat answers carry OpenAI-style `usage` (prompt tokens from `prompt_tokens` or estimated from
+//! the request, completion tokens = `chunks`, varied by `tokens_jitter`); streams start with a
+//! role-only chunk, send the first content `first_token_ms` later, add a usage chunk when the
+//! request asks with `stream_options.include_usage`, and a share of them are cut short
+//! (`truncate_rate`) or end with `finish_reason: "length"` (`length_rate`).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), abgate::lab::mock::MockError> {
 //! use abgate::lab::mock::{MockServer, MockSpec};

@@ -3,6 +3,8 @@
 //! CLI form (first element is the listen address, the rest are `key=value`):
 //! `127.0.0.1:9001,name=canary,latency=lognormal:20:0.5,error_rate=0.1,reset_rate=0,
 //! outcome_p=0.3,reward=normal:1:0.2,bytes=512,chunks=16,token_delay_ms=20,seed=7`
+//! plus, for inference outcomes, `first_token_ms=150,truncate_rate=0.05,
+//! length_rate=0.1,prompt_tokens=40,tokens_jitter=0.3`.
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -100,6 +102,20 @@ pub struct MockSpec {
     pub stream: StreamSpec,
     /// Seed of the per-server RNG: the decision sequence of a single sequential client is reproducible.
     pub seed: u64,
+    /// Delay in milliseconds between a stream's role-only chunk (sent at once)
+    /// and its first content chunk: the model's time to first token.
+    pub first_token_ms: f64,
+    /// Fraction (0..=1) of streams cut after half their tokens: the body ends
+    /// cleanly but without a finish reason, a usage chunk or `[DONE]`.
+    pub truncate_rate: f64,
+    /// Fraction (0..=1) of responses that end with `finish_reason: "length"`.
+    pub length_rate: f64,
+    /// Prompt tokens reported in `usage`; 0 estimates them from the request
+    /// (a token per 4 characters of message content, at least 1).
+    pub prompt_tokens: u32,
+    /// Completion tokens vary per request, uniformly within
+    /// `chunks × [1 - tokens_jitter, 1 + tokens_jitter]` (0..1; 0 = always `chunks`).
+    pub tokens_jitter: f64,
 }
 
 impl Default for MockSpec {
@@ -115,6 +131,11 @@ impl Default for MockSpec {
             response_bytes: 256,
             stream: StreamSpec::default(),
             seed: 0,
+            first_token_ms: 0.0,
+            truncate_rate: 0.0,
+            length_rate: 0.0,
+            prompt_tokens: 0,
+            tokens_jitter: 0.0,
         }
     }
 }
@@ -136,6 +157,14 @@ impl MockSpec {
         prob("reset_rate", self.reset_rate)?;
         prob("hang_rate", self.hang_rate)?;
         prob("outcome_p", self.outcome_p)?;
+        prob("truncate_rate", self.truncate_rate)?;
+        prob("length_rate", self.length_rate)?;
+        if !(0.0..1.0).contains(&self.tokens_jitter) {
+            return Err(SpecError::OutOfRange {
+                key: "tokens_jitter",
+                value: self.tokens_jitter.to_string(),
+            });
+        }
         let non_neg = |key: &'static str, v: f64| {
             if v.is_finite() && v >= 0.0 {
                 Ok(())
@@ -167,6 +196,7 @@ impl MockSpec {
                 value: format!("{:?}", self.reward),
             });
         }
+        non_neg("first_token_ms", self.first_token_ms)?;
         non_neg("token_delay_ms", self.stream.token_delay_ms)
     }
 }
@@ -235,6 +265,11 @@ fn apply_key(spec: &mut MockSpec, key: &str, value: &str) -> Result<(), SpecErro
         "chunks" => spec.stream.chunks = num(key, value)?,
         "token_delay_ms" => spec.stream.token_delay_ms = num(key, value)?,
         "seed" => spec.seed = num(key, value)?,
+        "first_token_ms" => spec.first_token_ms = num(key, value)?,
+        "truncate_rate" => spec.truncate_rate = num(key, value)?,
+        "length_rate" => spec.length_rate = num(key, value)?,
+        "prompt_tokens" => spec.prompt_tokens = num(key, value)?,
+        "tokens_jitter" => spec.tokens_jitter = num(key, value)?,
         _ => return Err(SpecError::UnknownKey(key.to_string())),
     }
     Ok(())
@@ -314,6 +349,16 @@ mod tests {
         assert_eq!(arg.spec.response_bytes, 512);
         assert_eq!(arg.spec.stream.chunks, 16);
         assert_eq!(arg.spec.seed, 7);
+        let arg: ServeArg = "127.0.0.1:9001,first_token_ms=150,truncate_rate=0.05,length_rate=0.1,prompt_tokens=40,tokens_jitter=0.3"
+            .parse()
+            .unwrap();
+        assert_eq!(arg.spec.first_token_ms, 150.0);
+        assert_eq!(arg.spec.truncate_rate, 0.05);
+        assert_eq!(arg.spec.length_rate, 0.1);
+        assert_eq!(arg.spec.prompt_tokens, 40);
+        assert_eq!(arg.spec.tokens_jitter, 0.3);
+        assert!("127.0.0.1:1,truncate_rate=1.5".parse::<ServeArg>().is_err());
+        assert!("127.0.0.1:1,tokens_jitter=1".parse::<ServeArg>().is_err());
     }
 
     #[test]
