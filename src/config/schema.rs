@@ -427,7 +427,11 @@ fn price(d: &mut Decoder, node: &Node, path: &str) -> Option<Price> {
         let n = required(d, &f, key)?;
         let v = d.number(n, &f.path_of(key))?;
         if !(v.is_finite() && v >= 0.0) {
-            d.error(f.path_of(key), n.line, format!("must be a price >= 0, got {v}"));
+            d.error(
+                f.path_of(key),
+                n.line,
+                format!("must be a price >= 0, got {v}"),
+            );
             return None;
         }
         Some(v)

@@ -323,10 +323,9 @@ fn outcome_of(s: &Scenario, view: &ExperimentView, elapsed: Duration) -> Outcome
 /// the share of streams cut short.
 fn inference_lines(view: &ExperimentView, currency: Option<&str>) -> Vec<String> {
     let n = |m: Option<&MetricView>| m.map_or(0, MetricView::n);
-    let seen = view
-        .arms
-        .iter()
-        .any(|a| n(a.metrics.get("completion_tokens")) > 0 || n(a.metrics.get("stream_incomplete")) > 0);
+    let seen = view.arms.iter().any(|a| {
+        n(a.metrics.get("completion_tokens")) > 0 || n(a.metrics.get("stream_incomplete")) > 0
+    });
     if !seen {
         return Vec::new();
     }

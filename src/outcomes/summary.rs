@@ -145,7 +145,11 @@ pub fn experiment_sums(recorders: &RecorderRegistry, experiment: &Experiment) ->
                     let inf = &o.inference;
                     for (name, kind, sums) in [
                         ("prompt_tokens", MetricKind::Continuous, inf.prompt_tokens),
-                        ("completion_tokens", MetricKind::Continuous, inf.completion_tokens),
+                        (
+                            "completion_tokens",
+                            MetricKind::Continuous,
+                            inf.completion_tokens,
+                        ),
                         ("cost", MetricKind::Continuous, inf.cost),
                         ("ttft_ms", MetricKind::Continuous, inf.ttft.sums_ms()),
                         ("itl_ms", MetricKind::Continuous, inf.itl.sums_ms()),

@@ -199,7 +199,9 @@ pub async fn chat(data: SocketAddr, path: &str, user: &str) -> Answer {
 pub async fn metric(admin: SocketAddr, experiment: &str, arm: &str, name: &str) -> (u64, f64) {
     let v = experiment_json(admin, experiment).await;
     let m = &arm_of(&v, arm)["metrics"][name];
-    let n = m["n"].as_u64().unwrap_or_else(|| panic!("no {name} in {v}"));
+    let n = m["n"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {name} in {v}"));
     let mean = m["mean"]
         .as_f64()
         .or_else(|| m["rate"].as_f64())
@@ -217,7 +219,12 @@ pub async fn prom(admin: SocketAddr, name: &str, experiment: &str, labels: &[(&s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_sums_per_arm_are_exactly_what_the_backends_sent_for_json_and_sse() {
     // Each backend reports varying usage and keeps the sums it sent.
-    let sent = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let sent = Arc::new([
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+    ]);
     let s = sent.clone();
     let json = Scripted::start(move |n| {
         let (p, c) = (10 + n % 7, 20 + n % 13);
@@ -272,21 +279,44 @@ experiments:
         ("canary", "prompt", 2),
         ("canary", "completion", 3),
     ] {
-        let got = prom(admin, "abgate_tokens_total", "exp", &[("arm", arm), ("kind", kind)]).await;
+        let got = prom(
+            admin,
+            "abgate_tokens_total",
+            "exp",
+            &[("arm", arm), ("kind", kind)],
+        )
+        .await;
         assert_eq!(got, want(i), "{arm} {kind} tokens");
         let (n, mean) = metric(admin, "exp", arm, &format!("{kind}_tokens")).await;
         assert!(n > 5, "{arm}: {n} responses with usage");
-        assert!((n as f64 * mean - want(i)).abs() < 1e-6, "{arm} {kind}: {n} x {mean}");
+        assert!(
+            (n as f64 * mean - want(i)).abs() < 1e-6,
+            "{arm} {kind}: {n} x {mean}"
+        );
     }
     // The export re-checks them offline.
-    let export = get(&client(), &format!("http://{admin}/v1/experiments/exp/export"), &[]).await;
+    let export = get(
+        &client(),
+        &format!("http://{admin}/v1/experiments/exp/export"),
+        &[],
+    )
+    .await;
     let export = export.json();
-    assert_eq!(export["metrics"]["completion_tokens"]["type"], "continuous", "{export}");
+    assert_eq!(
+        export["metrics"]["completion_tokens"]["type"], "continuous",
+        "{export}"
+    );
     // Only the stream is judged for completeness; every one ended properly.
-    assert_eq!(metric(admin, "exp", "stable", "stream_incomplete").await.0, 0);
+    assert_eq!(
+        metric(admin, "exp", "stable", "stream_incomplete").await.0,
+        0
+    );
     let (streams, rate) = metric(admin, "exp", "canary", "stream_incomplete").await;
     assert!(streams > 5 && rate == 0.0, "{streams} {rate}");
-    assert_eq!(prom(admin, "abgate_unparsed_responses_total", "exp", &[]).await, 0.0);
+    assert_eq!(
+        prom(admin, "abgate_unparsed_responses_total", "exp", &[]).await,
+        0.0
+    );
     server.shutdown().await;
 }
 
@@ -318,7 +348,12 @@ async fn time_to_first_token_is_the_first_content_not_the_role_chunk() {
     .await;
     let server = start_abgate(&per_path(&[("ttft", slow_start.url())], "")).await;
     for i in 0..3 {
-        let a = chat(server.data_addr, "/ttft/v1/chat/completions", &format!("u{i}")).await;
+        let a = chat(
+            server.data_addr,
+            "/ttft/v1/chat/completions",
+            &format!("u{i}"),
+        )
+        .await;
         assert_eq!(a.status, 200);
     }
     let admin = server.admin_addr;
@@ -326,7 +361,10 @@ async fn time_to_first_token_is_the_first_content_not_the_role_chunk() {
     let (_, ttfb) = metric(admin, "ttft", "arm", "ttfb_ms").await;
     assert_eq!(n, 3);
     assert!((195.0..400.0).contains(&ttft), "ttft {ttft} ms");
-    assert!(ttfb < 100.0, "the role chunk is the first byte: ttfb {ttfb} ms");
+    assert!(
+        ttfb < 100.0,
+        "the role chunk is the first byte: ttfb {ttfb} ms"
+    );
     let (_, itl) = metric(admin, "ttft", "arm", "itl_ms").await;
     assert!((15.0..100.0).contains(&itl), "itl {itl} ms");
     let sum = prom(admin, "abgate_time_to_first_token_seconds_sum", "ttft", &[]).await;
@@ -356,9 +394,18 @@ async fn a_stream_delivered_a_byte_at_a_time_reads_as_one_delivered_whole() {
     ))
     .await;
     for path in ["whole", "bytes"] {
-        let a = chat(server.data_addr, &format!("/{path}/v1/chat/completions"), "u").await;
+        let a = chat(
+            server.data_addr,
+            &format!("/{path}/v1/chat/completions"),
+            "u",
+        )
+        .await;
         assert_eq!(a.status, 200);
-        assert_eq!(a.body, body.as_bytes(), "{path}: passed through byte for byte");
+        assert_eq!(
+            a.body,
+            body.as_bytes(),
+            "{path}: passed through byte for byte"
+        );
     }
     let admin = server.admin_addr;
     for m in [
@@ -372,7 +419,10 @@ async fn a_stream_delivered_a_byte_at_a_time_reads_as_one_delivered_whole() {
         assert_eq!(w, b, "{m}");
         assert_eq!(w.0, 1, "{m}");
     }
-    assert_eq!(metric(admin, "bytes", "arm", "completion_tokens").await.1, 5.0);
+    assert_eq!(
+        metric(admin, "bytes", "arm", "completion_tokens").await.1,
+        5.0
+    );
     assert_eq!(metric(admin, "bytes", "arm", "finish_length").await.1, 1.0);
     assert_eq!(metric(admin, "bytes", "arm", "ttft_ms").await.0, 1);
     server.shutdown().await;
@@ -385,9 +435,18 @@ async fn truncated_streams_are_incomplete_and_client_disconnects_are_not() {
         move |_| Script {
             content_type: "text/event-stream",
             frames: vec![
-                (Duration::ZERO, Bytes::from(chunk(r#"{"role":"assistant"}"#, None))),
-                (Duration::ZERO, Bytes::from(chunk(r#"{"content":"a"}"#, None))),
-                (Duration::ZERO, Bytes::from(chunk(r#"{"content":"b"}"#, None))),
+                (
+                    Duration::ZERO,
+                    Bytes::from(chunk(r#"{"role":"assistant"}"#, None)),
+                ),
+                (
+                    Duration::ZERO,
+                    Bytes::from(chunk(r#"{"content":"a"}"#, None)),
+                ),
+                (
+                    Duration::ZERO,
+                    Bytes::from(chunk(r#"{"content":"b"}"#, None)),
+                ),
             ],
             ending,
         }
@@ -405,7 +464,8 @@ async fn truncated_streams_are_incomplete_and_client_disconnects_are_not() {
         ending: Ending::Close,
     })
     .await;
-    let fine = Scripted::start(|_| Script::whole("text/event-stream", chat_stream(2, "stop", None))).await;
+    let fine =
+        Scripted::start(|_| Script::whole("text/event-stream", chat_stream(2, "stop", None))).await;
     let server = start_abgate(&per_path(
         &[
             ("close", close.url()),
@@ -440,23 +500,44 @@ async fn truncated_streams_are_incomplete_and_client_disconnects_are_not() {
     drop(body);
     drop(c);
     let admin = server.admin_addr;
-    eventually(Duration::from_secs(5), "the disconnect is recorded", || async move {
-        prom(admin, "abgate_upstream_errors_total", "gone", &[("kind", "client_gone")]).await == 1.0
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the disconnect is recorded",
+        || async move {
+            prom(
+                admin,
+                "abgate_upstream_errors_total",
+                "gone",
+                &[("kind", "client_gone")],
+            )
+            .await
+                == 1.0
+        },
+    )
     .await;
     for name in ["close", "abort", "stall"] {
         eventually(Duration::from_secs(5), name, || async move {
             metric(admin, name, "arm", "stream_incomplete").await == (1, 1.0)
         })
         .await;
-        assert_eq!(prom(admin, "abgate_stream_incomplete_total", name, &[]).await, 1.0, "{name}");
+        assert_eq!(
+            prom(admin, "abgate_stream_incomplete_total", name, &[]).await,
+            1.0,
+            "{name}"
+        );
         // What came before the cut still counts.
         assert_eq!(metric(admin, name, "arm", "ttft_ms").await.0, 1, "{name}");
     }
-    assert_eq!(metric(admin, "fine", "arm", "stream_incomplete").await, (1, 0.0));
+    assert_eq!(
+        metric(admin, "fine", "arm", "stream_incomplete").await,
+        (1, 0.0)
+    );
     // The client's disconnect is not the model's fault: no stream judged.
     assert_eq!(metric(admin, "gone", "arm", "stream_incomplete").await.0, 0);
-    assert_eq!(prom(admin, "abgate_stream_incomplete_total", "gone", &[]).await, 0.0);
+    assert_eq!(
+        prom(admin, "abgate_stream_incomplete_total", "gone", &[]).await,
+        0.0
+    );
     assert_eq!(prom(admin, "abgate_streams_total", "gone", &[]).await, 0.0);
     server.shutdown().await;
 }
@@ -506,7 +587,10 @@ async fn bad_bodies_stream_through_byte_for_byte_and_count_as_unparsed() {
     let mut backends = Vec::new();
     for (name, ct, body) in &bodies {
         let (ct, body) = (*ct, *body);
-        backends.push((*name, Scripted::start(move |_| Script::whole(ct, body)).await));
+        backends.push((
+            *name,
+            Scripted::start(move |_| Script::whole(ct, body)).await,
+        ));
     }
     // 100 MB on one line, no newline, in 64 KiB frames.
     const HUGE: u64 = 100 << 20;
@@ -543,7 +627,14 @@ async fn bad_bodies_stream_through_byte_for_byte_and_count_as_unparsed() {
     let admin = server.admin_addr;
     for name in ["malformed", "html", "garbage", "huge"] {
         eventually(Duration::from_secs(5), name, || async move {
-            prom(admin, "abgate_unparsed_responses_total", name, &[("arm", "arm")]).await == 1.0
+            prom(
+                admin,
+                "abgate_unparsed_responses_total",
+                name,
+                &[("arm", "arm")],
+            )
+            .await
+                == 1.0
         })
         .await;
         // The HTTP outcome still counts; the inference metrics are left out.
@@ -568,9 +659,12 @@ use abgate::lab::loadgen::{self, LoadMode, LoadSpec, RequestKind};
 use abgate::lab::mock::{MockServer, MockSpec};
 
 async fn mock(spec: &str) -> MockServer {
-    MockServer::start(spec.parse::<MockSpec>().unwrap(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
+    MockServer::start(
+        spec.parse::<MockSpec>().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap()
 }
 
 /// Bounded open-loop load of `kind` requests in the background.
@@ -639,8 +733,12 @@ async fn wait_state(admin: SocketAddr, state: &str, within: Duration) -> serde_j
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_with_half_again_the_time_to_first_token_is_rolled_back() {
-    let stable = mock("name=stable,latency=fixed:1,first_token_ms=200,chunks=4,token_delay_ms=1,seed=1").await;
-    let canary = mock("name=canary,latency=fixed:1,first_token_ms=300,chunks=4,token_delay_ms=1,seed=2").await;
+    let stable =
+        mock("name=stable,latency=fixed:1,first_token_ms=200,chunks=4,token_delay_ms=1,seed=1")
+            .await;
+    let canary =
+        mock("name=canary,latency=fixed:1,first_token_ms=300,chunks=4,token_delay_ms=1,seed=2")
+            .await;
     let yaml = inference_canary(
         &stable,
         &canary,
@@ -656,8 +754,16 @@ async fn a_canary_with_half_again_the_time_to_first_token_is_rolled_back() {
     assert!(summary.contains("ttft_ms"), "{summary}");
     // TTFB is the role chunk, sent at once: the first token comes later.
     // (Exact means depend on how loaded the machine is; the order does not.)
-    let ttft = |arm: &str| arm_of(&v, arm)["metrics"]["ttft_ms"]["mean"].as_f64().unwrap();
-    let ttfb = |arm: &str| arm_of(&v, arm)["metrics"]["ttfb_ms"]["mean"].as_f64().unwrap();
+    let ttft = |arm: &str| {
+        arm_of(&v, arm)["metrics"]["ttft_ms"]["mean"]
+            .as_f64()
+            .unwrap()
+    };
+    let ttfb = |arm: &str| {
+        arm_of(&v, arm)["metrics"]["ttfb_ms"]["mean"]
+            .as_f64()
+            .unwrap()
+    };
     assert!(ttft("canary") > ttft("stable"), "{v:#}");
     for arm in ["stable", "canary"] {
         assert!(ttfb(arm) + 30.0 < ttft(arm), "{arm}: {v:#}");
@@ -682,11 +788,18 @@ async fn a_canary_with_thirty_percent_more_completion_tokens_is_rolled_back_on_c
     assert!(summary.contains("cost"), "{summary}");
     let mean = |arm: &str, m: &str| arm_of(&v, arm)["metrics"][m]["mean"].as_f64().unwrap();
     let ratio = mean("canary", "completion_tokens") / mean("stable", "completion_tokens");
-    assert!((1.2..1.4).contains(&ratio), "completion tokens ratio {ratio}");
+    assert!(
+        (1.2..1.4).contains(&ratio),
+        "completion tokens ratio {ratio}"
+    );
     assert!(mean("canary", "cost") > mean("stable", "cost"));
     // Prometheus: the cost so far, from the same usage.
     let m = metrics(server.admin_addr).await;
-    let cost = metric_value(&m, "abgate_cost_total", &[("experiment", "exp"), ("arm", "stable")]);
+    let cost = metric_value(
+        &m,
+        "abgate_cost_total",
+        &[("experiment", "exp"), ("arm", "stable")],
+    );
     let tokens = |kind: &str| {
         metric_value(
             &m,
@@ -695,7 +808,10 @@ async fn a_canary_with_thirty_percent_more_completion_tokens_is_rolled_back_on_c
         )
     };
     let want = (tokens("prompt") + 2.0 * tokens("completion")) / 1e6;
-    assert!((cost - want).abs() <= want * 1e-6 + 1e-12, "{cost} vs {want}");
+    assert!(
+        (cost - want).abs() <= want * 1e-6 + 1e-12,
+        "{cost} vs {want}"
+    );
     server.shutdown().await;
 }
 
@@ -729,7 +845,9 @@ async fn a_canary_with_equal_cost_and_time_to_first_token_is_not_rolled_back() {
             break;
         }
         if started.elapsed() > Duration::from_secs(40) {
-            let judged = arm_of(&v, "canary")["metrics"]["ttft_ms"]["n"].as_u64().unwrap();
+            let judged = arm_of(&v, "canary")["metrics"]["ttft_ms"]["n"]
+                .as_u64()
+                .unwrap();
             assert!(judged >= 300, "the canary was barely judged: {v:#}");
             break;
         }
@@ -832,11 +950,19 @@ experiments:
     let admin = server.admin_addr;
     let v = experiment_json(admin, "grpc").await;
     let error = &arm_of(&v, "arm")["metrics"]["error"];
-    assert_eq!((error["n"].as_u64(), error["successes"].as_u64()), (Some(4), Some(2)), "{v}");
+    assert_eq!(
+        (error["n"].as_u64(), error["successes"].as_u64()),
+        (Some(4), Some(2)),
+        "{v}"
+    );
     assert_eq!(arm_of(&v, "arm")["assigned"]["errors"], 2);
     let m = metrics(admin).await;
     let code = |c: &str| {
-        metric_value(&m, "abgate_grpc_errors_total", &[("experiment", "grpc"), ("code", c)])
+        metric_value(
+            &m,
+            "abgate_grpc_errors_total",
+            &[("experiment", "grpc"), ("code", c)],
+        )
     };
     assert_eq!((code("14"), code("5")), (1.0, 1.0));
     assert!(!m.contains("abgate_grpc_errors_total{experiment=\"grpc\",arm=\"arm\",code=\"0\""));
@@ -936,22 +1062,36 @@ experiments:
     let plain = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let a = post_json(data, path, plain).await;
     assert_eq!(a.status, 200);
-    assert_eq!(a.body, chat_stream(3, "stop", None).as_bytes(), "the usage chunk is hidden");
+    assert_eq!(
+        a.body,
+        chat_stream(3, "stop", None).as_bytes(),
+        "the usage chunk is hidden"
+    );
     assert!(a.header("content-length").is_none());
     {
         let seen = seen.lock().unwrap();
         let (body, len) = &seen[0];
         let v: serde_json::Value = serde_json::from_slice(body).unwrap();
-        assert_eq!(v["stream_options"]["include_usage"], true, "the backend was asked");
+        assert_eq!(
+            v["stream_options"]["include_usage"], true,
+            "the backend was asked"
+        );
         assert_eq!(v["messages"][0]["content"], "hi");
-        assert_eq!(len.as_deref(), Some(body.len().to_string().as_str()), "Content-Length fixed");
+        assert_eq!(
+            len.as_deref(),
+            Some(body.len().to_string().as_str()),
+            "Content-Length fixed"
+        );
     }
     // ...and abgate counted the tokens the backend reported.
     let admin = server.admin_addr;
     let tokens = |kind: &'static str| async move {
         prom(admin, "abgate_tokens_total", "inject", &[("kind", kind)]).await
     };
-    assert_eq!((tokens("prompt").await, tokens("completion").await), (11.0, 3.0));
+    assert_eq!(
+        (tokens("prompt").await, tokens("completion").await),
+        (11.0, 3.0)
+    );
     // A client that asked gets its usage chunk, and its body is untouched.
     let asked = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#;
     let a = post_json(data, path, asked).await;
@@ -962,7 +1102,10 @@ experiments:
     let a = post_json(data, path, json).await;
     assert_eq!(a.body, chat_json(11, 3, "stop").as_bytes());
     assert_eq!(seen.lock().unwrap()[2].0, json.as_bytes());
-    assert_eq!((tokens("prompt").await, tokens("completion").await), (33.0, 9.0));
+    assert_eq!(
+        (tokens("prompt").await, tokens("completion").await),
+        (33.0, 9.0)
+    );
     task.abort();
     server.shutdown().await;
 }

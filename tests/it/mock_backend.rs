@@ -267,7 +267,11 @@ async fn sse_streams_chunk_by_chunk() {
         }
     }
     let total = headers_at.elapsed();
-    assert_eq!(events.len(), 7, "role chunk + 5 chunks + [DONE]: {events:?}");
+    assert_eq!(
+        events.len(),
+        7,
+        "role chunk + 5 chunks + [DONE]: {events:?}"
+    );
     assert!(
         events[0].0 < Duration::from_millis(80),
         "first event after {:?}",
@@ -467,14 +471,23 @@ async fn streams_report_usage_a_delayed_first_token_truncations_and_length_cuts(
             assert!(a.elapsed >= Duration::from_millis(20), "{:?}", a.elapsed);
         }
         let events = sse_events(&a.body);
-        assert_eq!(events[0]["choices"][0]["delta"]["content"], "", "role chunk first");
+        assert_eq!(
+            events[0]["choices"][0]["delta"]["content"], "",
+            "role chunk first"
+        );
         let content = events
             .iter()
-            .filter(|e| e["choices"][0]["delta"]["content"].as_str().is_some_and(|c| !c.is_empty()))
+            .filter(|e| {
+                e["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .is_some_and(|c| !c.is_empty())
+            })
             .count() as u64;
         if events.last() != Some(&serde_json::json!("[DONE]")) {
             truncated += 1;
-            assert!(events.iter().all(|e| e["choices"][0]["finish_reason"].is_null()));
+            assert!(events
+                .iter()
+                .all(|e| e["choices"][0]["finish_reason"].is_null()));
             assert!(events.iter().all(|e| e.get("usage").is_none()));
             continue;
         }
@@ -485,7 +498,9 @@ async fn streams_report_usage_a_delayed_first_token_truncations_and_length_cuts(
             .find_map(|e| e["choices"][0]["finish_reason"].as_str())
             .unwrap();
         length += u32::from(finish == "length");
-        let usage = events.iter().find(|e| e["choices"] == serde_json::json!([]));
+        let usage = events
+            .iter()
+            .find(|e| e["choices"] == serde_json::json!([]));
         match usage {
             Some(u) if ask => {
                 assert_eq!(u["usage"]["prompt_tokens"], 40);
@@ -500,11 +515,18 @@ async fn streams_report_usage_a_delayed_first_token_truncations_and_length_cuts(
     assert!((25..=73).contains(&length), "{length} cut by length");
     assert!(sizes.len() > 3, "token counts vary: {sizes:?}");
     // The JSON answer carries the same usage shape.
-    let a = send(&c, post(&server, "/v1/chat/completions", r#"{"model":"m"}"#)).await;
+    let a = send(
+        &c,
+        post(&server, "/v1/chat/completions", r#"{"model":"m"}"#),
+    )
+    .await;
     let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
     assert_eq!(v["usage"]["prompt_tokens"], 40);
     assert_eq!(
-        v["usage"]["completion_tokens"].as_u64().unwrap().to_string(),
+        v["usage"]["completion_tokens"]
+            .as_u64()
+            .unwrap()
+            .to_string(),
         a.headers["x-model-output-tokens"].to_str().unwrap()
     );
     server.shutdown().await.unwrap();

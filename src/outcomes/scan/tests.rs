@@ -282,7 +282,10 @@ fn bad_input_is_unparsed_and_never_fails() {
     // Unless they had shown inference fields before going wrong.
     let mut s = Scanner::new(BodyKind::Sse, false, false);
     s.feed(b"data: {\"choices\":[]}\n\ndata: oops\n\n", 0);
-    assert_eq!(s.finish(End::Eof, 0), ScanReport::Unparsed(Unparsed::Malformed));
+    assert_eq!(
+        s.finish(End::Eof, 0),
+        ScanReport::Unparsed(Unparsed::Malformed)
+    );
     // Lines that are not `data:` are framing, not errors: unknown fields,
     // lines without a colon, comments, binary noise outside data lines.
     let mut noisy = b"garbage without colon\n\x00\x01\xff: \xfe\nbogus: field\n".to_vec();
