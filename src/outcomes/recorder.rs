@@ -723,3 +723,59 @@ impl RecorderRegistry {
         &self.telemetry
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcomes::scan::{Finish, Inference};
+
+    #[test]
+    fn inference_outcomes_survive_a_restart_and_stay_apart_from_forced_requests() {
+        let t = Telemetry::new();
+        let a = ArmRecorder::new("exp", "canary", &t);
+        let stream = Inference {
+            streamed: true,
+            prompt_tokens: Some(12),
+            completion_tokens: Some(40),
+            ttft_us: Some(200_000),
+            itl_us: Some(20_000),
+            finish: Some(Finish::Length),
+            complete: Some(false),
+        };
+        a.record_inference(false, &stream, Some(0.5));
+        a.record_inference(true, &stream, Some(0.5));
+        a.record_unparsed(false);
+        let inf = a.snapshot().assigned.inference;
+        assert_eq!((inf.prompt_tokens.n, inf.prompt_tokens.sum), (1, 12.0));
+        assert_eq!((inf.streams, inf.incomplete), (1, 1));
+        assert_eq!((inf.finished, inf.finish_length, inf.unparsed), (1, 1, 1));
+        assert_eq!(inf.ttft.count(), 1);
+        // Saved as JSON, restored into a fresh recorder.
+        let json = serde_json::to_string(&a.state()).unwrap();
+        let b = ArmRecorder::new("exp", "canary", &Telemetry::new());
+        b.restore(&serde_json::from_str(&json).unwrap());
+        assert_eq!(b.state(), a.state());
+        // State saved before the scanner existed reads back with none of it.
+        let old: ArmState = serde_json::from_str(&json.replace(
+            &format!(
+                ",\"inference\":{}",
+                serde_json::to_string(&a.state().assigned.inference).unwrap()
+            ),
+            "",
+        ))
+        .unwrap();
+        assert_eq!(old.assigned.inference, InferenceState::default());
+        // Prometheus counts both populations.
+        let text = t.render();
+        assert!(
+            text.contains(
+                "abgate_tokens_total{experiment=\"exp\",arm=\"canary\",kind=\"completion\"} 80"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("abgate_stream_incomplete_total{experiment=\"exp\",arm=\"canary\"} 2"),
+            "{text}"
+        );
+    }
+}

@@ -84,30 +84,12 @@ fn canary_config(
     extra_analysis: &str,
     guardrails: &str,
 ) -> String {
-    format!(
-        r#"
-backends: {{ v1: {{ url: "{}" }}, v2: {{ url: "{}" }} }}
-experiments:
-  - name: exp
-    kind: canary
-    baseline: stable
-    steps: [10, 50, 100]
-    step: {{ min_samples: 40, min_duration: 0s }}
-    analysis:
-      interval: 200ms
-      min_units_per_arm: 50
-      min_events: 20
-      design_samples: 2000
-      guardrails:
-{guardrails}
-{extra_analysis}
-    arms:
-      - {{ name: stable, backend: v1, weight: 100 }}
-      - {{ name: canary, backend: v2, weight: 0 }}
-"#,
-        stable.url(),
-        canary.url()
-    )
+    CanaryYaml {
+        guardrails,
+        analysis_extra: extra_analysis,
+        ..CanaryYaml::default()
+    }
+    .render(&stable.url(), &canary.url())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -688,33 +688,14 @@ fn load(target: SocketAddr, kind: RequestKind, rate: f64, seconds: u64) -> JoinH
 /// A canary of `canary` against `stable`, judged on `guardrails` (YAML list
 /// items), both backends priced alike.
 fn inference_canary(stable: &MockServer, canary: &MockServer, guardrails: &str) -> String {
-    format!(
-        r#"
-currency: USD
-backends:
-  v1: {{ url: "{}", price: {{ input_per_mtok: 1.0, output_per_mtok: 2.0 }} }}
-  v2: {{ url: "{}", price: {{ input_per_mtok: 1.0, output_per_mtok: 2.0 }} }}
-experiments:
-  - name: exp
-    kind: canary
-    baseline: stable
-    unit: {{ header: x-user-id }}
-    steps: [10, 50, 100]
-    step: {{ min_samples: 40, min_duration: 0s }}
-    analysis:
-      interval: 200ms
-      min_units_per_arm: 50
-      min_events: 20
-      design_samples: 2000
-      guardrails:
-{guardrails}
-    arms:
-      - {{ name: stable, backend: v1, weight: 100 }}
-      - {{ name: canary, backend: v2, weight: 0 }}
-"#,
-        stable.url(),
-        canary.url()
-    )
+    CanaryYaml {
+        preamble: "currency: USD",
+        backend_extra: ", price: { input_per_mtok: 1.0, output_per_mtok: 2.0 }",
+        unit: Some("{ header: x-user-id }"),
+        guardrails,
+        ..CanaryYaml::default()
+    }
+    .render(&stable.url(), &canary.url())
 }
 
 /// Polls until the experiment is `state` (or `within` passes); the view.

@@ -722,3 +722,59 @@ pub async fn decision_load() -> tokio::sync::MutexGuard<'static, ()> {
 pub fn decision_load_blocking() -> tokio::sync::MutexGuard<'static, ()> {
     DECISION_LOAD.blocking_lock()
 }
+
+/// The parts of a two-arm canary that tests vary; the rest is the one shape
+/// every decision test uses: stable on `v1` at 100, canary on `v2` at 0,
+/// steps 10/50/100, 40 samples a step, a look every 200 ms and a burn-in of
+/// 50 units per arm.
+#[derive(Default)]
+pub struct CanaryYaml<'a> {
+    /// Lines at the top level before `backends:` (e.g. `currency: USD`).
+    pub preamble: &'a str,
+    /// Extra keys of each backend's map, after its url (e.g. `, price: {…}`).
+    pub backend_extra: &'a str,
+    /// The experiment's `unit:` value, when it has one.
+    pub unit: Option<&'a str>,
+    /// Guardrail list items, already indented under `guardrails:`.
+    pub guardrails: &'a str,
+    /// Extra lines of the `analysis:` map, already indented.
+    pub analysis_extra: &'a str,
+}
+
+impl CanaryYaml<'_> {
+    pub fn render(&self, stable_url: &str, canary_url: &str) -> String {
+        let unit = match self.unit {
+            Some(u) => format!("    unit: {u}\n"),
+            None => String::new(),
+        };
+        format!(
+            r#"
+{preamble}
+backends:
+  v1: {{ url: "{stable_url}"{extra} }}
+  v2: {{ url: "{canary_url}"{extra} }}
+experiments:
+  - name: exp
+    kind: canary
+    baseline: stable
+{unit}    steps: [10, 50, 100]
+    step: {{ min_samples: 40, min_duration: 0s }}
+    analysis:
+      interval: 200ms
+      min_units_per_arm: 50
+      min_events: 20
+      design_samples: 2000
+      guardrails:
+{guardrails}
+{analysis_extra}
+    arms:
+      - {{ name: stable, backend: v1, weight: 100 }}
+      - {{ name: canary, backend: v2, weight: 0 }}
+"#,
+            preamble = self.preamble,
+            extra = self.backend_extra,
+            guardrails = self.guardrails,
+            analysis_extra = self.analysis_extra,
+        )
+    }
+}

@@ -145,8 +145,66 @@ fn inference_rows(e: &ExperimentView) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{AnalysisView, Judgement};
+    use super::super::{AnalysisView, ArmView, Judgement, MetricView};
     use super::*;
+
+    #[test]
+    fn status_shows_what_the_response_scanner_read_per_arm() {
+        let arm = |name: &str, out_tokens: f64, cut: f64| {
+            let mut metrics = std::collections::BTreeMap::new();
+            let cont = |mean: f64| MetricView::Continuous {
+                n: 10,
+                mean: Some(mean),
+                variance: None,
+            };
+            metrics.insert("prompt_tokens".to_string(), cont(7.0));
+            metrics.insert("completion_tokens".to_string(), cont(out_tokens));
+            metrics.insert("cost".to_string(), cont(0.000021));
+            metrics.insert("ttft_ms".to_string(), cont(58.25));
+            metrics.insert(
+                "stream_incomplete".to_string(),
+                MetricView::Binary {
+                    n: 10,
+                    successes: 0,
+                    rate: Some(cut),
+                },
+            );
+            ArmView {
+                metrics,
+                name: name.into(),
+                backend: "b".into(),
+                weight: 50.0,
+                baseline: false,
+                assigned: None,
+                forced_requests: 0,
+            }
+        };
+        let view = ExperimentView {
+            name: "chat".into(),
+            state: "running".into(),
+            baseline: "stable".into(),
+            table_version: 1,
+            config_version: 1,
+            arms: vec![arm("stable", 16.0, 0.0), arm("canary", 20.5, 0.05)],
+            removed_arms: vec![],
+            last_decision: None,
+            analysis: None,
+        };
+        let text = render_status(std::slice::from_ref(&view));
+        assert!(text.contains("TOKENS OUT"), "{text}");
+        let canary = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("canary") && l.contains("20.5"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(
+            canary.contains("0.000021") && canary.contains("58.2") && canary.contains("5.00%"),
+            "{canary}"
+        );
+        // An experiment without inference traffic shows no such table.
+        let mut plain = view;
+        plain.arms.iter_mut().for_each(|a| a.metrics.clear());
+        assert!(!render_status(&[plain]).contains("TOKENS OUT"));
+    }
     use crate::stats::{ComparisonEvidence, ComparisonView, EffectScale, TestKind};
 
     #[test]

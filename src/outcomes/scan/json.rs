@@ -11,8 +11,11 @@
 //! found so far; everything else is skipped, long strings with `memchr`.
 //!
 //! It validates structure (brackets, commas, colons, literals) but not UTF-8 or
-//! the finer points of number syntax: it only has to tell a JSON document from
-//! something else, not to reproduce it.
+//! the finer points of number syntax, and inside containers where nothing is
+//! read (a `message`, `logprobs`, `*_details`, a Responses API `output`) only
+//! that brackets match: it has to tell a JSON document from something else and
+//! find a few values, not to reproduce it, and most of a completion's bytes sit
+//! in those containers.
 
 /// Containers deeper than this make the value [`Outcome::Invalid`]: no
 /// inference response nests anywhere near it, and the stack stays a fixed size.
@@ -200,26 +203,47 @@ impl Slot {
     }
 }
 
-/// The slot of the value under `key` in an object of context `ctx`.
+/// The slot of the value under `key` in an object of context `ctx`. Matched
+/// on the context first: most keys of a response sit where nothing is read.
 fn slot_of(ctx: Ctx, key: &[u8]) -> Slot {
-    match (ctx, key) {
-        (Ctx::Root | Ctx::Response, b"usage") => Slot::Open(Ctx::Usage),
-        (Ctx::Root, b"response") => Slot::Open(Ctx::Response),
-        (Ctx::Root | Ctx::Response, b"incomplete_details") => Slot::Open(Ctx::Details),
-        (Ctx::Root, b"choices") => Slot::Open(Ctx::Choices),
-        (Ctx::Root, b"type") => Slot::Type,
-        (Ctx::Root, b"delta") => Slot::TopDelta,
-        (Ctx::Root, b"status") => Slot::Status,
-        (Ctx::Root, b"object") => Slot::Object,
-        (Ctx::Usage, b"prompt_tokens" | b"input_tokens") => Slot::PromptTokens,
-        (Ctx::Usage, b"completion_tokens" | b"output_tokens") => Slot::CompletionTokens,
-        (Ctx::Choice, b"finish_reason") => Slot::FinishReason,
-        (Ctx::Choice, b"delta") => Slot::Open(Ctx::Delta),
-        (Ctx::Choice, b"text") => Slot::Content,
-        (Ctx::Delta, b"content" | b"refusal") => Slot::Content,
-        (Ctx::Delta, b"tool_calls") => Slot::Open(Ctx::ToolCalls),
-        (Ctx::Details, b"reason") => Slot::Reason,
-        _ => Slot::Other,
+    match ctx {
+        Ctx::Root => match key {
+            b"usage" => Slot::Open(Ctx::Usage),
+            b"response" => Slot::Open(Ctx::Response),
+            b"incomplete_details" => Slot::Open(Ctx::Details),
+            b"choices" => Slot::Open(Ctx::Choices),
+            b"type" => Slot::Type,
+            b"delta" => Slot::TopDelta,
+            b"status" => Slot::Status,
+            b"object" => Slot::Object,
+            _ => Slot::Other,
+        },
+        Ctx::Response => match key {
+            b"usage" => Slot::Open(Ctx::Usage),
+            b"incomplete_details" => Slot::Open(Ctx::Details),
+            _ => Slot::Other,
+        },
+        Ctx::Usage => match key {
+            b"prompt_tokens" | b"input_tokens" => Slot::PromptTokens,
+            b"completion_tokens" | b"output_tokens" => Slot::CompletionTokens,
+            _ => Slot::Other,
+        },
+        Ctx::Choice => match key {
+            b"finish_reason" => Slot::FinishReason,
+            b"delta" => Slot::Open(Ctx::Delta),
+            b"text" => Slot::Content,
+            _ => Slot::Other,
+        },
+        Ctx::Delta => match key {
+            b"content" | b"refusal" => Slot::Content,
+            b"tool_calls" => Slot::Open(Ctx::ToolCalls),
+            _ => Slot::Other,
+        },
+        Ctx::Details => match key {
+            b"reason" => Slot::Reason,
+            _ => Slot::Other,
+        },
+        Ctx::Choices | Ctx::ToolCalls | Ctx::Other => Slot::Other,
     }
 }
 
@@ -266,6 +290,12 @@ enum St {
     Number,
     /// Inside `true`, `false` or `null`: the literal and how much is matched.
     Literal(Lit, u8),
+    /// Inside a container of no interest (skipped to its end).
+    Skip,
+    /// Inside a string there.
+    SkipStr,
+    /// After a backslash there.
+    SkipEscape,
     /// The top-level value is complete: only whitespace may follow.
     Done,
     Invalid,
@@ -296,10 +326,14 @@ pub struct JsonScanner {
     /// Per open container: its [`Ctx`] in the low bits, bit 7 set for arrays.
     stack: [u8; MAX_DEPTH],
     depth: usize,
+    /// While skipping: the depth of the skipped container.
+    skip_base: usize,
     /// The role of the value being read (or about to be).
     slot: Slot,
     /// The string being read is a key.
     key: bool,
+    /// The string being read is kept for comparison ([`JsonScanner::capturing`]).
+    capture: bool,
     /// The string being read has at least one character.
     nonempty: bool,
     /// The captured string was longer than [`CAPTURE`] or had an escape: it
@@ -321,8 +355,10 @@ impl Default for JsonScanner {
             st: St::Start,
             stack: [0; MAX_DEPTH],
             depth: 0,
+            skip_base: 0,
             slot: Slot::Other,
             key: false,
+            capture: false,
             nonempty: false,
             spoiled: false,
             cap: [0; CAPTURE],
@@ -398,7 +434,11 @@ impl JsonScanner {
         }
         self.stack[self.depth] = ctx as u8 | if array { ARRAY } else { 0 };
         self.depth += 1;
-        if array {
+        if ctx == Ctx::Other {
+            // Nothing inside is read: only its end is looked for.
+            self.skip_base = self.depth;
+            self.st = St::Skip;
+        } else if array {
             self.slot = element_of(ctx);
             self.st = St::ValueOrEnd;
         } else {
@@ -516,11 +556,17 @@ impl JsonScanner {
         self.nonempty = false;
         self.spoiled = false;
         self.cap_len = 0;
+        self.capture = self.capturing();
     }
 
-    /// Whether the string being read is kept for comparison.
+    /// Whether the string being read is kept for comparison (keys only where
+    /// some key matters: not inside objects nothing is read from).
     fn capturing(&self) -> bool {
-        self.key || self.slot.captures()
+        if self.key {
+            self.depth > 0 && self.top().0 != Ctx::Other
+        } else {
+            self.slot.captures()
+        }
     }
 
     /// Scans `bytes`, the next piece of the value.
@@ -533,25 +579,96 @@ impl JsonScanner {
                 St::Str => {
                     // Jump to the next quote or backslash: most bytes of a
                     // response are inside strings nobody compares.
-                    let rest = &bytes[i..];
-                    match memchr::memchr2(b'"', b'\\', rest) {
-                        None => {
+                    loop {
+                        let rest = &bytes[i..];
+                        let Some(j) = memchr::memchr2(b'"', b'\\', rest) else {
                             self.string_bytes(rest);
                             return;
-                        }
-                        Some(j) => {
-                            self.string_bytes(&rest[..j]);
-                            i += j;
-                            if bytes[i] == b'"' {
-                                self.string_done();
-                            } else {
-                                self.nonempty = true;
-                                self.spoiled = true;
-                                self.st = St::Escape;
-                            }
+                        };
+                        self.string_bytes(&rest[..j]);
+                        i += j;
+                        if bytes[i] == b'"' {
+                            self.string_done();
                             i += 1;
+                            break;
+                        }
+                        self.nonempty = true;
+                        self.spoiled = true;
+                        // `\n`, `\"`...: step over both bytes here; `\u` and an
+                        // escape split across pieces go through the states.
+                        match bytes.get(i + 1) {
+                            Some(&e) if e != b'u' => i += 2,
+                            _ => {
+                                self.st = St::Escape;
+                                i += 1;
+                                break;
+                            }
                         }
                     }
+                    continue;
+                }
+                St::Skip => {
+                    // Inside a container nothing is read from: brackets are
+                    // matched (by kind, on the same stack), strings skipped,
+                    // everything else passed over.
+                    while i < n {
+                        let b = bytes[i];
+                        i += 1;
+                        match b {
+                            b'"' => {
+                                self.st = St::SkipStr;
+                                break;
+                            }
+                            b'{' | b'[' => {
+                                if self.depth == MAX_DEPTH {
+                                    self.st = St::Invalid;
+                                    return;
+                                }
+                                self.stack[self.depth] =
+                                    Ctx::Other as u8 | if b == b'[' { ARRAY } else { 0 };
+                                self.depth += 1;
+                            }
+                            b'}' | b']' => {
+                                let array = b == b']';
+                                if (self.stack[self.depth - 1] & ARRAY != 0) != array {
+                                    self.st = St::Invalid;
+                                    return;
+                                }
+                                self.depth -= 1;
+                                if self.depth < self.skip_base {
+                                    self.value_done();
+                                    break;
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    continue;
+                }
+                St::SkipStr => {
+                    loop {
+                        let Some(j) = memchr::memchr2(b'"', b'\\', &bytes[i..]) else {
+                            return;
+                        };
+                        i += j;
+                        if bytes[i] == b'"' {
+                            self.st = St::Skip;
+                            i += 1;
+                            break;
+                        }
+                        if i + 1 < n {
+                            i += 2;
+                        } else {
+                            self.st = St::SkipEscape;
+                            i += 1;
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                St::SkipEscape => {
+                    self.st = St::SkipStr;
+                    i += 1;
                     continue;
                 }
                 St::Escape => {
@@ -580,17 +697,20 @@ impl JsonScanner {
                     let b = bytes[i];
                     match b {
                         b'0'..=b'9' => {
-                            let d = u64::from(b - b'0');
-                            if self.num_frac {
-                                // 12.0 is 12; 12.5 tokens is not a count.
-                                self.num_ok &= d == 0;
-                            } else {
-                                match self.num.checked_mul(10).and_then(|v| v.checked_add(d)) {
-                                    Some(v) => self.num = v,
-                                    None => self.num_ok = false,
+                            // All the digits in this piece at once.
+                            while i < n && bytes[i].is_ascii_digit() {
+                                let d = u64::from(bytes[i] - b'0');
+                                if self.num_frac {
+                                    // 12.0 is 12; 12.5 tokens is not a count.
+                                    self.num_ok &= d == 0;
+                                } else {
+                                    match self.num.checked_mul(10).and_then(|v| v.checked_add(d)) {
+                                        Some(v) => self.num = v,
+                                        None => self.num_ok = false,
+                                    }
                                 }
+                                i += 1;
                             }
-                            i += 1;
                         }
                         b'.' => {
                             self.num_frac = true;
@@ -687,6 +807,9 @@ impl JsonScanner {
                 | St::Unicode(_)
                 | St::Number
                 | St::Literal(..)
+                | St::Skip
+                | St::SkipStr
+                | St::SkipEscape
                 | St::Invalid => unreachable!("handled above"),
             }
         }
@@ -697,7 +820,7 @@ impl JsonScanner {
             return;
         }
         self.nonempty = true;
-        if self.capturing() && !self.spoiled {
+        if self.capture && !self.spoiled {
             let end = self.cap_len + s.len();
             if end > CAPTURE {
                 self.spoiled = true;

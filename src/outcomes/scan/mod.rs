@@ -144,10 +144,12 @@ pub enum ScanReport {
     Parsed(Inference),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The scanner of the body's framing (one of them: a JSON body or an event
+/// stream), so a scanner is only as large, and as costly to set up, as one.
+#[derive(Clone)]
 enum Mode {
-    Json,
-    Sse,
+    Json(JsonScanner),
+    Sse(SseScanner),
     Off,
 }
 
@@ -201,8 +203,6 @@ pub struct Scanner {
     mode: Mode,
     /// The body was expected to be a completion (see [`is_inference_path`]).
     expect_inference: bool,
-    json: JsonScanner,
-    sse: SseScanner,
     facts: Facts,
     unparsed: Option<Unparsed>,
     json_bytes: u64,
@@ -216,14 +216,12 @@ impl Scanner {
             BodyKind::Other if expect_inference => (Mode::Off, Some(Unparsed::NotInference)),
             BodyKind::Other => (Mode::Off, None),
             _ if compressed => (Mode::Off, Some(Unparsed::Compressed)),
-            BodyKind::Json => (Mode::Json, None),
-            BodyKind::Sse => (Mode::Sse, None),
+            BodyKind::Json => (Mode::Json(JsonScanner::new()), None),
+            BodyKind::Sse => (Mode::Sse(SseScanner::default()), None),
         };
         Scanner {
             mode,
             expect_inference,
-            json: JsonScanner::new(),
-            sse: SseScanner::default(),
             facts: Facts::default(),
             unparsed,
             json_bytes: 0,
@@ -237,12 +235,12 @@ impl Scanner {
 
     /// Whether the body is scanned as an event stream.
     pub fn is_sse(&self) -> bool {
-        self.mode == Mode::Sse
+        matches!(self.mode, Mode::Sse(_))
     }
 
     /// Whether feeding bytes can still change the report.
     pub fn is_active(&self) -> bool {
-        self.mode != Mode::Off && self.unparsed.is_none()
+        !matches!(self.mode, Mode::Off) && self.unparsed.is_none()
     }
 
     /// Looks at the next chunk of the body, which arrived `now_us` µs after
@@ -251,26 +249,26 @@ impl Scanner {
         if !self.is_active() {
             return;
         }
-        match self.mode {
-            Mode::Json => {
+        match &mut self.mode {
+            Mode::Json(json) => {
                 self.json_bytes += chunk.len() as u64;
                 if self.json_bytes > MAX_JSON_BODY {
                     self.unparsed = Some(Unparsed::TooLarge);
                     return;
                 }
-                self.json.feed(chunk);
-                if self.json.is_invalid() {
+                json.feed(chunk);
+                if json.is_invalid() {
                     self.unparsed = Some(Unparsed::Malformed);
                 }
             }
-            Mode::Sse => {
+            Mode::Sse(sse) => {
                 let (facts, unparsed) = (&mut self.facts, &mut self.unparsed);
                 let mut emit = |e: Event| match e {
                     Event::Done => facts.terminal = true,
                     Event::Json(f) => facts.apply(&f, now_us),
                     Event::Malformed => *unparsed = Some(Unparsed::Malformed),
                 };
-                if self.sse.feed(chunk, &mut emit).is_err() {
+                if sse.feed(chunk, &mut emit).is_err() {
                     self.unparsed = Some(Unparsed::LineTooLong);
                 }
             }
@@ -283,16 +281,17 @@ impl Scanner {
         if let Some(u) = self.unparsed {
             // Other traffic through abgate (a plain-text event stream, a
             // model server's own JSON) is not inference gone wrong.
-            let ours = self.expect_inference || self.facts.recognized || self.json.recognized();
+            let json_recognized = matches!(&self.mode, Mode::Json(j) if j.recognized());
+            let ours = self.expect_inference || self.facts.recognized || json_recognized;
             return if ours {
                 ScanReport::Unparsed(u)
             } else {
                 ScanReport::Skipped
             };
         }
-        match self.mode {
+        match &mut self.mode {
             Mode::Off => ScanReport::Skipped,
-            Mode::Json => match self.json.finish() {
+            Mode::Json(json) => match json.finish() {
                 Outcome::Complete(f) if f.recognized => {
                     let finish = f.finish.or(match f.status {
                         Some(Finish::Length) => Some(f.incomplete_reason.unwrap_or(Finish::Length)),
@@ -309,9 +308,9 @@ impl Scanner {
                 Outcome::Invalid if end == End::Eof => ScanReport::Unparsed(Unparsed::Malformed),
                 _ => ScanReport::Skipped,
             },
-            Mode::Sse => {
+            Mode::Sse(sse) => {
                 let facts = &mut self.facts;
-                self.sse.finish(&mut |e| match e {
+                sse.finish(&mut |e| match e {
                     Event::Done => facts.terminal = true,
                     Event::Json(f) => facts.apply(&f, now_us),
                     Event::Malformed => {}
