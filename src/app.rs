@@ -116,7 +116,7 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
     // on the blocking pool like every other store call.
     let (store, feedback_log) = {
         let (dir, recorders) = (file_config.state_dir.clone(), recorders.clone());
-        tokio::task::spawn_blocking(move || -> Result<_, StartError> {
+        crate::control::off_thread(move || -> Result<_, StartError> {
             let store = SqliteStore::open(&dir)?;
             let restored = crate::outcomes::persist::restore(&recorders, &store)?;
             if restored > 0 {
@@ -124,8 +124,7 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
             }
             Ok((Arc::new(store), FeedbackLog::open(&dir)?))
         })
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?
+        .await?
     };
     let pools = UpstreamPool::default();
     // Placeholder until the control plane publishes the restored table.
@@ -158,7 +157,7 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
     };
     let (config_path, config_text) = (opts.config_path.clone(), opts.config_text);
     // Restoring reads and writes the store: off the async workers.
-    let control = tokio::task::spawn_blocking(move || {
+    let control = crate::control::off_thread(move || {
         ControlPlane::restore(
             publisher,
             handles,
@@ -168,8 +167,7 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
             file_config,
         )
     })
-    .await
-    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+    .await?;
     let control = Arc::new(control);
     let watcher = if opts.watch_file {
         crate::control::watch::watch_file(control.clone())

@@ -200,9 +200,7 @@ impl ControlPlane {
         // interleave, or an older read could be applied after a newer one.
         let mut cur = self.current.lock().await;
         let read_path = path.clone();
-        let loaded = tokio::task::spawn_blocking(move || std::fs::read_to_string(&read_path))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let loaded = super::off_thread(move || std::fs::read_to_string(&read_path)).await;
         let text = loaded.map_err(|source| ApplyError::Read {
             path: path.clone(),
             source,

@@ -336,10 +336,17 @@ impl ControlPlane {
         call: impl FnOnce(&dyn Store) -> T + Send + 'static,
     ) -> T {
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || call(store.as_ref())).await {
-            Ok(v) => v,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
+        off_thread(move || call(store.as_ref())).await
+    }
+}
+
+/// Runs blocking work (disk, SQLite) on tokio's blocking pool and waits for
+/// it. A panic in the work is resumed in the caller, as if it had run inline:
+/// a `JoinError` would otherwise turn a bug into a value someone must handle.
+pub async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 
