@@ -178,7 +178,8 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
         crate::control::watch::reload_on_sighup(control.clone());
     }
 
-    let controller_task = crate::control::controller::spawn(control.clone());
+    let (stop, stopped) = watch::channel(false);
+    let controller_task = crate::control::controller::spawn(control.clone(), stopped.clone());
     let snapshot_task = {
         let control = control.clone();
         tokio::spawn(async move {
@@ -189,7 +190,6 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
             }
         })
     };
-    let (stop, stopped) = watch::channel(false);
     let data_addr = data.local_addr().expect("bound socket has an address");
     let admin_addr = admin.local_addr().expect("bound socket has an address");
     let admin_state = Arc::new(Admin {
@@ -229,7 +229,9 @@ impl RunningServer {
         let _ = self.data_task.await;
         let _ = self.admin_task.await;
         self.upkeep_task.abort();
-        self.controller_task.abort();
+        // The controller saw the stop at once and publishes each run as its
+        // loop ends (bounded inside); only then is the last snapshot taken.
+        let _ = self.controller_task.await;
         self.snapshot_task.abort();
         // A last snapshot once traffic has drained, so a clean stop loses nothing.
         self.control.save_outcomes().await;

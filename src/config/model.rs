@@ -245,6 +245,9 @@ pub struct ControlPolicy {
     /// Look after every this many completed candidate outcomes, or after
     /// `interval`, whichever comes first (0: on the interval only).
     pub look_every: u64,
+    /// The least time between two looks that evidence triggers (the interval
+    /// still looks on its own). Bounds the controller's CPU on busy canaries.
+    pub min_look_gap: Duration,
     pub guardrails: Vec<Guardrail>,
     pub primary: Option<Primary>,
     pub on_success: OnSuccess,

@@ -267,13 +267,15 @@ fn look_every_and_min_exact_events_default_and_parse() {
         .clone()
         .unwrap();
     assert_eq!((p.look_every, p.min_exact_events), (10, 5));
+    assert_eq!(p.min_look_gap, std::time::Duration::from_millis(200));
     assert_eq!(stats_policy(&p).min_exact_events, 5);
     let set = plain.replace(
         "    analysis:\n",
-        "    analysis:\n      look_every: 0\n      min_exact_events: 8\n",
+        "    analysis:\n      look_every: 0\n      min_exact_events: 8\n      min_look_gap: 50ms\n",
     );
     let p = parse(&set).unwrap().experiments[0].policy.clone().unwrap();
     assert_eq!((p.look_every, p.min_exact_events), (0, 8));
+    assert_eq!(p.min_look_gap, std::time::Duration::from_millis(50));
     assert_eq!(stats_policy(&p).min_exact_events, 8);
     let bad = plain.replace(
         "    analysis:\n",

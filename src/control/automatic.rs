@@ -103,8 +103,17 @@ impl ControlPlane {
             .remove(name)
     }
 
+    /// How many times a snapshot has taken the published runs.
+    pub fn runs_taken(&self) -> u64 {
+        self.runs_taken.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Takes the runs published since the last snapshot.
     pub(super) fn take_unsaved_runs(&self) -> Vec<(String, String)> {
+        // Counted before taking: a run published after the count but before
+        // the take is saved now and published again after the next look.
+        self.runs_taken
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let names: Vec<String> = self.unsaved_runs.iter().map(|e| e.key().clone()).collect();
         names
             .into_iter()

@@ -75,6 +75,8 @@ pub struct ControlPlane {
     analysis: dashmap::DashMap<String, serde_json::Value>,
     /// Controller runs (experiment → JSON) published since the last snapshot.
     unsaved_runs: dashmap::DashMap<String, String>,
+    /// How many snapshots have taken `unsaved_runs` (see `runs_taken`).
+    runs_taken: std::sync::atomic::AtomicU64,
     /// Controller runs saved before this process started, each adopted (taken)
     /// by its experiment's controller on its first look.
     restored_runs: std::sync::Mutex<HashMap<String, String>>,
@@ -304,6 +306,7 @@ impl ControlPlane {
             }),
             analysis: dashmap::DashMap::new(),
             unsaved_runs: dashmap::DashMap::new(),
+            runs_taken: std::sync::atomic::AtomicU64::new(0),
             restored_runs: std::sync::Mutex::new(restored_runs),
         })
     }

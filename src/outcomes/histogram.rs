@@ -90,6 +90,17 @@ impl AtomicHistogram {
         self.count.load(Relaxed)
     }
 
+    /// The recorded values in milliseconds as running sums, read without
+    /// copying the buckets: what a statistical look needs (the buckets are
+    /// for quantiles, which only the views read).
+    pub fn sums_ms(&self) -> crate::outcomes::metrics::MetricSums {
+        crate::outcomes::metrics::MetricSums {
+            n: self.count.load(Relaxed),
+            sum: self.sum_us.load(Relaxed) as f64 / 1000.0,
+            sum_sq: self.sum_sq_ms.get(),
+        }
+    }
+
     /// The contents, for persisting.
     pub fn state(&self) -> HistogramState {
         HistogramState {

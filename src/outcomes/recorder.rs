@@ -285,6 +285,36 @@ impl OutcomeSnapshot {
     }
 }
 
+/// An [`OutcomeSet`]'s counts and running sums, without histogram buckets:
+/// what the controller reads at every look (a full [`OutcomeSnapshot`] copies
+/// four histograms of 672 buckets each).
+#[derive(Debug, Clone, Copy)]
+pub struct OutcomeTotals {
+    /// Responses by [`StatusClass::ALL`] order.
+    pub classes: [u64; 5],
+    pub errors: u64,
+    pub abandoned: u64,
+    pub slow: u64,
+    pub latency: MetricSums,
+    pub ttfb: MetricSums,
+    pub prompt_tokens: MetricSums,
+    pub completion_tokens: MetricSums,
+    pub cost: MetricSums,
+    pub ttft: MetricSums,
+    pub itl: MetricSums,
+    pub streams: u64,
+    pub incomplete: u64,
+    pub finished: u64,
+    pub finish_length: u64,
+}
+
+impl OutcomeTotals {
+    /// As [`OutcomeSnapshot::requests`].
+    pub fn requests(&self) -> u64 {
+        self.classes.iter().sum::<u64>() + self.abandoned
+    }
+}
+
 /// An [`OutcomeSet`]'s counts for the store.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OutcomeState {
@@ -337,6 +367,27 @@ impl OutcomeSet {
         self.latency.restore(&s.latency);
         self.ttfb.restore(&s.ttfb);
         self.inference.restore(&s.inference);
+    }
+
+    fn totals(&self) -> OutcomeTotals {
+        let inf = &self.inference;
+        OutcomeTotals {
+            classes: std::array::from_fn(|i| self.classes[i].load(Relaxed)),
+            errors: self.errors.load(Relaxed),
+            abandoned: self.abandoned.load(Relaxed),
+            slow: self.slow.load(Relaxed),
+            latency: self.latency.sums_ms(),
+            ttfb: self.ttfb.sums_ms(),
+            prompt_tokens: inf.prompt_tokens.sums(),
+            completion_tokens: inf.completion_tokens.sums(),
+            cost: inf.cost.sums(),
+            ttft: inf.ttft.sums_ms(),
+            itl: inf.itl.sums_ms(),
+            streams: inf.streams.load(Relaxed),
+            incomplete: inf.incomplete.load(Relaxed),
+            finished: inf.finished.load(Relaxed),
+            finish_length: inf.finish_length.load(Relaxed),
+        }
     }
 
     fn snapshot(&self) -> OutcomeSnapshot {
@@ -697,6 +748,13 @@ impl RecorderRegistry {
             .entry((experiment.to_string(), arm.to_string()))
             .or_insert_with(|| Arc::new(ArmRecorder::new(experiment, arm, &self.telemetry)))
             .clone()
+    }
+
+    /// The assigned requests' totals of one arm, if it has a recorder.
+    pub fn totals(&self, experiment: &str, arm: &str) -> Option<OutcomeTotals> {
+        self.arms
+            .get(&(experiment.to_string(), arm.to_string()))
+            .map(|r| r.assigned.totals())
     }
 
     /// Snapshots of every arm of an experiment (including arms no longer routed).

@@ -111,7 +111,16 @@ impl ArmSums {
 
 /// Running sums for each of `experiment`'s configured arms, in declared order.
 pub fn experiment_sums(recorders: &RecorderRegistry, experiment: &Experiment) -> Vec<ArmSums> {
-    let snaps = recorders.experiment(&experiment.name);
+    experiment_sums_of(recorders, experiment, |_| true)
+}
+
+/// [`experiment_sums`] restricted to the metrics `keep` names: the
+/// controller reads only what its tests use, at every look.
+pub fn experiment_sums_of(
+    recorders: &RecorderRegistry,
+    experiment: &Experiment,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<ArmSums> {
     let declared = recorders.metrics.experiment(&experiment.name);
     // A 0/1 metric's sums: n trials, Σy = Σy² = successes.
     let binary = |n: u64, k: u64| MetricSums {
@@ -124,25 +133,20 @@ pub fn experiment_sums(recorders: &RecorderRegistry, experiment: &Experiment) ->
         .iter()
         .map(|arm| {
             let mut metrics = BTreeMap::new();
-            let assigned = match snaps.iter().find(|s| s.arm == arm.name) {
-                Some(s) => {
-                    let o = &s.assigned;
+            let mut put = |name: &str, v: (MetricKind, MetricSums)| {
+                if keep(name) {
+                    metrics.insert(name.to_string(), v);
+                }
+            };
+            let assigned = match recorders.totals(&experiment.name, &arm.name) {
+                Some(o) => {
                     let responded: u64 = o.classes.iter().sum();
-                    let lat = o.latency.sums_ms();
-                    metrics.insert(
-                        "error".to_string(),
-                        (MetricKind::Binary, binary(responded, o.errors)),
-                    );
-                    metrics.insert(
-                        "slow".to_string(),
-                        (MetricKind::Binary, binary(lat.n, o.slow)),
-                    );
-                    metrics.insert("latency_ms".to_string(), (MetricKind::Continuous, lat));
-                    metrics.insert(
-                        "ttfb_ms".to_string(),
-                        (MetricKind::Continuous, o.ttfb.sums_ms()),
-                    );
-                    let inf = &o.inference;
+                    let lat = o.latency;
+                    put("error", (MetricKind::Binary, binary(responded, o.errors)));
+                    put("slow", (MetricKind::Binary, binary(lat.n, o.slow)));
+                    put("latency_ms", (MetricKind::Continuous, lat));
+                    put("ttfb_ms", (MetricKind::Continuous, o.ttfb));
+                    let inf = &o;
                     for (name, kind, sums) in [
                         ("prompt_tokens", MetricKind::Continuous, inf.prompt_tokens),
                         (
@@ -151,8 +155,8 @@ pub fn experiment_sums(recorders: &RecorderRegistry, experiment: &Experiment) ->
                             inf.completion_tokens,
                         ),
                         ("cost", MetricKind::Continuous, inf.cost),
-                        ("ttft_ms", MetricKind::Continuous, inf.ttft.sums_ms()),
-                        ("itl_ms", MetricKind::Continuous, inf.itl.sums_ms()),
+                        ("ttft_ms", MetricKind::Continuous, inf.ttft),
+                        ("itl_ms", MetricKind::Continuous, inf.itl),
                         (
                             "stream_incomplete",
                             MetricKind::Binary,
@@ -164,13 +168,13 @@ pub fn experiment_sums(recorders: &RecorderRegistry, experiment: &Experiment) ->
                             binary(inf.finished, inf.finish_length),
                         ),
                     ] {
-                        metrics.insert(name.to_string(), (kind, sums));
+                        put(name, (kind, sums));
                     }
                     o.requests()
                 }
                 None => 0,
             };
-            for m in &experiment.metrics {
+            for m in experiment.metrics.iter().filter(|m| keep(&m.name)) {
                 let sums = declared
                     .iter()
                     .find(|(a, name, _)| a == &arm.name && name == &m.name)

@@ -67,6 +67,7 @@ impl Telemetry {
             ("abgate_streams_total", "Event streams whose end the backend decided (client disconnects excluded), by experiment and arm."),
             ("abgate_stream_incomplete_total", "Event streams that ended before [DONE], a finish reason or a terminal event, by experiment and arm."),
             ("abgate_grpc_errors_total", "Responses whose grpc-status (trailer, or header of a trailers-only response) was not 0, by experiment, arm and code (1-16, or other)."),
+            ("abgate_controller_looks_total", "Controller looks (evidence read, verdict computed) measured for their CPU time, by experiment."),
             ("abgate_unparsed_responses_total", "Responses the inference scanner could not read (their HTTP outcome still counts), by experiment and arm."),
         ];
         for (name, help) in counters {
@@ -95,6 +96,12 @@ impl Telemetry {
             self.recorder
                 .describe_histogram(KeyName::from(name), Some(Unit::Seconds), help.into());
         }
+        self.recorder.describe_gauge(
+            KeyName::from("abgate_controller_look_cpu_seconds_total"),
+            Some(Unit::Seconds),
+            "CPU time of the controller's looks counted in abgate_controller_looks_total, by experiment (only grows; a gauge because it is fractional)."
+                .into(),
+        );
         self.recorder.describe_gauge(
             KeyName::from("abgate_cost_total"),
             None,

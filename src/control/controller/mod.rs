@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ControlPolicy;
@@ -21,26 +22,49 @@ use crate::control::ControlPlane;
 
 pub use crate::config::stats_policy;
 
+/// How long a stop waits for the experiment loops to finish their look and
+/// publish their runs before they are aborted.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// Starts the supervisor: it keeps exactly one task per controlled experiment,
 /// restarting a task when its policy changes and stopping it when the
-/// experiment is removed.
-pub fn spawn(control: Arc<ControlPlane>) -> JoinHandle<()> {
+/// experiment is removed. When `stop` turns true every loop finishes its
+/// current look, publishes its run for the last snapshot, and the supervisor
+/// returns (a loop still busy after [`STOP_GRACE`] is aborted).
+pub fn spawn(control: Arc<ControlPlane>, stop: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        // Dropping the supervisor (shutdown) drops these, stopping every task.
+        // Dropping the supervisor (an abort) drops these, stopping every task.
         let mut tasks: HashMap<String, (ControlPolicy, AbortOnDrop)> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut stopping = stop.clone();
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stopping.wait_for(|s| *s) => break,
+            }
             let wanted = control.controlled_experiments().await;
             tasks.retain(|name, (policy, handle)| {
                 wanted.iter().any(|(n, p)| n == name && p == policy) && !handle.0.is_finished()
             });
             for (name, policy) in wanted {
                 if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(name.clone()) {
-                    let handle = tokio::spawn(run::run(control.clone(), name, policy.clone()));
+                    let handle = tokio::spawn(run::run(
+                        control.clone(),
+                        name,
+                        policy.clone(),
+                        stop.clone(),
+                    ));
                     slot.insert((policy, AbortOnDrop(handle)));
                 }
             }
+        }
+        let finished = async {
+            for (_, (_, task)) in tasks.iter_mut() {
+                let _ = (&mut task.0).await;
+            }
+        };
+        if tokio::time::timeout(STOP_GRACE, finished).await.is_err() {
+            tracing::warn!("an experiment loop did not stop in time; its last look is not saved");
         }
     })
 }

@@ -6,21 +6,21 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::clock::now_ms;
+use crate::clock::{now_ms, thread_cpu_time};
 use crate::config::{stats_policy, uses_events};
 use crate::config::{ControlPolicy, Experiment, ExperimentKind, OnFailure, OnSuccess, BUCKETS};
 use crate::control::decision::{all_to, DecisionKind};
 use crate::control::{arms_fingerprint, ControlPlane};
 use crate::outcomes::recorder::ArmRecorder;
-use crate::outcomes::summary::{experiment_sums, ArmMetrics, ArmSums, MetricStats};
+use crate::outcomes::summary::{experiment_sums_of, ArmMetrics, ArmSums, MetricStats};
 use crate::stats::{
     self, decide, ArmSnapshot, ErrorAttribution, ExperimentEvidence, MetricData, MetricSnapshot,
     Snapshot, SrmMonitor, StepFacts, Verdict,
 };
 use crate::store::{ExperimentPhase, Weights};
 
-/// What the loop carries between ticks. It is published after every look and
-/// saved with the per-arm counts it was computed from, so after a restart the
+/// What the loop carries between ticks. It is saved with the per-arm counts
+/// (at most once per store snapshot, and when the loop stops), so after a restart the
 /// experiment resumes with its evidence (running minima, intersected intervals,
 /// attribution likelihoods, SRM segments) instead of starting afresh.
 #[derive(Default, Serialize, Deserialize)]
@@ -83,7 +83,30 @@ struct Run {
     /// The candidate arm's recorder, which wakes the loop every `look_every`
     /// completed candidate requests (None: look on the interval only).
     watch: Option<Arc<ArmRecorder>>,
+    /// Whether `c` changed since it was last published.
+    unpublished: bool,
+    /// The store snapshot count ([`ControlPlane::runs_taken`]) when `c` was
+    /// last published: the loop publishes again only once a snapshot has
+    /// taken the previous copy. Serializing the run costs more than the rest
+    /// of a look, and looks follow the traffic (one per `look_every` canary
+    /// requests), while the store saves once a second.
+    published_at: Option<u64>,
+    /// The metrics a look reads: the guardrails', the primary's, and the
+    /// error and slow counts the per-period tests use.
+    needed: Vec<String>,
+    /// The verdict last shown in the analysis, and when (Unix ms).
+    shown: Option<(&'static str, u64)>,
+    /// Cache of [`owner_of`]: a hash of the arms as configured, and the owner.
+    owner: Option<(u64, String)>,
+    /// Where and when the current look's work began (thread, its CPU time),
+    /// set once the look holds its view of the experiment.
+    look_clock: Option<(std::thread::ThreadId, std::time::Duration)>,
 }
+
+/// How often the analysis shown by the admin API is rebuilt while its
+/// verdict stays the same (ms): once a second, the pace of `abgate status
+/// --watch` and of the store's snapshot.
+const SHOW_EVERY_MS: u64 = 1000;
 
 /// One arm's cumulative counts at a look: (assigned, errors, slow).
 type PeriodCounts = (u64, u64, u64);
@@ -122,7 +145,14 @@ fn period_deltas(
         .collect()
 }
 
-pub async fn run(control: Arc<ControlPlane>, name: String, cfg: ControlPolicy) {
+/// Runs one experiment's loop until `stop` turns true (or its sender is
+/// gone); the run is then published, so a clean stop saves its last look.
+pub async fn run(
+    control: Arc<ControlPlane>,
+    name: String,
+    cfg: ControlPolicy,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let policy = stats_policy(&cfg);
     if let Err(e) = policy.validate() {
         tracing::error!(experiment = %name, error = %e, "invalid analysis policy; the controller will not run");
@@ -135,29 +165,76 @@ pub async fn run(control: Arc<ControlPlane>, name: String, cfg: ControlPolicy) {
         rebase_periods: false,
         policy_hash: xxhash_rust::xxh3::xxh3_64(format!("{cfg:?}").as_bytes()),
         watch: None,
+        unpublished: false,
+        published_at: None,
+        look_clock: None,
+        shown: None,
+        owner: None,
+        needed: cfg
+            .guardrails
+            .iter()
+            .map(|g| g.metric.clone())
+            .chain(cfg.primary.iter().map(|p| p.metric.clone()))
+            .chain(["error".to_string(), "slow".to_string()])
+            .collect(),
     };
     // A look happens after `look_every` new candidate outcomes or after
     // `interval`, whichever comes first: decisions follow the evidence, and
     // the interval still looks at an idle experiment (budget, step duration).
     // Every look is anytime-valid, so looking more often costs no validity.
+    // What the looks cost (`abgate_controller_look_cpu_seconds_total` over
+    // `abgate_controller_looks_total` is the mean CPU per look).
+    let labels = [("experiment", name.as_str())];
+    let looks = control
+        .telemetry
+        .counter("abgate_controller_looks_total", &labels);
+    let look_cpu = control
+        .telemetry
+        .gauge("abgate_controller_look_cpu_seconds_total", &labels);
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_look = tokio::time::Instant::now();
     loop {
+        if *stop.borrow() {
+            break;
+        }
         let watch = r.watch.clone();
         let woken = async {
             match &watch {
                 Some(rec) => rec.look_completed().await,
                 None => std::future::pending().await,
             }
+            // Evidence-triggered looks keep `min_look_gap` apart.
+            tokio::time::sleep_until(last_look + cfg.min_look_gap).await;
         };
         tokio::select! {
             _ = tick.tick() => {}
             _ = woken => tick.reset(),
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                continue;
+            }
         }
+        r.look_clock = None;
+        last_look = tokio::time::Instant::now();
         if let Err(e) = r.tick(&control, &name, &cfg).await {
             tracing::warn!(experiment = %name, error = %e, "controller tick failed");
         }
+        if r.published_at != Some(control.runs_taken()) {
+            r.publish(&control, &name);
+        }
+        // A look whose task moved or waited mid-way (a decision waits on the
+        // store) is not counted: its thread's clock would include other work.
+        if let (Some((thread, a)), Some(b)) = (r.look_clock.take(), thread_cpu_time()) {
+            if std::thread::current().id() == thread {
+                looks.increment(1);
+                look_cpu.increment(b.saturating_sub(a).as_secs_f64());
+            }
+        }
     }
+    r.publish(&control, &name);
 }
 
 /// Why one look failed (logged; the next look tries again).
@@ -197,6 +274,9 @@ impl Run {
         let Some((e, state, weights)) = control.controller_view(name).await else {
             return Ok(());
         };
+        // The view took the control plane's lock, which may have waited; the
+        // look's own work starts here.
+        self.look_clock = thread_cpu_time().map(|t| (std::thread::current().id(), t));
         let phase = state.as_ref().map_or(ExperimentPhase::Running, |s| s.phase);
         self.watch_candidate(control, name, &e, cfg, phase == ExperimentPhase::Running);
         if phase != ExperimentPhase::Running {
@@ -230,7 +310,9 @@ impl Run {
             return Box::pin(self.tick(control, name, cfg)).await;
         }
         self.adopt(control, name, &e, state.as_ref().map(|s| s.started_ms));
-        let now_sums = experiment_sums(&control.recorders, &e);
+        let needed = &self.needed;
+        let now_sums =
+            experiment_sums_of(&control.recorders, &e, |m| needed.iter().any(|n| n == m));
         let start = self.c.window_start.get_or_insert_with(|| now_sums.clone());
         let arms: Vec<ArmMetrics> = now_sums
             .iter()
@@ -266,7 +348,17 @@ impl Run {
             budget_exhausted: now.saturating_sub(started) >= cfg.max_duration.as_millis() as u64,
         };
         let verdict = decide(&self.policy, &self.c.evidence, &facts);
-        control.set_analysis(
+        // The analysis shown by the admin API is rebuilt (JSON, the
+        // comparisons' intervals) when its verdict changes, and otherwise at
+        // most every SHOW_EVERY_MS: looks follow the traffic, and building it
+        // costs more than the look itself.
+        let shown = match &self.shown {
+            Some((v, at)) => *v == verdict.name() && now < at + SHOW_EVERY_MS,
+            None => false,
+        };
+        if !shown {
+            self.shown = Some((verdict.name(), now));
+            control.set_analysis(
             name,
             json!({
                 "status": "running",
@@ -282,6 +374,7 @@ impl Run {
                 "samples": self.c.evidence.arms.iter().map(|a| (a.name.clone(), a.units)).collect::<BTreeMap<_, _>>(),
             }),
         );
+        }
         let acted = self
             .act(
                 control,
@@ -294,13 +387,28 @@ impl Run {
                 &verdict,
             )
             .await;
+        self.unpublished = true;
+        acted
+    }
+
+    /// Hands the run to the next store snapshot, if it changed.
+    fn publish(&mut self, control: &ControlPlane, name: &str) {
+        if !self.unpublished {
+            return;
+        }
+        // Read before serializing: a snapshot that takes runs meanwhile makes
+        // the next look publish again rather than skip one.
+        let taken = control.runs_taken();
         match serde_json::to_string(&self.c) {
-            Ok(json) => control.publish_run(name, json),
+            Ok(json) => {
+                control.publish_run(name, json);
+                self.unpublished = false;
+                self.published_at = Some(taken);
+            }
             Err(err) => {
                 tracing::warn!(experiment = name, error = %err, "cannot save the controller run")
             }
         }
-        acted
     }
 
     /// Keeps [`Run::watch`] on the experiment's candidate arm while it runs;
@@ -333,6 +441,28 @@ impl Run {
         }
     }
 
+    /// [`owner_of`], recomputed only when the arms as configured change (it
+    /// hashes them with SHA-256, the fingerprint the history also shows).
+    fn owner_of(&mut self, e: &Experiment) -> String {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for a in &e.arms {
+            h.update(a.name.as_bytes());
+            h.update(&[0x1f]);
+            h.update(a.backend.as_bytes());
+            h.update(&a.weight.to_le_bytes());
+            h.update(&[0x1e]);
+        }
+        let key = h.digest();
+        match &self.owner {
+            Some((k, owner)) if *k == key => owner.clone(),
+            _ => {
+                let owner = owner_of(e, self.policy_hash);
+                self.owner = Some((key, owner.clone()));
+                owner
+            }
+        }
+    }
+
     /// Makes sure the run carried belongs to the experiment as it is now: on
     /// the first look it resumes the run saved before a restart, if that run
     /// is this experiment's; and an experiment whose definition or recorded
@@ -344,7 +474,7 @@ impl Run {
         e: &Experiment,
         started_ms: Option<u64>,
     ) {
-        let owner = owner_of(e, self.policy_hash);
+        let owner = self.owner_of(e);
         if !self.looked_for_saved {
             self.looked_for_saved = true;
             let saved = control
@@ -422,13 +552,19 @@ impl Run {
             for a in arms.iter().filter(|a| a.arm != e.baseline) {
                 let wa = weight(&a.arm);
                 // The harm null is the tolerance: rate ratio 1 + margin.
-                let acc = self
-                    .c
-                    .attribution
-                    .entry(g.metric.clone())
-                    .or_default()
-                    .entry(a.arm.clone())
-                    .or_insert_with(|| ErrorAttribution::new(1.0 + g.margin).unwrap_or_default());
+                // Looked up before inserting: `entry` would allocate both
+                // keys at every look.
+                let per_arm = match self.c.attribution.get_mut(&g.metric) {
+                    Some(m) => m,
+                    None => self.c.attribution.entry(g.metric.clone()).or_default(),
+                };
+                if !per_arm.contains_key(&a.arm) {
+                    per_arm.insert(
+                        a.arm.clone(),
+                        ErrorAttribution::new(1.0 + g.margin).unwrap_or_default(),
+                    );
+                }
+                let acc = per_arm.get_mut(&a.arm).expect("inserted above");
                 if wa > 0 && wb > 0 {
                     let share = f64::from(wa) / f64::from(wa + wb);
                     let pick = |d: &(u64, u64, u64)| if g.metric == "error" { d.1 } else { d.2 };
@@ -609,6 +745,7 @@ impl Run {
             }
         };
         if let Some((kind, to, reason)) = decision {
+            self.look_clock = None; // waits on the store: not a measured look
             let id = control
                 .controller_decide(name, kind, to, reason.clone())
                 .await?;
@@ -640,6 +777,7 @@ impl Run {
         if self.c.last_once == Some(kind) {
             return Ok(());
         }
+        self.look_clock = None; // waits on the store: not a measured look
         control
             .controller_decide(name, kind, weights.clone(), reason)
             .await?;
