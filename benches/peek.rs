@@ -77,6 +77,9 @@ fn peek(c: &mut Criterion) {
     let model = model_json("llama-x");
 
     let mut g = c.benchmark_group("peek");
+    g.bench_function("1KiB top-level scan only", |b| {
+        b.iter(|| black_box(abgate::routing::body::scan(black_box(&body), Some("user"))))
+    });
     g.bench_function("1KiB peek+match+assign, one frame", |b| {
         b.iter(|| black_box(peek_route(&table, &headers, vec![black_box(body.clone())]).0))
     });

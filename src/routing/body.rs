@@ -94,18 +94,54 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// The first `"` or `\` at or after `i`. Strings in requests are short
+/// (keys, ids) or broken up by escapes (`\n`, `\"` in prompts), where
+/// setting up a SIMD search per piece costs more than the search: the first
+/// 64 bytes are searched a word at a time, the rest with `memchr2`.
+#[inline]
+fn quote_or_backslash(b: &[u8], mut i: usize) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const QUOTE: u64 = LO * b'"' as u64;
+    const BACKSLASH: u64 = LO * b'\\' as u64;
+    let word_end = (i + 64).min(b.len());
+    while i + 8 <= word_end {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[i..i + 8]);
+        let w = u64::from_le_bytes(w);
+        let (q, s) = (w ^ QUOTE, w ^ BACKSLASH);
+        // A zero byte of `q` or `s` is a match; the lowest flagged byte is
+        // exact (borrows only flag bytes above a true zero).
+        let hits = ((q.wrapping_sub(LO) & !q) | (s.wrapping_sub(LO) & !s)) & HI;
+        if hits != 0 {
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    while i < word_end {
+        if b[i] == b'"' || b[i] == b'\\' {
+            return Some(i);
+        }
+        i += 1;
+    }
+    if i >= b.len() {
+        return None;
+    }
+    memchr2(b'"', b'\\', &b[i..]).map(|k| i + k)
+}
+
 /// Index just past the closing quote of the string whose opening quote is at
 /// `i - 1`, and whether it held escapes.
 #[inline]
 fn string_end(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
     let mut escaped = false;
     loop {
-        let k = i + memchr2(b'"', b'\\', &b[i..])?;
+        let k = quote_or_backslash(b, i)?;
         if b[k] == b'"' {
             return Some((k + 1, escaped));
         }
         escaped = true;
-        // Step over the escaped byte (a `\"` does not end the string).
+        // Step over the escaped byte (a `\\"` does not end the string).
         i = k + 2;
         if i > b.len() {
             return None;
@@ -348,6 +384,39 @@ mod tests {
         assert_eq!(&b[s.start..s.end], b"gpt-x");
         assert_eq!(b[s.start - 1], b'"');
         assert_eq!(b[s.end], b'"');
+    }
+
+    #[test]
+    fn the_word_search_finds_the_first_quote_or_backslash() {
+        for len in 0..150 {
+            for at in 0..len {
+                for c in [b'"', b'\\'] {
+                    let mut b = vec![b'a'; len];
+                    b[at] = c;
+                    // A second hit later must not hide the first.
+                    if at + 1 < len {
+                        b[len - 1] = b'"';
+                    }
+                    for from in 0..=at {
+                        assert_eq!(quote_or_backslash(&b, from), Some(at), "{len} {at} {from}");
+                    }
+                }
+            }
+            assert_eq!(quote_or_backslash(&vec![b'a'; len], 0), None);
+        }
+        // Bytes that differ from '"' or '\\' by one bit or a borrow are no hits.
+        let near = [
+            b'"' - 1,
+            b'"' + 1,
+            b'\\' - 1,
+            b'\\' + 1,
+            0x80 | b'"',
+            0,
+            0xff,
+        ];
+        let mut b = near.repeat(10);
+        b.push(b'"');
+        assert_eq!(quote_or_backslash(&b, 0), Some(b.len() - 1));
     }
 
     #[test]

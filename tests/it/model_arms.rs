@@ -639,3 +639,28 @@ async fn views_status_and_metrics_name_each_arms_model() {
     assert_eq!(promoted["replaced_models"], serde_json::json!(["gpt-x"]));
     s.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_peek_counts_against_the_body_size_limit() {
+    let other = RecordingBackend::start().await;
+    let server = start_abgate(&format!(
+        r#"backends: {{ other: {{ url: "{}" }} }}
+default_backend: other
+limits: {{ max_request_body_bytes: 1KiB }}
+experiments:
+  - name: m
+    match: {{ model: gpt-x }}
+    arms: [{{ name: only, backend: other, weight: 100 }}]
+"#,
+        other.url()
+    ))
+    .await;
+    let c = body_client();
+    let big = format!(r#"{{"model":"gpt-x","pad":"{}"}}"#, "x".repeat(3000));
+    let b = big.as_bytes();
+    // Chunked, so only the streamed count can catch it: inside the peek.
+    let a = post_chunked(&c, &chat_url(server.data_addr), &[&b[..800], &b[800..]]).await;
+    assert_eq!(a.status, 413);
+    assert_eq!(count(&other), 0);
+    server.shutdown().await;
+}
