@@ -664,3 +664,31 @@ experiments:
     assert_eq!(count(&other), 0);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_model_rewrite_and_inject_usage_compose() {
+    let canary = RecordingBackend::start().await;
+    let server = start_abgate(&format!(
+        r#"backends: {{ canary: {{ url: "{}" }} }}
+experiments:
+  - name: m
+    match: {{ model: gpt-x }}
+    inject_usage: true
+    arms: [{{ name: canary, backend: canary, weight: 100, model: llama-x }}]
+"#,
+        canary.url()
+    ))
+    .await;
+    let c = body_client();
+    let body = br#"{"model":"gpt-x","stream":true,"messages":[]}"#;
+    let a = post(&c, &chat_url(server.data_addr), body, &[]).await;
+    assert_eq!(a.status, 200);
+    let seen = last_body(&canary);
+    let want = br#"{"stream_options":{"include_usage":true},"model":"llama-x","stream":true,"messages":[]}"#;
+    assert_eq!(seen.body.as_ref(), want, "{:?}", seen.body);
+    assert_eq!(
+        seen.headers["content-length"],
+        want.len().to_string().as_str()
+    );
+    server.shutdown().await;
+}
