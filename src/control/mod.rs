@@ -78,6 +78,9 @@ pub struct ControlPlane {
     /// Controller runs saved before this process started, each adopted (taken)
     /// by its experiment's controller on its first look.
     restored_runs: std::sync::Mutex<HashMap<String, String>>,
+    /// The label sets of `abgate_arm_model_info` last set to 1 (experiment,
+    /// arm, backend, model), so one no longer configured reads 0.
+    model_info: std::sync::Mutex<Vec<[String; 4]>>,
 }
 
 /// Who asked for a change, for the audit log.
@@ -303,6 +306,7 @@ impl ControlPlane {
                 publisher,
             }),
             analysis: dashmap::DashMap::new(),
+            model_info: std::sync::Mutex::new(Vec::new()),
             unsaved_runs: dashmap::DashMap::new(),
             restored_runs: std::sync::Mutex::new(restored_runs),
         })

@@ -419,13 +419,27 @@ impl ControlPlane {
                 .collect()
         };
         let t = &self.telemetry;
-        // An info metric: which model each arm's backend is sent.
-        for [e, a, b, m] in &models {
+        // An info metric: which model each arm's backend is sent (1), and 0
+        // for what was shown before and is no longer configured.
+        let info = |[e, a, b, m]: &[String; 4], v: f64| {
             t.gauge(
                 "abgate_arm_model_info",
                 &[("experiment", e), ("arm", a), ("backend", b), ("model", m)],
             )
-            .set(1.0);
+            .set(v)
+        };
+        let previous = std::mem::replace(
+            &mut *self
+                .model_info
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            models.clone(),
+        );
+        for gone in previous.iter().filter(|p| !models.contains(p)) {
+            info(gone, 0.0);
+        }
+        for m in &models {
+            info(m, 1.0);
         }
         for (name, phase) in &phases {
             let code = match phase {

@@ -637,6 +637,24 @@ async fn views_status_and_metrics_name_each_arms_model() {
         .unwrap_or_else(|| panic!("{h}"));
     assert_eq!(promoted["serving_model"], "llama-x");
     assert_eq!(promoted["replaced_models"], serde_json::json!(["gpt-x"]));
+    // A model no longer configured reads 0; its successor 1.
+    let text = yaml(
+        &s.stable.url(),
+        &s.canary.url(),
+        &s.other.url(),
+        &s.secret_file,
+    )
+    .replace("model: llama-x", "model: llama-y");
+    put_config(admin, None, &text).await;
+    let m = metrics(admin).await;
+    let info = |model| {
+        metric_value(
+            &m,
+            "abgate_arm_model_info",
+            &[("arm", "canary"), ("model", model)],
+        )
+    };
+    assert_eq!((info("llama-x"), info("llama-y")), (0.0, 1.0), "{m}");
     s.server.shutdown().await;
 }
 
