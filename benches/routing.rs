@@ -185,6 +185,7 @@ fn decide(
         host: host.map(matcher::host_without_port),
         path,
         headers,
+        body: None,
     };
     match table.route(&view) {
         Route::Experiment(e) => {
@@ -192,7 +193,7 @@ fn decide(
                 .expect("no override header in bench requests")
                 .arm
         }
-        Route::Default(_) | Route::NotFound => usize::MAX,
+        Route::Default(_) | Route::NotFound | Route::NeedsBody { .. } => usize::MAX,
     }
 }
 
@@ -210,6 +211,7 @@ fn route_assign(c: &mut Criterion) {
             host: Some("api.example.com"),
             path,
             headers: h,
+            body: None,
         }) {
             Route::Experiment(e) => e.name.clone(),
             _ => String::new(),
@@ -263,6 +265,7 @@ fn rewrite(c: &mut Criterion) {
         host: Some("api.example.com"),
         path: "/v1/chat/completions",
         headers: &request_headers(Some(1)),
+        body: None,
     }) {
         Route::Experiment(e) => e.arms[0].carry.target.upstream.clone(),
         _ => unreachable!("asserted in route_assign"),

@@ -237,9 +237,13 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
         }
         (&Method::GET, ["v1", "config"]) => {
             let (version, text_body) = c.config_text().await;
-            let mut r = json_ok(
-                &json!({"version": version, "hash": crate::control::text_hash(&text_body), "text": text_body}),
-            );
+            // Shown with its secrets redacted, as the history shows it; the
+            // hash is the applied text's (what `If-Match` and the audit name).
+            let mut r = json_ok(&json!({
+                "version": version,
+                "hash": crate::control::text_hash(&text_body),
+                "text": crate::config::redact(&text_body),
+            }));
             if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
                 r.headers_mut().insert(header::ETAG, etag);
             }

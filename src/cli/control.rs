@@ -201,8 +201,9 @@ pub fn config(cmd: ConfigCommand) -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            // Validate locally first: the same validator the server runs.
-            if let Err(errors) = config::parse(&text) {
+            // Validate locally first: the same validator the server runs
+            // (secret files and variables live on the server; it reads them).
+            if let Err(errors) = config::parse_unresolved(&text) {
                 for e in &errors.0 {
                     let line = e.line.map(|l| format!("{l}:")).unwrap_or_default();
                     eprintln!("{}:{line} {}: {}", file.display(), e.path, e.message);

@@ -68,6 +68,9 @@ pub fn index(path: &str, i: usize) -> String {
 #[derive(Default)]
 pub struct Decoder {
     errors: Vec<ConfigError>,
+    /// Read `${file:...}` / `${env:...}` references in backend headers (a
+    /// config about to be served); off for texts only looked at (history).
+    pub resolve_secrets: bool,
 }
 
 /// A mapping whose keys were checked against the schema's known fields.

@@ -10,6 +10,7 @@ pub mod pem;
 pub mod policy;
 pub mod redact;
 mod schema;
+mod secret;
 pub mod yaml;
 
 use std::path::Path;
@@ -20,8 +21,22 @@ pub use policy::{stats_policy, uses_events};
 pub use redact::redact;
 pub use schema::{percent, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN};
 
-/// Parses and validates config text (YAML or JSON).
+/// Parses and validates config text (YAML or JSON), resolving the secrets
+/// backend headers refer to (`${file:...}`, `${env:...}`): a missing file or
+/// variable is an error naming the key.
 pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    parse_with(text, true)
+}
+
+/// As [`parse`], without reading any secret: header references are checked
+/// for syntax only and their values left `None`. For texts that are only
+/// looked at (the config history, the lineage, a client-side check), never
+/// for a config that is served.
+pub fn parse_unresolved(text: &str) -> Result<Config, ConfigErrors> {
+    parse_with(text, false)
+}
+
+fn parse_with(text: &str, resolve_secrets: bool) -> Result<Config, ConfigErrors> {
     let root = yaml::parse(text).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             path: String::new(),
@@ -30,6 +45,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
         }])
     })?;
     let mut decoder = decode::Decoder::default();
+    decoder.resolve_secrets = resolve_secrets;
     let config = schema::decode(&mut decoder, &root);
     decoder.finish()?;
     // With no errors recorded every decoder step returned Some.

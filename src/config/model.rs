@@ -163,6 +163,31 @@ pub struct Backend {
     pub tls: UpstreamTls,
     /// What its tokens cost; `None` records no `cost`.
     pub price: Option<Price>,
+    /// Headers set on every request forwarded to this backend (e.g. its own
+    /// `authorization`), replacing the client's header of the same name.
+    /// Values are resolved from `${file:...}` / `${env:...}` when the config is
+    /// loaded; they are secrets and never printed (see [`SecretHeader`]).
+    pub headers: Vec<SecretHeader>,
+}
+
+/// One header a backend injects. Its value is a credential: `Debug` prints
+/// `REDACTED`, and the value is marked sensitive (HTTP/2 never indexes it in
+/// HPACK tables).
+#[derive(Clone)]
+pub struct SecretHeader {
+    pub name: http::HeaderName,
+    /// `None` when the config was read without resolving secrets (history,
+    /// lineage, client-side checks): such a config is never served.
+    pub value: Option<http::HeaderValue>,
+}
+
+impl std::fmt::Debug for SecretHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretHeader")
+            .field("name", &self.name)
+            .field("value", &super::redact::REDACTED)
+            .finish()
+    }
 }
 
 /// The HTTP version abgate speaks to a backend.
@@ -304,7 +329,31 @@ impl Experiment {
     pub fn metric(&self, name: &str) -> Option<&MetricDef> {
         self.metrics.iter().find(|m| m.name == name)
     }
+
+    /// The model an arm's backend is sent: its `model` rewrite, else the
+    /// client model the experiment matches exactly; `None` when neither is
+    /// known (no model rule, or only a prefix).
+    pub fn arm_model<'a>(&'a self, arm: &'a Arm) -> Option<&'a str> {
+        arm.model.as_deref().or(match &self.matcher.model {
+            Some(ModelRule::Exact(m)) => Some(m.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Each arm's model (see [`Experiment::arm_model`]), for the arms that
+    /// have one; empty when the experiment is not model-aware.
+    pub fn arm_models(&self) -> Vec<(String, String)> {
+        self.arms
+            .iter()
+            .filter_map(|a| Some((a.name.clone(), self.arm_model(a)?.to_string())))
+            .collect()
+    }
 }
+
+/// Default `match.max_peek`: the most of a request body read before routing,
+/// in bytes. A chat request with a long prompt fits; a body larger than this
+/// is never held back, it simply does not match by model.
+pub const DEFAULT_MAX_PEEK: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Default)]
 pub struct Match {
@@ -313,6 +362,34 @@ pub struct Match {
     /// Starts with `/`.
     pub path_prefix: Option<String>,
     pub headers: Vec<HeaderMatch>,
+    /// The top-level `model` string of the JSON request body.
+    pub model: Option<ModelRule>,
+    /// Largest body (bytes) read for `model` or a `unit: { body: ... }` key; a
+    /// larger body does not match by model and has no body unit key.
+    pub max_peek: usize,
+}
+
+impl Match {
+    /// Whether matching needs the request body (the cheap parts come first).
+    pub fn needs_body(&self) -> bool {
+        self.model.is_some()
+    }
+}
+
+/// How the body's `model` is compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelRule {
+    Exact(String),
+    Prefix(String),
+}
+
+impl ModelRule {
+    pub fn matches(&self, model: &str) -> bool {
+        match self {
+            ModelRule::Exact(m) => model == m,
+            ModelRule::Prefix(p) => model.starts_with(p.as_str()),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -333,6 +410,17 @@ pub enum HeaderRule {
 pub enum UnitSource {
     Header(http::HeaderName),
     Cookie(String),
+    /// A top-level string field of the JSON request body (OpenAI's `user`).
+    Body(String),
+}
+
+impl UnitSource {
+    pub fn body_field(&self) -> Option<&str> {
+        match self {
+            UnitSource::Body(f) => Some(f),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,6 +428,8 @@ pub struct Arm {
     pub name: String,
     pub backend: String,
     pub weight: BasisPoints,
+    /// Rewrites the body's top-level `model` to this for the arm's backend.
+    pub model: Option<String>,
 }
 
 /// Named timeouts. Defaults and their reasons are documented in README.

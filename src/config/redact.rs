@@ -8,7 +8,9 @@
 //! - a webhook URL's path (`notify.url`: webhook services put their secret there);
 //! - the values a header match compares for a credential-bearing header
 //!   (`authorization`, `cookie`, or a name with `token`, `key`, `secret`,
-//!   `password` or `auth` in it).
+//!   `password` or `auth` in it);
+//! - every value of a backend's injected `headers` (a `${file:...}` reference
+//!   is not secret, but the text around it, or a literal value, may be).
 //!
 //! Everything else is kept byte for byte, so a diff of two redacted versions
 //! shows exactly what changed. A line holding a secret that cannot be found
@@ -58,6 +60,17 @@ struct Secret {
 fn walk(node: &Node, path: &mut Vec<String>, out: &mut Vec<Secret>) {
     match &node.value {
         Value::Scalar(s) => {
+            let injected = path.len() == 4 && path[0] == "backends" && path[2] == "headers";
+            if injected {
+                if !s.text.is_empty() {
+                    out.push(Secret {
+                        line: node.line,
+                        text: s.text.clone(),
+                        replacement: REDACTED.into(),
+                    });
+                }
+                return;
+            }
             let webhook = path.len() >= 2
                 && path[path.len() - 1] == "url"
                 && path[path.len() - 2] == "notify";
@@ -184,6 +197,9 @@ backends:
   a: { url: "https://svc:s3cret@10.0.0.1:9001/v1?api_key=k" }
   b:
     url: http://127.0.0.1:9002
+    headers:
+      authorization: Bearer sk-literal
+  c: { url: "http://127.0.0.1:9003", headers: { x-org: "${file:/run/org}" } }
 experiments:
   - name: e
     notify: { url: "https://hooks.example.com/services/T0/B0/XYZ" }
@@ -209,6 +225,9 @@ experiments:
         assert!(r.contains("{ name: x-api-key, exact: REDACTED }"), "{r}");
         assert!(r.contains("{ name: x-tenant, exact: acme }"), "{r}");
         assert!(r.contains("url: http://127.0.0.1:9002\n"), "{r}");
+        assert!(!r.contains("sk-literal"), "{r}");
+        assert!(r.contains("authorization: REDACTED\n"), "{r}");
+        assert!(r.contains(r#"{ x-org: "REDACTED" }"#), "{r}");
         assert_eq!(r.lines().count(), text.lines().count());
         assert!(r.starts_with("# the team's config\n"));
         // Nothing to redact: the text comes back as it was.

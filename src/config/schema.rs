@@ -41,6 +41,7 @@ const BACKEND: &[&str] = &[
     "client_cert",
     "client_key",
     "price",
+    "headers",
 ];
 const PRICE: &[&str] = &["input_per_mtok", "output_per_mtok"];
 const LISTENER_TLS: &[&str] = &["cert", "key"];
@@ -107,10 +108,17 @@ const GUARDRAIL: &[&str] = &[
 ];
 const PRIMARY: &[&str] = &["metric", "direction", "min_effect"];
 const NOTIFY: &[&str] = &["url"];
-const MATCH: &[&str] = &["host", "path_prefix", "headers"];
+const MATCH: &[&str] = &[
+    "host",
+    "path_prefix",
+    "headers",
+    "model",
+    "model_prefix",
+    "max_peek",
+];
 const HEADER_MATCH: &[&str] = &["name", "exact", "prefix", "regex"];
-const UNIT: &[&str] = &["header", "cookie"];
-const ARM: &[&str] = &["name", "backend", "weight"];
+const UNIT: &[&str] = &["header", "cookie", "body"];
+const ARM: &[&str] = &["name", "backend", "weight", "model"];
 const TIMEOUTS: &[&str] = &[
     "upstream_connect",
     "upstream_response",
@@ -421,7 +429,13 @@ fn backends(d: &mut Decoder, top: &Fields) -> Vec<Backend> {
             Some(n) => price(d, n, &bf.path_of("price")).map(Some),
             None => Some(None),
         };
-        if let (Some(url), Some(protocol), Some(tls), Some(price)) = (url, protocol, tls, price) {
+        let headers = match bf.get("headers") {
+            Some(n) => super::secret::headers(d, n, &bf.path_of("headers")),
+            None => Some(Vec::new()),
+        };
+        if let (Some(url), Some(protocol), Some(tls), Some(price), Some(headers)) =
+            (url, protocol, tls, price, headers)
+        {
             out.push(Backend {
                 name: entry.key.clone(),
                 url,
@@ -429,6 +443,7 @@ fn backends(d: &mut Decoder, top: &Fields) -> Vec<Backend> {
                 protocol,
                 tls,
                 price,
+                headers,
             });
         }
     }
@@ -1082,10 +1097,41 @@ fn matcher(d: &mut Decoder, node: &Node, path: &str) -> Option<Match> {
             }
         }
     }
+    let model = match (f.get("model"), f.get("model_prefix")) {
+        (Some(_), Some(n)) => {
+            d.error(
+                f.path_of("model_prefix"),
+                n.line,
+                "give at most one of `model` or `model_prefix`",
+            );
+            None
+        }
+        (Some(n), None) => d.name(n, &f.path_of("model")).map(ModelRule::Exact),
+        (None, Some(n)) => d.name(n, &f.path_of("model_prefix")).map(ModelRule::Prefix),
+        (None, None) => None,
+    };
+    let max_peek = match f.get("max_peek") {
+        // Above 16 MiB a peek is a buffer, which is what it must never become.
+        Some(n) => d.size(n, &f.path_of("max_peek")).and_then(|v| {
+            if (1..=16 << 20).contains(&v) {
+                Some(v as usize)
+            } else {
+                d.error(
+                    f.path_of("max_peek"),
+                    n.line,
+                    format!("must be in 1..=16MiB, got {v}"),
+                );
+                None
+            }
+        }),
+        None => Some(DEFAULT_MAX_PEEK),
+    };
     Some(Match {
         host,
         path_prefix,
         headers,
+        model,
+        max_peek: max_peek?,
     })
 }
 
@@ -1144,11 +1190,16 @@ fn header_match(d: &mut Decoder, node: &Node, path: &str) -> Option<HeaderMatch>
 
 fn unit(d: &mut Decoder, node: &Node, path: &str) -> Option<UnitSource> {
     let f = d.fields(node, path, UNIT)?;
-    match (f.get("header"), f.get("cookie")) {
-        (Some(h), None) => header_name(d, h, &f.path_of("header")).map(UnitSource::Header),
-        (None, Some(c)) => d.name(c, &f.path_of("cookie")).map(UnitSource::Cookie),
+    match (f.get("header"), f.get("cookie"), f.get("body")) {
+        (Some(h), None, None) => header_name(d, h, &f.path_of("header")).map(UnitSource::Header),
+        (None, Some(c), None) => d.name(c, &f.path_of("cookie")).map(UnitSource::Cookie),
+        (None, None, Some(b)) => d.name(b, &f.path_of("body")).map(UnitSource::Body),
         _ => {
-            d.error(path, node.line, "give exactly one of `header` or `cookie`");
+            d.error(
+                path,
+                node.line,
+                "give exactly one of `header`, `cookie` or `body`",
+            );
             None
         }
     }
@@ -1181,6 +1232,8 @@ fn arms(d: &mut Decoder, node: &Node, path: &str, backends: &HashSet<&str>) -> O
             Some(b)
         });
         let weight = required(d, &f, "weight").and_then(|n| weight(d, n, &f.path_of("weight")));
+        let model = f.get("model").and_then(|n| d.name(n, &f.path_of("model")));
+        let model_ok = f.get("model").is_none() || model.is_some();
         if let Some(name) = &name {
             if !names.insert(name.clone()) {
                 d.error(
@@ -1195,11 +1248,12 @@ fn arms(d: &mut Decoder, node: &Node, path: &str, backends: &HashSet<&str>) -> O
             Some(w) => total += w,
             None => weights_ok = false,
         }
-        match (name, backend, weight) {
-            (Some(name), Some(backend), Some(weight)) => out.push(Arm {
+        match (name, backend, weight, model_ok) {
+            (Some(name), Some(backend), Some(weight), true) => out.push(Arm {
                 name,
                 backend,
                 weight,
+                model,
             }),
             _ => ok = false,
         }

@@ -287,3 +287,84 @@ fn look_every_and_min_exact_events_default_and_parse() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn model_rules_body_units_arm_models_and_backend_headers_decode() {
+    std::env::set_var("ABGATE_CONFIG_TEST_KEY", "sk-env");
+    let c = parse(
+        r#"
+backends:
+  a: { url: "http://127.0.0.1:1" }
+  b: { url: "http://127.0.0.1:2", headers: { authorization: "Bearer ${env:ABGATE_CONFIG_TEST_KEY}", x-org: acme } }
+experiments:
+  - name: exact
+    match: { model: gpt-x }
+    unit: { body: user }
+    arms:
+      - { name: stable, backend: a, weight: 50 }
+      - { name: canary, backend: b, weight: 50, model: llama-x }
+  - name: prefix
+    match: { model_prefix: "gpt-", max_peek: 1KiB }
+    arms: [{ name: only, backend: a, weight: 100 }]
+"#,
+    )
+    .unwrap();
+    let e = &c.experiments[0];
+    assert_eq!(e.matcher.model, Some(ModelRule::Exact("gpt-x".into())));
+    assert_eq!(e.matcher.max_peek, DEFAULT_MAX_PEEK);
+    assert_eq!(e.unit, Some(UnitSource::Body("user".into())));
+    assert_eq!(e.arms[1].model.as_deref(), Some("llama-x"));
+    assert_eq!(
+        e.arm_models(),
+        vec![
+            ("stable".to_string(), "gpt-x".to_string()),
+            ("canary".to_string(), "llama-x".to_string())
+        ]
+    );
+    let p = &c.experiments[1];
+    assert_eq!(p.matcher.model, Some(ModelRule::Prefix("gpt-".into())));
+    assert_eq!(p.matcher.max_peek, 1024);
+    assert!(p.arm_models().is_empty(), "a prefix names no one model");
+    let h = &c.backends[1].headers;
+    assert_eq!(h[0].name, "authorization");
+    assert_eq!(h[0].value.as_ref().unwrap(), "Bearer sk-env");
+    assert!(h[0].value.as_ref().unwrap().is_sensitive());
+    assert_eq!(h[1].value.as_ref().unwrap(), "acme");
+    // The whole config's Debug output never holds a value.
+    let debug = format!("{c:?}");
+    assert!(
+        !debug.contains("sk-env") && !debug.contains("acme"),
+        "{debug}"
+    );
+}
+
+#[test]
+fn model_and_header_mistakes_are_located() {
+    let errors = parse(
+        r#"
+backends:
+  a:
+    url: "http://127.0.0.1:1"
+    headers:
+      host: x
+      authorization: "${vault:key}"
+experiments:
+  - name: e
+    match: { model: a, model_prefix: b, max_peek: 0 }
+    unit: { body: user, header: x-user }
+    arms: [{ name: only, backend: a, weight: 100, model: "" }]
+"#,
+    )
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "backends.a.headers.host: abgate sets this header itself (line 6)",
+        "backends.a.headers.authorization: unknown reference ${vault:key}",
+        "experiments[0].match.model_prefix: give at most one of `model` or `model_prefix` (line 10)",
+        "experiments[0].match.max_peek: must be in 1..=16MiB, got 0 (line 10)",
+        "experiments[0].unit: give exactly one of `header`, `cookie` or `body` (line 11)",
+        "experiments[0].arms[0].model: must not be empty (line 12)",
+    ] {
+        assert!(errors.contains(want), "missing {want:?} in:\n{errors}");
+    }
+}

@@ -165,6 +165,50 @@ pub(crate) struct Change {
     pub actor: String,
 }
 
+/// Adds the model each arm's backend is sent to the decision's reason, as
+/// `models: {arm: model}`, and for a change that leaves one arm serving
+/// everything, `serving_model` and the `replaced_models` of the arms it took
+/// traffic from: the lineage reads "llama-x replaced gpt-x". Experiments
+/// that are not model-aware get nothing.
+fn with_models(change: &mut Change, e: &config::Experiment) {
+    let models = e.arm_models();
+    let serde_json::Value::Object(reason) = &mut change.reason else {
+        return;
+    };
+    if models.is_empty() {
+        return;
+    }
+    let model_of = |arm: &str| {
+        models
+            .iter()
+            .find(|(a, _)| a == arm)
+            .map(|(_, m)| m.clone())
+    };
+    if let Some((serving, _)) = change.to.iter().find(|(_, w)| **w == BUCKETS) {
+        if let Some(m) = model_of(serving) {
+            let mut replaced: Vec<String> = change
+                .from
+                .iter()
+                .filter(|(a, w)| *a != serving && **w > 0)
+                .filter_map(|(a, _)| model_of(a))
+                .filter(|r| *r != m)
+                .collect();
+            replaced.dedup();
+            reason.insert("serving_model".into(), serde_json::json!(m));
+            reason.insert("replaced_models".into(), serde_json::json!(replaced));
+        }
+    }
+    reason.insert(
+        "models".into(),
+        serde_json::Value::Object(
+            models
+                .into_iter()
+                .map(|(a, m)| (a, serde_json::Value::String(m)))
+                .collect(),
+        ),
+    );
+}
+
 impl ControlPlane {
     /// Write-ahead: records the decision, saves the state it leads to, swaps
     /// the table, then marks the decision applied. Holding `cur` (the control
@@ -173,8 +217,9 @@ impl ControlPlane {
         &self,
         cur: &mut Current,
         e: &config::Experiment,
-        change: Change,
+        mut change: Change,
     ) -> Result<i64, StoreError> {
+        with_models(&mut change, e);
         let record = NewDecision {
             experiment: e.name.clone(),
             kind: change.kind.as_str().to_string(),

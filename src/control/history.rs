@@ -163,7 +163,8 @@ struct Definition {
 }
 
 fn definition(text: &str, name: &str) -> Option<Definition> {
-    let c = config::parse(text).ok()?;
+    // Only looked at: a secret a past version referred to is not read again.
+    let c = config::parse_unresolved(text).ok()?;
     let e = c.experiment(name)?;
     Some(Definition {
         baseline: e.baseline.clone(),
@@ -247,6 +248,10 @@ fn lineage(name: &str, versions: &[ConfigRecord], decisions: &[Decision]) -> Opt
                 "applied": d.applied,
                 "weights": d.to_weights.iter().map(|(a, w)| (a.clone(), json!(f64::from(*w) / 100.0))).collect::<serde_json::Map<_, _>>(),
                 "serving_all": serving_all,
+                // Model-aware experiments: "serving_model replaced replaced_models".
+                "serving_model": d.reason.get("serving_model").cloned().unwrap_or(Value::Null),
+                "replaced_models": d.reason.get("replaced_models").cloned().unwrap_or(Value::Null),
+                "models": d.reason.get("models").cloned().unwrap_or(Value::Null),
                 "baseline": baseline.map(|(arm, backend)| json!({"arm": arm, "backend": backend})),
             }),
         ));

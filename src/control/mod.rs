@@ -80,6 +80,9 @@ pub struct ControlPlane {
     /// Controller runs saved before this process started, each adopted (taken)
     /// by its experiment's controller on its first look.
     restored_runs: std::sync::Mutex<HashMap<String, String>>,
+    /// The label sets of `abgate_arm_model_info` last set to 1 (experiment,
+    /// arm, backend, model), so one no longer configured reads 0.
+    model_info: std::sync::Mutex<Vec<[String; 4]>>,
 }
 
 /// Who asked for a change, for the audit log.
@@ -305,6 +308,7 @@ impl ControlPlane {
                 publisher,
             }),
             analysis: dashmap::DashMap::new(),
+            model_info: std::sync::Mutex::new(Vec::new()),
             unsaved_runs: dashmap::DashMap::new(),
             runs_taken: std::sync::atomic::AtomicU64::new(0),
             restored_runs: std::sync::Mutex::new(restored_runs),

@@ -59,6 +59,10 @@ pub struct ArmView {
     pub metrics: BTreeMap<String, MetricView>,
     pub name: String,
     pub backend: String,
+    /// The model the arm's backend is sent: the arm's `model` rewrite, else
+    /// the client model the experiment matches; absent when not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// Share of traffic in percent (0..=100).
     pub weight: f64,
     pub baseline: bool,
@@ -266,10 +270,16 @@ impl ControlPlane {
                 .states
                 .get(name)
                 .map_or(ExperimentPhase::Running, |s| s.phase);
-            let arms: Vec<(String, String)> = e
+            let arms: Vec<(String, String, Option<String>)> = e
                 .arms
                 .iter()
-                .map(|a| (a.name.clone(), a.backend.clone()))
+                .map(|a| {
+                    (
+                        a.name.clone(),
+                        a.backend.clone(),
+                        e.arm_model(a).map(str::to_string),
+                    )
+                })
                 .collect();
             (
                 cur.config_version,
@@ -286,7 +296,7 @@ impl ControlPlane {
         let snaps = self.recorders.experiment(name);
         let arms = arms_cfg
             .iter()
-            .map(|(arm, backend)| {
+            .map(|(arm, backend, model)| {
                 let weight = route
                     .arms
                     .iter()
@@ -307,6 +317,7 @@ impl ControlPlane {
                     metrics,
                     name: arm.clone(),
                     backend: backend.clone(),
+                    model: model.clone(),
                     weight: f64::from(weight) / 100.0,
                     baseline: *arm == baseline,
                     assigned: snap.map(|s| OutcomeView::from(&s.assigned)),
@@ -317,7 +328,7 @@ impl ControlPlane {
         // Arms no longer configured keep their counts readable.
         let removed_arms = snaps
             .iter()
-            .filter(|s| !arms_cfg.iter().any(|(a, _)| a == &s.arm))
+            .filter(|s| !arms_cfg.iter().any(|(a, _, _)| a == &s.arm))
             .map(|s| RemovedArmView {
                 name: s.arm.clone(),
                 assigned: OutcomeView::from(&s.assigned),
@@ -390,7 +401,46 @@ impl ControlPlane {
                 })
                 .collect()
         };
+        let models: Vec<[String; 4]> = {
+            let cur = self.current.lock().await;
+            cur.config
+                .experiments
+                .iter()
+                .flat_map(|e| {
+                    e.arms.iter().filter_map(move |a| {
+                        Some([
+                            e.name.clone(),
+                            a.name.clone(),
+                            a.backend.clone(),
+                            e.arm_model(a)?.to_string(),
+                        ])
+                    })
+                })
+                .collect()
+        };
         let t = &self.telemetry;
+        // An info metric: which model each arm's backend is sent (1), and 0
+        // for what was shown before and is no longer configured.
+        let info = |[e, a, b, m]: &[String; 4], v: f64| {
+            t.gauge(
+                "abgate_arm_model_info",
+                &[("experiment", e), ("arm", a), ("backend", b), ("model", m)],
+            )
+            .set(v)
+        };
+        let previous = std::mem::replace(
+            &mut *self
+                .model_info
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            models.clone(),
+        );
+        for gone in previous.iter().filter(|p| !models.contains(p)) {
+            info(gone, 0.0);
+        }
+        for m in &models {
+            info(m, 1.0);
+        }
         for (name, phase) in &phases {
             let code = match phase {
                 ExperimentPhase::Running => 0.0,

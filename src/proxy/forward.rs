@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::body::{grpc_failure, ProxyBody, RecordingBody};
 use super::classify::classify;
@@ -61,7 +60,8 @@ impl Drop for AbandonGuard<'_> {
 pub(super) async fn forward(
     plane: &DataPlane,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
+    wire: TripWire,
     host: Option<HeaderValue>,
     target: &Target,
     recorder: &Arc<ArmRecorder>,
@@ -88,6 +88,10 @@ pub(super) async fn forward(
             .headers
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
+    // The backend's own credentials replace the client's (this backend only).
+    for (name, value) in target.headers.iter() {
+        parts.headers.insert(name.clone(), value.clone());
+    }
     add_forwarded(
         &mut parts.headers,
         &conn.peer_header,
@@ -103,7 +107,6 @@ pub(super) async fn forward(
         UpstreamProtocol::Http2 => Version::HTTP_2,
     };
     let limits = &plane.limits;
-    let wire = TripWire::new(http_body::Body::is_end_stream(&body));
     let mut guard = AbandonGuard {
         recorder,
         forced,
@@ -111,9 +114,10 @@ pub(super) async fn forward(
     };
     let mut injected = false;
     let body = if tags.wiring.is_some_and(|w| w.inject_usage) && usage::may_inject(&parts) {
-        // Read whole (its length is known and bounded) to add the option.
-        let whole = RequestBody::new(body, limits.max_body_bytes, limits.body_idle, wire.clone());
-        match whole.collect().await {
+        // Read whole (its length is known and bounded) to add the option;
+        // a peeked (and maybe model-rewritten) body comes out of `body` as
+        // it will be sent, so both rewrites compose.
+        match body.collect().await {
             Ok(collected) => {
                 let mut bytes = collected.to_bytes();
                 if let Some(rewritten) = usage::inject(&bytes) {
@@ -135,7 +139,7 @@ pub(super) async fn forward(
             }
         }
     } else {
-        RequestBody::new(body, limits.max_body_bytes, limits.body_idle, wire.clone())
+        body
     };
     let upstream_req = Request::from_parts(parts, body);
 

@@ -5,8 +5,12 @@
 //! handler which of the two happened so it can answer 413 or 408.
 //! Never: buffers a body; every frame passes through as it arrives. (A body
 //! that `inject_usage` rewrites is read whole by `forward` first, within the
-//! same limits, and sent on from here in one frame.)
+//! same limits, and sent on from here in one frame. A body peeked for its
+//! `model` is read through this same body, so the peek counts against the
+//! size limit and the idle timeout, and its frames are handed back with
+//! [`RequestBody::end_peek`] to go out first, as they were.)
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future as _;
 use std::pin::Pin;
@@ -155,18 +159,63 @@ pub struct RequestBody {
     idle: IdleTimer,
     wire: TripWire,
     tripped: bool,
+    /// Frames already read (by a peek), sent before anything else.
+    prefix: VecDeque<Frame<Bytes>>,
+    /// Data bytes in `prefix`.
+    prefix_len: u64,
+    /// The client's stream has ended (it may still have `prefix` to send).
+    inner_done: bool,
+    /// Read by a peek, not yet sent: the end of the stream is not the end of
+    /// the upload (the response-head clock starts when the last byte goes up).
+    peeking: bool,
+    /// The client declared the body's length; a chunked upload stays chunked
+    /// upstream even once a peek has read all of it.
+    sized: bool,
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming, limit: u64, idle: Duration, wire: TripWire) -> Self {
+        let sized = inner.size_hint().exact().is_some();
         RequestBody {
+            sized,
             inner: Source::Client(inner),
             limit,
             seen: 0,
             idle: IdleTimer::new(idle),
             wire,
             tripped: false,
+            prefix: VecDeque::new(),
+            prefix_len: 0,
+            inner_done: false,
+            peeking: false,
         }
+    }
+
+    /// Starts a peek: frames read from now on (with `BodyExt::frame`) are
+    /// checked against the limits as usual but not counted as sent.
+    pub fn begin_peek(&mut self) {
+        self.peeking = true;
+    }
+
+    /// Ends a peek: `data` (then `trailers`) go out before the rest of the
+    /// stream. They were counted against the size limit when read.
+    pub fn end_peek(&mut self, data: Vec<Bytes>, trailers: Option<http::HeaderMap>) {
+        self.peeking = false;
+        for d in data {
+            self.prefix_len += d.len() as u64;
+            self.prefix.push_back(Frame::data(d));
+        }
+        if let Some(t) = trailers {
+            self.prefix.push_back(Frame::trailers(t));
+        }
+        if self.prefix.is_empty() && self.inner_done {
+            self.wire.sent();
+        }
+    }
+
+    /// Whether the client's stream has ended (during a peek: all of it was read).
+    pub fn inner_done(&self) -> bool {
+        self.inner_done
     }
 
     /// A body already read from the client (and checked against the limits):
@@ -176,11 +225,16 @@ impl RequestBody {
         wire.sent();
         RequestBody {
             inner: Source::Buffered(Some(bytes)),
+            sized: true,
             limit: u64::MAX,
             seen: 0,
             idle: IdleTimer::new(Duration::ZERO),
             wire,
             tripped: false,
+            prefix: VecDeque::new(),
+            prefix_len: 0,
+            inner_done: false,
+            peeking: false,
         }
     }
 
@@ -203,6 +257,18 @@ impl Body for RequestBody {
         if this.tripped {
             return Poll::Ready(None);
         }
+        if let Some(frame) = this.prefix.pop_front() {
+            if let Some(d) = frame.data_ref() {
+                this.prefix_len -= d.len() as u64;
+            }
+            if this.prefix.is_empty() && this.inner_done {
+                this.wire.sent();
+            }
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if this.inner_done {
+            return Poll::Ready(None);
+        }
         let inner = match &mut this.inner {
             Source::Client(inner) => inner,
             Source::Buffered(bytes) => {
@@ -220,13 +286,19 @@ impl Body for RequestBody {
                 }
                 // A sized body is not polled again after its last frame.
                 if inner.is_end_stream() {
-                    this.wire.sent();
+                    this.inner_done = true;
+                    if !this.peeking {
+                        this.wire.sent();
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
             Poll::Ready(None) => {
-                this.wire.sent();
+                this.inner_done = true;
+                if !this.peeking {
+                    this.wire.sent();
+                }
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -241,17 +313,35 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         self.tripped
-            || match &self.inner {
-                Source::Client(inner) => inner.is_end_stream(),
-                Source::Buffered(bytes) => bytes.is_none(),
-            }
+            || (self.prefix.is_empty()
+                && (self.inner_done
+                    || match &self.inner {
+                        Source::Client(inner) => inner.is_end_stream(),
+                        Source::Buffered(bytes) => bytes.is_none(),
+                    }))
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Source::Client(inner) => inner.size_hint(),
-            Source::Buffered(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+        let rest = if self.inner_done {
+            SizeHint::with_exact(0)
+        } else {
+            match &self.inner {
+                Source::Client(inner) => inner.size_hint(),
+                Source::Buffered(bytes) => {
+                    SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+                }
+            }
+        };
+        // Hyper reads the remaining length of a client's body, so peeked
+        // (and rewritten) bytes plus the rest is the exact length still to go.
+        match rest.exact() {
+            Some(n) if self.sized => SizeHint::with_exact(self.prefix_len + n),
+            _ => {
+                // No upper bound: a bound equal to the lower one would read as
+                // an exact length and turn a chunked upload into a sized one.
+                let mut h = SizeHint::new();
+                h.set_lower(self.prefix_len + rest.lower());
+                h
             }
         }
     }

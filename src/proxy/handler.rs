@@ -1,4 +1,5 @@
-//! The request path: validate, route, assign, forward, tag, record.
+//! The request path: validate, route (peeking at the body when a rule reads
+//! its `model`), assign, rewrite, forward, tag, record.
 //!
 //! Hot path rules: one `ArcSwap` load per request, no locks, no per-request
 //! logging above debug, allocation only where hyper or header values need it.
@@ -13,7 +14,9 @@ use hyper::body::Incoming;
 
 use super::body::ProxyBody;
 use super::forward::{forward, Tags};
+use super::guarded_body::{BodyTrip, RequestBody, TripWire};
 use super::limits::check_head;
+use super::peek::Peek;
 use super::plane::{error_response, ConnInfo, DataPlane};
 use super::problem::ProxyError;
 use super::wiring::Published;
@@ -95,20 +98,50 @@ async fn route_and_forward(
     started: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let host_header = request_host(&req)?.cloned();
+    let (mut parts, incoming) = req.into_parts();
+    let wire = TripWire::new(http_body::Body::is_end_stream(&incoming));
+    let limits = &plane.limits;
+    let mut body = RequestBody::new(
+        incoming,
+        limits.max_body_bytes,
+        limits.body_idle,
+        wire.clone(),
+    );
     let host_str = host_header
         .as_ref()
         .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
         .map(matcher::host_without_port);
-    let view = RequestView {
+    let path = parts.uri.path();
+    let head = RequestView {
         host: host_str,
-        path: req.uri().path(),
-        headers: req.headers(),
+        path,
+        headers: &parts.headers,
+        body: None,
     };
-    let (wiring, forced, tags, routed) = match table.routes.route(&view) {
-        Route::NotFound => {
+    // The body is read only when a rule whose head matches needs it (its
+    // `model`, a body unit key, an arm's model rewrite): other requests pay
+    // nothing here.
+    let mut peek: Option<Peek> = None;
+    let mut route = table.routes.route(&head);
+    if let Route::NeedsBody { max_peek } = route {
+        let unit = table
+            .routes
+            .experiments
+            .iter()
+            .find_map(|e| e.unit_body_field());
+        let p = read_peek(plane, &mut body, &wire, &parts.headers, max_peek, unit).await?;
+        let fields = p.fields();
+        route = table.routes.route(&RequestView {
+            body: Some(&fields),
+            ..head
+        });
+        peek = Some(p);
+    }
+    let (wiring, forced, tags, routed) = match route {
+        Route::NotFound | Route::NeedsBody { .. } => {
             return Err(ProxyError::NoRoute {
-                path: req.uri().path().to_string(),
+                path: parts.uri.path().to_string(),
             })
         }
         Route::Default(d) => (
@@ -122,12 +155,45 @@ async fn route_and_forward(
             None,
         ),
         Route::Experiment(e) => {
+            if let Some(field) = e.unit_body_field() {
+                match &mut peek {
+                    // The first peek scanned for the first body unit field
+                    // in the table; this experiment may name another.
+                    Some(p) => p.rescan(Some(field)),
+                    None => {
+                        peek = Some(
+                            read_peek(
+                                plane,
+                                &mut body,
+                                &wire,
+                                &parts.headers,
+                                e.max_peek(),
+                                Some(field),
+                            )
+                            .await?,
+                        )
+                    }
+                }
+            }
+            let fields = peek.as_ref().map(Peek::fields);
             let a = e
-                .assign(req.headers(), || {
+                .assign_with(&parts.headers, fields.as_ref(), || {
                     rand::random_range(0..crate::config::BUCKETS)
                 })
                 .map_err(|err| ProxyError::UnknownOverrideArm(err.to_string()))?;
+            drop(fields);
             let arm = &e.arms[a.arm];
+            if let Some(model) = &arm.carry.model {
+                if peek.is_none() {
+                    peek = Some(
+                        read_peek(plane, &mut body, &wire, &parts.headers, e.max_peek(), None)
+                            .await?,
+                    );
+                }
+                if let Some(delta) = peek.as_mut().and_then(|p| p.rewrite_model(model)) {
+                    fix_content_length(&mut parts.headers, delta);
+                }
+            }
             (
                 &arm.carry,
                 a.forced,
@@ -140,10 +206,14 @@ async fn route_and_forward(
             )
         }
     };
+    if let Some(p) = peek {
+        p.restore(&mut body);
+    }
     let mut resp = forward(
         plane,
         conn,
-        req,
+        Request::from_parts(parts, body),
+        wire,
         host_header,
         &wiring.target,
         &wiring.recorder,
@@ -166,4 +236,46 @@ async fn route_and_forward(
         }
     }
     Ok(resp)
+}
+
+/// Peeks at the body (see `peek`); a body that broke a limit meanwhile is the
+/// client's fault (413/408), as it would be while streaming.
+async fn read_peek(
+    plane: &DataPlane,
+    body: &mut RequestBody,
+    wire: &TripWire,
+    headers: &http::HeaderMap,
+    max_peek: usize,
+    unit_field: Option<&str>,
+) -> Result<Peek, ProxyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    Peek::read(body, max_peek, declared, unit_field)
+        .await
+        .map_err(|_| match wire.get() {
+            Some(BodyTrip::TooLarge) => ProxyError::BodyTooLarge {
+                limit: plane.limits.max_body_bytes,
+            },
+            Some(BodyTrip::Idle) => ProxyError::BodyTimeout {
+                timeout_ms: plane.limits.body_idle.as_millis(),
+            },
+            None => ProxyError::BodyBroken,
+        })
+}
+
+/// A rewritten body is `delta` bytes longer; a chunked one has no length to fix.
+fn fix_content_length(headers: &mut http::HeaderMap, delta: i64) {
+    if delta == 0 {
+        return;
+    }
+    let Some(n) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+    else {
+        return;
+    };
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n + delta));
 }

@@ -19,6 +19,7 @@ pub mod handler;
 pub mod headers;
 pub mod limits;
 pub mod listener;
+pub mod peek;
 pub mod plane;
 pub mod problem;
 pub mod tls;

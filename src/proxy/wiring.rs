@@ -12,6 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::config::{Config, MetricKind, MetricSource, Price};
 use crate::outcomes::metrics::MetricCell;
 use crate::outcomes::{ArmRecorder, RecorderRegistry};
@@ -28,6 +30,9 @@ pub struct Target {
     pub response_timeout: Duration,
     /// The backend's token prices, for each response's `cost`.
     pub price: Option<Price>,
+    /// Headers set on every request to this backend, replacing the client's
+    /// of the same name (credentials: sensitive values, never logged).
+    pub headers: Box<[(http::HeaderName, http::HeaderValue)]>,
 }
 
 /// What the data plane carries on each arm (and on the default route).
@@ -39,6 +44,9 @@ pub struct ArmWiring {
     pub header_metrics: Box<[HeaderMetric]>,
     /// The experiment's `inject_usage` (false on the default route).
     pub inject_usage: bool,
+    /// The arm's `model`, as JSON string content (escaped, without quotes):
+    /// what replaces the body's top-level `model` value for this backend.
+    pub model: Option<Bytes>,
 }
 
 /// One declared response-header metric of one arm.
@@ -92,6 +100,13 @@ impl Published {
                     .response_timeout
                     .unwrap_or(config.timeouts.upstream_response),
                 price: b.price,
+                // A config read without its secrets is never published; a
+                // header without a value is left out rather than sent empty.
+                headers: b
+                    .headers
+                    .iter()
+                    .filter_map(|h| Some((h.name.clone(), h.value.clone()?)))
+                    .collect(),
             }
         };
         let routes = RoutingTable::build_with(
@@ -116,6 +131,7 @@ impl Published {
                         })
                         .collect(),
                     inject_usage: e.inject_usage,
+                    model: a.model.as_deref().map(model_json),
                 }
             },
             |b| ArmWiring {
@@ -123,6 +139,7 @@ impl Published {
                 recorder: recorders.arm(DEFAULT_ROUTE_EXPERIMENT, b),
                 header_metrics: Box::new([]),
                 inject_usage: false,
+                model: None,
             },
         );
         Published {
@@ -132,6 +149,12 @@ impl Published {
             feedback_max_body: config.feedback.max_body,
         }
     }
+}
+
+/// A model name as the content of a JSON string (escaped, without quotes).
+pub fn model_json(name: &str) -> Bytes {
+    let quoted = serde_json::to_string(name).unwrap_or_else(|_| "\"\"".into());
+    Bytes::from(quoted.as_bytes()[1..quoted.len() - 1].to_vec())
 }
 
 #[cfg(test)]

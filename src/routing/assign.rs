@@ -1,6 +1,6 @@
 //! Assignment: which arm of a matched experiment serves a request.
 //!
-//! Owns: the override header, the unit key (header or cookie), and the sticky
+//! Owns: the override header, the unit key (header, cookie or body field), and the sticky
 //! bucket → arm mapping. Pure: the same table, headers and random draw always
 //! give the same arm; keyless requests take their bucket from the caller's RNG.
 //!
@@ -8,6 +8,7 @@
 
 use http::HeaderMap;
 
+use super::body::BodyFields;
 use super::bucket;
 use super::table::ExperimentRoute;
 use crate::config::{UnitSource, BUCKETS};
@@ -38,6 +39,19 @@ impl<A> ExperimentRoute<A> {
         headers: &HeaderMap,
         random_bucket: impl FnOnce() -> u32,
     ) -> Result<Assignment, AssignError> {
+        self.assign_with(headers, None, random_bucket)
+    }
+
+    /// As [`ExperimentRoute::assign`], with what a peek of the body found (for
+    /// `unit: { body: ... }`; `None`: unread). A body without the field, or
+    /// larger than the experiment's `max_peek`, is keyless, as a request
+    /// without the unit header is: its bucket comes from `random_bucket()`.
+    pub fn assign_with(
+        &self,
+        headers: &HeaderMap,
+        body: Option<&BodyFields<'_>>,
+        random_bucket: impl FnOnce() -> u32,
+    ) -> Result<Assignment, AssignError> {
         if self.allow_override {
             if let Some(v) = headers.get(OVERRIDE_HEADER) {
                 let forced = self
@@ -58,7 +72,7 @@ impl<A> ExperimentRoute<A> {
                 };
             }
         }
-        let b = match self.unit_key(headers) {
+        let b = match self.unit_key_with(headers, body) {
             Some(key) => bucket::bucket(self.seed, key),
             None => random_bucket() % BUCKETS,
         };
@@ -68,14 +82,29 @@ impl<A> ExperimentRoute<A> {
         })
     }
 
-    /// The unit key bytes, if the request carries one.
+    /// The unit key bytes, if the request's head carries one.
     pub fn unit_key<'h>(&self, headers: &'h HeaderMap) -> Option<&'h [u8]> {
+        self.unit_key_with(headers, None)
+    }
+
+    /// The unit key bytes from the head or the peeked body. An empty value
+    /// is no key.
+    pub fn unit_key_with<'h>(
+        &self,
+        headers: &'h HeaderMap,
+        body: Option<&'h BodyFields<'h>>,
+    ) -> Option<&'h [u8]> {
         match self.unit.as_ref()? {
             UnitSource::Header(name) => headers
                 .get(name)
                 .map(|v| v.as_bytes())
                 .filter(|v| !v.is_empty()),
             UnitSource::Cookie(name) => cookie(headers, name),
+            UnitSource::Body(_) => body
+                .filter(|b| b.len <= self.max_peek())
+                .and_then(|b| b.unit.as_deref())
+                .map(str::as_bytes)
+                .filter(|v| !v.is_empty()),
         }
     }
 

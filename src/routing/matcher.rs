@@ -1,9 +1,12 @@
 //! Request matching: does a request belong to an experiment?
 //!
-//! Pure functions over borrowed request parts; no allocation.
+//! Pure functions over borrowed request parts; no allocation. The head
+//! (host, path, headers) is matched first; a rule on the body's `model` is
+//! looked at only once the head matches, so only such requests are peeked.
 
 use http::HeaderMap;
 
+use super::body::BodyFields;
 use crate::config::{HeaderRule, Match};
 
 /// The parts of a request that routing looks at.
@@ -12,6 +15,8 @@ pub struct RequestView<'a> {
     pub host: Option<&'a str>,
     pub path: &'a str,
     pub headers: &'a HeaderMap,
+    /// What a peek of the body found; `None` while the body is unread.
+    pub body: Option<&'a BodyFields<'a>>,
 }
 
 /// Strips the port from a Host value and checks it is plausibly a host.
@@ -23,7 +28,25 @@ pub fn host_without_port(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
+/// Whether the request matches `m`, given its body (see [`matches_head`]
+/// and [`matches_body`]); a body rule never matches an unread body.
 pub fn matches(m: &Match, req: &RequestView<'_>) -> bool {
+    matches_head(m, req) && (!m.needs_body() || req.body.is_some_and(|b| matches_body(m, b)))
+}
+
+/// The body half of a match: the `model` read from a body no larger than the
+/// rule's `max_peek`.
+pub fn matches_body(m: &Match, body: &BodyFields<'_>) -> bool {
+    match &m.model {
+        None => true,
+        Some(rule) => {
+            body.len <= m.max_peek && body.model.as_deref().is_some_and(|x| rule.matches(x))
+        }
+    }
+}
+
+/// The head half of a match: host, path and headers.
+pub fn matches_head(m: &Match, req: &RequestView<'_>) -> bool {
     if let Some(host) = &m.host {
         match req.host {
             Some(h) if h.eq_ignore_ascii_case(host) => {}
@@ -67,6 +90,7 @@ mod tests {
             host,
             path,
             headers,
+            body: None,
         }
     }
 
@@ -101,6 +125,7 @@ mod tests {
                     rule: HeaderRule::Regex(regex::Regex::new("^gpt-[0-9]+$").unwrap()),
                 },
             ],
+            ..Default::default()
         };
         let mut h = HeaderMap::new();
         h.insert("x-tenant", "acme".parse().unwrap());
@@ -114,5 +139,33 @@ mod tests {
         h.insert("x-model", "gpt-4".parse().unwrap());
         h.insert("x-tenant", "acme-corp".parse().unwrap());
         assert!(!matches(&m, &view(Some("api.example.com"), "/v1/chat", &h)));
+    }
+
+    #[test]
+    fn a_model_rule_needs_a_read_body_within_its_peek() {
+        use crate::config::ModelRule;
+        let m = Match {
+            model: Some(ModelRule::Prefix("gpt-".into())),
+            max_peek: 100,
+            ..Default::default()
+        };
+        let h = HeaderMap::new();
+        let mut v = view(None, "/", &h);
+        assert!(matches_head(&m, &v));
+        assert!(!matches(&m, &v));
+        let read = |model: &'static str, len| BodyFields {
+            model: Some(model.into()),
+            unit: None,
+            len,
+        };
+        let gpt = read("gpt-x", 50);
+        v.body = Some(&gpt);
+        assert!(matches(&m, &v));
+        let llama = read("llama-x", 50);
+        v.body = Some(&llama);
+        assert!(!matches(&m, &v));
+        let large = read("gpt-x", 101);
+        v.body = Some(&large);
+        assert!(!matches(&m, &v));
     }
 }

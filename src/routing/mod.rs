@@ -8,12 +8,14 @@
 //! (one `ArcSwap` store) is the control plane's job.
 
 pub mod assign;
+pub mod body;
 pub mod bucket;
 pub mod layout;
 pub mod matcher;
 pub mod table;
 
 pub use assign::{AssignError, Assignment, OVERRIDE_HEADER};
+pub use body::BodyFields;
 pub use layout::Layout;
 pub use matcher::RequestView;
 pub use table::{ArmRoute, ExperimentRoute, Route, RoutingTable, DEFAULT_ROUTE_EXPERIMENT};

@@ -58,6 +58,9 @@ pub struct RoutingTable<A> {
     pub experiments: Box<[ExperimentRoute<A>]>,
     /// What the caller built for `default_backend`, if the config names one.
     pub default: Option<A>,
+    /// The largest `max_peek` of the experiments that read the body (0: none
+    /// does): how much of a body one peek reads, for every rule at once.
+    pub max_peek: usize,
 }
 
 /// The outcome of matching a request.
@@ -65,6 +68,11 @@ pub enum Route<'t, A> {
     Experiment(&'t ExperimentRoute<A>),
     Default(&'t A),
     NotFound,
+    /// A rule whose head matches reads the body's `model`: peek at most
+    /// `max_peek` bytes and route again with [`RequestView::body`] set.
+    NeedsBody {
+        max_peek: usize,
+    },
 }
 
 pub(super) fn header_value(s: &str) -> HeaderValue {
@@ -134,18 +142,44 @@ impl<A> RoutingTable<A> {
                 }
             })
             .collect();
+        let max_peek = config
+            .experiments
+            .iter()
+            .filter(|e| {
+                e.matcher.needs_body() || e.unit.as_ref().is_some_and(|u| u.body_field().is_some())
+            })
+            .map(|e| e.matcher.max_peek)
+            .max()
+            .unwrap_or(0);
         RoutingTable {
             experiments,
             default: config.default_backend.as_deref().map(default),
+            max_peek,
         }
     }
 
-    /// The first experiment (in declared order) that matches, else the default.
+    /// The first experiment (in declared order) that matches, else the
+    /// default. With the body unread (`req.body` is `None`), the first rule
+    /// whose head matches and that reads the body's `model` answers
+    /// [`Route::NeedsBody`]; every request for which no such rule's head
+    /// matches is routed without reading its body.
     pub fn route(&self, req: &RequestView<'_>) -> Route<'_, A> {
         for e in self.experiments.iter() {
-            if matcher::matches(&e.matcher, req) {
-                return Route::Experiment(e);
+            if !matcher::matches_head(&e.matcher, req) {
+                continue;
             }
+            if e.matcher.needs_body() {
+                match req.body {
+                    None => {
+                        return Route::NeedsBody {
+                            max_peek: self.max_peek,
+                        }
+                    }
+                    Some(b) if !matcher::matches_body(&e.matcher, b) => continue,
+                    Some(_) => {}
+                }
+            }
+            return Route::Experiment(e);
         }
         match &self.default {
             Some(d) => Route::Default(d),
@@ -155,5 +189,22 @@ impl<A> RoutingTable<A> {
 
     pub fn experiment(&self, name: &str) -> Option<&ExperimentRoute<A>> {
         self.experiments.iter().find(|e| e.name == name)
+    }
+}
+
+impl<A> ExperimentRoute<A> {
+    /// The body field the unit key comes from (`unit: { body: user }`).
+    pub fn unit_body_field(&self) -> Option<&str> {
+        self.unit.as_ref().and_then(|u| u.body_field())
+    }
+
+    /// The largest body this experiment reads (`match.max_peek`).
+    pub fn max_peek(&self) -> usize {
+        self.matcher.max_peek
+    }
+
+    /// The `model` rule this experiment matches on, if any.
+    pub fn model_rule(&self) -> Option<&config::ModelRule> {
+        self.matcher.model.as_ref()
     }
 }

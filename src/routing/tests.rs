@@ -133,10 +133,12 @@ experiments:
         host: None,
         path,
         headers: &h,
+        body: None,
     }) {
         Route::Experiment(e) => e.name.clone(),
         Route::Default(d) => format!("default:{d}"),
         Route::NotFound => "404".into(),
+        Route::NeedsBody { .. } => "peek".into(),
     };
     assert_eq!(name("/v1/a/x"), "first");
     assert_eq!(name("/v1/b"), "second");
@@ -146,7 +148,8 @@ experiments:
         no_default.route(&RequestView {
             host: None,
             path: "/v2",
-            headers: &h
+            headers: &h,
+            body: None,
         }),
         Route::NotFound
     ));

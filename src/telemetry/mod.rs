@@ -103,6 +103,12 @@ impl Telemetry {
                 .into(),
         );
         self.recorder.describe_gauge(
+            KeyName::from("abgate_arm_model_info"),
+            None,
+            "1 for each arm of a model-aware experiment: the model its backend is sent (the arm's rewrite, else the client model matched), by experiment, arm, backend and model."
+                .into(),
+        );
+        self.recorder.describe_gauge(
             KeyName::from("abgate_cost_total"),
             None,
             "Cost of responses from their usage and the backend's price table, in the config's currency, by experiment and arm (only grows; a gauge because it is fractional)."

@@ -21,6 +21,7 @@ mod hardening_tls;
 mod inference;
 mod loadgen;
 mod mock_backend;
+mod model_arms;
 mod scenarios;
 mod stats_decision;
 mod stats_montecarlo;

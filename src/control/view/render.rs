@@ -36,7 +36,11 @@ pub fn render_status(experiments: &[ExperimentView]) -> String {
                 .map_or("-".to_string(), |r| format!("{:.2}%", r * 100.0));
             rows.push([
                 format!("{}{}", a.name, if a.baseline { " (baseline)" } else { "" }),
-                a.backend.clone(),
+                match &a.model {
+                    // The model the backend is sent, next to it.
+                    Some(m) => format!("{} ({m})", a.backend),
+                    None => a.backend.clone(),
+                },
                 format!(
                     "{}%",
                     num(Some(a.weight), 2)
@@ -170,6 +174,7 @@ mod tests {
                 },
             );
             ArmView {
+                model: None,
                 metrics,
                 name: name.into(),
                 backend: "b".into(),
