@@ -126,7 +126,8 @@ impl ControlPlane {
     /// The experiment's lineage, oldest first: every config version that
     /// introduced or changed its definition (baseline, arms, backends,
     /// weights) or removed it, and every decision about it. Each entry names
-    /// the baseline arm and backend in force after it. `None` if the
+    /// the baseline arm and backend in force after it. `series`: the
+    /// experiment's history over time (see [`super::series`]). `None` if the
     /// experiment is neither configured now nor in any kept version.
     pub async fn experiment_history(&self, name: &str) -> Result<Option<Value>, StoreError> {
         let owned = name.to_string();
@@ -150,7 +151,12 @@ impl ControlPlane {
                 Ok::<_, StoreError>((texts, d))
             })
             .await?;
-        Ok(lineage(name, &versions, &decisions))
+        let mut history = lineage(name, &versions, &decisions);
+        if let Some(Value::Object(m)) = &mut history {
+            // Added to the lineage's fields, which stay as they were.
+            m.insert("series".into(), self.series.json(name));
+        }
+        Ok(history)
     }
 }
 

@@ -6,7 +6,8 @@
 //! [`publish`] is the one place that builds and swaps the routing table;
 //! [`history`] reads the config history back (and reverts it) and tells an
 //! experiment's lineage; [`cohorts`] keeps each experiment's weight history and the bucket layout it
-//! replays to; [`view`] answers what people read; [`watch`] re-reads the config file;
+//! replays to; [`view`] answers what people read; [`series`] keeps each
+//! experiment's history over time and [`events`] streams it live; [`watch`] re-reads the config file;
 //! [`controller`] runs the experiments automatically through [`automatic`].
 //! Here: the control plane's state (the config in force and each experiment's
 //! recorded state laid over it) and its restore at startup.
@@ -22,8 +23,10 @@ mod automatic;
 mod cohorts;
 pub mod controller;
 pub mod decision;
+pub mod events;
 pub mod history;
 pub mod publish;
+pub mod series;
 pub mod view;
 pub mod watch;
 
@@ -78,6 +81,10 @@ pub struct ControlPlane {
     /// Controller runs saved before this process started, each adopted (taken)
     /// by its experiment's controller on its first look.
     restored_runs: std::sync::Mutex<HashMap<String, String>>,
+    /// Each experiment's history over time (analysis points, per-arm rates).
+    pub series: series::SeriesBook,
+    /// Live updates for `GET /v1/events`.
+    pub events: events::EventHub,
 }
 
 /// Who asked for a change, for the audit log.
@@ -276,6 +283,7 @@ impl ControlPlane {
         let stale = drop_stale(&config, &mut states);
         clear_states(store.as_ref(), &stale);
         let restored_runs = store.controller_runs()?.into_iter().collect();
+        let series = series::SeriesBook::restore(store.series()?);
         // Replay the weight histories; record what the restored weights add
         // (a crash between a change's record and its history step) first.
         let (mut cohorts, gone) = cohorts::replay(&config, store.weight_steps()?);
@@ -305,6 +313,8 @@ impl ControlPlane {
             analysis: dashmap::DashMap::new(),
             unsaved_runs: dashmap::DashMap::new(),
             restored_runs: std::sync::Mutex::new(restored_runs),
+            series,
+            events: events::EventHub::default(),
         })
     }
 

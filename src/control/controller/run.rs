@@ -282,6 +282,7 @@ impl Run {
                 "samples": self.c.evidence.arms.iter().map(|a| (a.name.clone(), a.units)).collect::<BTreeMap<_, _>>(),
             }),
         );
+        control.record_look(name, &self.policy, &self.c.evidence);
         let acted = self
             .act(
                 control,
