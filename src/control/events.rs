@@ -149,14 +149,18 @@ impl EventHub {
                 list.push(v);
             }
         }
-        let points: Vec<Value> = fresh
-            .iter()
-            .map(|(e, s, p)| json!({"experiment": e, "series": s, "point": super::series::point_json(p)}))
-            .collect();
-        self.publish(frame(
-            "tick",
-            &json!({"experiments": list, "points": points}),
-        ));
+        // Serialized once for every subscriber, on the blocking pool: with
+        // fifty experiments a tick is a few hundred kilobytes of JSON, which
+        // would otherwise hold up an async worker that also serves traffic.
+        let event = super::off_thread(move || {
+            let points: Vec<Value> = fresh
+                .iter()
+                .map(|(e, s, p)| json!({"experiment": e, "series": s, "point": super::series::point_json(p)}))
+                .collect();
+            frame("tick", &json!({"experiments": list, "points": points}))
+        })
+        .await;
+        self.publish(event);
     }
 }
 

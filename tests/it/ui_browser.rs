@@ -303,3 +303,53 @@ async fn ui_browser_shows_the_run_its_decisions_and_acts_only_with_the_token() {
     let _ = std::fs::remove_dir_all(profile);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ui_browser_stays_responsive_with_fifty_experiments() {
+    let Some(driver_bin) = chromedriver().filter(|_| Path::new(CHROMIUM).is_file()) else {
+        if std::env::var_os("CI").is_some() {
+            panic!("the browser test needs {CHROMIUM} and chromedriver (.ci/run installs them)");
+        }
+        eprintln!("skipping the browser test: {CHROMIUM} or chromedriver is missing");
+        return;
+    };
+    let (a, b) = two_backends().await;
+    let mut yaml = format!(
+        "backends:\n  v1: {{ url: \"{}\" }}\n  v2: {{ url: \"{}\" }}\nexperiments:\n",
+        a.url(),
+        b.url()
+    );
+    for i in 0..50 {
+        yaml.push_str(&format!(
+            "  - name: e{i:02}\n    match: {{ path_prefix: /e{i:02} }}\n    arms:\n      - {{ name: stable, backend: v1, weight: 90 }}\n      - {{ name: canary, backend: v2, weight: 10 }}\n"
+        ));
+    }
+    let server = start_abgate(&yaml).await;
+    let (_driver, c, profile) = start_browser(&driver_bin).await;
+    c.goto(&format!("http://{}/ui#e49", server.admin_addr))
+        .await
+        .unwrap();
+    until(
+        &c,
+        Duration::from_secs(15),
+        "fifty rows and three live updates",
+        "return document.querySelectorAll('#list tr[data-experiment]').length === 50 && window.__abgateRenders.count >= 4",
+    )
+    .await;
+    let r = c
+        .execute("return window.__abgateRenders", vec![])
+        .await
+        .unwrap();
+    eprintln!("fifty experiments: list redraws {r}");
+    // A generous bound (a loaded CI machine): a redraw a second must never
+    // take the page's whole second.
+    assert!(r["maxMs"].as_f64().unwrap() < 500.0, "{r}");
+    let errors = c
+        .execute("return window.__abgateErrors", vec![])
+        .await
+        .unwrap();
+    assert_eq!(errors, json!([]), "the page logged errors");
+    c.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(profile);
+    server.shutdown().await;
+}

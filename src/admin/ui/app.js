@@ -417,10 +417,18 @@
   }
 
   // ---- live ----
+  // How long each update took to draw (ms), for people and the browser test.
+  const renders = { count: 0, lastMs: 0, maxMs: 0 };
+  window.__abgateRenders = renders;
   function applyList(list) {
+    const t0 = performance.now();
     state.experiments = list;
     renderList();
     renderSummary();
+    const ms = performance.now() - t0;
+    renders.count += 1;
+    renders.lastMs = ms;
+    renders.maxMs = Math.max(renders.maxMs, ms);
     if (!state.selected && list.length > 0 && !location.hash) {
       location.hash = '#' + encodeURIComponent(list[0].name);
     }
