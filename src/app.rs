@@ -83,6 +83,7 @@ pub struct RunningServer {
     upkeep_task: JoinHandle<()>,
     controller_task: JoinHandle<()>,
     snapshot_task: JoinHandle<()>,
+    series_task: JoinHandle<()>,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -190,6 +191,7 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
             }
         })
     };
+    let series_task = crate::control::series::spawn(control.clone());
     let data_addr = data.local_addr().expect("bound socket has an address");
     let admin_addr = admin.local_addr().expect("bound socket has an address");
     let admin_state = Arc::new(Admin {
@@ -217,6 +219,7 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
         upkeep_task,
         controller_task,
         snapshot_task,
+        series_task,
         _watcher: watcher,
     })
 }
@@ -233,7 +236,9 @@ impl RunningServer {
         // loop ends (bounded inside); only then is the last snapshot taken.
         let _ = self.controller_task.await;
         self.snapshot_task.abort();
+        self.series_task.abort();
         // A last snapshot once traffic has drained, so a clean stop loses nothing.
         self.control.save_outcomes().await;
+        self.control.save_series().await;
     }
 }

@@ -5,7 +5,9 @@
 //! Never: serves data-plane traffic.
 
 pub mod auth;
+pub mod events;
 pub mod precondition;
+pub mod ui;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -68,15 +70,23 @@ pub async fn serve(
         let admin = admin.clone();
         let builder = builder.clone();
         let mut stop = conn_shutdown.clone();
+        // Closes this connection at once: the event hub drops a client that
+        // stopped reading, whose response body is then never polled again.
+        let close = Arc::new(tokio::sync::Notify::new());
         async move {
-            let svc = service_fn(move |req| handle(admin.clone(), peer, req));
+            let conn_close = close.clone();
+            let svc = service_fn(move |req| handle(admin.clone(), peer, conn_close.clone(), req));
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => return,
+                _ = close.notified() => return,
                 _ = stop_requested(&mut stop) => conn.as_mut().graceful_shutdown(),
             }
-            let _ = conn.await;
+            tokio::select! {
+                _ = conn => {}
+                _ = close.notified() => {}
+            }
         }
     })
     .await;
@@ -87,15 +97,34 @@ type Answer = Result<Response<ProxyBody>, Problem>;
 async fn handle(
     admin: Arc<Admin>,
     peer: SocketAddr,
+    close: Arc<tokio::sync::Notify>,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(match route(&admin, peer, req).await {
+) -> Result<Response<events::AdminBody>, Infallible> {
+    let answer = match check_host(&admin, &req) {
+        Err(p) => Err(p),
+        // The event stream and the page are answered here: the stream's body
+        // is not a `ProxyBody`, and the page's assets are not JSON.
+        Ok(()) if req.uri().path() == "/v1/events" => {
+            events::serve(&admin.control, req.method(), close)
+        }
+        Ok(()) if ui::is_ui_path(req.uri().path()) => {
+            ui::serve(req.method(), req.uri().path()).map(|r| r.map(events::AdminBody::Plain))
+        }
+        Ok(()) => route(&admin, peer, req)
+            .await
+            .map(|r| r.map(events::AdminBody::Plain)),
+    };
+    Ok(match answer {
         Ok(r) => r,
-        Err(problem) => problem.to_response().map(ProxyBody::full),
+        Err(problem) => problem
+            .to_response()
+            .map(|b| events::AdminBody::Plain(ProxyBody::full(b))),
     })
 }
 
-async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answer {
+/// 403 for a request whose `Host` names another server (DNS rebinding: a
+/// page elsewhere must not reach the admin API through a name it controls).
+fn check_host(admin: &Admin, req: &Request<Incoming>) -> Result<(), Problem> {
     let host = req
         .headers()
         .get(header::HOST)
@@ -109,6 +138,10 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
             ));
         }
     }
+    Ok(())
+}
+
+async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answer {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
@@ -509,7 +542,11 @@ fn action_problem(e: ActionError) -> Problem {
     }
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<ProxyBody> {
+pub(crate) fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(body));
     *r.status_mut() = status;
     r.headers_mut()

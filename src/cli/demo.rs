@@ -51,6 +51,9 @@ pub fn run(args: DemoArgs) -> ExitCode {
             duration: Some(args.duration),
         },
         false,
+        // On a terminal the page stays up after the decision, to look at;
+        // piped (CI, scripts) the demo ends with its decision, as always.
+        std::io::IsTerminal::is_terminal(&std::io::stdout()),
         &next_steps(args.canary),
     )
 }
@@ -70,6 +73,7 @@ fn next_steps(shown: CanaryQuality) -> Vec<String> {
         "  run it yourself (mock backends as in the README, then):".to_string(),
         "    ./target/release/abgate serve --config config/example.yaml".to_string(),
         "  admin API:    http://127.0.0.1:9901/v1/experiments".to_string(),
+        "  web page:     http://127.0.0.1:9901/ui".to_string(),
         "  live status:  ./target/release/abgate status --watch".to_string(),
         "  metrics:      curl -s http://127.0.0.1:9901/metrics | grep abgate_".to_string(),
         "  scenarios:    ./target/release/abgate scenario load/scenarios/ab-better-treatment.yaml"

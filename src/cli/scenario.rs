@@ -33,6 +33,7 @@ pub fn run(args: ScenarioArgs) -> ExitCode {
             duration: args.duration,
         },
         true,
+        false,
         &[
             "next: run it yourself with `abgate serve --config config/example.yaml`, watch `abgate status --watch`,".to_string(),
             "      scrape /metrics on the admin listener, and re-check any decision with `abgate analyze`.".to_string(),
@@ -47,6 +48,7 @@ pub fn run_scenario(
     s: &Scenario,
     o: Overrides,
     enforce_expectation: bool,
+    keep_serving: bool,
     next_steps: &[String],
 ) -> ExitCode {
     let rt = match tokio::runtime::Runtime::new() {
@@ -59,13 +61,39 @@ pub fn run_scenario(
     let state_dir = std::env::temp_dir().join(format!("abgate-scenario-{}", std::process::id()));
     let result = rt.block_on(async {
         tokio::select! {
-            r = scenario::run(s, &o, &state_dir) => Some(r),
+            r = scenario::run_serving(s, &o, &state_dir) => Some(r),
             _ = tokio::signal::ctrl_c() => None,
         }
     });
+    let (result, serving) = match result {
+        None => (None, None),
+        Some(Err(e)) => (Some(Err(e)), None),
+        Some(Ok((outcome, serving))) => (Some(outcome), Some(serving)),
+    };
+    let code = report(result, enforce_expectation, next_steps);
+    if let Some(serving) = serving {
+        if keep_serving && code == ExitCode::SUCCESS {
+            println!(
+                "\nabgate is still serving the web page: http://{}/ui  (Ctrl-C to stop)",
+                serving.admin_addr()
+            );
+            let _ = rt.block_on(tokio::signal::ctrl_c());
+            println!("stopping");
+        }
+        rt.block_on(serving.stop());
+    }
     // Dropping the runtime stops every task: backends, proxy, load.
     drop(rt);
     let _ = std::fs::remove_dir_all(&state_dir);
+    code
+}
+
+/// Prints the outcome; the exit code it calls for.
+fn report(
+    result: Option<Result<scenario::Outcome, scenario::ScenarioError>>,
+    enforce_expectation: bool,
+    next_steps: &[String],
+) -> ExitCode {
     match result {
         None => {
             println!("\ninterrupted; everything stopped");

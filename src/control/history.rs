@@ -126,11 +126,16 @@ impl ControlPlane {
     /// The experiment's lineage, oldest first: every config version that
     /// introduced or changed its definition (baseline, arms, backends,
     /// weights) or removed it, and every decision about it. Each entry names
-    /// the baseline arm and backend in force after it. `None` if the
+    /// the baseline arm and backend in force after it. `series`: the
+    /// experiment's history over time (see [`super::series`]). `None` if the
     /// experiment is neither configured now nor in any kept version.
     pub async fn experiment_history(&self, name: &str) -> Result<Option<Value>, StoreError> {
         let owned = name.to_string();
-        let (versions, decisions) = self
+        let lineage_of = name.to_string();
+        // The lineage parses every kept config version: on the blocking pool
+        // with the reads, so a page asking for it never stalls an async
+        // worker that serves traffic.
+        let history = self
             .blocking(move |s| {
                 let mut texts = Vec::new();
                 let mut before = None;
@@ -147,10 +152,15 @@ impl ControlPlane {
                 texts.reverse();
                 let mut d = s.decisions(Some(&owned), 10_000)?;
                 d.reverse();
-                Ok::<_, StoreError>((texts, d))
+                Ok::<_, StoreError>(lineage(&lineage_of, &texts, &d))
             })
             .await?;
-        Ok(lineage(name, &versions, &decisions))
+        let mut history = history;
+        if let Some(Value::Object(m)) = &mut history {
+            // Added to the lineage's fields, which stay as they were.
+            m.insert("series".into(), self.series.json(name));
+        }
+        Ok(history)
     }
 }
 

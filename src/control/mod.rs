@@ -6,7 +6,8 @@
 //! [`publish`] is the one place that builds and swaps the routing table;
 //! [`history`] reads the config history back (and reverts it) and tells an
 //! experiment's lineage; [`cohorts`] keeps each experiment's weight history and the bucket layout it
-//! replays to; [`view`] answers what people read; [`watch`] re-reads the config file;
+//! replays to; [`view`] answers what people read; [`series`] keeps each
+//! experiment's history over time and [`events`] streams it live; [`watch`] re-reads the config file;
 //! [`controller`] runs the experiments automatically through [`automatic`].
 //! Here: the control plane's state (the config in force and each experiment's
 //! recorded state laid over it) and its restore at startup.
@@ -22,8 +23,10 @@ mod automatic;
 mod cohorts;
 pub mod controller;
 pub mod decision;
+pub mod events;
 pub mod history;
 pub mod publish;
+pub mod series;
 pub mod view;
 pub mod watch;
 
@@ -83,6 +86,10 @@ pub struct ControlPlane {
     /// The label sets of `abgate_arm_model_info` last set to 1 (experiment,
     /// arm, backend, model), so one no longer configured reads 0.
     model_info: std::sync::Mutex<Vec<[String; 4]>>,
+    /// Each experiment's history over time (analysis points, per-arm rates).
+    pub series: series::SeriesBook,
+    /// Live updates for `GET /v1/events`.
+    pub events: events::EventHub,
 }
 
 /// Who asked for a change, for the audit log.
@@ -281,6 +288,7 @@ impl ControlPlane {
         let stale = drop_stale(&config, &mut states);
         clear_states(store.as_ref(), &stale);
         let restored_runs = store.controller_runs()?.into_iter().collect();
+        let series = series::SeriesBook::restore(store.series()?);
         // Replay the weight histories; record what the restored weights add
         // (a crash between a change's record and its history step) first.
         let (mut cohorts, gone) = cohorts::replay(&config, store.weight_steps()?);
@@ -312,6 +320,8 @@ impl ControlPlane {
             unsaved_runs: dashmap::DashMap::new(),
             runs_taken: std::sync::atomic::AtomicU64::new(0),
             restored_runs: std::sync::Mutex::new(restored_runs),
+            series,
+            events: events::EventHub::default(),
         })
     }
 

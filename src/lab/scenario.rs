@@ -196,7 +196,42 @@ fn kind(name: Option<&str>) -> Result<RequestKind, ScenarioError> {
 
 /// Runs a scenario to its decision (or its duration), printing progress:
 /// redrawn in place on a terminal, one line every two seconds otherwise.
+/// abgate and the scenario's mock backends, still serving after the run.
+pub struct Serving {
+    server: crate::app::RunningServer,
+    mocks: BTreeMap<String, MockServer>,
+}
+
+impl Serving {
+    /// The admin listener's address (the web page is at `/ui` there).
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        self.server.admin_addr
+    }
+
+    /// Stops abgate and the mock backends.
+    pub async fn stop(self) {
+        self.server.shutdown().await;
+        for (_, m) in self.mocks {
+            let _ = m.shutdown().await;
+        }
+    }
+}
+
+/// Runs the scenario until its decision (or its duration), then stops everything.
 pub async fn run(s: &Scenario, o: &Overrides, state_dir: &Path) -> Result<Outcome, ScenarioError> {
+    let (outcome, serving) = run_serving(s, o, state_dir).await?;
+    serving.stop().await;
+    outcome
+}
+
+/// As [`run`], leaving abgate and the backends serving (the load stops): the
+/// caller shows the outcome, keeps the web page up as long as it likes, and
+/// calls [`Serving::stop`].
+pub async fn run_serving(
+    s: &Scenario,
+    o: &Overrides,
+    state_dir: &Path,
+) -> Result<(Result<Outcome, ScenarioError>, Serving), ScenarioError> {
     let duration = o.duration.unwrap_or(s.load.duration);
     let rate = o.rate.unwrap_or(s.load.rate);
     let mut mocks = BTreeMap::new();
@@ -231,6 +266,7 @@ pub async fn run(s: &Scenario, o: &Overrides, state_dir: &Path) -> Result<Outcom
         "  proxy http://{}  admin http://{}  (try: abgate status --admin http://{} --watch)",
         server.data_addr, server.admin_addr, server.admin_addr
     );
+    println!("  web page: http://{}/ui", server.admin_addr);
 
     let mut spec = LoadSpec::new(format!("http://{}", server.data_addr));
     spec.kind = kind(s.load.kind.as_deref())?;
@@ -313,11 +349,7 @@ pub async fn run(s: &Scenario, o: &Overrides, state_dir: &Path) -> Result<Outcom
             s.experiment
         ))),
     };
-    server.shutdown().await;
-    for (_, m) in mocks {
-        let _ = m.shutdown().await;
-    }
-    outcome
+    Ok((outcome, Serving { server, mocks }))
 }
 
 /// What the last view says happened, and whether the scenario expected it.

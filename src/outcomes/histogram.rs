@@ -152,6 +152,31 @@ impl HistogramSnapshot {
         self.counts.iter().sum()
     }
 
+    /// A histogram with nothing recorded.
+    pub fn empty() -> HistogramSnapshot {
+        HistogramSnapshot {
+            counts: Vec::new(),
+            sum_us: 0,
+            sum_sq_ms: 0.0,
+        }
+    }
+
+    /// What was recorded after `earlier` (a snapshot of the same histogram):
+    /// quantiles of a period instead of the whole run. Counts never go
+    /// backwards, so each bucket's difference is what the period added.
+    pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+        HistogramSnapshot {
+            counts: self
+                .counts
+                .iter()
+                .enumerate()
+                .map(|(i, c)| c.saturating_sub(earlier.counts.get(i).copied().unwrap_or(0)))
+                .collect(),
+            sum_us: self.sum_us.saturating_sub(earlier.sum_us),
+            sum_sq_ms: (self.sum_sq_ms - earlier.sum_sq_ms).max(0.0),
+        }
+    }
+
     /// Mean in microseconds; `None` when empty.
     pub fn mean_us(&self) -> Option<f64> {
         let n = self.count();

@@ -199,6 +199,39 @@ pub trait Store: Send + Sync {
     fn arm_stats(&self) -> Result<Vec<(String, String, String)>, StoreError>;
     /// The saved controller runs: (experiment, JSON).
     fn controller_runs(&self) -> Result<Vec<(String, String)>, StoreError>;
+    /// Saves what the history recorder added to its series since the last
+    /// save, in one transaction. A write with `replace` first deletes the
+    /// series' stored points (it was downsampled, so every point moved).
+    fn save_series(&self, writes: &[SeriesWrite]) -> Result<(), StoreError>;
+    /// Every stored series with its points in order.
+    fn series(&self) -> Result<Vec<StoredSeries>, StoreError>;
+    /// Forgets an experiment's series (the experiment was removed).
+    fn clear_series(&self, experiment: &str) -> Result<(), StoreError>;
+}
+
+/// Points to save for one series of one experiment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesWrite {
+    pub experiment: String,
+    pub series: String,
+    /// What the series is (JSON, owned by the recorder).
+    pub meta: String,
+    /// Delete the stored points first.
+    pub replace: bool,
+    /// Position of the first point in `points` within the series (0-based).
+    pub first_seq: u64,
+    /// (Unix ms, JSON array of values), in order.
+    pub points: Vec<(u64, String)>,
+}
+
+/// One series as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSeries {
+    pub experiment: String,
+    pub series: String,
+    pub meta: String,
+    /// (Unix ms, JSON array of values), in order.
+    pub points: Vec<(u64, String)>,
 }
 
 /// Counts and controller evidence, saved every second and at shutdown.

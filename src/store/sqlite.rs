@@ -58,6 +58,20 @@ CREATE TABLE IF NOT EXISTS weight_history (
     recorded_at_ms INTEGER NOT NULL,
     PRIMARY KEY (experiment, seq)
 );
+CREATE TABLE IF NOT EXISTS series (
+    experiment TEXT NOT NULL,
+    series TEXT NOT NULL,
+    meta TEXT NOT NULL,
+    PRIMARY KEY (experiment, series)
+);
+CREATE TABLE IF NOT EXISTS series_points (
+    experiment TEXT NOT NULL,
+    series TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    point TEXT NOT NULL,
+    PRIMARY KEY (experiment, series, seq)
+);
 ";
 
 impl SqliteStore {
@@ -312,6 +326,104 @@ impl Store for SqliteStore {
                 delete.execute(params![e])?;
             }
         }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn save_series(&self, writes: &[SeriesWrite]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut meta = tx.prepare_cached(
+                "INSERT OR REPLACE INTO series (experiment, series, meta) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut clear = tx.prepare_cached(
+                "DELETE FROM series_points WHERE experiment = ?1 AND series = ?2",
+            )?;
+            let mut put = tx.prepare_cached(
+                "INSERT OR REPLACE INTO series_points (experiment, series, seq, at_ms, point) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for w in writes {
+                meta.execute(params![w.experiment, w.series, w.meta])?;
+                if w.replace {
+                    clear.execute(params![w.experiment, w.series])?;
+                }
+                for (i, (at, point)) in w.points.iter().enumerate() {
+                    let seq = w.first_seq + i as u64;
+                    put.execute(params![
+                        w.experiment,
+                        w.series,
+                        seq as i64,
+                        *at as i64,
+                        point
+                    ])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn series(&self) -> Result<Vec<StoredSeries>, StoreError> {
+        let conn = self.conn();
+        let mut out: Vec<StoredSeries> = conn
+            .prepare("SELECT experiment, series, meta FROM series ORDER BY experiment, series")?
+            .query_map([], |r| {
+                Ok(StoredSeries {
+                    experiment: r.get(0)?,
+                    series: r.get(1)?,
+                    meta: r.get(2)?,
+                    points: Vec::new(),
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut st = conn.prepare(
+            "SELECT experiment, series, at_ms, point FROM series_points \
+             ORDER BY experiment, series, seq",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        // Both queries are in the same order: one pass pairs them.
+        let mut i = 0;
+        for row in rows {
+            let (e, name, at, point) = row?;
+            while i < out.len()
+                && (out[i].experiment.as_str(), out[i].series.as_str())
+                    < (e.as_str(), name.as_str())
+            {
+                i += 1;
+            }
+            if let Some(s) = out
+                .get_mut(i)
+                .filter(|s| s.experiment == e && s.series == name)
+            {
+                s.points.push((at.max(0) as u64, point));
+            }
+        }
+        Ok(out)
+    }
+
+    fn clear_series(&self, experiment: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM series WHERE experiment = ?1",
+            params![experiment],
+        )?;
+        tx.execute(
+            "DELETE FROM series_points WHERE experiment = ?1",
+            params![experiment],
+        )?;
         tx.commit()?;
         Ok(())
     }

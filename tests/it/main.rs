@@ -26,3 +26,5 @@ mod scenarios;
 mod stats_decision;
 mod stats_montecarlo;
 mod stats_vectors;
+mod ui;
+mod ui_browser;

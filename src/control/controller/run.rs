@@ -359,21 +359,24 @@ impl Run {
         if !shown {
             self.shown = Some((verdict.name(), now));
             control.set_analysis(
-            name,
-            json!({
-                "status": "running",
-                "verdict": verdict.name(),
-                "explain": verdict.explain(),
-                "details": serde_json::to_value(&verdict).unwrap_or(Value::Null),
-                "step": step.map(|s| s + 1),
-                "steps": cfg.steps.iter().map(|s| f64::from(*s) / 100.0).collect::<Vec<_>>(),
-                "step_units": step_units,
-                "step_minimums_met": facts.step_minimums_met,
-                "looks": self.c.evidence.looks,
-                "comparisons": stats::comparisons(&self.policy, &self.c.evidence),
-                "samples": self.c.evidence.arms.iter().map(|a| (a.name.clone(), a.units)).collect::<BTreeMap<_, _>>(),
-            }),
-        );
+                name,
+                json!({
+                    "status": "running",
+                    "verdict": verdict.name(),
+                    "explain": verdict.explain(),
+                    "details": serde_json::to_value(&verdict).unwrap_or(Value::Null),
+                    "step": step.map(|s| s + 1),
+                    "steps": cfg.steps.iter().map(|s| f64::from(*s) / 100.0).collect::<Vec<_>>(),
+                    "step_units": step_units,
+                    "step_minimums_met": facts.step_minimums_met,
+                    "looks": self.c.evidence.looks,
+                    "comparisons": stats::comparisons(&self.policy, &self.c.evidence),
+                    "samples": self.c.evidence.arms.iter().map(|a| (a.name.clone(), a.units)).collect::<BTreeMap<_, _>>(),
+                }),
+            );
+            // The history's points follow the shown analysis: a point a
+            // second, and one at every verdict change (a crossing).
+            control.record_look(name, &self.policy, &self.c.evidence);
         }
         let acted = self
             .act(
