@@ -9,8 +9,12 @@
 //! - the values a header match compares for a credential-bearing header
 //!   (`authorization`, `cookie`, or a name with `token`, `key`, `secret`,
 //!   `password` or `auth` in it);
-//! - every value of a backend's injected `headers` (a `${file:...}` reference
-//!   is not secret, but the text around it, or a literal value, may be).
+//! - every value of a backend's injected `headers`, except one made only of
+//!   `${file:...}` / `${env:...}` references (optionally after `Bearer ` or
+//!   `Basic `): a reference names where the secret is, not what it is, and
+//!   showing it lets `config get` → edit → `config apply` keep the header.
+//!   The placeholder itself is refused on apply (see `config::secret`), so a
+//!   literal secret shown as `REDACTED` can never be applied by mistake.
 //!
 //! Everything else is kept byte for byte, so a diff of two redacted versions
 //! shows exactly what changed. A line holding a secret that cannot be found
@@ -62,7 +66,7 @@ fn walk(node: &Node, path: &mut Vec<String>, out: &mut Vec<Secret>) {
         Value::Scalar(s) => {
             let injected = path.len() == 4 && path[0] == "backends" && path[2] == "headers";
             if injected {
-                if !s.text.is_empty() {
+                if !s.text.is_empty() && !super::secret::references_only(&s.text) {
                     out.push(Secret {
                         line: node.line,
                         text: s.text.clone(),
@@ -227,7 +231,8 @@ experiments:
         assert!(r.contains("url: http://127.0.0.1:9002\n"), "{r}");
         assert!(!r.contains("sk-literal"), "{r}");
         assert!(r.contains("authorization: REDACTED\n"), "{r}");
-        assert!(r.contains(r#"{ x-org: "REDACTED" }"#), "{r}");
+        // Only references: nothing secret, and a round trip keeps them.
+        assert!(r.contains(r#"{ x-org: "${file:/run/org}" }"#), "{r}");
         assert_eq!(r.lines().count(), text.lines().count());
         assert!(r.starts_with("# the team's config\n"));
         // Nothing to redact: the text comes back as it was.

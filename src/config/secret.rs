@@ -50,6 +50,16 @@ pub(super) fn headers(d: &mut Decoder, node: &Node, path: &str) -> Option<Vec<Se
             ok = false;
             continue;
         };
+        if template.contains(super::redact::REDACTED) {
+            // A shown config applied back: the secret it hid is not in it.
+            d.error(
+                &hpath,
+                e.value.line,
+                "is the placeholder abgate shows in place of a secret; write the value, or better a ${file:PATH} or ${env:NAME} reference (shown as written)",
+            );
+            ok = false;
+            continue;
+        }
         match resolve(&template, d.resolve_secrets) {
             Ok(None) => out.push(SecretHeader { name, value: None }),
             Ok(Some(text)) => match http::HeaderValue::from_bytes(text.as_bytes()) {
@@ -77,6 +87,35 @@ pub(super) fn headers(d: &mut Decoder, node: &Node, path: &str) -> Option<Vec<Se
         }
     }
     ok.then_some(out)
+}
+
+/// Whether a header template shows no secret: only `${file:...}` /
+/// `${env:...}` references, optionally after an auth scheme word.
+pub(super) fn references_only(template: &str) -> bool {
+    let mut rest = template;
+    for scheme in ["Bearer ", "Basic "] {
+        if let Some(r) = rest.strip_prefix(scheme) {
+            rest = r;
+            break;
+        }
+    }
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        let Some(after) = rest.strip_prefix("${") else {
+            return false;
+        };
+        let Some(end) = after.find('}') else {
+            return false;
+        };
+        match after[..end].split_once(':') {
+            Some(("file" | "env", v)) if !v.is_empty() => {}
+            _ => return false,
+        }
+        rest = &after[end + 1..];
+    }
+    true
 }
 
 /// The template with its references replaced; `Ok(None)` when `read` is
@@ -134,6 +173,30 @@ fn io_reason(e: &std::io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_references_show_no_secret() {
+        for shown in [
+            "${file:/run/k}",
+            "Bearer ${file:/run/k}",
+            "Basic ${env:B}",
+            "${env:A}${env:B}",
+        ] {
+            assert!(references_only(shown), "{shown}");
+        }
+        for hidden in [
+            "sk-literal",
+            "Bearer sk-literal",
+            "Bearer ",
+            "",
+            "x${env:A}",
+            "${env:A}-suffix",
+            "${other:A}",
+            "${env:A",
+        ] {
+            assert!(!references_only(hidden), "{hidden}");
+        }
+    }
 
     #[test]
     fn references_resolve_with_literal_text_around_them() {

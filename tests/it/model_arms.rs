@@ -553,7 +553,8 @@ async fn the_secret_appears_nowhere_but_the_backend_request() {
     shown.push(detail);
     let config_get: serde_json::Value = serde_json::from_str(&shown[0]).unwrap();
     let text = config_get["text"].as_str().unwrap();
-    assert!(text.contains("authorization: \"REDACTED\""), "{text}");
+    // A reference names where the secret is, not what it is: shown as written.
+    assert!(text.contains("authorization: \"Bearer ${file:"), "{text}");
     let mut p = p;
     p.child.kill().unwrap();
     p.child.wait().unwrap();
@@ -709,4 +710,61 @@ experiments:
         want.len().to_string().as_str()
     );
     server.shutdown().await;
+}
+
+/// `config get` → `config apply` of the shown text: a header made only of
+/// secret references is shown as written and survives the round trip; a
+/// literal secret is shown as the placeholder, and applying the placeholder
+/// back is refused naming the key, so the running secret is never replaced.
+#[tokio::test]
+async fn a_shown_config_applied_back_keeps_its_references_and_never_applies_the_placeholder() {
+    let s = setup().await;
+    let admin = s.server.admin_addr;
+    let c = body_client();
+    let url = chat_url(s.server.data_addr);
+    let config_url = format!("http://{admin}/v1/config");
+    let shown = |a: &Answer| -> (String, String) {
+        let v = a.json();
+        (
+            v["text"].as_str().unwrap().to_string(),
+            v["version"].to_string(),
+        )
+    };
+    let (text, version) = shown(&admin_call("GET", &config_url, None, &[], "").await);
+    assert!(text.contains("${file:"), "{text}");
+    assert!(!text.contains(SECRET), "{text}");
+    let etag = format!("\"{version}\"");
+    let put = admin_call("PUT", &config_url, None, &[("if-match", &etag)], &text).await;
+    assert_eq!(put.status, 200, "{}", put.json());
+    let user = user_on(&s, &c, "canary").await;
+    post(&c, &url, chat(&user).as_bytes(), &[]).await;
+    assert_eq!(
+        last_body(&s.canary).headers["authorization"],
+        format!("Bearer {SECRET}").as_str()
+    );
+
+    // A literal secret: shown as the placeholder, refused when applied back.
+    let reference = format!("\"Bearer ${{file:{}}}\"", s.secret_file.display());
+    let literal = text.replace(&reference, "Bearer sk-literal-77");
+    assert_ne!(literal, text);
+    put_config(admin, None, &literal).await;
+    let (text, version) = shown(&admin_call("GET", &config_url, None, &[], "").await);
+    assert!(!text.contains("sk-literal-77"), "{text}");
+    assert!(text.contains("authorization: REDACTED"), "{text}");
+    let etag = format!("\"{version}\"");
+    let put = admin_call("PUT", &config_url, None, &[("if-match", &etag)], &text).await;
+    let problem = String::from_utf8_lossy(&put.body).to_string();
+    assert!((400..500).contains(&put.status), "{} {problem}", put.status);
+    assert!(
+        problem.contains("backends.canary.headers.authorization"),
+        "{problem}"
+    );
+    assert!(!problem.contains("sk-literal-77"), "{problem}");
+    let user = user_on(&s, &c, "canary").await;
+    post(&c, &url, chat(&user).as_bytes(), &[]).await;
+    assert_eq!(
+        last_body(&s.canary).headers["authorization"],
+        "Bearer sk-literal-77"
+    );
+    s.server.shutdown().await;
 }
