@@ -84,6 +84,7 @@ EOF
 } >"$WORK/abgate.yaml"
 "$BIN/abgate" check "$WORK/abgate.yaml" >&2
 ABGATE_LOG=warn "$BIN/abgate" serve --config "$WORK/abgate.yaml" >"$WORK/abgate.log" 2>&1 &
+ABGATE_PID=$!
 PIDS+=($!)
 wait_port "$P_ABGATE"
 wait_port "$P_ADMIN"
@@ -129,16 +130,25 @@ stop_clients() {
     fi
 }
 
-# run_leg CLIENTS REPEAT: one load run; appends "clients p50 p99 ok completed" to results.
+# run_leg CLIENTS REPEAT: one load run; appends "clients p50 p99 ok completed cpu%"
+# to results, cpu% being abgate's CPU (utime+stime, all threads) over the load
+# run in % of one core: unlike the tail, steal and neighbours barely move it.
 run_leg() {
     local n=$1
     [ "$n" -gt 0 ] && start_clients "$n"
     # Let every stream open and a couple of ticks go out first.
     [ "$n" -gt 0 ] && sleep 2
+    local t0 w0 t1 w1
+    t0=$(cpu_ticks "$ABGATE_PID")
+    w0=$(date +%s.%N)
     timeout $((DURATION + 20)) "$BIN/abgate-load" --target "http://127.0.0.1:$P_ABGATE" \
         --kind predict --rate "$RATE" --duration "${DURATION}s" \
         --max-requests $((RATE * DURATION)) --json >"$WORK/run.json"
-    jq -r --arg n "$n" '"\($n) \(.latency_ms.p50) \(.latency_ms.p99) \(.requests_ok) \(.requests_completed)"' \
+    t1=$(cpu_ticks "$ABGATE_PID")
+    w1=$(date +%s.%N)
+    local cpu
+    cpu=$(python3 -c "print(f'{($t1 - $t0) / $(getconf CLK_TCK) / ($w1 - $w0) * 100:.2f}')")
+    jq -r --arg n "$n" --arg cpu "$cpu" '"\($n) \(.latency_ms.p50) \(.latency_ms.p99) \(.requests_ok) \(.requests_completed) \($cpu)"' \
         "$WORK/run.json" >>"$WORK/results"
     stop_clients
 }
@@ -156,15 +166,15 @@ python3 - "$WORK/results" <<'EOF'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 legs = {}
-for n, p50, p99, ok, done in rows:
-    legs.setdefault(int(n), []).append((float(p50), float(p99), int(ok), int(done)))
-print("| page clients | p50 ms median (min–max) | p99 ms median (min–max) | ok / completed |")
-print("| --- | --- | --- | --- |")
+for n, p50, p99, ok, done, cpu in rows:
+    legs.setdefault(int(n), []).append((float(p50), float(p99), int(ok), int(done), float(cpu)))
+print("| page clients | p50 ms median (min–max) | p99 ms median (min–max) | abgate CPU, % of a core, median (min–max) | ok / completed |")
+print("| --- | --- | --- | --- | --- |")
 for n in sorted(legs):
     v = legs[n]
     def col(i):
         xs = [x[i] for x in v]
         return f"{statistics.median(xs):.2f} ({min(xs):.2f}–{max(xs):.2f})"
     ok = sum(x[2] for x in v); done = sum(x[3] for x in v)
-    print(f"| {n} | {col(0)} | {col(1)} | {ok} / {done} |")
+    print(f"| {n} | {col(0)} | {col(1)} | {col(4)} | {ok} / {done} |")
 EOF
