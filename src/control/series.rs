@@ -24,7 +24,7 @@ use super::ControlPlane;
 use crate::clock::now_ms;
 use crate::outcomes::histogram::HistogramSnapshot;
 use crate::outcomes::summary::{experiment_sums, ArmSums, MetricStats};
-use crate::stats::{self, Direction, EffectScale, ExperimentEvidence, Margin, Policy};
+use crate::stats::{ComparisonView, Direction, EffectScale, Margin, Policy};
 use crate::store::{SeriesWrite, StoredSeries};
 
 /// Most points kept per series. Past it the older half is merged pairwise, so
@@ -406,10 +406,11 @@ fn tolerance(
 
 impl ControlPlane {
     /// Records one look of the controller: a point per guardrail and primary
-    /// comparison. Called by the controller after each look; cheap (no I/O).
-    pub fn record_look(&self, name: &str, policy: &Policy, evidence: &ExperimentEvidence) {
+    /// comparison (`stats::comparisons` of the look, which the controller has
+    /// already computed for the analysis it shows). Cheap (no I/O).
+    pub fn record_look(&self, name: &str, policy: &Policy, comparisons: &[ComparisonView]) {
         let at = now_ms();
-        for c in stats::comparisons(policy, evidence) {
+        for c in comparisons {
             let ev = &c.evidence;
             let (line, direction) = tolerance(policy, &c.role, &ev.metric, ev.effect);
             let meta = SeriesMeta {

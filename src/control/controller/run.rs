@@ -358,6 +358,7 @@ impl Run {
         };
         if !shown {
             self.shown = Some((verdict.name(), now));
+            let comparisons = stats::comparisons(&self.policy, &self.c.evidence);
             control.set_analysis(
                 name,
                 json!({
@@ -370,13 +371,13 @@ impl Run {
                     "step_units": step_units,
                     "step_minimums_met": facts.step_minimums_met,
                     "looks": self.c.evidence.looks,
-                    "comparisons": stats::comparisons(&self.policy, &self.c.evidence),
+                    "comparisons": &comparisons,
                     "samples": self.c.evidence.arms.iter().map(|a| (a.name.clone(), a.units)).collect::<BTreeMap<_, _>>(),
                 }),
             );
             // The history's points follow the shown analysis: a point a
             // second, and one at every verdict change (a crossing).
-            control.record_look(name, &self.policy, &self.c.evidence);
+            control.record_look(name, &self.policy, &comparisons);
         }
         let acted = self
             .act(
