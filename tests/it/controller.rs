@@ -5,20 +5,11 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 use abgate::lab::loadgen::{self, LoadMode, LoadSpec, RequestKind};
-use abgate::lab::mock::{MockServer, MockSpec};
+use abgate::lab::mock::MockServer;
 use serde_json::Value;
 
 /// The error-rate guardrail most tests use (a YAML list item).
 const ERROR_GUARDRAIL: &str = "        - { metric: error, max_relative_increase: 0.10 }";
-
-async fn mock(spec: &str) -> MockServer {
-    MockServer::start(
-        spec.parse::<MockSpec>().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap()
-}
 
 /// Bounded open-loop load in the background (aborted when the test has its answer).
 fn load(

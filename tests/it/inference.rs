@@ -656,16 +656,7 @@ async fn bad_bodies_stream_through_byte_for_byte_and_count_as_unparsed() {
 // ---- The controller on inference metrics ----
 
 use abgate::lab::loadgen::{self, LoadMode, LoadSpec, RequestKind};
-use abgate::lab::mock::{MockServer, MockSpec};
-
-async fn mock(spec: &str) -> MockServer {
-    MockServer::start(
-        spec.parse::<MockSpec>().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap()
-}
+use abgate::lab::mock::MockServer;
 
 /// Bounded open-loop load of `kind` requests in the background.
 fn load(target: SocketAddr, kind: RequestKind, rate: f64, seconds: u64) -> JoinHandle<()> {

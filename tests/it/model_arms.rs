@@ -102,17 +102,7 @@ async fn post_body(
         req = req.header(*k, *v);
     }
     let resp = c.request(req.body(body).unwrap()).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    Answer {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body,
-    }
+    Answer::read(resp).await
 }
 
 async fn post(c: &BodyClient, url: &str, body: &[u8], headers: &[(&str, &str)]) -> Answer {

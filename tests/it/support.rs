@@ -254,6 +254,21 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// Reads a response to its end (a body that breaks off reads as empty).
+    pub async fn read(resp: Response<Incoming>) -> Answer {
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Answer {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -272,17 +287,7 @@ pub async fn get(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> An
         .request(req.body(Empty::new()).unwrap())
         .await
         .unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    Answer {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body,
-    }
+    Answer::read(resp).await
 }
 
 /// Sends raw bytes and reads until the server closes or `limit` passes.
@@ -449,16 +454,7 @@ pub async fn admin_call(
         .request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
         .await
         .unwrap();
-    let (parts, body) = resp.into_parts();
-    Answer {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body: body
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default(),
-    }
+    Answer::read(resp).await
 }
 
 // ---- Hardening fixtures (appended) ----
@@ -777,4 +773,15 @@ experiments:
             analysis_extra = self.analysis_extra,
         )
     }
+}
+
+/// A mock model backend from its spec (`name=canary,error_rate=0.1,...`) on a
+/// free loopback port.
+pub async fn mock(spec: &str) -> abgate::lab::mock::MockServer {
+    abgate::lab::mock::MockServer::start(
+        spec.parse::<abgate::lab::mock::MockSpec>().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap()
 }

@@ -10,18 +10,9 @@ use tokio::net::TcpStream;
 
 use crate::support::*;
 use abgate::lab::loadgen::{self, LoadMode, LoadSpec, RequestKind};
-use abgate::lab::mock::{MockServer, MockSpec};
+use abgate::lab::mock::MockServer;
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-
-async fn mock(spec: &str) -> MockServer {
-    MockServer::start(
-        spec.parse::<MockSpec>().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap()
-}
 
 /// Open-loop load in the background (aborted when the test has its answer).
 pub fn background_load(

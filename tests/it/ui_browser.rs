@@ -16,7 +16,6 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 use crate::ui::{background_load, error_canary};
-use abgate::lab::mock::{MockServer, MockSpec};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const TOKEN: &str = "ui-test-token";
@@ -113,15 +112,6 @@ async fn text_of(c: &Client, css: &str) -> String {
         .text()
         .await
         .unwrap()
-}
-
-async fn mock(spec: &str) -> MockServer {
-    MockServer::start(
-        spec.parse::<MockSpec>().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
