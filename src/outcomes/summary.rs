@@ -90,6 +90,25 @@ impl ArmSums {
         }
     }
 
+    /// This window and a later one of the same arm, as one.
+    pub fn plus(&self, later: &ArmSums) -> ArmSums {
+        let mut metrics = self.metrics.clone();
+        for (name, (kind, add)) in &later.metrics {
+            let s = &mut metrics
+                .entry(name.clone())
+                .or_insert((*kind, MetricSums::default()))
+                .1;
+            s.n = s.n.saturating_add(add.n);
+            s.sum += add.sum;
+            s.sum_sq += add.sum_sq;
+        }
+        ArmSums {
+            arm: self.arm.clone(),
+            assigned: self.assigned.saturating_add(later.assigned),
+            metrics,
+        }
+    }
+
     pub fn stats(&self) -> ArmMetrics {
         ArmMetrics {
             arm: self.arm.clone(),

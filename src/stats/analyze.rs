@@ -450,6 +450,7 @@ fn verdict_json(inp: &Input) -> Value {
                             .collect(),
                     ),
                 },
+                periods: Vec::new(),
             })
             .collect(),
         srm_monitor: None,

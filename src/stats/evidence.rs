@@ -23,7 +23,8 @@ use super::p_from_log_e;
 use super::policy::{Policy, PolicyError};
 use super::snapshot::{MetricData, Snapshot};
 use super::srm::{srm_test, SrmResult};
-use super::sufficient::Moments;
+use super::strata::{stratified_difference, Stratum};
+use super::sufficient::{BinaryStats, ContinuousStats, Moments};
 
 /// Which hypothesis test a p-value belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,10 +250,17 @@ impl ExperimentEvidence {
                         rec.events_arm = t.successes;
                         rec.events_baseline = b.successes;
                         let events_ok = t.successes + b.successes >= policy.min_events;
+                        let diff = match metric.periods.is_empty() {
+                            true => difference(&b.moments(), &t.moments(), scale),
+                            false => stratified_difference(
+                                &strata_of(&metric.periods, &snapshot.baseline, &arm.name),
+                                scale,
+                            ),
+                        };
                         observe_mixture(
                             rec,
-                            &b.moments(),
-                            &t.moments(),
+                            diff,
+                            (b.n, t.n),
                             scale,
                             &cfg,
                             &cfg_g,
@@ -269,10 +277,17 @@ impl ExperimentEvidence {
                         let rec = per_arm
                             .entry(arm.name.clone())
                             .or_insert_with(|| ComparisonRecord::new(scale.into(), alpha_primary));
+                        let diff = match metric.periods.is_empty() {
+                            true => difference(&b.moments(), &t.moments(), scale),
+                            false => stratified_difference(
+                                &strata_of(&metric.periods, &snapshot.baseline, &arm.name),
+                                scale,
+                            ),
+                        };
                         observe_mixture(
                             rec,
-                            &b.moments(),
-                            &t.moments(),
+                            diff,
+                            (b.n, t.n),
                             scale,
                             &cfg,
                             &cfg_g,
@@ -358,8 +373,8 @@ impl ExperimentEvidence {
 #[allow(clippy::too_many_arguments)]
 fn observe_mixture(
     rec: &mut ComparisonRecord,
-    base: &Moments,
-    treat: &Moments,
+    diff: Result<(f64, f64), NotComputable>,
+    (base_n, treat_n): (u64, u64),
     scale: Scale,
     cfg: &MixtureConfig,
     cfg_g: &MixtureConfig,
@@ -367,13 +382,13 @@ fn observe_mixture(
     min_units: u64,
     events_ok: bool,
 ) {
-    rec.units_arm = treat.n;
-    rec.units_baseline = base.n;
+    rec.units_arm = treat_n;
+    rec.units_baseline = base_n;
     if rec.effect == EffectScale::RateRatio {
         rec.effect = scale.into();
     }
-    rec.ready = treat.n >= min_units && base.n >= min_units && events_ok;
-    let (est, var) = match difference(base, treat, scale) {
+    rec.ready = treat_n >= min_units && base_n >= min_units && events_ok;
+    let (est, var) = match diff {
         Ok(d) => d,
         Err(nc) => {
             rec.latest = None;
@@ -381,7 +396,7 @@ fn observe_mixture(
             return;
         }
     };
-    let n_total = base.n + treat.n;
+    let n_total = base_n + treat_n;
     let two = match two_sided(est, var, n_total, scale, cfg) {
         Ok(t) => t,
         Err(nc) => {
@@ -409,6 +424,26 @@ fn observe_mixture(
             rec.ni_min_p = rec.ni_min_p.min(p_from_log_e(le));
         }
     }
+}
+
+/// Each period's (baseline, treatment) moments of one metric; an arm absent
+/// from a period has none there.
+fn strata_of(periods: &[MetricData], baseline: &str, arm: &str) -> Vec<Stratum> {
+    let moments = |p: &MetricData, name: &str| match p {
+        MetricData::Binary(map) => map.get(name).map(BinaryStats::moments),
+        MetricData::Continuous(map) => map.get(name).map(ContinuousStats::moments),
+        MetricData::Events(_) => None,
+    };
+    periods
+        .iter()
+        .map(|p| {
+            let none = Moments::default();
+            (
+                moments(p, baseline).unwrap_or(none),
+                moments(p, arm).unwrap_or(none),
+            )
+        })
+        .collect()
 }
 
 /// Folds one look of an attribution-tested event metric into `rec`.

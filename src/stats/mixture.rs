@@ -205,10 +205,26 @@ pub fn difference(
         return Err(NotComputable::EmptyArm);
     }
     let (n_a, n_b) = (baseline.n as f64, treatment.n as f64);
-    let (m_a, m_b) = (baseline.mean, treatment.mean);
-    let (v_a, v_b) = (baseline.variance.max(0.0), treatment.variance.max(0.0));
+    difference_of_means(
+        baseline.mean,
+        baseline.variance.max(0.0) / n_a,
+        treatment.mean,
+        treatment.variance.max(0.0) / n_b,
+        scale,
+    )
+}
+
+/// [`difference`] from two means and the variances of those means
+/// (`σ²/n` for a plain mean; see `strata` for a stratified one).
+pub fn difference_of_means(
+    m_a: f64,
+    vm_a: f64,
+    m_b: f64,
+    vm_b: f64,
+    scale: Scale,
+) -> Result<(f64, f64), NotComputable> {
     let (est, var) = match scale {
-        Scale::Absolute => (m_b - m_a, v_b / n_b + v_a / n_a),
+        Scale::Absolute => (m_b - m_a, vm_b + vm_a),
         Scale::Relative => {
             if m_a == 0.0 {
                 return Err(NotComputable::ZeroBaselineMean);
@@ -216,7 +232,7 @@ pub fn difference(
             let m_a2 = m_a * m_a;
             (
                 (m_b - m_a) / m_a,
-                v_b / (m_a2 * n_b) + v_a * m_b * m_b / (m_a2 * m_a2 * n_a),
+                vm_b / m_a2 + vm_a * m_b * m_b / (m_a2 * m_a2),
             )
         }
     };

@@ -40,6 +40,7 @@ pub mod mixture;
 pub mod policy;
 pub mod snapshot;
 pub mod srm;
+pub mod strata;
 pub mod sufficient;
 
 pub use analyze::{analyze_json, render_table, AnalyzeError};

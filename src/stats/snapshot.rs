@@ -45,6 +45,13 @@ pub struct MetricSnapshot {
     pub name: String,
     /// The data.
     pub data: MetricData,
+    /// The same metric per period of constant weights, oldest first (same
+    /// variant as `data`, whose totals they add up to). When given, binary
+    /// and continuous comparisons are stratified by period (`stats::strata`),
+    /// so a ramp over a metric that moves in time is not read as a
+    /// difference between arms. Empty: one period, the totals.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub periods: Vec<MetricData>,
 }
 
 /// What the controller feeds in at each look: cumulative sufficient statistics.

@@ -31,6 +31,7 @@ fn binary(name: &str, list: &[(&str, u64, u64)]) -> MetricSnapshot {
                 .map(|(a, n, s)| (a.to_string(), BinaryStats::new(*n, *s).unwrap()))
                 .collect(),
         ),
+        periods: Vec::new(),
     }
 }
 
@@ -47,6 +48,7 @@ fn continuous(name: &str, list: &[(&str, u64, f64, f64)]) -> MetricSnapshot {
                 })
                 .collect(),
         ),
+        periods: Vec::new(),
     }
 }
 

@@ -314,6 +314,7 @@ fn aa_full_decision_rule_rarely_acts() {
                 metrics: vec![MetricSnapshot {
                     name: "accepted".into(),
                     data: MetricData::Binary(BTreeMap::from([("a".into(), a), ("b".into(), b)])),
+                    periods: Vec::new(),
                 }],
                 srm_monitor: None,
             };
@@ -386,6 +387,7 @@ fn canary_rollback_rate(rr: f64, reps: usize, looks: usize, seed: u64) -> f64 {
                 metrics: vec![MetricSnapshot {
                     name: "error".into(),
                     data: MetricData::Events(BTreeMap::from([("canary".into(), att.clone())])),
+                    periods: Vec::new(),
                 }],
                 srm_monitor: None,
             };

@@ -8,6 +8,7 @@
 //!
 //! Never: computes statistics itself (see `stats`) or touches the hot path.
 
+mod periods;
 mod run;
 
 use std::collections::HashMap;

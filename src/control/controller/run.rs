@@ -19,6 +19,8 @@ use crate::stats::{
 };
 use crate::store::{ExperimentPhase, Weights};
 
+use super::periods::Periods;
+
 /// What the loop carries between ticks. It is saved with the per-arm counts
 /// (at most once per store snapshot, and when the loop stops), so after a restart the
 /// experiment resumes with its evidence (running minima, intersected intervals,
@@ -40,11 +42,16 @@ struct Carried {
     step_base: Option<(usize, u64)>,
     /// The last one-off decision recorded (to record a Hold once, not every tick).
     last_once: Option<DecisionKind>,
-    /// Every arm's running sums when this run began: arms are compared only on
-    /// what accumulated while they ran side by side, so the baseline's history
-    /// from before the experiment (other load, other times of day) never looks
-    /// like a difference between arms.
+    /// Where a run saved by an earlier version began (read, never written:
+    /// it becomes the first of `periods`).
+    #[serde(default, skip_serializing)]
     window_start: Option<Vec<ArmSums>>,
+    /// The run's periods of constant weights, from its first look: arms are
+    /// compared only on what accumulated while they ran side by side (so the
+    /// baseline's history from before the experiment never looks like a
+    /// difference between arms), and within each period.
+    #[serde(default)]
+    periods: Periods,
     /// When this loop first looked at the experiment (Unix ms).
     first_seen_ms: Option<u64>,
 }
@@ -257,6 +264,33 @@ fn weights_of(e: &Experiment, w: &Weights) -> Vec<(String, u32)> {
         .collect()
 }
 
+/// One metric's per-arm statistics, as the snapshot carries them (None: no
+/// arm has the metric).
+fn metric_data(arms: &[ArmMetrics], name: &str) -> Option<MetricData> {
+    let per_arm = || {
+        arms.iter()
+            .filter_map(|a| a.metrics.get(name).map(|m| (a.arm.clone(), m)))
+    };
+    match per_arm().next()?.1 {
+        MetricStats::Binary(_) => Some(MetricData::Binary(
+            per_arm()
+                .filter_map(|(a, m)| match m {
+                    MetricStats::Binary(b) => Some((a, *b)),
+                    _ => None,
+                })
+                .collect(),
+        )),
+        MetricStats::Continuous(_) => Some(MetricData::Continuous(
+            per_arm()
+                .filter_map(|(a, m)| match m {
+                    MetricStats::Continuous(c) => Some((a, *c)),
+                    _ => None,
+                })
+                .collect(),
+        )),
+    }
+}
+
 fn binary_successes(m: &ArmMetrics, metric: &str) -> u64 {
     match m.metrics.get(metric) {
         Some(MetricStats::Binary(b)) => b.successes,
@@ -313,16 +347,31 @@ impl Run {
         let needed = &self.needed;
         let now_sums =
             experiment_sums_of(&control.recorders, &e, |m| needed.iter().any(|n| n == m));
-        let start = self.c.window_start.get_or_insert_with(|| now_sums.clone());
-        let arms: Vec<ArmMetrics> = now_sums
-            .iter()
-            .map(|a| match start.iter().find(|s| s.arm == a.arm) {
-                Some(s) => a.since(s).stats(),
-                None => a.stats(),
-            })
-            .collect();
         let w = weights_of(&e, &weights);
-        let snapshot = self.snapshot(&e, cfg, &arms, &w)?;
+        if !self.c.periods.begun() {
+            let origin = self
+                .c
+                .window_start
+                .take()
+                .unwrap_or_else(|| now_sums.clone());
+            self.c.periods.begin(w.clone(), origin);
+        }
+        self.c.periods.look(&w, &now_sums);
+        let arms: Vec<ArmMetrics> = self
+            .c
+            .periods
+            .total(&now_sums)
+            .iter()
+            .map(ArmSums::stats)
+            .collect();
+        let periods: Vec<Vec<ArmMetrics>> = self
+            .c
+            .periods
+            .windows(&now_sums)
+            .iter()
+            .map(|p| p.iter().map(ArmSums::stats).collect())
+            .collect();
+        let snapshot = self.snapshot(&e, cfg, &arms, &periods, &w)?;
         self.c.evidence.observe(&self.policy, &snapshot)?;
 
         let now = now_ms();
@@ -392,7 +441,11 @@ impl Run {
             )
             .await;
         self.unpublished = true;
-        acted
+        // The weights this look's decision put in force begin a period here.
+        if let Ok(Some(to)) = &acted {
+            self.c.periods.turn(weights_of(&e, to), &now_sums);
+        }
+        acted.map(|_| ())
     }
 
     /// Hands the run to the next store snapshot, if it changed.
@@ -514,6 +567,7 @@ impl Run {
         e: &Experiment,
         cfg: &ControlPolicy,
         arms: &[ArmMetrics],
+        periods: &[Vec<ArmMetrics>],
         w: &[(String, u32)],
     ) -> Result<Snapshot, TickError> {
         let weight = |arm: &str| w.iter().find(|(a, _)| a == arm).map_or(0, |(_, x)| *x);
@@ -588,38 +642,29 @@ impl Run {
             metrics.push(MetricSnapshot {
                 name: g.metric.clone(),
                 data: MetricData::Events(data),
+                periods: Vec::new(),
             });
         }
         for name in wanted {
             if metrics.iter().any(|m| m.name == name) {
                 continue;
             }
-            let per_arm: Vec<(&str, &MetricStats)> = arms
-                .iter()
-                .filter_map(|a| a.metrics.get(&name).map(|m| (a.arm.as_str(), m)))
-                .collect();
-            let data = match per_arm.first().map(|(_, m)| *m) {
-                Some(MetricStats::Binary(_)) => MetricData::Binary(
-                    per_arm
-                        .iter()
-                        .filter_map(|(a, m)| match m {
-                            MetricStats::Binary(b) => Some((a.to_string(), *b)),
-                            _ => None,
-                        })
-                        .collect(),
-                ),
-                Some(MetricStats::Continuous(_)) => MetricData::Continuous(
-                    per_arm
-                        .iter()
-                        .filter_map(|(a, m)| match m {
-                            MetricStats::Continuous(c) => Some((a.to_string(), *c)),
-                            _ => None,
-                        })
-                        .collect(),
-                ),
-                None => continue,
+            let Some(data) = metric_data(arms, &name) else {
+                continue;
             };
-            metrics.push(MetricSnapshot { name, data });
+            // One period is the totals themselves.
+            let periods = match periods.len() {
+                0 | 1 => Vec::new(),
+                _ => periods
+                    .iter()
+                    .filter_map(|p| metric_data(p, &name))
+                    .collect(),
+            };
+            metrics.push(MetricSnapshot {
+                name,
+                data,
+                periods,
+            });
         }
         Ok(Snapshot {
             baseline: e.baseline.clone(),
@@ -636,6 +681,7 @@ impl Run {
         })
     }
 
+    /// Acts on the verdict; returns the weights a decision put in force.
     #[allow(clippy::too_many_arguments)]
     async fn act(
         &mut self,
@@ -647,7 +693,7 @@ impl Run {
         candidate: Option<&str>,
         step: Option<usize>,
         verdict: &Verdict,
-    ) -> Result<(), TickError> {
+    ) -> Result<Option<Weights>, TickError> {
         let reason = |extra: Value| {
             let mut r = json!({"summary": verdict.explain(), "verdict": serde_json::to_value(verdict).unwrap_or(Value::Null)});
             if let (Value::Object(m), Value::Object(x)) = (&mut r, extra) {
@@ -684,7 +730,7 @@ impl Run {
             },
             Verdict::Advance { .. } => {
                 let (Some(cand), Some(s)) = (candidate, step) else {
-                    return Ok(());
+                    return Ok(None);
                 };
                 if s + 1 < cfg.steps.len() {
                     let next = cfg.steps[s + 1];
@@ -751,7 +797,7 @@ impl Run {
         if let Some((kind, to, reason)) = decision {
             self.look_clock = None; // waits on the store: not a measured look
             let id = control
-                .controller_decide(name, kind, to, reason.clone())
+                .controller_decide(name, kind, to.clone(), reason.clone())
                 .await?;
             tracing::info!(
                 experiment = name,
@@ -765,8 +811,9 @@ impl Run {
                 // A new step: its minimums count from now.
                 self.c.step_base = None;
             }
+            return Ok(Some(to));
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Records a decision that does not change weights once per episode.
