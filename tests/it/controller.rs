@@ -206,6 +206,70 @@ async fn a_healthy_canary_walks_every_step_and_is_promoted() {
     server.shutdown().await;
 }
 
+/// The kinds of the experiment's decisions, oldest first.
+async fn decision_kinds(admin: std::net::SocketAddr) -> Vec<String> {
+    let history = get(
+        &client(),
+        &format!("http://{admin}/v1/decisions?experiment=exp"),
+        &[],
+    )
+    .await
+    .json();
+    history["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|d| d["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_that_rises_for_every_arm_as_the_canary_ramps_is_not_the_canarys_harm() {
+    // Both arms answer in 5 ms; the moment the canary reaches 50 %, both
+    // answer in 40 ms. A cumulative comparison then sees a canary 3x slower
+    // (its requests are mostly late ones, the baseline's mostly early ones)
+    // and rolls it back; compared within each period of constant weights,
+    // the arms are the same and the canary walks on to promotion.
+    let _load = decision_load().await;
+    static DELAY_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(5);
+    DELAY_MS.store(5, std::sync::atomic::Ordering::Relaxed);
+    let stable = FakeBackend::start("stable", Behaviour::Delayed(&DELAY_MS)).await;
+    let canary = FakeBackend::start("canary", Behaviour::Delayed(&DELAY_MS)).await;
+    let yaml = CanaryYaml {
+        guardrails: "        - { metric: latency_ms, max_relative_increase: 0.2 }",
+        ..CanaryYaml::default()
+    }
+    .render(&stable.url(), &canary.url());
+    let server = start_abgate(&yaml).await;
+    let traffic = load(server.data_addr, 300.0, 60, 0.0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !decision_kinds(server.admin_addr)
+        .await
+        .contains(&"advance".to_string())
+    {
+        assert!(Instant::now() < deadline, "the canary never left step 1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    DELAY_MS.store(40, std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let v = loop {
+        let v = experiment(server.admin_addr).await;
+        if v["state"] != "running" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no decision: {v:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    traffic.abort();
+    assert_eq!(v["state"], "promoted", "{v:#}");
+    assert_eq!(
+        decision_kinds(server.admin_addr).await,
+        ["start", "advance", "advance", "promote"]
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_starved_canary_waits_and_is_never_rolled_back() {
     let _load = decision_load().await;

@@ -58,6 +58,7 @@ fn events(name: &str, arm: &str, share: f64, canary: u64, baseline: u64) -> Metr
     MetricSnapshot {
         name: name.into(),
         data: MetricData::Events(BTreeMap::from([(arm.to_string(), att)])),
+        periods: Vec::new(),
     }
 }
 

@@ -34,6 +34,9 @@ pub enum Behaviour {
     Garbage,
     /// Answers 500.
     Fail,
+    /// 200 with body "<name>" after the delay in ms the test holds (shared
+    /// between backends, so a test can move the latency of every arm at once).
+    Delayed(&'static std::sync::atomic::AtomicU64),
 }
 
 pub struct FakeBackend {
@@ -123,6 +126,14 @@ async fn serve_http(
                     .header("x-backend", name)
                     .body(Full::new(Bytes::from(name)).boxed())
                     .unwrap(),
+                Behaviour::Delayed(ms) => {
+                    let wait = Duration::from_millis(ms.load(Ordering::Relaxed));
+                    tokio::time::sleep(wait).await;
+                    Response::builder()
+                        .header("x-backend", name)
+                        .body(Full::new(Bytes::from(name)).boxed())
+                        .unwrap()
+                }
                 Behaviour::Fail => Response::builder()
                     .status(500)
                     .header("x-backend", name)
