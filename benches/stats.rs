@@ -83,22 +83,27 @@ fn setup() -> (Policy, Snapshot) {
         MetricSnapshot {
             name: "accepted".into(),
             data: MetricData::Binary(accepted),
+            periods: Vec::new(),
         },
         MetricSnapshot {
             name: "reward".into(),
             data: MetricData::Continuous(cont(1.0, 4.0, 0.01)),
+            periods: Vec::new(),
         },
         MetricSnapshot {
             name: "latency_ms".into(),
             data: MetricData::Continuous(cont(120.0, 900.0, 0.2)),
+            periods: Vec::new(),
         },
         MetricSnapshot {
             name: "cost".into(),
             data: MetricData::Continuous(cont(0.01, 1e-4, 0.0)),
+            periods: Vec::new(),
         },
         MetricSnapshot {
             name: "errors".into(),
             data: MetricData::Events(errors),
+            periods: Vec::new(),
         },
     ];
     let snap = Snapshot {
