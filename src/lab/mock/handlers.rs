@@ -126,6 +126,13 @@ pub async fn handle(req: Request<Incoming>, shared: &Shared) -> Handled {
             _ => predict(shared, &decision),
         }
     };
+    if let Some(ct) = shared.spec.content_type.as_deref() {
+        let json = resp.headers().get(header::CONTENT_TYPE)
+            == Some(&HeaderValue::from_static("application/json"));
+        if let (true, false, Ok(v)) = (json, decision.error, HeaderValue::from_str(ct)) {
+            resp.headers_mut().insert(header::CONTENT_TYPE, v);
+        }
+    }
     let tokens = if decision.error { 0 } else { tokens };
     truth_headers(&mut resp, &shared.spec.name, &decision, tokens);
     Handled::Respond(resp)

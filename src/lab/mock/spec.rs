@@ -116,6 +116,11 @@ pub struct MockSpec {
     /// Completion tokens vary per request, uniformly within
     /// `chunks × [1 - tokens_jitter, 1 + tokens_jitter]` (0..1; 0 = always `chunks`).
     pub tokens_jitter: f64,
+    /// `Content-Type` of successful non-streaming answers, `application/json`
+    /// when unset. Another type serves the same bytes to a router that does
+    /// not read them: a load harness's baseline for the cost of scanning JSON.
+    #[serde(default)]
+    pub content_type: Option<String>,
 }
 
 impl Default for MockSpec {
@@ -136,6 +141,7 @@ impl Default for MockSpec {
             length_rate: 0.0,
             prompt_tokens: 0,
             tokens_jitter: 0.0,
+            content_type: None,
         }
     }
 }
@@ -265,6 +271,7 @@ fn apply_key(spec: &mut MockSpec, key: &str, value: &str) -> Result<(), SpecErro
         "chunks" => spec.stream.chunks = num(key, value)?,
         "token_delay_ms" => spec.stream.token_delay_ms = num(key, value)?,
         "seed" => spec.seed = num(key, value)?,
+        "content_type" => spec.content_type = Some(value.to_string()),
         "first_token_ms" => spec.first_token_ms = num(key, value)?,
         "truncate_rate" => spec.truncate_rate = num(key, value)?,
         "length_rate" => spec.length_rate = num(key, value)?,

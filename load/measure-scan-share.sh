@@ -1,0 +1,87 @@
+#!/bin/bash
+# What the response scanner adds to a proxied 2 KiB JSON chat completion, in
+# abgate's CPU per request: two abgate processes (target/release, or $BIN), each
+# in front of its own mock serving the same 2 KiB completion; one mock labels it
+# `application/json` (scanned), the other `application/octet-stream` (not
+# scanned). Legs alternate, REPEATS times each; each leg is a closed loop of
+# REQUESTS chat requests over 16 connections, and abgate's CPU comes from
+# /proc/<pid>/stat. abgate runs on core 0, the mocks and the load on core 1.
+# Loopback only; bounded by count and time.
+# Usage: load/measure-scan-share.sh [REPEATS] [REQUESTS]
+set -eu
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+LOG_TAG=scan-share
+# shellcheck source=load/lib.sh
+source "$ROOT/load/lib.sh"
+B=${BIN:-$ROOT/target/release}
+REPEATS=${1:-5}
+REQUESTS=${2:-20000}
+P=${BASE_PORT:-28600}
+[ -x "$B/abgate" ] || die "no $B/abgate: run cargo build --release"
+make_work_dir abgate-scan.XXXXXX
+cd "$WORK"
+
+# leg NAME OFFSET CONTENT_TYPE: a mock on P+OFFSET, abgate on P+OFFSET+1 (+2 admin).
+start_leg() {
+    local name=$1 off=$2 ct=$3
+    local mp=$((P + off)) ap=$((P + off + 1)) adm=$((P + off + 2))
+    taskset -c 1 "$B/abgate-mock" --serve "127.0.0.1:$mp,name=$name,bytes=2048,chunks=64,content_type=$ct,seed=1" >"mock-$name.log" 2>&1 &
+    PIDS+=($!)
+    cat >"$name.yaml" <<EOF
+listen: 127.0.0.1:$ap
+admin: { listen: 127.0.0.1:$adm }
+state_dir: $WORK/state-$name
+backends:
+  model: { url: "http://127.0.0.1:$mp" }
+experiments:
+  - name: chat
+    match: { path_prefix: /v1/chat }
+    unit: { header: x-user-id }
+    arms:
+      - { name: stable, backend: model, weight: 100 }
+EOF
+    ABGATE_LOG=warn taskset -c 0 "$B/abgate" serve --no-watch --config "$name.yaml" >"abgate-$name.log" 2>&1 &
+    PIDS+=($!)
+    eval "PID_$name=$!"
+    wait_port "$mp"
+    wait_port "$ap"
+}
+
+start_leg json 0 application/json
+start_leg plain 10 application/octet-stream
+
+# run_leg NAME OFFSET: prints abgate's CPU-µs per request for one closed loop.
+run_leg() {
+    local name=$1 off=$2 pid t0 t1 done_n
+    pid=$(eval echo "\$PID_$name")
+    t0=$(cpu_ticks "$pid")
+    taskset -c 1 "$B/abgate-load" --target "http://127.0.0.1:$((P + off + 1))" --kind chat \
+        --connections 16 --max-requests "$REQUESTS" --duration 60s --seed 7 --json >"load-$name.json" 2>/dev/null
+    t1=$(cpu_ticks "$pid")
+    done_n=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["requests_ok"])' "load-$name.json")
+    python3 -c 'import sys; t,n=float(sys.argv[1]),int(sys.argv[2]); print(f"{t*1e6/100/max(n,1):.1f} {n}")' "$((t1 - t0))" "$done_n"
+}
+
+# Warm both (connection pools, allocator), then alternate.
+run_leg json 0 >/dev/null
+run_leg plain 10 >/dev/null
+: >results
+for i in $(seq "$REPEATS"); do
+    echo "json $(run_leg json 0)" >>results
+    echo "plain $(run_leg plain 10)" >>results
+    log "repeat $i: $(tail -2 results | tr '\n' ' ')"
+done
+curl -s "127.0.0.1:$((P + 2))/metrics" | grep -E '^abgate_tokens_total' >tokens || true
+[ -s tokens ] || die "the scanned leg read no tokens: is the scanner on?"
+python3 - results <<'EOF'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+leg = {k: [float(r[1]) for r in rows if r[0] == k] for k in ("json", "plain")}
+n = {k: [int(r[2]) for r in rows if r[0] == k] for k in ("json", "plain")}
+for k in ("plain", "json"):
+    v = leg[k]
+    print(f"{k:6} CPU-us/request median {statistics.median(v):.1f} (min {min(v):.1f}, max {max(v):.1f}), {len(v)} legs of {min(n[k])}-{max(n[k])} ok requests")
+pairs = [j - p for j, p in zip(leg["json"], leg["plain"])]
+med = statistics.median(pairs)
+print(f"scanner: median paired difference {med:+.2f} CPU-us/request (min {min(pairs):+.2f}, max {max(pairs):+.2f}) = {100 * med / statistics.median(leg['plain']):+.1f}% of the unscanned request")
+EOF
