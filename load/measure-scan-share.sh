@@ -71,6 +71,34 @@ for i in $(seq "$REPEATS"); do
     echo "plain $(run_leg plain 10)" >>results
     log "repeat $i: $(tail -2 results | tr '\n' ' ')"
 done
+if [ "${PERF:-0}" = 1 ]; then
+    # The scanner's share of abgate's own samples during one more scanned leg.
+    perf record -F 4999 -p "$PID_json" -o perf.data -- sleep 8 >/dev/null 2>&1 &
+    PERF_PID=$!
+    sleep 0.5
+    run_leg json 0 >/dev/null
+    wait "$PERF_PID" || true
+    perf report -i perf.data --no-children --sort symbol --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' >perf.txt || true
+    python3 - perf.txt <<'EOF2'
+import re, sys
+total = scan = 0.0
+rows = []
+for line in open(sys.argv[1]):
+    m = re.match(r"\s+([0-9.]+)%\s+\[\.\]\s+(.*)", line)
+    if not m:
+        continue
+    share, sym = float(m.group(1)), m.group(2)
+    if "outcomes::scan" in sym:
+        scan += share
+        rows.append((share, sym.strip()))
+# memchr is the scanner's string skipping, but other code may call it too:
+# counted with the scanner, so the share is an upper bound.
+memchr = sum(float(re.match(r"\s+([0-9.]+)%", l).group(1)) for l in open(sys.argv[1]) if "memchr" in l)
+print(f"perf: scanner symbols hold {scan:.2f}% of abgate's samples (user and kernel), {scan + memchr:.2f}% with every memchr sample")
+for share, sym in rows[:8]:
+    print(f"  {share:5.2f}%  {sym[:110]}")
+EOF2
+fi
 curl -s "127.0.0.1:$((P + 2))/metrics" | grep -E '^abgate_tokens_total' >tokens || true
 [ -s tokens ] || die "the scanned leg read no tokens: is the scanner on?"
 python3 - results <<'EOF'

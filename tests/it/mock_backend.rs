@@ -371,6 +371,34 @@ async fn kserve_predict_and_body_size() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_type_relabels_successful_json_answers_only() {
+    let server = start(MockSpec {
+        content_type: Some("application/octet-stream".into()),
+        response_bytes: 2048,
+        ..MockSpec::default()
+    })
+    .await;
+    let c = client();
+    let a = send(&c, post(&server, "/v1/chat/completions", "{}")).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.headers["content-type"], "application/octet-stream");
+    let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert!((2000..=2100).contains(&a.body.len()), "{}", a.body.len());
+    server.shutdown().await.unwrap();
+    let failing = start(MockSpec {
+        content_type: Some("application/octet-stream".into()),
+        error_rate: 1.0,
+        ..MockSpec::default()
+    })
+    .await;
+    let a = send(&c, post(&failing, "/v1/chat/completions", "{}")).await;
+    assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(a.headers["content-type"], "application/json");
+    failing.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_h2c() {
     let server = start(MockSpec::default()).await;
     let resp = h2_client()

@@ -4,7 +4,8 @@
 //! `127.0.0.1:9001,name=canary,latency=lognormal:20:0.5,error_rate=0.1,reset_rate=0,
 //! outcome_p=0.3,reward=normal:1:0.2,bytes=512,chunks=16,token_delay_ms=20,seed=7`
 //! plus, for inference outcomes, `first_token_ms=150,truncate_rate=0.05,
-//! length_rate=0.1,prompt_tokens=40,tokens_jitter=0.3`.
+//! length_rate=0.1,prompt_tokens=40,tokens_jitter=0.3`, and `content_type=...` for
+//! successful non-streaming answers.
 
 use std::net::SocketAddr;
 use std::str::FromStr;
