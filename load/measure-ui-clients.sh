@@ -35,7 +35,7 @@ P_ABGATE=$((BASE_PORT + 2))
 P_ADMIN=$((BASE_PORT + 3))
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=$ROOT/target/release
+BIN=${BIN:-$ROOT/target/release}
 LOG_TAG=measure-ui-clients
 # shellcheck source=load/lib.sh
 . "$ROOT/load/lib.sh"

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::auth::{AdminAuth, AuthError};
+use crate::admin::runtime::AdminRuntime;
 use crate::admin::Admin;
 use crate::config::{self, ConfigErrors};
 use crate::control::publish::Publisher;
@@ -56,6 +57,8 @@ pub enum StartError {
     TokenKeys(#[from] KeyError),
     #[error("cannot set up TLS on the data plane: {0}")]
     Tls(TlsError),
+    #[error("cannot start the admin runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// What to start from.
@@ -85,6 +88,8 @@ pub struct RunningServer {
     snapshot_task: JoinHandle<()>,
     series_task: JoinHandle<()>,
     _watcher: Option<notify::RecommendedWatcher>,
+    /// Where the admin API and the page's updates run; dropped last.
+    admin_rt: AdminRuntime,
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
@@ -191,7 +196,10 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
             }
         })
     };
-    let series_task = crate::control::series::spawn(control.clone());
+    // The page's work (the admin API, its live ticks, history) runs apart
+    // from the data plane's workers, at a lower priority.
+    let admin_rt = AdminRuntime::start().map_err(StartError::Runtime)?;
+    let series_task = admin_rt.spawn(crate::control::series::run(control.clone()));
     let data_addr = data.local_addr().expect("bound socket has an address");
     let admin_addr = admin.local_addr().expect("bound socket has an address");
     let admin_state = Arc::new(Admin {
@@ -200,7 +208,7 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
         listen: admin_addr,
     });
     let data_task = tokio::spawn(listener::serve(data, plane, settings, stopped.clone()));
-    let admin_task = tokio::spawn(crate::admin::serve(admin, admin_state, stopped, grace));
+    let admin_task = admin_rt.spawn(crate::admin::serve(admin, admin_state, stopped, grace));
     let upkeep_task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
@@ -221,6 +229,7 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
         snapshot_task,
         series_task,
         _watcher: watcher,
+        admin_rt,
     })
 }
 
@@ -240,5 +249,6 @@ impl RunningServer {
         // A last snapshot once traffic has drained, so a clean stop loses nothing.
         self.control.save_outcomes().await;
         self.control.save_series().await;
+        drop(self.admin_rt);
     }
 }

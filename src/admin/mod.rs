@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod events;
 pub mod precondition;
+pub mod runtime;
 pub mod ui;
 
 use std::convert::Infallible;

@@ -465,8 +465,8 @@ struct ArmBefore {
 /// The sampler: every [`SAMPLE_EVERY`] it records each arm of each
 /// experiment, sends the fresh points and any new decision to the event hub,
 /// and every [`SAVE_EVERY`] saves the new points.
-pub fn spawn(control: Arc<ControlPlane>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+pub async fn run(control: Arc<ControlPlane>) {
+    {
         let mut before: HashMap<(String, String), (Instant, ArmBefore)> = HashMap::new();
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -501,7 +501,7 @@ pub fn spawn(control: Arc<ControlPlane>) -> tokio::task::JoinHandle<()> {
                 control.save_series().await;
             }
         }
-    })
+    }
 }
 
 /// Records one point per arm of `name`: its weight in force (percent), its
