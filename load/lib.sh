@@ -54,3 +54,16 @@ cpu_ticks() {
     done
     echo "$sum"
 }
+
+# thread_ticks PID REGEX: utime+stime (clock ticks) of PID's threads whose name
+# (comm) matches REGEX; `-v REGEX` sums the others.
+thread_ticks() {
+    local pid=$1 sel=$2 re=${3:-} sum=0 t name
+    [ "$sel" = -v ] || re=$sel
+    for t in /proc/"$pid"/task/*; do
+        name=$(cat "$t/comm" 2>/dev/null) || continue
+        if [[ "$name" =~ $re ]]; then [ "$sel" = -v ] && continue; else [ "$sel" = -v ] || continue; fi
+        sum=$((sum + $(sed 's/.*) //' "$t/stat" | awk '{print $12 + $13}')))
+    done
+    echo "$sum"
+}

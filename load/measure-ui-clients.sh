@@ -12,6 +12,9 @@
 # polling); all clients run in one Python process. Everything listens on
 # 127.0.0.1 only; every run is bounded.
 #
+# abgate's CPU is also shown without its admin runtime's threads (`abgate-admin`):
+# what the page costs the data plane's workers.
+#
 # Usage: load/measure-ui-clients.sh
 # Environment (defaults in brackets):
 #   RATE          open-loop rate, req/s [1000]
@@ -138,17 +141,22 @@ run_leg() {
     [ "$n" -gt 0 ] && start_clients "$n"
     # Let every stream open and a couple of ticks go out first.
     [ "$n" -gt 0 ] && sleep 2
-    local t0 w0 t1 w1
+    local t0 w0 t1 w1 a0 a1
     t0=$(cpu_ticks "$ABGATE_PID")
+    a0=$(thread_ticks "$ABGATE_PID" '^abgate-admin')
     w0=$(date +%s.%N)
     timeout $((DURATION + 20)) "$BIN/abgate-load" --target "http://127.0.0.1:$P_ABGATE" \
         --kind predict --rate "$RATE" --duration "${DURATION}s" \
         --max-requests $((RATE * DURATION)) --json >"$WORK/run.json"
     t1=$(cpu_ticks "$ABGATE_PID")
+    a1=$(thread_ticks "$ABGATE_PID" '^abgate-admin')
     w1=$(date +%s.%N)
-    local cpu
+    local cpu rest
     cpu=$(python3 -c "print(f'{($t1 - $t0) / $(getconf CLK_TCK) / ($w1 - $w0) * 100:.2f}')")
-    jq -r --arg n "$n" --arg cpu "$cpu" '"\($n) \(.latency_ms.p50) \(.latency_ms.p99) \(.requests_ok) \(.requests_completed) \($cpu)"' \
+    # The same without the admin runtime's threads: what the data plane's
+    # workers (and everything else) spent.
+    rest=$(python3 -c "print(f'{($t1 - $t0 - ($a1 - $a0)) / $(getconf CLK_TCK) / ($w1 - $w0) * 100:.2f}')")
+    jq -r --arg n "$n" --arg cpu "$cpu" --arg rest "$rest" '"\($n) \(.latency_ms.p50) \(.latency_ms.p99) \(.requests_ok) \(.requests_completed) \($cpu) \($rest)"' \
         "$WORK/run.json" >>"$WORK/results"
     stop_clients
 }
@@ -166,15 +174,15 @@ python3 - "$WORK/results" <<'EOF'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 legs = {}
-for n, p50, p99, ok, done, cpu in rows:
-    legs.setdefault(int(n), []).append((float(p50), float(p99), int(ok), int(done), float(cpu)))
-print("| page clients | p50 ms median (min–max) | p99 ms median (min–max) | abgate CPU, % of a core, median (min–max) | ok / completed |")
-print("| --- | --- | --- | --- | --- |")
+for n, p50, p99, ok, done, cpu, rest in rows:
+    legs.setdefault(int(n), []).append((float(p50), float(p99), int(ok), int(done), float(cpu), float(rest)))
+print("| page clients | p50 ms median (min–max) | p99 ms median (min–max) | abgate CPU, % of a core, median (min–max) | of which outside the admin runtime | ok / completed |")
+print("| --- | --- | --- | --- | --- | --- |")
 for n in sorted(legs):
     v = legs[n]
     def col(i):
         xs = [x[i] for x in v]
         return f"{statistics.median(xs):.2f} ({min(xs):.2f}–{max(xs):.2f})"
     ok = sum(x[2] for x in v); done = sum(x[3] for x in v)
-    print(f"| {n} | {col(0)} | {col(1)} | {col(4)} | {ok} / {done} |")
+    print(f"| {n} | {col(0)} | {col(1)} | {col(4)} | {col(5)} | {ok} / {done} |")
 EOF
