@@ -342,7 +342,7 @@ python3 "$ROOT/load/bench/summarize.py" "$WORK/runs.tsv" \
     --clk-tck "$CLK_TCK" --duration "$DURATION" --repeats "$REPEATS" \
     --closed-conns "$CLOSED_CONNS" --elapsed "$ELAPSED" --load-before "$LOAD_BEFORE" \
     --load-after "$(cut -d' ' -f1-3 /proc/loadavg)" \
-    --versions "abgate $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), $("$NGINX" -v 2>&1 | sed 's/.*version: //'), $("$HAPROXY" -v 2>/dev/null | head -1 | awk '{print "HAProxy " $3}')" \
+    --versions "abgate $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$([ -x "$NGINX" ] && echo ", $("$NGINX" -v 2>&1 | sed 's/.*version: //')")$([ -x "$HAPROXY" ] && echo ", $("$HAPROXY" -v 2>/dev/null | head -1 | awk '{print "HAProxy " $3}')")" \
     --command "$0 $*  (DURATION=$DURATION RATES=\"$RATES\" REPEATS=$REPEATS CLOSED_CONNS=$CLOSED_CONNS)" \
     >"$OUT"
 cat "$OUT"
