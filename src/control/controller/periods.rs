@@ -10,6 +10,8 @@
 //! the new weights; up to one look's requests then count in the period
 //! before, the price of not reading the sums on every table swap.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::outcomes::summary::ArmSums;
@@ -86,14 +88,23 @@ impl Periods {
         since(now, &self.origin)
     }
 
+    /// How many periods there are (the current one included).
+    pub fn count(&self) -> usize {
+        self.ended.len() + usize::from(self.current.is_some())
+    }
+
     /// What every arm accumulated in each period, oldest first; the current
-    /// one ends at `now`.
-    pub fn windows(&self, now: &[ArmSums]) -> Vec<Vec<ArmSums>> {
-        let mut out = self.ended.clone();
-        if let Some((_, start)) = &self.current {
-            out.push(since(now, start));
-        }
-        out
+    /// one ends at `now`. Ended periods are lent, not copied: a look reads
+    /// them all.
+    pub fn windows<'a>(&'a self, now: &[ArmSums]) -> impl Iterator<Item = Cow<'a, [ArmSums]>> {
+        let current = self
+            .current
+            .as_ref()
+            .map(|(_, start)| Cow::Owned(since(now, start)));
+        self.ended
+            .iter()
+            .map(|p| Cow::Borrowed(p.as_slice()))
+            .chain(current)
     }
 }
 
@@ -154,13 +165,13 @@ mod tests {
             sums("canary", 10, (10, 100.0)),
         ];
         p.look(&w(9000, 1000), &t1);
-        assert_eq!(p.windows(&t1).len(), 1);
+        assert_eq!(p.count(), 1);
         p.look(&w(5000, 5000), &t1);
         let t2 = [
             sums("stable", 150, (150, 2000.0)),
             sums("canary", 60, (60, 900.0)),
         ];
-        let windows = p.windows(&t2);
+        let windows: Vec<_> = p.windows(&t2).collect();
         assert_eq!(windows.len(), 2);
         assert_eq!(latency_n(&windows[0], "stable"), 90);
         assert_eq!(latency_n(&windows[0], "canary"), 10);
@@ -185,7 +196,7 @@ mod tests {
         ];
         p.turn(w(5000, 5000), &t1);
         p.look(&w(5000, 5000), &t1);
-        assert_eq!(p.windows(&t1).len(), 2);
+        assert_eq!(p.count(), 2);
     }
 
     #[test]
@@ -208,7 +219,7 @@ mod tests {
             sums("stable", n, (n, n as f64)),
             sums("canary", n, (n, n as f64)),
         ];
-        let windows = p.windows(&now);
+        let windows: Vec<_> = p.windows(&now).collect();
         assert_eq!(windows.len(), MAX_ENDED + 1);
         let counted: u64 = windows.iter().map(|w| latency_n(w, "stable")).sum();
         assert_eq!(counted, n);

@@ -364,13 +364,16 @@ impl Run {
             .iter()
             .map(ArmSums::stats)
             .collect();
-        let periods: Vec<Vec<ArmMetrics>> = self
-            .c
-            .periods
-            .windows(&now_sums)
-            .iter()
-            .map(|p| p.iter().map(ArmSums::stats).collect())
-            .collect();
+        // One period is the totals themselves (most looks of an A/B test).
+        let periods: Vec<Vec<ArmMetrics>> = match self.c.periods.count() {
+            0 | 1 => Vec::new(),
+            _ => self
+                .c
+                .periods
+                .windows(&now_sums)
+                .map(|p| p.iter().map(ArmSums::stats).collect())
+                .collect(),
+        };
         let snapshot = self.snapshot(&e, cfg, &arms, &periods, &w)?;
         self.c.evidence.observe(&self.policy, &snapshot)?;
 
@@ -652,14 +655,10 @@ impl Run {
             let Some(data) = metric_data(arms, &name) else {
                 continue;
             };
-            // One period is the totals themselves.
-            let periods = match periods.len() {
-                0 | 1 => Vec::new(),
-                _ => periods
-                    .iter()
-                    .filter_map(|p| metric_data(p, &name))
-                    .collect(),
-            };
+            let periods = periods
+                .iter()
+                .filter_map(|p| metric_data(p, &name))
+                .collect();
             metrics.push(MetricSnapshot {
                 name,
                 data,
