@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Proxy overhead: the same load against (a) the mock backend directly, (b) abgate,
-# (c) nginx and (d) HAProxy, each proxy splitting 90/10 on x-user-id over two mock
-# ports. Legs are interleaved (every repeat runs every target at every load level,
+# (c) a bare hyper proxy (load/bare_proxy.rs: the same hyper and hyper-util client,
+# nothing else), (d) nginx and (e) HAProxy, each proxy splitting 90/10 on x-user-id
+# over two mock ports. Legs are interleaved (every repeat runs every target at every load level,
 # in a rotated order) so background noise hits all legs alike; medians and min–max
 # over the repeats are written to load/results/overhead-<date>.md and printed.
 #
@@ -25,8 +26,9 @@
 #   RATES        open-loop rates, req/s ["2000 5000"] (--quick: "2000")
 #   REPEATS      repeats of every leg [3]          (--quick: 2)
 #   CLOSED_CONNS closed-loop connections [32]
-#   TARGETS      legs to run ["direct abgate nginx haproxy"]
-#   BASE_PORT    first of 6 consecutive loopback ports [28100]
+#   WRK_CONNS    connections of the wrk closed-loop leg (wrk -t1; 0 = no wrk leg) [50]
+#   TARGETS      legs to run ["direct abgate bare nginx haproxy"]
+#   BASE_PORT    first of 9 consecutive loopback ports [28100]
 #   NO_BUILD=1   use the existing target/release binaries without `cargo build`
 #   BASELINE_ABGATE  path of another abgate binary (e.g. a build of the previous
 #                commit copied aside): adds the leg `abgate-base`, same config,
@@ -58,7 +60,8 @@ else
     REPEATS=${REPEATS:-3}
 fi
 CLOSED_CONNS=${CLOSED_CONNS:-32}
-TARGETS=${TARGETS:-direct abgate nginx haproxy}
+WRK_CONNS=${WRK_CONNS:-50}
+TARGETS=${TARGETS:-direct abgate bare nginx haproxy}
 BASE_PORT=${BASE_PORT:-28100}
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -74,6 +77,7 @@ P_NGINX=$((BASE_PORT + 4))
 P_HAPROXY=$((BASE_PORT + 5))
 P_BASELINE=$((BASE_PORT + 6))
 P_BASELINE_ADMIN=$((BASE_PORT + 7))
+P_BARE=$((BASE_PORT + 8))
 
 LOG_TAG=bench-overhead
 # shellcheck source=load/lib.sh
@@ -106,12 +110,16 @@ fi
 if wanted haproxy && ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
     apt_install haproxy || TARGETS=${TARGETS/haproxy/}
 fi
+# A second, independent driver: wrk's closed loop (one thread), as others measure.
+if [ "$WRK_CONNS" -gt 0 ] && ! command -v wrk >/dev/null; then
+    apt_install wrk || WRK_CONNS=0
+fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 if [ "${NO_BUILD:-0}" != 1 ]; then
     log "building release binaries (CARGO_BUILD_JOBS=1, nice)"
-    (cd "$ROOT" && CARGO_BUILD_JOBS=1 nice -n 5 cargo build --release --bins >&2)
+    (cd "$ROOT" && CARGO_BUILD_JOBS=1 nice -n 5 cargo build --release --bins --example bare-proxy >&2)
 fi
 for b in abgate abgate-mock abgate-load; do
     [ -x "$BIN/$b" ] || die "$BIN/$b missing (cargo build --release)"
@@ -171,6 +179,17 @@ EOF
         wait_port "$P_BASELINE"
         TARGETS="$TARGETS abgate-base"
     fi
+fi
+
+if wanted bare; then
+    # The reference: hyper 1.x + hyper-util's legacy client, the same split, nothing else.
+    [ -x "$BIN/examples/bare-proxy" ] || die "$BIN/examples/bare-proxy missing (cargo build --release --example bare-proxy)"
+    taskset -c 1 "$BIN/examples/bare-proxy" "127.0.0.1:$P_BARE" "127.0.0.1:$P_STABLE" "127.0.0.1:$P_CANARY" \
+        >"$WORK/bare.log" 2>&1 &
+    PID[bare]=$!
+    PIDS+=($!)
+    PORT[bare]=$P_BARE
+    wait_port "$P_BARE"
 fi
 
 if wanted nginx; then
@@ -285,8 +304,16 @@ run_load() {
     read -r c0 k0 <<<"$(core_jiffies 1)"
     read -r d0 j0 <<<"$(core_jiffies 0)"
     local json=$WORK/run-$id-$leg-$mode-$rate.json
-    timeout $((DURATION + 30)) taskset -c 0 "$BIN/abgate-load" "${args[@]}" >"$json" 2>"$json.err" ||
-        die "abgate-load failed for $leg $mode $rate: $(tail -3 "$json.err")"
+    if [ "$mode" = wrk ]; then
+        timeout $((DURATION + 30)) taskset -c 0 wrk -t1 -c"$WRK_CONNS" -d"${DURATION}s" --latency \
+            -s "$WORK/wrk.lua" "$url/" >"$json.txt" 2>"$json.err" ||
+            die "wrk failed for $leg: $(tail -3 "$json.err")"
+        # The same fields abgate-load reports, read from wrk's summary.
+        python3 "$ROOT/load/bench/wrk_report.py" "$json.txt" >"$json"
+    else
+        timeout $((DURATION + 30)) taskset -c 0 "$BIN/abgate-load" "${args[@]}" >"$json" 2>"$json.err" ||
+            die "abgate-load failed for $leg $mode $rate: $(tail -3 "$json.err")"
+    fi
     read -r c1 k1 <<<"$(core_jiffies 1)"
     read -r d1 j1 <<<"$(core_jiffies 0)"
     local cpu_ticks_used=NA rss=NA
@@ -314,19 +341,29 @@ for leg in "${LEGS[@]}"; do
         --max-requests 200000 --json >/dev/null
 done
 
+# wrk's requests: POST /predict as one of 10 000 users, drawn from a seeded RNG.
+cat >"$WORK/wrk.lua" <<'EOF'
+math.randomseed(7)
+request = function()
+  return wrk.format("POST", "/predict", {["x-user-id"] = "user-" .. math.random(0, 9999), ["content-type"] = "application/json"}, "{}")
+end
+EOF
+WRK_LEVEL=
+[ "$WRK_CONNS" -gt 0 ] && WRK_LEVEL=wrk
+
 printf 'id\trepeat\tleg\tmode\trate\tcompleted\tok\terrors\trps\tduration_s\tp50_ms\tp99_ms\tcpu_ticks\trss_kib\tload1\tcore1_busy_permille\tcore0_busy_permille\tcanary_share\n' >"$WORK/runs.tsv"
 STARTED=$(date +%s)
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 id=0
 for r in $(seq "$REPEATS"); do
-    for level in $RATES seq closed; do
+    for level in $RATES seq closed $WRK_LEVEL; do
         # Rotate the leg order each repeat so no leg always runs first or last.
         n=${#LEGS[@]}
         for k in $(seq 0 $((n - 1))); do
             leg=${LEGS[$(((k + r) % n))]}
             id=$((id + 1))
             case "$level" in
-                seq | closed) run_load "$leg" "$level" 0 "$id" "$r" ;;
+                seq | closed | wrk) run_load "$leg" "$level" 0 "$id" "$r" ;;
                 *) run_load "$leg" open "$level" "$id" "$r" ;;
             esac
         done

@@ -15,6 +15,7 @@ LEG_NAMES = {
     "direct": "direct (mock)",
     "abgate": "abgate",
     "abgate-base": "abgate (baseline build)",
+    "bare": "bare hyper proxy",
     "nginx": "nginx",
     "haproxy": "HAProxy",
 }
@@ -64,6 +65,7 @@ def main():
     for r in rows:
         by[(r["leg"], r["level"])].append(r)
     direct = {(r["repeat"], r["level"]): r for r in rows if r["leg"] == "direct"}
+    bare = {(r["repeat"], r["level"]): r for r in rows if r["leg"] == "bare"}
 
     def cpu_us_per_req(r):
         if r["cpu_ticks"] is None or r["completed"] == 0:
@@ -80,6 +82,12 @@ def main():
         if r["leg"] == "direct" or d is None:
             return None
         return (r[q] - d[q]) * 1000.0  # ms -> µs
+
+    def to_bare(r):
+        """CPU per request over the bare hyper proxy's in the same repeat."""
+        b = bare.get((r["repeat"], r["level"]))
+        mine, theirs = cpu_us_per_req(r), b and cpu_us_per_req(b)
+        return mine / theirs if mine and theirs else None
 
     out = []
     p = out.append
@@ -111,13 +119,18 @@ def main():
     def section(title):
         p(f"| **{title}** |" + " |" * len(legs))
 
+    def cpu_rows(level):
+        row("proxy CPU-µs per request", cpu_us_per_req, "{:.1f}", level, True)
+        if bare:
+            row("CPU per request ÷ bare hyper proxy's (paired)", to_bare, "{:.2f}×", level, True)
+
     def capacity(r):
         us = cpu_us_per_req(r)
         return None if not us else 1e6 / us
 
     section(f"closed loop, {a.closed_conns} connections")
     row("throughput (req/s)", lambda r: r["rps"], "{:,.0f}", "closed")
-    row("proxy CPU-µs per request", cpu_us_per_req, "{:.1f}", "closed", True)
+    cpu_rows("closed")
     row("one-core capacity = 1e6 / CPU-µs (req/s)", capacity, "{:,.0f}", "closed", True)
     row("proxy's share of core 1 (%)", proxy_core_share, "{:.0f}", "closed", True)
     row("core 1 busy: proxy + others (%)", lambda r: r["core1"], "{:.0f}", "closed")
@@ -128,16 +141,22 @@ def main():
     row("p99 latency (µs)", lambda r: r["p99_ms"] * 1000, "{:.0f}", "seq")
     row("added p50 over direct (µs)", lambda r: added(r, "p50_ms"), "{:+.0f}", "seq", True)
     row("added p99 over direct (µs)", lambda r: added(r, "p99_ms"), "{:+.0f}", "seq", True)
-    row("proxy CPU-µs per request", cpu_us_per_req, "{:.1f}", "seq", True)
+    cpu_rows("seq")
     for rate in rates:
         section(f"open loop, {rate} req/s")
         row("p50 latency (ms)", lambda r: r["p50_ms"], "{:.3f}", rate)
         row("p99 latency (ms)", lambda r: r["p99_ms"], "{:.3f}", rate)
         row("added p50 over direct (µs)", lambda r: added(r, "p50_ms"), "{:+.0f}", rate, True)
         row("added p99 over direct (µs)", lambda r: added(r, "p99_ms"), "{:+.0f}", rate, True)
-        row("proxy CPU-µs per request", cpu_us_per_req, "{:.1f}", rate, True)
+        cpu_rows(rate)
+    if any(r["mode"] == "wrk" for r in rows):
+        section("wrk -t1, closed loop")
+        row("throughput (req/s)", lambda r: r["rps"], "{:,.0f}", "wrk")
+        cpu_rows("wrk")
+        row("p50 latency (ms)", lambda r: r["p50_ms"], "{:.3f}", "wrk")
+        row("p99 latency (ms)", lambda r: r["p99_ms"], "{:.3f}", "wrk")
     section("all runs")
-    all_levels = rates + ["seq", "closed"]
+    all_levels = rates + ["seq", "closed", "wrk"]
     cells = []
     for l in legs:
         v = [r["rss_kib"] / 1024 for lv in all_levels for r in by[(l, lv)] if r["rss_kib"] is not None]
@@ -145,7 +164,8 @@ def main():
     p("| proxy RSS after run (MiB) | " + " | ".join(cells) + " |")
     cells = []
     for l in legs:
-        runs = [r for lv in all_levels for r in by[(l, lv)]]
+        # wrk reads no response headers, so its runs have no arm tally.
+        runs = [r for lv in all_levels if lv != "wrk" for r in by[(l, lv)]]
         cells.append(cell([r["canary"] for r in runs], "{:.1f}") if l != "direct" else "–")
     p("| canary share of responses (%), target 10 | " + " | ".join(cells) + " |")
     cells = []
