@@ -66,7 +66,10 @@ async fn proxy(
     mut req: Request<Incoming>,
 ) -> Result<Answer, Infallible> {
     // The same sticky split abgate makes: a hash of the unit key, 10 % canary.
-    let key = req.headers().get("x-user-id").map_or(&b""[..], |v| v.as_bytes());
+    let key = req
+        .headers()
+        .get("x-user-id")
+        .map_or(&b""[..], |v| v.as_bytes());
     let to_canary = xxhash_rust::xxh3::xxh3_64(key) % 100 < 10;
     let (upstream, arm) = if to_canary {
         (canary, "canary")
