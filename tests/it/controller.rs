@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use abgate::lab::loadgen::{self, LoadMode, LoadSpec, RequestKind};
+use abgate::lab::loadgen::{LoadMode, LoadSpec, RequestKind};
 use abgate::lab::mock::MockServer;
 use serde_json::Value;
 
@@ -22,25 +22,10 @@ fn load(
 }
 
 fn load_spec(target: std::net::SocketAddr, rate: f64, seconds: u64, feedback: f64) -> LoadSpec {
-    let mut spec = LoadSpec::new(format!("http://{target}"));
-    spec.kind = RequestKind::Predict;
-    spec.mode = LoadMode::OpenLoop {
-        rate_per_s: rate,
-        connections: 32,
-        max_in_flight: 512,
-    };
-    spec.max_requests = (rate as u64) * seconds;
-    spec.max_duration = Duration::from_secs(seconds);
-    spec.request_timeout = Duration::from_secs(5);
+    let mut spec = open_loop(target, RequestKind::Predict, rate, seconds);
     spec.feedback.fraction = feedback;
     spec.seed = 7;
     spec
-}
-
-fn spawn_load(spec: LoadSpec) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let _ = loadgen::run(spec).await;
-    })
 }
 
 async fn experiment(admin: std::net::SocketAddr) -> Value {

@@ -655,25 +655,12 @@ async fn bad_bodies_stream_through_byte_for_byte_and_count_as_unparsed() {
 
 // ---- The controller on inference metrics ----
 
-use abgate::lab::loadgen::{self, LoadMode, LoadSpec, RequestKind};
+use abgate::lab::loadgen::RequestKind;
 use abgate::lab::mock::MockServer;
 
 /// Bounded open-loop load of `kind` requests in the background.
 fn load(target: SocketAddr, kind: RequestKind, rate: f64, seconds: u64) -> JoinHandle<()> {
-    let mut spec = LoadSpec::new(format!("http://{target}"));
-    spec.kind = kind;
-    spec.mode = LoadMode::OpenLoop {
-        rate_per_s: rate,
-        connections: 32,
-        max_in_flight: 512,
-    };
-    spec.max_requests = (rate as u64) * seconds;
-    spec.max_duration = Duration::from_secs(seconds);
-    spec.request_timeout = Duration::from_secs(5);
-    spec.seed = 11;
-    tokio::spawn(async move {
-        let _ = loadgen::run(spec).await;
-    })
+    spawn_load(open_loop(target, kind, rate, seconds))
 }
 
 /// A canary of `canary` against `stable`, judged on `guardrails` (YAML list

@@ -786,6 +786,38 @@ experiments:
     }
 }
 
+/// Bounded open-loop load for a test's background: `rate` requests a second
+/// of `kind` for at most `seconds` (a count and a time bound), 32 send slots
+/// (512 in flight), 5 s per request, seed 11. A test adjusts fields (seed,
+/// feedback, slots) before [`spawn_load`].
+pub fn open_loop(
+    target: SocketAddr,
+    kind: abgate::lab::loadgen::RequestKind,
+    rate: f64,
+    seconds: u64,
+) -> abgate::lab::loadgen::LoadSpec {
+    let mut spec = abgate::lab::loadgen::LoadSpec::new(format!("http://{target}"));
+    spec.kind = kind;
+    spec.mode = abgate::lab::loadgen::LoadMode::OpenLoop {
+        rate_per_s: rate,
+        connections: 32,
+        max_in_flight: 512,
+    };
+    spec.max_requests = (rate as u64) * seconds;
+    spec.max_duration = Duration::from_secs(seconds);
+    spec.request_timeout = Duration::from_secs(5);
+    spec.seed = 11;
+    spec
+}
+
+/// Runs `spec` in the background; the test aborts the handle once it has
+/// its answer.
+pub fn spawn_load(spec: abgate::lab::loadgen::LoadSpec) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let _ = abgate::lab::loadgen::run(spec).await;
+    })
+}
+
 /// A mock model backend from its spec (`name=canary,error_rate=0.1,...`) on a
 /// free loopback port.
 pub async fn mock(spec: &str) -> abgate::lab::mock::MockServer {

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::*;
-use abgate::lab::loadgen::{self, LoadMode, LoadSpec, RequestKind};
+use abgate::lab::loadgen::{LoadMode, RequestKind};
 use abgate::lab::mock::MockServer;
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
@@ -20,20 +20,13 @@ pub fn background_load(
     rate: f64,
     seconds: u64,
 ) -> tokio::task::JoinHandle<()> {
-    let mut spec = LoadSpec::new(format!("http://{target}"));
-    spec.kind = RequestKind::Predict;
+    let mut spec = open_loop(target, RequestKind::Predict, rate, seconds);
     spec.mode = LoadMode::OpenLoop {
         rate_per_s: rate,
         connections: 16,
         max_in_flight: 256,
     };
-    spec.max_requests = (rate as u64) * seconds;
-    spec.max_duration = Duration::from_secs(seconds);
-    spec.request_timeout = Duration::from_secs(5);
-    spec.seed = 11;
-    tokio::spawn(async move {
-        let _ = loadgen::run(spec).await;
-    })
+    spawn_load(spec)
 }
 
 /// A canary whose error guardrail the controller looks at every 200 ms.
