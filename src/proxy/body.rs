@@ -10,9 +10,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use super::guarded_body::{BoxError, IdleBody, StreamIdle};
+use super::upstream::UpstreamBody;
 use super::usage::UsageStrip;
 use crate::config::Price;
 use crate::outcomes::scan::{End, ScanReport, Scanner};
@@ -72,7 +72,7 @@ impl Body for ProxyBody {
 /// A body that stays silent past `timeouts.stream_idle` is cut and counted as a
 /// response timeout.
 pub struct RecordingBody {
-    inner: IdleBody<Incoming>,
+    inner: IdleBody<UpstreamBody>,
     recorder: Arc<ArmRecorder>,
     forced: bool,
     started: Instant,
@@ -96,7 +96,7 @@ pub struct RecordingBody {
 
 impl RecordingBody {
     pub fn new(
-        inner: IdleBody<Incoming>,
+        inner: IdleBody<UpstreamBody>,
         recorder: Arc<ArmRecorder>,
         forced: bool,
         started: Instant,

@@ -1,36 +1,56 @@
 //! Classifying upstream failures: what kind of failure a client error was.
 //!
-//! Owns: walking a hyper client error's sources to one [`FailureKind`], the
+//! Owns: walking an upstream error's sources to one [`FailureKind`], the
 //! vocabulary recorded per arm and reported to the client.
 
+use super::upstream::UpstreamError;
 use crate::outcomes::FailureKind;
 
-/// Maps a client error to the failure kind recorded and reported.
-pub fn classify(err: &hyper_util::client::legacy::Error) -> FailureKind {
-    use std::error::Error as _;
-    let mut source = err.source();
-    let mut io_kind = None;
-    let mut hyper_err = None;
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            io_kind.get_or_insert(io.kind());
+/// Maps an upstream error to the failure kind recorded and reported.
+pub fn classify(err: &UpstreamError) -> FailureKind {
+    match err {
+        UpstreamError::Connect(e) => connect_failure(first_io_kind(e.as_ref())),
+        UpstreamError::Hyper(h) => hyper_failure(h),
+        UpstreamError::Closed => FailureKind::Reset,
+        UpstreamError::Pooled(e) => {
+            if e.is_connect() {
+                return connect_failure(first_io_kind(e));
+            }
+            match first_hyper_error(e) {
+                Some(h) => hyper_failure(h),
+                None => FailureKind::Reset,
+            }
         }
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            hyper_err.get_or_insert(h);
-        }
-        source = s.source();
     }
-    if err.is_connect() {
-        return if io_kind == Some(std::io::ErrorKind::TimedOut) {
-            FailureKind::ConnectTimeout
-        } else {
-            FailureKind::ConnectRefused
-        };
+}
+
+fn connect_failure(io: Option<std::io::ErrorKind>) -> FailureKind {
+    if io == Some(std::io::ErrorKind::TimedOut) {
+        FailureKind::ConnectTimeout
+    } else {
+        FailureKind::ConnectRefused
     }
-    match hyper_err {
-        Some(h) if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() => {
-            FailureKind::BadResponse
-        }
-        _ => FailureKind::Reset,
+}
+
+fn hyper_failure(h: &hyper::Error) -> FailureKind {
+    if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
+        FailureKind::BadResponse
+    } else {
+        FailureKind::Reset
     }
+}
+
+/// `err` and its sources, outermost first.
+fn chain<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e| e.source())
+}
+
+fn first_io_kind(err: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    chain(err).find_map(|e| e.downcast_ref::<std::io::Error>().map(|io| io.kind()))
+}
+
+fn first_hyper_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a hyper::Error> {
+    chain(err).find_map(|e| e.downcast_ref::<hyper::Error>())
 }

@@ -484,7 +484,10 @@ async fn truncated_streams_are_incomplete_and_client_disconnects_are_not() {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from_static(b"{\"stream\":true}")))
             .unwrap();
-        let resp = c.request(req).await.unwrap();
+        let resp = c
+            .request(req)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
         assert_eq!(resp.status(), 200, "{name}");
         // The client reads to the end (or to the error abgate passes on).
         let _ = resp.into_body().collect().await;

@@ -28,3 +28,4 @@ mod stats_montecarlo;
 mod stats_vectors;
 mod ui;
 mod ui_browser;
+mod upstream_pool;

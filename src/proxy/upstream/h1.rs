@@ -1,0 +1,342 @@
+//! HTTP/1 upstream connections driven by the request's own task.
+//!
+//! Owns: one backend's idle HTTP/1 connections, checking one out (or dialing
+//! a new one), sending a request on it, and putting it back once its response
+//! body has been read to the end.
+//!
+//! Why not hyper-util's pooled client: it runs every connection on a task of
+//! its own, so each request hops a channel to that task, its response comes
+//! back through a oneshot, each body chunk crosses tasks, and every response
+//! spawns one more task to wait for the connection to be idle again. Here the
+//! connection (hyper's `client::conn::http1` dispatcher) is polled by whoever
+//! is using it: the request's future while it waits for the head, then the
+//! response body while the client's connection task streams it. Nothing is
+//! spawned and nothing crosses tasks (Pingora's model).
+//!
+//! An idle connection is polled by nobody, so a backend closing it is noticed
+//! at the next checkout: the connection is polled once there, and one that
+//! has ended or is not ready is dropped for the next. A request that a
+//! connection could not even begin to send (`try_send_request` hands it back)
+//! is retried on another, so a race with a backend's idle close never loses a
+//! request without an answer. One already partly sent is answered as a
+//! failure, as before: it may not be idempotent.
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tower::Service;
+
+use super::{UpstreamError, UpstreamRequestBody};
+
+type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+type Dispatcher = http1::Connection<Io, UpstreamRequestBody>;
+
+/// How long a connection may sit idle in the pool (backends close idle
+/// keep-alive connections too; 90 s like Go's `http.Transport`).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long one connection is reused at most: long-lived connections pin a
+/// backend replica, so load balancers in front of backends never rebalance.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(600);
+/// Idle connections kept per backend: covers bursts without pinning sockets
+/// after them (hyper-util's default is unbounded).
+pub const MAX_IDLE: usize = 64;
+
+/// One HTTP/1 connection: the handle that sends on it and the dispatcher that
+/// must be polled for anything to happen.
+struct Conn {
+    sender: http1::SendRequest<UpstreamRequestBody>,
+    dispatcher: Dispatcher,
+    born: Instant,
+}
+
+/// Boxed once per connection: the dispatcher is about 1.8 KB, and a request
+/// moves its connection out of the pool, into its body and back.
+type BoxedConn = Box<Conn>;
+
+struct Idle {
+    conn: BoxedConn,
+    since: Instant,
+}
+
+/// Limits of a pool (tests shorten them).
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLimits {
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+    pub max_idle: usize,
+}
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        PoolLimits {
+            idle_timeout: IDLE_TIMEOUT,
+            max_lifetime: MAX_LIFETIME,
+            max_idle: MAX_IDLE,
+        }
+    }
+}
+
+/// One backend's HTTP/1 connections.
+pub struct H1Pool {
+    connector: HttpsConnector<HttpConnector>,
+    /// Where to dial: the backend's scheme and authority.
+    dial: Uri,
+    /// Most recently used last, so the warmest connection is reused first
+    /// and surplus ones age out at the front. The lock is held for a push or
+    /// a pop only, never across an await.
+    idle: Mutex<Vec<Idle>>,
+    limits: PoolLimits,
+}
+
+impl H1Pool {
+    pub fn new(connector: HttpsConnector<HttpConnector>, dial: Uri, limits: PoolLimits) -> Self {
+        H1Pool {
+            connector,
+            dial,
+            idle: Mutex::new(Vec::new()),
+            limits,
+        }
+    }
+
+    /// Idle connections held now.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map_or(0, |v| v.len())
+    }
+
+    /// Sends `req` (its URI already in origin form) on a pooled connection,
+    /// or a new one, and returns the response whose body drives the
+    /// connection from now on.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<UpstreamRequestBody>,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        loop {
+            let (mut conn, reused) = match self.checkout().await {
+                Some(conn) => (conn, true),
+                None => (self.dial().await?, false),
+            };
+            let sending = conn.sender.try_send_request(req);
+            match drive(sending, &mut conn.dispatcher).await {
+                Ok(response) => {
+                    return Ok(response.map(|inner| PooledBody {
+                        inner,
+                        conn: Some(conn),
+                        pool: self.clone(),
+                        held: None,
+                    }))
+                }
+                Err(Failed::Send(mut e)) => match e.take_message() {
+                    // Never written: safe to send again, on another connection.
+                    Some(back) if reused => req = back,
+                    _ => return Err(UpstreamError::Hyper(e.into_error())),
+                },
+                Err(Failed::Ended(Some(e))) => return Err(UpstreamError::Hyper(e)),
+                Err(Failed::Ended(None)) => return Err(UpstreamError::Closed),
+            }
+        }
+    }
+
+    /// The warmest idle connection still alive, if any.
+    async fn checkout(&self) -> Option<BoxedConn> {
+        loop {
+            let idle = self.idle.lock().ok()?.pop()?;
+            let now = Instant::now();
+            if now.duration_since(idle.since) > self.limits.idle_timeout
+                || now.duration_since(idle.conn.born) > self.limits.max_lifetime
+            {
+                // Everything below it is older still.
+                if let Ok(mut v) = self.idle.lock() {
+                    v.clear();
+                }
+                return None;
+            }
+            let mut conn = idle.conn;
+            if alive(&mut conn).await {
+                return Some(conn);
+            }
+        }
+    }
+
+    async fn dial(&self) -> Result<BoxedConn, UpstreamError> {
+        let mut connector = self.connector.clone();
+        poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let io = connector
+            .call(self.dial.clone())
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let (sender, dispatcher) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(UpstreamError::Hyper)?;
+        Ok(Box::new(Conn {
+            sender,
+            dispatcher,
+            born: Instant::now(),
+        }))
+    }
+
+    fn checkin(&self, conn: BoxedConn) {
+        let now = Instant::now();
+        if now.duration_since(conn.born) > self.limits.max_lifetime {
+            return;
+        }
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        // Age out from the front; at the bound, the coldest makes room.
+        let stale = idle
+            .iter()
+            .take_while(|i| now.duration_since(i.since) > self.limits.idle_timeout)
+            .count();
+        let over = (idle.len() + 1).saturating_sub(self.limits.max_idle);
+        let drop_n = stale.max(over).min(idle.len());
+        if drop_n > 0 {
+            idle.drain(..drop_n);
+        }
+        if self.limits.max_idle > 0 {
+            idle.push(Idle { conn, since: now });
+        }
+    }
+}
+
+/// Polls an idle connection once: it is usable if its dispatcher has not
+/// ended (the backend did not close it) and it is ready for a request.
+async fn alive(conn: &mut Conn) -> bool {
+    poll_fn(|cx| {
+        if Pin::new(&mut conn.dispatcher).poll(cx).is_ready() {
+            return Poll::Ready(false);
+        }
+        Poll::Ready(matches!(conn.sender.poll_ready(cx), Poll::Ready(Ok(()))))
+    })
+    .await
+}
+
+type SendError = hyper::client::conn::TrySendError<Request<UpstreamRequestBody>>;
+
+/// Why no response head came.
+// The large variant carries the request back for a retry; it lives only
+// between a failed send and the next attempt.
+#[allow(clippy::large_enum_variant)]
+enum Failed {
+    /// hyper answered the request with an error (the request may be in it).
+    Send(SendError),
+    /// The dispatcher ended without answering (its error, if it had one).
+    Ended(Option<hyper::Error>),
+}
+
+/// Waits for the response head while driving the connection (which writes
+/// the request, streams its body up and reads the head).
+async fn drive<F>(sending: F, dispatcher: &mut Dispatcher) -> Result<Response<Incoming>, Failed>
+where
+    F: Future<Output = Result<Response<Incoming>, SendError>>,
+{
+    let mut sending = std::pin::pin!(sending);
+    poll_fn(|cx| {
+        if let Poll::Ready(r) = sending.as_mut().poll(cx) {
+            return Poll::Ready(r.map_err(Failed::Send));
+        }
+        match Pin::new(&mut *dispatcher).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            // hyper answers the request before its dispatcher ends, so this
+            // poll normally resolves; if it does not, nothing else would wake
+            // it, so the end itself is the answer.
+            Poll::Ready(ended) => match sending.as_mut().poll(cx) {
+                Poll::Ready(r) => Poll::Ready(r.map_err(Failed::Send)),
+                Poll::Pending => Poll::Ready(Err(Failed::Ended(ended.err()))),
+            },
+        }
+    })
+    .await
+}
+
+/// A response body from a pooled HTTP/1 connection. Polling it drives the
+/// connection; read to the end, it returns the connection to its pool, and
+/// dropped before the end, it closes it (which also cancels the backend's
+/// work on the request).
+pub struct PooledBody {
+    inner: Incoming,
+    /// `None` once the dispatcher ended (the backend closed the connection
+    /// after this response, or it broke): nothing goes back to the pool.
+    conn: Option<BoxedConn>,
+    pool: Arc<H1Pool>,
+    /// An error held back for one poll (see `poll_frame`).
+    held: Option<hyper::Error>,
+}
+
+impl PooledBody {
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.checkin(conn);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(e) = this.held.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        // Drive first, so what the dispatcher reads reaches `inner` now.
+        if let Some(conn) = &mut this.conn {
+            if Pin::new(&mut conn.dispatcher).poll(cx).is_ready() {
+                this.conn = None;
+            }
+        }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match polled {
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(),
+            Poll::Ready(Some(Err(e))) => {
+                this.conn = None;
+                // hyper's server drops what it has buffered but not yet
+                // written when a body fails, so an error that arrives in the
+                // same read as the head or the last frames would take them
+                // with it. Yielding once lets it flush them first (across a
+                // task hop, as with a pooled client, that happened anyway).
+                this.held = Some(e);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A body nobody polled (HEAD, 204, 304: hyper's server skips a body
+        // that is already at its end) is complete all the same.
+        if self.inner.is_end_stream() {
+            self.finish();
+        }
+    }
+}
