@@ -331,6 +331,9 @@ impl ShadowCopy {
                 })
             });
         strip_hop_by_hop(&mut headers);
+        // The copy's body is whole and sent at once: there is nothing to
+        // wait for a 100 Continue about (the client's was answered already).
+        headers.remove(header::EXPECT);
         if wants_trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }

@@ -218,16 +218,19 @@ async fn a_broken_shadow_never_touches_the_primary() {
     }
     // The shadows' own failures are on the shadow arm, where they belong.
     for kind in ["reset", "garbage", "refused"] {
-        eventually(
-            Duration::from_secs(10),
-            "shadow errors recorded",
-            || async {
-                let v = experiment_json(server.admin_addr, kind).await;
-                let a = arm_of(&v, "candidate");
-                a["role"] == "shadow" && a["assigned"]["errors"].as_u64() == Some(rounds as u64)
-            },
-        )
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = experiment_json(server.admin_addr, kind).await;
+            let a = arm_of(&v, "candidate");
+            if a["role"] == "shadow" && a["assigned"]["errors"].as_u64() == Some(rounds as u64) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{kind}: shadow errors not recorded: {a}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     // A hanging shadow is cut by its own timeout and counted as one.
     eventually(Duration::from_secs(10), "hung copies timed out", || async {
@@ -497,4 +500,57 @@ async fn shadow_outcomes_are_recorded_and_labelled_shadow() {
         abgate::stats::analyze::analyze_json(&v.to_string()).map_err(|e| e.to_string())
     };
     assert_eq!(analyze(&export), analyze(&bare));
+}
+
+#[tokio::test]
+async fn a_copy_gets_the_clients_body_with_the_shadows_own_model_and_credentials() {
+    let (primary, shadow) = (
+        RecordingBackend::start().await,
+        RecordingBackend::start().await,
+    );
+    let server = start_abgate(&format!(
+        r#"
+backends:
+  v1: {{ url: "{}" }}
+  v2: {{ url: "{}", headers: {{ authorization: "Bearer shadow-key" }} }}
+experiments:
+  - name: exp
+    match: {{ path_prefix: /v1/chat/completions, model: gpt-x }}
+    unit: {{ body: user }}
+    arms:
+      - {{ name: stable, backend: v1, weight: 100, model: live-model }}
+      - {{ name: candidate, backend: v2, model: shadow-model, shadow: {{ percent: 100 }} }}
+"#,
+        primary.url(),
+        shadow.url()
+    ))
+    .await;
+    let body = r#"{"model":"gpt-x","user":"u1","messages":[{"role":"user","content":"hi"}]}"#;
+    let a = admin_call(
+        "POST",
+        &format!("http://{}/v1/chat/completions", server.data_addr),
+        None,
+        &[
+            ("content-type", "application/json"),
+            ("authorization", "Bearer client-key"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    eventually(Duration::from_secs(5), "the copy", || async {
+        shadow.seen.lock().unwrap().len() == 1
+    })
+    .await;
+    let live = primary.seen.lock().unwrap()[0].clone();
+    let copy = shadow_copies(&shadow).remove(0);
+    assert_eq!(live.body, body.replace("gpt-x", "live-model").as_bytes());
+    assert_eq!(copy.body, body.replace("gpt-x", "shadow-model").as_bytes());
+    assert_eq!(live.headers["authorization"], "Bearer client-key");
+    assert_eq!(copy.headers["authorization"], "Bearer shadow-key");
+    assert_eq!(
+        copy.headers["content-length"],
+        copy.body.len().to_string().as_str()
+    );
+    assert_eq!(copy.headers["x-abgate-shadow"], "1");
 }
