@@ -564,3 +564,38 @@ where
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_tee_hands_every_copy_the_frames_sent_or_why_not() {
+        // Two copies of one body: both get the same frames once it ends,
+        // and the body sends exactly what it would without them.
+        let mut body = RequestBody::buffered(Bytes::from_static(b"hello"), TripWire::new(false));
+        let (a, b) = (body.tee(100), body.tee(3));
+        let sent = body.collect().await.unwrap().to_bytes();
+        assert_eq!(sent, "hello");
+        assert_eq!(a.await.unwrap(), Ok(vec![Bytes::from_static(b"hello")]));
+        // The largest limit applies; each copy checks its own.
+        assert_eq!(b.await.unwrap(), Ok(vec![Bytes::from_static(b"hello")]));
+
+        // Past the limit the copy is told at once, and the body goes on.
+        let mut body = RequestBody::buffered(Bytes::from_static(b"too long"), TripWire::new(false));
+        let rx = body.tee(4);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "too long");
+        assert_eq!(rx.await.unwrap(), Err(TeeCut::TooLarge));
+
+        // A body dropped before its end leaves its copy nothing.
+        let mut body =
+            RequestBody::buffered(Bytes::from_static(b"never sent"), TripWire::new(false));
+        let rx = body.tee(100);
+        drop(body);
+        assert!(rx.await.is_err());
+
+        // An empty body is at its end before it is polled.
+        assert!(RequestBody::empty(TripWire::new(true)).is_end_stream());
+    }
+}

@@ -64,6 +64,24 @@ mod tests {
 
     const GOLDEN: [u32; 4] = [2314, 8788, 7901, 5747];
 
+    /// Mirror buckets are part of the contract too: changing them would
+    /// change which users' requests are copied mid-experiment. Reference
+    /// values from Python's `xxhash`:
+    /// `s = xxh3_64_intdigest(b"sentiment\0shadow\0candidate")`,
+    /// `xxh3_64_intdigest(key, seed=s) % 10000`.
+    #[test]
+    fn mirror_buckets_are_frozen_and_differ_from_assignment() {
+        let seed = mirror_seed("sentiment", "candidate");
+        let got: Vec<u32> = ["user-1", "user-2", "alice", ""]
+            .iter()
+            .map(|k| bucket(seed, k.as_bytes()))
+            .collect();
+        assert_eq!(seed, 11_337_380_639_852_072_765);
+        assert_eq!(got, [756, 917, 9203, 2261]);
+        assert_ne!(seed, salt_seed("sentiment"));
+        assert_ne!(mirror_seed("sentiment", "other"), seed);
+    }
+
     #[test]
     fn salts_make_assignments_independent() {
         let (a, b) = (salt_seed("exp-a"), salt_seed("exp-b"));
