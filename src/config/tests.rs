@@ -463,3 +463,28 @@ experiments:
     assert_eq!(errs[0].line, Some(5));
     assert!(errs[0].message.contains("is a shadow arm"), "{}", errs[0]);
 }
+
+#[test]
+fn a_canary_keeps_its_two_live_arms_beside_a_shadow() {
+    // The canary's "exactly two arms" and the controller count live arms
+    // only: a shadow next to them is neither baseline nor candidate.
+    let c = parse(
+        r#"
+backends: { a: { url: "http://127.0.0.1:1" }, b: { url: "http://127.0.0.1:2" } }
+experiments:
+  - name: e
+    kind: canary
+    steps: [10, 100]
+    arms:
+      - { name: stable, backend: a, weight: 100 }
+      - { name: canary, backend: b, weight: 0 }
+      - { name: candidate, backend: b, shadow: { percent: 20 } }
+"#,
+    )
+    .unwrap();
+    let e = &c.experiments[0];
+    let names: Vec<&str> = e.arms.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["stable", "canary"]);
+    assert_eq!(e.shadows[0].arm.name, "candidate");
+    assert!(e.policy.is_some());
+}
