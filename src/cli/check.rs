@@ -59,6 +59,11 @@ fn summary(c: &Config) -> String {
                 .arms
                 .iter()
                 .map(|a| format!("{} {}%", a.name, percent(a.weight)))
+                .chain(
+                    e.shadows
+                        .iter()
+                        .map(|s| format!("{} shadow {}%", s.arm.name, percent(s.percent))),
+                )
                 .collect();
             format!("{} ({})", e.name, arms.join(", "))
         })

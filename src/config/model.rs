@@ -234,7 +234,13 @@ pub struct Experiment {
     pub unit: Option<UnitSource>,
     pub allow_override: bool,
     /// Declared order is bucket order: arm 0 owns the lowest buckets.
+    /// Live arms only: shadow arms are in [`Experiment::shadows`], so nothing
+    /// that splits or judges live traffic (routing weights, SRM, the
+    /// controller, `abgate analyze`) can mistake one for a live arm.
     pub arms: Vec<Arm>,
+    /// Arms that receive a copy of a share of the live traffic and never
+    /// serve a client (`shadow:` in the config's `arms:` list), in declared order.
+    pub shadows: Vec<ShadowArm>,
     pub metrics: Vec<MetricDef>,
     /// Feedback for a token older than this is refused (410).
     pub attribution_window: Duration,
@@ -431,6 +437,40 @@ pub struct Arm {
     /// Rewrites the body's top-level `model` to this for the arm's backend.
     pub model: Option<String>,
 }
+
+/// A shadow arm: a backend that gets a copy of `percent` of the experiment's
+/// live (assigned) requests, sticky by unit key. Its answers are read to the
+/// end and discarded; only its outcomes are recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowArm {
+    /// Name, backend and `model` rewrite as for a live arm; `weight` is
+    /// always 0 (a shadow has no buckets and serves nobody).
+    pub arm: Arm,
+    /// Share of the experiment's live requests copied, in basis points (0..=10,000).
+    pub percent: BasisPoints,
+    /// Largest request body (bytes) copied; larger ones are skipped and counted.
+    pub max_body: u64,
+    /// Copies in flight at once (waiting for their body, sent or being read);
+    /// a copy beyond this is dropped and counted, never queued.
+    pub max_in_flight: usize,
+    /// Everything a copy may take, from the routing decision to the last byte
+    /// of the shadow's answer.
+    pub timeout: Duration,
+}
+
+/// Default `shadow.max_body`: 1 MiB covers chat requests with long prompts;
+/// with `max_in_flight` it bounds what copies can hold (256 MiB at most).
+pub const DEFAULT_SHADOW_MAX_BODY: u64 = 1 << 20;
+/// Default `shadow.max_in_flight`: enough for a few hundred requests a second
+/// against a shadow answering in about a second, small enough that a stuck
+/// shadow pins few sockets and little memory.
+pub const DEFAULT_SHADOW_MAX_IN_FLIGHT: usize = 256;
+/// Default `shadow.timeout`: a typical completion (streamed or not) finishes
+/// well within 30 s; a hung shadow then frees its in-flight slots twice a
+/// minute. Raise it for long generations.
+pub const DEFAULT_SHADOW_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most shadow arms one experiment may have (each costs a copy of the traffic).
+pub const MAX_SHADOWS: usize = 8;
 
 /// Named timeouts. Defaults and their reasons are documented in README.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -118,7 +118,8 @@ const MATCH: &[&str] = &[
 ];
 const HEADER_MATCH: &[&str] = &["name", "exact", "prefix", "regex"];
 const UNIT: &[&str] = &["header", "cookie", "body"];
-const ARM: &[&str] = &["name", "backend", "weight", "model"];
+const ARM: &[&str] = &["name", "backend", "weight", "model", "shadow"];
+const SHADOW: &[&str] = &["percent", "max_body", "max_in_flight", "timeout"];
 const TIMEOUTS: &[&str] = &[
     "upstream_connect",
     "upstream_response",
@@ -608,16 +609,30 @@ fn experiment(
         Some(n) => d.bool(n, &f.path_of("inject_usage")),
         None => Some(false),
     };
-    let arms = match f.get("arms") {
-        Some(n) => arms(d, n, &f.path_of("arms"), backends),
+    let (arms, shadows) = match f.get("arms") {
+        Some(n) => match arms(d, n, &f.path_of("arms"), backends) {
+            Some((arms, shadows)) => (Some(arms), Some(shadows)),
+            None => (None, None),
+        },
         None => {
             d.error(path, node.line, "missing field `arms`");
-            None
+            (None, None)
         }
     };
     let baseline = match (f.get("baseline"), &arms) {
         (Some(n), Some(arms)) => {
             let b = d.name(n, &f.path_of("baseline"))?;
+            let shadow = shadows
+                .as_ref()
+                .is_some_and(|s| s.iter().any(|s| s.arm.name == b));
+            if shadow {
+                d.error(
+                    f.path_of("baseline"),
+                    n.line,
+                    format!("baseline {b:?} is a shadow arm; the baseline must be a live arm (one without `shadow`)"),
+                );
+                return None;
+            }
             if !arms.iter().any(|a| a.name == b) {
                 d.error(
                     f.path_of("baseline"),
@@ -667,6 +682,7 @@ fn experiment(
         unit: unit?,
         allow_override: allow_override?,
         arms: arms?,
+        shadows: shadows?,
         metrics: metrics?,
         attribution_window: attribution_window?,
         slow_threshold: slow_threshold?,
@@ -1205,13 +1221,21 @@ fn unit(d: &mut Decoder, node: &Node, path: &str) -> Option<UnitSource> {
     }
 }
 
-fn arms(d: &mut Decoder, node: &Node, path: &str, backends: &HashSet<&str>) -> Option<Vec<Arm>> {
+/// Live arms and shadow arms, each in declared order. Shadow arms take no
+/// weight and are left out of the weights' sum.
+fn arms(
+    d: &mut Decoder,
+    node: &Node,
+    path: &str,
+    backends: &HashSet<&str>,
+) -> Option<(Vec<Arm>, Vec<ShadowArm>)> {
     let items = d.seq(node, path)?;
     if items.is_empty() {
         d.error(path, node.line, "an experiment needs at least one arm");
         return None;
     }
     let mut out = Vec::new();
+    let mut shadows = Vec::new();
     let mut ok = true;
     let mut weights_ok = true;
     let mut total: BasisPoints = 0;
@@ -1231,7 +1255,6 @@ fn arms(d: &mut Decoder, node: &Node, path: &str, backends: &HashSet<&str>) -> O
             }
             Some(b)
         });
-        let weight = required(d, &f, "weight").and_then(|n| weight(d, n, &f.path_of("weight")));
         let model = f.get("model").and_then(|n| d.name(n, &f.path_of("model")));
         let model_ok = f.get("model").is_none() || model.is_some();
         if let Some(name) = &name {
@@ -1244,6 +1267,33 @@ fn arms(d: &mut Decoder, node: &Node, path: &str, backends: &HashSet<&str>) -> O
                 ok = false;
             }
         }
+        if let Some(sn) = f.get("shadow") {
+            // A shadow serves nobody, so a weight would either be ignored or
+            // take buckets from the live arms: both are a misreading.
+            if let Some(w) = f.get("weight") {
+                d.error(
+                    f.path_of("weight"),
+                    w.line,
+                    "a shadow arm takes no weight: it only gets copies (set `shadow.percent`)",
+                );
+                ok = false;
+            }
+            let mirror = shadow(d, sn, &f.path_of("shadow"));
+            match (name, backend, mirror, model_ok) {
+                (Some(name), Some(backend), Some(mut s), true) => {
+                    s.arm = Arm {
+                        name,
+                        backend,
+                        weight: 0,
+                        model,
+                    };
+                    shadows.push(s);
+                }
+                _ => ok = false,
+            }
+            continue;
+        }
+        let weight = required(d, &f, "weight").and_then(|n| weight(d, n, &f.path_of("weight")));
         match weight {
             Some(w) => total += w,
             None => weights_ok = false,
@@ -1258,6 +1308,25 @@ fn arms(d: &mut Decoder, node: &Node, path: &str, backends: &HashSet<&str>) -> O
             _ => ok = false,
         }
     }
+    if ok && out.is_empty() {
+        d.error(
+            path,
+            node.line,
+            "an experiment needs at least one live arm (one without `shadow`)",
+        );
+        return None;
+    }
+    if shadows.len() > MAX_SHADOWS {
+        d.error(
+            path,
+            node.line,
+            format!(
+                "at most {MAX_SHADOWS} shadow arms per experiment, got {}",
+                shadows.len()
+            ),
+        );
+        return None;
+    }
     if weights_ok && total != BUCKETS {
         d.error(
             path,
@@ -1266,7 +1335,59 @@ fn arms(d: &mut Decoder, node: &Node, path: &str, backends: &HashSet<&str>) -> O
         );
         return None;
     }
-    ok.then_some(out)
+    ok.then_some((out, shadows))
+}
+
+/// An arm's `shadow: { percent, max_body, max_in_flight, timeout }` (the
+/// arm itself is filled in by the caller).
+fn shadow(d: &mut Decoder, node: &Node, path: &str) -> Option<ShadowArm> {
+    let f = d.fields(node, path, SHADOW)?;
+    let percent = required(d, &f, "percent").and_then(|n| weight(d, n, &f.path_of("percent")));
+    let max_body = match f.get("max_body") {
+        Some(n) => d.size(n, &f.path_of("max_body")),
+        None => Some(DEFAULT_SHADOW_MAX_BODY),
+    };
+    let max_in_flight = match f.get("max_in_flight") {
+        Some(n) => {
+            let path = f.path_of("max_in_flight");
+            match d.size(n, &path) {
+                // tokio's semaphore holds at most usize::MAX >> 3 permits;
+                // far more copies than that is a typo anyway.
+                Some(v) if (1..=65_536).contains(&v) => Some(v as usize),
+                Some(v) => {
+                    d.error(path, n.line, format!("must be in 1..=65536, got {v}"));
+                    None
+                }
+                None => None,
+            }
+        }
+        None => Some(DEFAULT_SHADOW_MAX_IN_FLIGHT),
+    };
+    let timeout = match f.get("timeout") {
+        Some(n) => {
+            let path = f.path_of("timeout");
+            match d.duration(n, &path) {
+                Some(t) if t.is_zero() => {
+                    d.error(path, n.line, "must be longer than 0s");
+                    None
+                }
+                t => t,
+            }
+        }
+        None => Some(DEFAULT_SHADOW_TIMEOUT),
+    };
+    Some(ShadowArm {
+        arm: Arm {
+            name: String::new(),
+            backend: String::new(),
+            weight: 0,
+            model: None,
+        },
+        percent: percent?,
+        max_body: max_body?,
+        max_in_flight: max_in_flight?,
+        timeout: timeout?,
+    })
 }
 
 fn required<'a>(d: &mut Decoder, f: &Fields<'a>, key: &str) -> Option<&'a Node> {

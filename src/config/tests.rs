@@ -368,3 +368,123 @@ experiments:
         assert!(errors.contains(want), "missing {want:?} in:\n{errors}");
     }
 }
+
+#[test]
+fn a_shadow_arm_decodes_with_its_defaults_and_stays_out_of_the_live_arms() {
+    let c = parse(
+        r#"
+backends: { a: { url: "http://127.0.0.1:1" }, b: { url: "http://127.0.0.1:2" } }
+experiments:
+  - name: e
+    unit: { header: x-user-id }
+    arms:
+      - { name: stable, backend: a, weight: 100 }
+      - { name: candidate, backend: b, model: gpt-x, shadow: { percent: 20 } }
+      - name: tight
+        backend: b
+        shadow: { percent: 0.5, max_body: 64KiB, max_in_flight: 4, timeout: 2s }
+"#,
+    )
+    .unwrap();
+    let e = &c.experiments[0];
+    assert_eq!(e.arms.len(), 1, "shadows are not live arms");
+    assert_eq!(e.baseline, "stable");
+    let s = &e.shadows[0];
+    assert_eq!(
+        (s.arm.name.as_str(), s.arm.backend.as_str()),
+        ("candidate", "b")
+    );
+    assert_eq!((s.arm.weight, s.arm.model.as_deref()), (0, Some("gpt-x")));
+    assert_eq!(s.percent, 2000);
+    assert_eq!(s.max_body, DEFAULT_SHADOW_MAX_BODY);
+    assert_eq!(s.max_in_flight, DEFAULT_SHADOW_MAX_IN_FLIGHT);
+    assert_eq!(s.timeout, DEFAULT_SHADOW_TIMEOUT);
+    let t = &e.shadows[1];
+    assert_eq!((t.percent, t.max_body, t.max_in_flight), (50, 64 * 1024, 4));
+    assert_eq!(t.timeout, std::time::Duration::from_secs(2));
+}
+
+#[test]
+fn shadow_mistakes_are_reported_with_path_and_line() {
+    let bad = r#"
+backends: { a: { url: "http://127.0.0.1:1" } }
+experiments:
+  - name: e
+    baseline: ghost
+    arms:
+      - { name: stable, backend: a, weight: 100 }
+      - { name: ghost, backend: a, weight: 10, shadow: { percent: 20 } }
+      - { name: big, backend: a, shadow: { percent: 120 } }
+      - { name: none, backend: a, shadow: { max_in_flight: 0, timeout: 0s, colour: red } }
+  - name: only-shadows
+    arms:
+      - { name: s, backend: a, shadow: { percent: 5 } }
+"#;
+    let errs = parse(bad).unwrap_err().0;
+    let find = |path: &str| {
+        errs.iter()
+            .find(|e| e.path == path)
+            .unwrap_or_else(|| panic!("no error at {path}: {errs:#?}"))
+    };
+    let w = find("experiments[0].arms[1].weight");
+    assert!(w.message.contains("a shadow arm takes no weight"), "{w}");
+    assert_eq!(w.line, Some(8));
+    let p = find("experiments[0].arms[2].shadow.percent");
+    assert!(p.message.contains("0..=100"), "{p}");
+    assert_eq!(p.line, Some(9));
+    let missing = find("experiments[0].arms[3].shadow");
+    assert!(
+        missing.message.contains("missing field `percent`"),
+        "{missing}"
+    );
+    assert_eq!(missing.line, Some(10));
+    let m = find("experiments[0].arms[3].shadow.max_in_flight");
+    assert!(m.message.contains("1..=65536"), "{m}");
+    let t = find("experiments[0].arms[3].shadow.timeout");
+    assert!(t.message.contains("longer than 0s"), "{t}");
+    find("experiments[0].arms[3].shadow.colour");
+    let live = find("experiments[1].arms");
+    assert!(live.message.contains("at least one live arm"), "{live}");
+    assert_eq!(live.line, Some(12));
+
+    // A shadow can never be the baseline (it serves nobody).
+    let bad = r#"
+backends: { a: { url: "http://127.0.0.1:1" } }
+experiments:
+  - name: e
+    baseline: cand
+    arms:
+      - { name: stable, backend: a, weight: 100 }
+      - { name: cand, backend: a, shadow: { percent: 20 } }
+"#;
+    let errs = parse(bad).unwrap_err().0;
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].path, "experiments[0].baseline");
+    assert_eq!(errs[0].line, Some(5));
+    assert!(errs[0].message.contains("is a shadow arm"), "{}", errs[0]);
+}
+
+#[test]
+fn a_canary_keeps_its_two_live_arms_beside_a_shadow() {
+    // The canary's "exactly two arms" and the controller count live arms
+    // only: a shadow next to them is neither baseline nor candidate.
+    let c = parse(
+        r#"
+backends: { a: { url: "http://127.0.0.1:1" }, b: { url: "http://127.0.0.1:2" } }
+experiments:
+  - name: e
+    kind: canary
+    steps: [10, 100]
+    arms:
+      - { name: stable, backend: a, weight: 100 }
+      - { name: canary, backend: b, weight: 0 }
+      - { name: candidate, backend: b, shadow: { percent: 20 } }
+"#,
+    )
+    .unwrap();
+    let e = &c.experiments[0];
+    let names: Vec<&str> = e.arms.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["stable", "canary"]);
+    assert_eq!(e.shadows[0].arm.name, "candidate");
+    assert!(e.policy.is_some());
+}

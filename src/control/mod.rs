@@ -86,6 +86,8 @@ pub struct ControlPlane {
     /// The label sets of `abgate_arm_model_info` last set to 1 (experiment,
     /// arm, backend, model), so one no longer configured reads 0.
     model_info: std::sync::Mutex<Vec<[String; 4]>>,
+    /// The label sets of `abgate_arm_role` last set to 1 (experiment, arm, role).
+    role_info: std::sync::Mutex<Vec<[String; 3]>>,
     /// Each experiment's history over time (analysis points, per-arm rates).
     pub series: series::SeriesBook,
     /// Live updates for `GET /v1/events`.
@@ -317,6 +319,7 @@ impl ControlPlane {
             }),
             analysis: dashmap::DashMap::new(),
             model_info: std::sync::Mutex::new(Vec::new()),
+            role_info: std::sync::Mutex::new(Vec::new()),
             unsaved_runs: dashmap::DashMap::new(),
             runs_taken: std::sync::atomic::AtomicU64::new(0),
             restored_runs: std::sync::Mutex::new(restored_runs),

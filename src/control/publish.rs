@@ -16,6 +16,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::outcomes::RecorderRegistry;
 use crate::proxy::plane::DataPlane;
+use crate::proxy::shadow::ShadowGates;
 use crate::proxy::tls::{TlsError, TlsTerminator};
 use crate::proxy::upstream::UpstreamPool;
 use crate::proxy::wiring::Published;
@@ -29,6 +30,8 @@ pub struct Publisher {
     tls: Option<Arc<TlsTerminator>>,
     /// The version the next publish gets; version 0 is the empty startup table.
     next_version: u64,
+    /// Shadow arms' in-flight bounds, kept across swaps like the pools.
+    shadows: ShadowGates,
 }
 
 impl Publisher {
@@ -44,6 +47,7 @@ impl Publisher {
             recorders,
             tls,
             next_version: 1,
+            shadows: ShadowGates::default(),
         }
     }
 
@@ -58,9 +62,17 @@ impl Publisher {
     ) -> u64 {
         let version = self.next_version;
         self.next_version += 1;
-        let table = Published::build_with(config, layout, version, &self.pools, &self.recorders);
+        let table = Published::build_shadowed(
+            config,
+            layout,
+            version,
+            &self.pools,
+            &self.recorders,
+            &self.shadows,
+        );
         self.plane.table.store(Arc::new(table));
         self.pools.prune();
+        self.shadows.prune();
         version
     }
 

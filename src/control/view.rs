@@ -63,13 +63,31 @@ pub struct ArmView {
     /// the client model the experiment matches; absent when not known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    /// Share of traffic in percent (0..=100).
+    /// Share of traffic in percent (0..=100); 0 on a shadow arm.
     pub weight: f64,
     pub baseline: bool,
+    /// `primary` for an arm that serves clients, `shadow` for one that only
+    /// gets copies (its outcomes are shown, never compared by the controller).
+    /// Views saved before shadow arms existed read as `primary`.
+    #[serde(default = "primary_role")]
+    pub role: String,
+    /// A shadow arm's share of the experiment's requests copied to it, in
+    /// percent (0..=100); absent on live arms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_percent: Option<f64>,
     /// Outcomes of assigned (not forced) requests; `null` until the arm has a recorder.
     pub assigned: Option<OutcomeView>,
     /// Requests sent to the arm by an override, kept out of every statistic.
     pub forced_requests: u64,
+}
+
+/// The role of every arm that serves clients.
+pub const PRIMARY: &str = "primary";
+/// The role of an arm that only gets shadow copies.
+pub const SHADOW: &str = "shadow";
+
+fn primary_role() -> String {
+    PRIMARY.to_string()
 }
 
 /// An arm no longer configured: its counts stay readable until they are dropped.
@@ -188,11 +206,11 @@ impl AnalysisView {
 
 impl ExperimentView {
     /// Requests assigned to the arms other than the baseline: what the
-    /// statistics compare with it.
+    /// statistics compare with it (shadow copies are no treatment).
     pub fn treatment_requests(&self) -> u64 {
         self.arms
             .iter()
-            .filter(|a| !a.baseline)
+            .filter(|a| !a.baseline && a.role != SHADOW)
             .filter_map(|a| a.assigned.as_ref())
             .map(|o| o.requests)
             .sum()
@@ -270,14 +288,18 @@ impl ControlPlane {
                 .states
                 .get(name)
                 .map_or(ExperimentPhase::Running, |s| s.phase);
-            let arms: Vec<(String, String, Option<String>)> = e
+            // Live arms, then shadow arms (with their mirrored percent).
+            let arms: Vec<(String, String, Option<String>, Option<u32>)> = e
                 .arms
                 .iter()
-                .map(|a| {
+                .map(|a| (a, None))
+                .chain(e.shadows.iter().map(|s| (&s.arm, Some(s.percent))))
+                .map(|(a, mirror)| {
                     (
                         a.name.clone(),
                         a.backend.clone(),
                         e.arm_model(a).map(str::to_string),
+                        mirror,
                     )
                 })
                 .collect();
@@ -289,14 +311,24 @@ impl ControlPlane {
                 experiment,
             )
         };
-        let metric_stats =
+        // Shadow arms' statistics, summed as a live arm's are: the same
+        // recorder reads, on the experiment's shadows in place of its arms.
+        let shadows_only = crate::config::Experiment {
+            arms: experiment.shadows.iter().map(|s| s.arm.clone()).collect(),
+            ..experiment.clone()
+        };
+        let mut metric_stats =
             crate::outcomes::summary::experiment_metrics(&self.recorders, &experiment);
+        metric_stats.extend(crate::outcomes::summary::experiment_metrics(
+            &self.recorders,
+            &shadows_only,
+        ));
         let table = self.plane.table.load_full();
         let route = table.routes.experiment(name)?;
         let snaps = self.recorders.experiment(name);
         let arms = arms_cfg
             .iter()
-            .map(|(arm, backend, model)| {
+            .map(|(arm, backend, model, mirror)| {
                 let weight = route
                     .arms
                     .iter()
@@ -320,6 +352,8 @@ impl ControlPlane {
                     model: model.clone(),
                     weight: f64::from(weight) / 100.0,
                     baseline: *arm == baseline,
+                    role: if mirror.is_some() { SHADOW } else { PRIMARY }.to_string(),
+                    mirror_percent: mirror.map(|p| f64::from(p) / 100.0),
                     assigned: snap.map(|s| OutcomeView::from(&s.assigned)),
                     forced_requests: snap.map_or(0, |s| s.forced.requests()),
                 }
@@ -328,7 +362,7 @@ impl ControlPlane {
         // Arms no longer configured keep their counts readable.
         let removed_arms = snaps
             .iter()
-            .filter(|s| !arms_cfg.iter().any(|(a, _, _)| a == &s.arm))
+            .filter(|s| !arms_cfg.iter().any(|(a, _, _, _)| a == &s.arm))
             .map(|s| RemovedArmView {
                 name: s.arm.clone(),
                 assigned: OutcomeView::from(&s.assigned),
@@ -374,18 +408,54 @@ impl ControlPlane {
             .map(|a| (a.name.clone(), a.weight))
             .collect();
         let arms = crate::outcomes::summary::experiment_metrics(&self.recorders, &experiment);
-        Some(crate::outcomes::summary::analyze_input(
-            &experiment,
-            &weights,
-            &arms,
-        ))
+        let mut input = crate::outcomes::summary::analyze_input(&experiment, &weights, &arms);
+        // Live arms are what `abgate analyze` compares; shadow arms ride
+        // along under their own key, labelled, and are never analysed.
+        if let Some(roles) = input["arms"].as_object_mut() {
+            for arm in roles.values_mut() {
+                arm["role"] = PRIMARY.into();
+            }
+        }
+        if !experiment.shadows.is_empty() {
+            let shadows_only = crate::config::Experiment {
+                arms: experiment.shadows.iter().map(|s| s.arm.clone()).collect(),
+                ..experiment.clone()
+            };
+            let stats =
+                crate::outcomes::summary::experiment_metrics(&self.recorders, &shadows_only);
+            let shadows: serde_json::Map<String, Value> = experiment
+                .shadows
+                .iter()
+                .zip(&stats)
+                .map(|(s, m)| {
+                    let metrics: BTreeMap<String, MetricView> = m
+                        .metrics
+                        .iter()
+                        .map(|(k, v)| (k.clone(), MetricView::from(v)))
+                        .collect();
+                    (
+                        s.arm.name.clone(),
+                        serde_json::json!({
+                            "role": SHADOW,
+                            "backend": s.arm.backend,
+                            "mirror_percent": f64::from(s.percent) / 100.0,
+                            "assigned": m.assigned,
+                            "metrics": metrics,
+                        }),
+                    )
+                })
+                .collect();
+            input["shadows"] = Value::Object(shadows);
+        }
+        Some(input)
     }
 }
 
 impl ControlPlane {
     /// Refreshes `abgate_experiment_state` (0 running, 1 paused, 2 rolled back,
-    /// 3 promoted, 4 concluded) and `abgate_experiment_weight{arm}` (percent)
-    /// before a scrape.
+    /// 3 promoted, 4 concluded), `abgate_experiment_weight{arm}` (percent),
+    /// `abgate_arm_model_info` and `abgate_arm_role{role}` (1 for each
+    /// configured arm's role) before a scrape.
     pub async fn refresh_gauges(&self) {
         let phases: Vec<(String, ExperimentPhase)> = {
             let cur = self.current.lock().await;
@@ -440,6 +510,43 @@ impl ControlPlane {
         }
         for m in &models {
             info(m, 1.0);
+        }
+        // Another info metric: each configured arm's role. Per-arm series
+        // keep their labels (a new label would split every existing series
+        // and break the queries written against them); join on
+        // (experiment, arm) to split a dashboard by role.
+        let roles: Vec<[String; 3]> = {
+            let cur = self.current.lock().await;
+            cur.config
+                .experiments
+                .iter()
+                .flat_map(|e| {
+                    let live = e.arms.iter().map(|a| (&a.name, PRIMARY));
+                    let shadow = e.shadows.iter().map(|s| (&s.arm.name, SHADOW));
+                    live.chain(shadow)
+                        .map(|(a, r)| [e.name.clone(), a.clone(), r.to_string()])
+                })
+                .collect()
+        };
+        let role = |[e, a, r]: &[String; 3], v: f64| {
+            t.gauge(
+                "abgate_arm_role",
+                &[("experiment", e), ("arm", a), ("role", r)],
+            )
+            .set(v)
+        };
+        let previous = std::mem::replace(
+            &mut *self
+                .role_info
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            roles.clone(),
+        );
+        for gone in previous.iter().filter(|p| !roles.contains(p)) {
+            role(gone, 0.0);
+        }
+        for r in &roles {
+            role(r, 1.0);
         }
         for (name, phase) in &phases {
             let code = match phase {
@@ -593,7 +700,14 @@ mod tests {
             "analysis": null,
         });
         let view: ExperimentView = serde_json::from_value(old.clone()).unwrap();
-        assert_eq!(serde_json::to_value(&view).unwrap(), old);
+        // Views from before shadow arms read back with every arm a primary;
+        // that field is the only addition.
+        let mut now = old.clone();
+        for a in now["arms"].as_array_mut().unwrap() {
+            a["role"] = json!("primary");
+        }
+        assert_eq!(serde_json::to_value(&view).unwrap(), now);
+        assert!(view.arms.iter().all(|a| a.mirror_percent.is_none()));
         assert_eq!(view.treatment_requests(), 0);
         assert_eq!(
             decision_summary(view.last_decision.as_ref().unwrap()),

@@ -83,6 +83,9 @@ pub(super) async fn forward(
             })
         });
     strip_hop_by_hop(&mut parts.headers);
+    // Only abgate's own copies carry it: a client cannot make a live arm
+    // treat its request as one (and skip its side effects).
+    parts.headers.remove(&super::shadow::X_SHADOW);
     if wants_trailers {
         parts
             .headers
@@ -277,7 +280,7 @@ where
 /// The scanner for a response, from its head: only successful answers are
 /// read (an error body is not a completion), compressed ones are reported
 /// unparsed rather than decompressed.
-fn scanner_for(parts: &http::response::Parts, expect_inference: bool) -> Scanner {
+pub(super) fn scanner_for(parts: &http::response::Parts, expect_inference: bool) -> Scanner {
     if !parts.status.is_success() {
         return Scanner::off();
     }

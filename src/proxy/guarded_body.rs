@@ -171,6 +171,69 @@ pub struct RequestBody {
     /// The client declared the body's length; a chunked upload stays chunked
     /// upstream even once a peek has read all of it.
     sized: bool,
+    /// Copies of the frames sent, for shadow arms (boxed: most requests
+    /// are not mirrored and keep the body small).
+    tee: Option<Box<Tee>>,
+}
+
+/// How a teed body ended for its copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TeeCut {
+    /// More data than the tee's limit: the copy was abandoned.
+    TooLarge,
+    /// The upload failed (or was never sent): there is no whole body to copy.
+    Failed,
+}
+
+/// What a shadow copy gets from a teed body: every data frame, once the
+/// upload has ended (the frames are the same `Bytes` the primary sent).
+pub type TeeResult = Result<Vec<Bytes>, TeeCut>;
+
+/// Copies the data frames a [`RequestBody`] sends, up to `limit` bytes.
+/// Copying is a `Bytes` clone pushed onto a `Vec`: it never waits, so the
+/// primary's upload is never held back by its copies. Past `limit` the
+/// frames already held are dropped and the copies are told at once, so a
+/// large upload costs a copy nothing more.
+struct Tee {
+    frames: Vec<Bytes>,
+    len: u64,
+    limit: u64,
+    /// One per shadow copy waiting for the body. Dropped unsent (the body
+    /// dropped before its end), a copy reads that as [`TeeCut::Failed`].
+    to: Vec<tokio::sync::oneshot::Sender<TeeResult>>,
+}
+
+impl Tee {
+    fn push(&mut self, data: &Bytes) {
+        self.len += data.len() as u64;
+        if self.len > self.limit {
+            self.end(Some(TeeCut::TooLarge));
+        } else if !data.is_empty() {
+            self.frames.push(data.clone());
+        }
+    }
+
+    /// Tells every copy how the body ended (`None`: whole, here it is).
+    fn end(&mut self, cut: Option<TeeCut>) {
+        let frames = std::mem::take(&mut self.frames);
+        let mut to = std::mem::take(&mut self.to);
+        let result = |frames| match cut {
+            None => Ok(frames),
+            Some(c) => Err(c),
+        };
+        // The last copy takes the frames themselves, the others a clone
+        // (reference counts, not bytes).
+        if let Some(last) = to.pop() {
+            for tx in to {
+                let _ = tx.send(result(frames.clone()));
+            }
+            let _ = last.send(result(frames));
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.to.is_empty()
+    }
 }
 
 impl RequestBody {
@@ -188,7 +251,32 @@ impl RequestBody {
             prefix_len: 0,
             inner_done: false,
             peeking: false,
+            tee: None,
         }
+    }
+
+    /// Copies what is sent from now on (after any peek has been restored) for
+    /// a shadow copy: the receiver gets every data frame once the upload
+    /// ends, or [`TeeCut`] as soon as it exceeds `limit` bytes or fails.
+    /// Trailers are not copied. Call once per copy; the largest limit
+    /// asked for applies (each copy checks its own on receipt).
+    pub fn tee(&mut self, limit: u64) -> tokio::sync::oneshot::Receiver<TeeResult> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        match &mut self.tee {
+            Some(t) => {
+                t.limit = t.limit.max(limit);
+                t.to.push(tx);
+            }
+            None => {
+                self.tee = Some(Box::new(Tee {
+                    frames: Vec::new(),
+                    len: 0,
+                    limit,
+                    to: vec![tx],
+                }))
+            }
+        }
+        rx
     }
 
     /// Starts a peek: frames read from now on (with `BodyExt::frame`) are
@@ -235,7 +323,16 @@ impl RequestBody {
             prefix_len: 0,
             inner_done: false,
             peeking: false,
+            tee: None,
         }
+    }
+
+    /// No body at all (a shadow copy of a body-less request): at its end
+    /// from the start, so nothing is framed upstream.
+    pub fn empty(wire: TripWire) -> Self {
+        let mut b = Self::buffered(Bytes::new(), wire);
+        b.inner = Source::Buffered(None);
+        b
     }
 
     fn trip(&mut self, why: BodyTrip) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -254,6 +351,54 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        let polled = this.poll_guarded(cx);
+        if this.tee.is_some() {
+            this.copy(&polled);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.guarded_end()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.guarded_size_hint()
+    }
+}
+
+impl RequestBody {
+    /// Hands what was just polled to the tee. hyper stops polling once a
+    /// body reports its end, so the copy is completed on the frame after
+    /// which the body is at its end, not only on `None`.
+    fn copy(&mut self, polled: &Poll<Option<Result<Frame<Bytes>, BoxError>>>) {
+        let ended = self.guarded_end();
+        let Some(tee) = self.tee.as_mut() else {
+            return;
+        };
+        match polled {
+            Poll::Pending => return,
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    tee.push(d);
+                }
+                if ended && !tee.done() {
+                    tee.end(None);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => tee.end(Some(TeeCut::Failed)),
+            Poll::Ready(None) => tee.end(None),
+        }
+        if tee.done() {
+            self.tee = None;
+        }
+    }
+
+    fn poll_guarded(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self;
         if this.tripped {
             return Poll::Ready(None);
         }
@@ -311,7 +456,7 @@ impl Body for RequestBody {
         }
     }
 
-    fn is_end_stream(&self) -> bool {
+    fn guarded_end(&self) -> bool {
         self.tripped
             || (self.prefix.is_empty()
                 && (self.inner_done
@@ -321,7 +466,7 @@ impl Body for RequestBody {
                     }))
     }
 
-    fn size_hint(&self) -> SizeHint {
+    fn guarded_size_hint(&self) -> SizeHint {
         let rest = if self.inner_done {
             SizeHint::with_exact(0)
         } else {
@@ -417,5 +562,40 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_tee_hands_every_copy_the_frames_sent_or_why_not() {
+        // Two copies of one body: both get the same frames once it ends,
+        // and the body sends exactly what it would without them.
+        let mut body = RequestBody::buffered(Bytes::from_static(b"hello"), TripWire::new(false));
+        let (a, b) = (body.tee(100), body.tee(3));
+        let sent = body.collect().await.unwrap().to_bytes();
+        assert_eq!(sent, "hello");
+        assert_eq!(a.await.unwrap(), Ok(vec![Bytes::from_static(b"hello")]));
+        // The largest limit applies; each copy checks its own.
+        assert_eq!(b.await.unwrap(), Ok(vec![Bytes::from_static(b"hello")]));
+
+        // Past the limit the copy is told at once, and the body goes on.
+        let mut body = RequestBody::buffered(Bytes::from_static(b"too long"), TripWire::new(false));
+        let rx = body.tee(4);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "too long");
+        assert_eq!(rx.await.unwrap(), Err(TeeCut::TooLarge));
+
+        // A body dropped before its end leaves its copy nothing.
+        let mut body =
+            RequestBody::buffered(Bytes::from_static(b"never sent"), TripWire::new(false));
+        let rx = body.tee(100);
+        drop(body);
+        assert!(rx.await.is_err());
+
+        // An empty body is at its end before it is polled.
+        assert!(RequestBody::empty(TripWire::new(true)).is_end_stream());
     }
 }

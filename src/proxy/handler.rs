@@ -1,5 +1,5 @@
 //! The request path: validate, route (peeking at the body when a rule reads
-//! its `model`), assign, rewrite, forward, tag, record.
+//! its `model`), assign, rewrite, start shadow copies, forward, tag, record.
 //!
 //! Hot path rules: one `ArcSwap` load per request, no locks, no per-request
 //! logging above debug, allocation only where hyper or header values need it.
@@ -19,6 +19,7 @@ use super::limits::check_head;
 use super::peek::Peek;
 use super::plane::{error_response, ConnInfo, DataPlane};
 use super::problem::ProxyError;
+use super::shadow::{self, CopyHead};
 use super::wiring::Published;
 use crate::routing::{matcher, RequestView, Route};
 
@@ -123,6 +124,10 @@ async fn route_and_forward(
     // `model`, a body unit key, an arm's model rewrite): other requests pay
     // nothing here.
     let mut peek: Option<Peek> = None;
+    // Shadow copies of this request: a bit per shadow arm of its experiment
+    // (config allows at most `MAX_SHADOWS`), and the head they copy.
+    let mut mirror: u32 = 0;
+    let mut copy_head: Option<CopyHead> = None;
     let mut route = table.routes.route(&head);
     if let Route::NeedsBody { max_peek } = route {
         let unit = table
@@ -181,7 +186,29 @@ async fn route_and_forward(
                     rand::random_range(0..crate::config::BUCKETS)
                 })
                 .map_err(|err| ProxyError::UnknownOverrideArm(err.to_string()))?;
+            // Which shadows get a copy, decided from the same unit key as
+            // the arm (under each shadow's own seed). Forced requests are
+            // not mirrored: their twins are kept out of every statistic.
+            if !a.forced && !e.shadows.is_empty() {
+                let key = e.unit_key_with(&parts.headers, fields.as_ref());
+                for (i, s) in e.shadows.iter().enumerate() {
+                    if s.mirrors(key, || rand::random_range(0..crate::config::BUCKETS)) {
+                        mirror |= 1 << i;
+                    }
+                }
+            }
             drop(fields);
+            if mirror != 0 {
+                // Before the arm's rewrite: a copy gets what the client sent.
+                let no_body = http_body::Body::is_end_stream(&body);
+                copy_head = Some(CopyHead::capture(
+                    &parts,
+                    host_header.as_ref(),
+                    conn,
+                    peek.as_ref(),
+                    no_body,
+                ));
+            }
             let arm = &e.arms[a.arm];
             if let Some(model) = &arm.carry.model {
                 if peek.is_none() {
@@ -209,6 +236,16 @@ async fn route_and_forward(
     if let Some(p) = peek {
         p.restore(&mut body);
     }
+    // After the restore, so a copy that tees the body sees every frame sent
+    // once, peeked ones included.
+    if let (Some(head), Some((e, _))) = (&copy_head, routed) {
+        for (i, s) in e.shadows.iter().enumerate() {
+            if let (true, Some(w)) = (mirror & (1 << i) != 0, &s.carry.shadow) {
+                shadow::start(w, head, &mut body);
+            }
+        }
+    }
+    drop(copy_head);
     let mut resp = forward(
         plane,
         conn,

@@ -2,7 +2,8 @@
 //! connection (limits, TLS), [`handler`] admits the request and routes it,
 //! [`forward`] sends it to its upstream and streams the answer back through the
 //! [`body`] wrappers, [`classify`] names what failed, [`problem`] answers for
-//! abgate in one vocabulary. [`wiring`] builds what each arm carries; [`plane`]
+//! abgate in one vocabulary, [`shadow`] copies a share of an experiment's requests
+//! to its shadow arms. [`wiring`] builds what each arm carries; [`plane`]
 //! is what all of them share; [`accept`] is the accept loop every listener uses.
 //!
 //! Never: decides routing (see `routing`), judges outcomes (see `stats`), or
@@ -22,6 +23,7 @@ pub mod listener;
 pub mod peek;
 pub mod plane;
 pub mod problem;
+pub mod shadow;
 pub mod tls;
 pub mod upstream;
 pub mod usage;

@@ -105,6 +105,11 @@ impl Peek {
         p
     }
 
+    /// Whether the peek read the whole body (it fit within `max_peek`).
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
     /// The frames as they will be sent (after any rewrite).
     pub fn frames(&self) -> &[Bytes] {
         &self.frames

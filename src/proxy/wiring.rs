@@ -19,6 +19,7 @@ use crate::outcomes::metrics::MetricCell;
 use crate::outcomes::{ArmRecorder, RecorderRegistry};
 use crate::routing::{Layout, RoutingTable, DEFAULT_ROUTE_EXPERIMENT};
 
+use super::shadow::{ShadowGates, ShadowWiring};
 use super::upstream::{Upstream, UpstreamPool};
 
 /// Where a routed request goes.
@@ -47,6 +48,8 @@ pub struct ArmWiring {
     /// The arm's `model`, as JSON string content (escaped, without quotes):
     /// what replaces the body's top-level `model` value for this backend.
     pub model: Option<Bytes>,
+    /// On a shadow arm only: what its copies need (see `proxy::shadow`).
+    pub shadow: Option<Arc<ShadowWiring>>,
 }
 
 /// One declared response-header metric of one arm.
@@ -89,6 +92,26 @@ impl Published {
         pools: &UpstreamPool,
         recorders: &RecorderRegistry,
     ) -> Published {
+        Self::build_shadowed(
+            config,
+            layout,
+            version,
+            pools,
+            recorders,
+            &ShadowGates::default(),
+        )
+    }
+
+    /// As [`Published::build_with`], with shadow arms' in-flight gates from
+    /// `gates` (the publisher keeps them across builds, as it keeps pools).
+    pub fn build_shadowed<'l>(
+        config: &Config,
+        layout: impl Fn(&str) -> Option<&'l Layout>,
+        version: u64,
+        pools: &UpstreamPool,
+        recorders: &RecorderRegistry,
+        gates: &ShadowGates,
+    ) -> Published {
         let target = |backend: &str| {
             let b = config
                 .backend(backend)
@@ -117,7 +140,7 @@ impl Published {
                 recorder.set_slow_threshold(e.slow_threshold);
                 ArmWiring {
                     target: target(&a.backend),
-                    recorder,
+                    recorder: recorder.clone(),
                     header_metrics: e
                         .metrics
                         .iter()
@@ -132,6 +155,18 @@ impl Published {
                         .collect(),
                     inject_usage: e.inject_usage,
                     model: a.model.as_deref().map(model_json),
+                    shadow: e.shadows.iter().find(|s| s.arm.name == a.name).map(|s| {
+                        Arc::new(ShadowWiring {
+                            target: target(&a.backend),
+                            recorder: recorder.clone(),
+                            gate: gates.get(&e.name, s, recorders.telemetry()),
+                            model: a.model.as_deref().map(model_json),
+                            max_body: s.max_body,
+                            timeout: s.timeout,
+                            inject_usage: e.inject_usage,
+                            stream_idle: config.timeouts.stream_idle,
+                        })
+                    }),
                 }
             },
             |b| ArmWiring {
@@ -140,6 +175,7 @@ impl Published {
                 header_metrics: Box::new([]),
                 inject_usage: false,
                 model: None,
+                shadow: None,
             },
         );
         Published {

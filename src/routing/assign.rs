@@ -10,7 +10,7 @@ use http::HeaderMap;
 
 use super::body::BodyFields;
 use super::bucket;
-use super::table::ExperimentRoute;
+use super::table::{ExperimentRoute, ShadowRoute};
 use crate::config::{UnitSource, BUCKETS};
 
 /// Header that forces an arm when the experiment allows overrides.
@@ -114,6 +114,23 @@ impl<A> ExperimentRoute<A> {
         let run = self.run_starts.partition_point(|&start| start <= b);
         // run_starts[0] == 0, so run >= 1 for every bucket.
         self.run_arms[run.saturating_sub(1)] as usize
+    }
+}
+
+impl<A> ShadowRoute<A> {
+    /// Whether an assigned request with unit key `key` is copied to this
+    /// shadow: the key's mirror bucket is below `percent`, so a user is
+    /// mirrored on every request or on none. Keyless requests draw their
+    /// bucket from `random_bucket()` (0..10_000), as assignment does.
+    pub fn mirrors(&self, key: Option<&[u8]>, random_bucket: impl FnOnce() -> u32) -> bool {
+        if self.percent == 0 {
+            return false;
+        }
+        let b = match key {
+            Some(key) => bucket::bucket(self.seed, key),
+            None => random_bucket() % BUCKETS,
+        };
+        b < self.percent
     }
 }
 

@@ -18,7 +18,9 @@ pub use assign::{AssignError, Assignment, OVERRIDE_HEADER};
 pub use body::BodyFields;
 pub use layout::Layout;
 pub use matcher::RequestView;
-pub use table::{ArmRoute, ExperimentRoute, Route, RoutingTable, DEFAULT_ROUTE_EXPERIMENT};
+pub use table::{
+    ArmRoute, ExperimentRoute, Route, RoutingTable, ShadowRoute, DEFAULT_ROUTE_EXPERIMENT,
+};
 
 #[cfg(test)]
 mod tests;

@@ -33,6 +33,21 @@ pub struct ArmRoute<A> {
     pub carry: A,
 }
 
+/// One shadow arm: it gets a copy of `percent` of the experiment's assigned
+/// requests and serves nobody (see [`ExperimentRoute::mirrors`]).
+pub struct ShadowRoute<A> {
+    pub name: String,
+    /// Share of the experiment's assigned requests copied, in basis points.
+    pub percent: BasisPoints,
+    /// The mirror hash seed (see [`bucket::mirror_seed`]): independent of
+    /// the assignment hash, so which users are mirrored does not depend on
+    /// their arm, and of other shadows.
+    pub(super) seed: u64,
+    /// What the caller built for this shadow (the data plane: its own
+    /// upstream, recorder and in-flight gate).
+    pub carry: A,
+}
+
 /// One experiment: how a request is matched, and the arms it is split over.
 pub struct ExperimentRoute<A> {
     pub name: String,
@@ -43,6 +58,8 @@ pub struct ExperimentRoute<A> {
     pub(super) unit: Option<UnitSource>,
     pub allow_override: bool,
     pub arms: Box<[ArmRoute<A>]>,
+    /// Shadow arms, in declared order: never assigned, never forced.
+    pub shadows: Box<[ShadowRoute<A>]>,
     /// The bucket layout as runs: run `i` starts at bucket `run_starts[i]`
     /// (`run_starts[0] == 0`) and belongs to arm `run_arms[i]`. Precomputed at
     /// build so assignment is one binary search, without allocating.
@@ -133,6 +150,16 @@ impl<A> RoutingTable<A> {
                             name_header: header_value(&a.name),
                             weight: a.weight,
                             carry: arm(e, a),
+                        })
+                        .collect(),
+                    shadows: e
+                        .shadows
+                        .iter()
+                        .map(|s| ShadowRoute {
+                            name: s.arm.name.clone(),
+                            percent: s.percent,
+                            seed: bucket::mirror_seed(&e.salt, &s.arm.name),
+                            carry: arm(e, &s.arm),
                         })
                         .collect(),
                     run_starts,

@@ -246,3 +246,45 @@ fn a_one_vector_history_routes_as_the_contiguous_table() {
     assert_eq!(t.experiments[0].arm_for_bucket(4999), 0);
     assert_eq!(stale.experiments[0].arm_for_bucket(4999), 1);
 }
+
+#[test]
+fn mirroring_is_sticky_about_its_percent_and_independent_of_the_arm() {
+    let yaml = r#"
+backends: { a: { url: "http://127.0.0.1:1" }, b: { url: "http://127.0.0.1:2" } }
+experiments:
+  - name: s
+    unit: { header: x-user-id }
+    arms:
+      - { name: stable, backend: a, weight: 50 }
+      - { name: canary, backend: b, weight: 50 }
+      - { name: shadow, backend: b, shadow: { percent: 20 } }
+"#;
+    let t = table(yaml);
+    let e = &t.experiments[0];
+    assert_eq!(e.arms.len(), 2);
+    let s = &e.shadows[0];
+    assert_eq!(
+        (s.name.as_str(), s.percent, s.carry.as_str()),
+        ("shadow", 2000, "b")
+    );
+    let (mut mirrored, mut mirrored_canary, mut canary) = (0, 0, 0);
+    for i in 0..10_000 {
+        let key = format!("user-{i}");
+        let m = s.mirrors(Some(key.as_bytes()), || unreachable!());
+        // Sticky: the same key always gives the same answer.
+        assert_eq!(m, s.mirrors(Some(key.as_bytes()), || unreachable!()));
+        let arm = e.assign(&with_user(&key), || unreachable!()).unwrap().arm;
+        mirrored += usize::from(m);
+        canary += usize::from(arm == 1);
+        mirrored_canary += usize::from(m && arm == 1);
+    }
+    // 20% of 10,000 is 2,000 (sd 40): a generous 5-sd band.
+    assert!((1800..=2200).contains(&mirrored), "{mirrored}");
+    // Independent of the arm: about 20% of the canary's users are mirrored
+    // too (a mirror hash equal to the assignment hash would give 0% or 40%).
+    let share = mirrored_canary as f64 / canary as f64;
+    assert!((0.17..=0.23).contains(&share), "{share}");
+    // Keyless requests draw; 0% never mirrors, the draw decides otherwise.
+    assert!(s.mirrors(None, || 1999));
+    assert!(!s.mirrors(None, || 2000));
+}

@@ -65,6 +65,10 @@ struct RawInput {
     baseline: Option<Value>,
     arms: Option<Value>,
     metrics: Option<Value>,
+    /// Shadow arms' outcomes as `/export` shows them: read past, never
+    /// analysed (a shadow has no weight and no place in the comparison).
+    #[allow(dead_code)]
+    shadows: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -72,6 +76,9 @@ struct RawInput {
 struct RawArm {
     weight: Option<Value>,
     assigned: Option<Value>,
+    /// `primary` in an export (only live arms are listed here); not read.
+    #[allow(dead_code)]
+    role: Option<Value>,
 }
 
 #[derive(Deserialize)]

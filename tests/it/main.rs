@@ -23,6 +23,7 @@ mod loadgen;
 mod mock_backend;
 mod model_arms;
 mod scenarios;
+mod shadow;
 mod stats_decision;
 mod stats_montecarlo;
 mod stats_vectors;

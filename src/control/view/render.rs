@@ -3,6 +3,14 @@
 
 use super::{decision_summary, ExperimentView};
 
+/// A percentage with at most two decimals and no trailing zeros.
+fn trim(v: f64) -> String {
+    num(Some(v), 2)
+        .trim_end_matches('0')
+        .trim_end_matches('.')
+        .to_string()
+}
+
 fn num(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".to_string(), |x| format!("{x:.digits$}"))
 }
@@ -35,18 +43,27 @@ pub fn render_status(experiments: &[ExperimentView]) -> String {
                 .and_then(|s| s.error_rate)
                 .map_or("-".to_string(), |r| format!("{:.2}%", r * 100.0));
             rows.push([
-                format!("{}{}", a.name, if a.baseline { " (baseline)" } else { "" }),
+                format!(
+                    "{}{}",
+                    a.name,
+                    if a.baseline {
+                        " (baseline)"
+                    } else if a.role == super::SHADOW {
+                        " (shadow)"
+                    } else {
+                        ""
+                    }
+                ),
                 match &a.model {
                     // The model the backend is sent, next to it.
                     Some(m) => format!("{} ({m})", a.backend),
                     None => a.backend.clone(),
                 },
-                format!(
-                    "{}%",
-                    num(Some(a.weight), 2)
-                        .trim_end_matches('0')
-                        .trim_end_matches('.')
-                ),
+                // A shadow has no weight: its column shows the share copied to it.
+                match a.mirror_percent {
+                    Some(p) => format!("copy {}%", trim(p)),
+                    None => format!("{}%", trim(a.weight)),
+                },
                 s.map_or(0, |s| s.requests).to_string(),
                 rate,
                 num(s.and_then(|s| s.latency_ms.p50), 1),
@@ -180,6 +197,8 @@ mod tests {
                 backend: "b".into(),
                 weight: 50.0,
                 baseline: false,
+                role: "primary".into(),
+                mirror_percent: None,
                 assigned: None,
                 forced_requests: 0,
             }
@@ -205,6 +224,17 @@ mod tests {
             canary.contains("0.000021") && canary.contains("58.2") && canary.contains("5.00%"),
             "{canary}"
         );
+        // A shadow arm is named as one, with the share copied to it.
+        let mut shadowed = view.clone();
+        let mut cand = arm("candidate", 18.0, 0.0);
+        (cand.role, cand.weight, cand.mirror_percent) = ("shadow".into(), 0.0, Some(20.0));
+        shadowed.arms.push(cand);
+        let text = render_status(std::slice::from_ref(&shadowed));
+        let row = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("candidate (shadow)"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(row.contains("copy 20%"), "{row}");
         // An experiment without inference traffic shows no such table.
         let mut plain = view;
         plain.arms.iter_mut().for_each(|a| a.metrics.clear());
