@@ -144,6 +144,12 @@ impl RecordingBody {
         }
     }
 
+    /// Ends the body early for a reason that is not the client leaving (a
+    /// shadow copy's deadline): recorded as `kind`, not as `client_gone`.
+    pub fn cut(mut self, kind: FailureKind) {
+        self.finish(Some(kind));
+    }
+
     fn finish(&mut self, failure: Option<FailureKind>) {
         if self.done {
             return;

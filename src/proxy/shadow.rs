@@ -415,9 +415,8 @@ impl ShadowCopy {
                         .scanning(scanner, target.price);
                 // Frame by frame, each dropped as it arrives: nothing of the
                 // answer is held. A body still streaming at the deadline is
-                // dropped, which the recorder counts as `client_gone` (abgate,
-                // the copy's only client, left).
-                let _ = tokio::time::timeout_at(self.deadline, async {
+                // cut and counted as the shadow's response timeout.
+                let read = tokio::time::timeout_at(self.deadline, async {
                     while let Some(frame) = body.frame().await {
                         if frame.is_err() {
                             break;
@@ -425,6 +424,9 @@ impl ShadowCopy {
                     }
                 })
                 .await;
+                if read.is_err() {
+                    body.cut(FailureKind::ResponseTimeout);
+                }
                 return;
             }
         };

@@ -555,3 +555,54 @@ experiments:
     );
     assert_eq!(copy.headers["x-abgate-shadow"], "1");
 }
+
+#[tokio::test]
+async fn a_copy_still_streaming_at_its_deadline_is_a_shadow_timeout_not_a_client_leaving() {
+    let primary = FakeBackend::start("v1", Behaviour::Ok).await;
+    // Ten events 200 ms apart: the head comes at once, the body outlives
+    // the copy's 300 ms.
+    let streaming = FakeBackend::start(
+        "streaming",
+        Behaviour::Sse {
+            events: 10,
+            every: Duration::from_millis(200),
+        },
+    )
+    .await;
+    let server = start_abgate(&format!(
+        r#"
+backends: {{ v1: {{ url: "{}" }}, v2: {{ url: "{}" }} }}
+experiments:
+  - name: exp
+    arms:
+      - {{ name: stable, backend: v1, weight: 100 }}
+      - {{ name: candidate, backend: v2, shadow: {{ percent: 100, timeout: 300ms }} }}
+"#,
+        primary.url(),
+        streaming.url()
+    ))
+    .await;
+    let c = client();
+    for i in 0..3 {
+        let url = format!("http://{}/p", server.data_addr);
+        let a = get(&c, &url, &[("x-user-id", &format!("u{i}"))]).await;
+        assert_eq!((a.status, &a.body[..]), (200, &b"v1"[..]));
+    }
+    let kind = |k: &'static str| {
+        let admin = server.admin_addr;
+        async move {
+            metric_value(
+                &metrics(admin).await,
+                "abgate_upstream_errors_total",
+                &[("experiment", "exp"), ("arm", "candidate"), ("kind", k)],
+            )
+        }
+    };
+    eventually(
+        Duration::from_secs(10),
+        "copies cut by their deadline",
+        || async { kind("response_timeout").await == 3.0 },
+    )
+    .await;
+    assert_eq!(kind("client_gone").await, 0.0);
+}
