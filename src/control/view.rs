@@ -79,6 +79,69 @@ pub struct ArmView {
     pub assigned: Option<OutcomeView>,
     /// Requests sent to the arm by an override, kept out of every statistic.
     pub forced_requests: u64,
+    /// A shadow arm's copies paired with their primary twins; absent on
+    /// live arms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paired: Option<PairedView>,
+}
+
+/// A shadow arm's pairs: each mirrored request's primary twin (x) and its
+/// copy (y), on the same request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairedView {
+    /// Pairs with both sides recorded.
+    pub pairs: u64,
+    /// Pairs left out: the client left before the primary's end, or the
+    /// copy was never sent.
+    pub dropped: u64,
+    /// Continuous metrics over the pairs where both sides have them.
+    pub metrics: BTreeMap<String, PairedMetricView>,
+    /// Binary metrics as discordant pairs.
+    pub events: BTreeMap<String, crate::outcomes::pairs::Discordant>,
+}
+
+/// One continuous metric over pairs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairedMetricView {
+    pub pairs: u64,
+    pub primary_mean: Option<f64>,
+    pub shadow_mean: Option<f64>,
+    /// Mean of `shadow − primary` per pair.
+    pub mean_difference: Option<f64>,
+}
+
+impl PairedView {
+    pub fn from_snapshot(p: &crate::outcomes::pairs::PairSnapshot) -> PairedView {
+        let metric = |m: &crate::outcomes::pairs::PairMoments| {
+            let n = m.n as f64;
+            PairedMetricView {
+                pairs: m.n,
+                primary_mean: (m.n > 0).then(|| m.sum_x / n),
+                shadow_mean: (m.n > 0).then(|| m.sum_y / n),
+                mean_difference: m.mean_difference(),
+            }
+        };
+        PairedView {
+            pairs: p.pairs(),
+            dropped: p.dropped,
+            metrics: [
+                ("latency_ms", metric(&p.latency_ms)),
+                ("ttfb_ms", metric(&p.ttfb_ms)),
+                ("ttft_ms", metric(&p.ttft_ms)),
+                ("completion_tokens", metric(&p.completion_tokens)),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            events: [
+                ("error", p.error),
+                ("stream_incomplete", p.stream_incomplete),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        }
+    }
 }
 
 /// The role of every arm that serves clients.
@@ -356,6 +419,10 @@ impl ControlPlane {
                     mirror_percent: mirror.map(|p| f64::from(p) / 100.0),
                     assigned: snap.map(|s| OutcomeView::from(&s.assigned)),
                     forced_requests: snap.map_or(0, |s| s.forced.requests()),
+                    paired: mirror.map(|_| {
+                        let p = self.recorders.pairs(name, arm).unwrap_or_default();
+                        PairedView::from_snapshot(&p)
+                    }),
                 }
             })
             .collect();

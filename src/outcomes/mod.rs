@@ -3,7 +3,7 @@
 //! Owns: lock-free per-arm recorders and their histograms ([`recorder`],
 //! [`histogram`]), the sums of declared metrics ([`metrics`]), signed outcome
 //! tokens ([`token`]), feedback validation and its group-commit writer
-//! ([`feedback`]), the per-arm summaries the controller and the admin API read
+//! ([`feedback`]), shadow copies paired with their primary twins ([`pairs`]), the per-arm summaries the controller and the admin API read
 //! ([`summary`]), and saving/restoring counts across restarts ([`persist`]).
 //!
 //! Never: decides anything (the controller reads snapshots) or serves HTTP (the
@@ -13,6 +13,7 @@
 pub mod feedback;
 pub mod histogram;
 pub mod metrics;
+pub mod pairs;
 pub mod persist;
 pub mod recorder;
 pub mod scan;

@@ -728,6 +728,8 @@ pub struct RecorderRegistry {
     arms: DashMap<(String, String), Arc<ArmRecorder>>,
     /// Declared metrics (feedback, response headers), by (experiment, arm, metric).
     pub metrics: Arc<super::metrics::MetricBook>,
+    /// Shadow arms' pairs with their primary twins, by (experiment, shadow arm).
+    pairs: DashMap<(String, String), Arc<super::pairs::PairBook>>,
 }
 
 impl RecorderRegistry {
@@ -736,7 +738,24 @@ impl RecorderRegistry {
             telemetry,
             arms: DashMap::new(),
             metrics: Arc::default(),
+            pairs: DashMap::new(),
         }
+    }
+
+    /// The pairs of (experiment, shadow arm), created on first use; kept
+    /// across table swaps like the recorders.
+    pub fn pair_book(&self, experiment: &str, arm: &str) -> Arc<super::pairs::PairBook> {
+        self.pairs
+            .entry((experiment.to_string(), arm.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// A copy of (experiment, shadow arm)'s pairs, if it has any book.
+    pub fn pairs(&self, experiment: &str, arm: &str) -> Option<super::pairs::PairSnapshot> {
+        self.pairs
+            .get(&(experiment.to_string(), arm.to_string()))
+            .map(|b| b.snapshot())
     }
 
     /// The recorder for (experiment, arm), created on first use.

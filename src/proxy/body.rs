@@ -15,6 +15,7 @@ use super::guarded_body::{BoxError, IdleBody, StreamIdle};
 use super::upstream::UpstreamBody;
 use super::usage::UsageStrip;
 use crate::config::Price;
+use crate::outcomes::pairs::{PairOutcome, PairSlot, Side};
 use crate::outcomes::scan::{End, ScanReport, Scanner};
 use crate::outcomes::{ArmRecorder, FailureKind};
 
@@ -92,6 +93,10 @@ pub struct RecordingBody {
     /// out before the end).
     upstream_ended: bool,
     tail: Option<Bytes>,
+    /// Shadow pairs this response is one side of (empty unless mirrored).
+    pairs: Vec<Arc<PairSlot>>,
+    side: Side,
+    ttfb_us: Option<u64>,
 }
 
 impl RecordingBody {
@@ -115,7 +120,18 @@ impl RecordingBody {
             strip: None,
             upstream_ended: false,
             tail: None,
+            pairs: Vec::new(),
+            side: Side::Primary,
+            ttfb_us: None,
         }
+    }
+
+    /// Reports this response's outcome, as `side`, to each of `pairs` when
+    /// it ends.
+    pub fn pairing(mut self, side: Side, pairs: Vec<Arc<PairSlot>>) -> Self {
+        self.side = side;
+        self.pairs = pairs;
+        self
     }
 
     /// Removes the usage-only chunk `inject_usage` asked for from what the
@@ -139,8 +155,9 @@ impl RecordingBody {
     fn first_byte(&mut self) {
         if !self.first_byte_seen {
             self.first_byte_seen = true;
-            self.recorder
-                .record_ttfb(self.forced, self.started.elapsed());
+            let elapsed = self.started.elapsed();
+            self.ttfb_us = Some(elapsed.as_micros() as u64);
+            self.recorder.record_ttfb(self.forced, elapsed);
         }
     }
 
@@ -161,17 +178,29 @@ impl RecordingBody {
             self.recorder
                 .record_failure(self.forced, kind, self.head_was_error);
         }
-        self.recorder
-            .record_latency(self.forced, self.started.elapsed());
+        let latency = self.started.elapsed();
+        self.recorder.record_latency(self.forced, latency);
         let end = match failure {
             None => End::Eof,
             Some(FailureKind::ClientGone) => End::ClientGone,
             Some(_) => End::BackendCut,
         };
+        let mut pair = PairOutcome {
+            counted: failure != Some(FailureKind::ClientGone),
+            error: self.head_was_error || failure.is_some_and(FailureKind::is_upstream_fault),
+            latency_ms: latency.as_secs_f64() * 1e3,
+            ttfb_ms: self.ttfb_us.map(|us| us as f64 / 1e3),
+            ttft_ms: None,
+            completion_tokens: None,
+            incomplete: None,
+        };
         match self.scanner.finish(end, self.elapsed_us()) {
             ScanReport::Skipped => {}
             ScanReport::Unparsed(_) => self.recorder.record_unparsed(self.forced),
             ScanReport::Parsed(r) => {
+                pair.ttft_ms = r.ttft_us.map(|us| us as f64 / 1e3);
+                pair.completion_tokens = r.completion_tokens.map(|t| t as f64);
+                pair.incomplete = r.complete.map(|c| !c);
                 let cost = self
                     .price
                     .filter(|_| r.prompt_tokens.is_some() || r.completion_tokens.is_some());
@@ -183,6 +212,9 @@ impl RecordingBody {
                 });
                 self.recorder.record_inference(self.forced, &r, cost);
             }
+        }
+        for slot in self.pairs.drain(..) {
+            slot.report(self.side, pair);
         }
     }
 }

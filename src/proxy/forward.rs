@@ -26,6 +26,7 @@ use super::problem::ProxyError;
 use super::usage;
 use super::wiring::{ArmWiring, Target};
 use crate::config::UpstreamProtocol;
+use crate::outcomes::pairs::{PairOutcome, PairSlot, Side};
 use crate::outcomes::scan::{self, BodyKind, Scanner};
 use crate::outcomes::{ArmRecorder, FailureKind};
 
@@ -68,6 +69,7 @@ pub(super) async fn forward(
     forced: bool,
     tags: &Tags<'_>,
     started: Instant,
+    pairs: Vec<Arc<PairSlot>>,
 ) -> Response<ProxyBody> {
     // Only answers to generation endpoints count as unparsed when they are
     // neither JSON nor SSE; other traffic through abgate is not inference.
@@ -192,7 +194,8 @@ pub(super) async fn forward(
             let body = IdleBody::new(body, limits.stream_idle);
             let mut body =
                 RecordingBody::new(body, recorder.clone(), forced, started, head_was_error)
-                    .scanning(scanner, target.price);
+                    .scanning(scanner, target.price)
+                    .pairing(Side::Primary, pairs);
             if strip {
                 body = body.stripping_usage();
             }
@@ -208,6 +211,9 @@ pub(super) async fn forward(
             recorder.record_failure(forced, kind, true);
             recorder.record_ttfb(forced, started.elapsed());
             recorder.record_latency(forced, started.elapsed());
+            for slot in pairs {
+                slot.report(Side::Primary, PairOutcome::failed(started.elapsed()));
+            }
             error_response(&err)
         }
     };

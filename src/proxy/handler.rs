@@ -238,10 +238,12 @@ async fn route_and_forward(
     }
     // After the restore, so a copy that tees the body sees every frame sent
     // once, peeked ones included.
+    // Empty (no allocation) unless the request is mirrored.
+    let mut pairs = Vec::new();
     if let (Some(head), Some((e, _))) = (&copy_head, routed) {
         for (i, s) in e.shadows.iter().enumerate() {
             if let (true, Some(w)) = (mirror & (1 << i) != 0, &s.carry.shadow) {
-                shadow::start(w, head, &mut body);
+                pairs.extend(shadow::start(w, head, &mut body));
             }
         }
     }
@@ -257,6 +259,7 @@ async fn route_and_forward(
         forced,
         &tags,
         started,
+        pairs,
     )
     .await;
     if let Some((e, arm)) = routed {

@@ -40,6 +40,7 @@ use super::problem::ProxyError;
 use super::usage;
 use super::wiring::Target;
 use crate::config::{ShadowArm, UpstreamProtocol};
+use crate::outcomes::pairs::{PairBook, PairOutcome, PairSlot, Side};
 use crate::outcomes::scan;
 use crate::outcomes::{ArmRecorder, FailureKind};
 use crate::telemetry::Telemetry;
@@ -181,6 +182,8 @@ pub struct ShadowWiring {
     pub target: Target,
     pub recorder: Arc<ArmRecorder>,
     pub gate: Arc<ShadowGate>,
+    /// Where each copy and its primary twin are paired.
+    pub pairs: Arc<PairBook>,
     /// The shadow arm's `model`, as JSON string content (see `wiring::model_json`).
     pub model: Option<Bytes>,
     /// `shadow.max_body`, bytes.
@@ -246,8 +249,13 @@ impl CopyHead {
 /// Starts one copy of a request for `shadow`, unless its body is too large
 /// or its gate is full (both counted). `body` is the primary's request body
 /// (after any peek was restored): a copy whose body is not known yet tees
-/// it. Returns at once; the copy runs on its own task.
-pub fn start(shadow: &Arc<ShadowWiring>, head: &CopyHead, body: &mut RequestBody) {
+/// it. Returns at once; the copy runs on its own task. The slot returned is
+/// where the primary reports its side of the pair.
+pub fn start(
+    shadow: &Arc<ShadowWiring>,
+    head: &CopyHead,
+    body: &mut RequestBody,
+) -> Option<Arc<PairSlot>> {
     let gate = &shadow.gate;
     let too_large = match &head.body {
         Some(b) => b.len() as u64 > shadow.max_body,
@@ -255,11 +263,10 @@ pub fn start(shadow: &Arc<ShadowWiring>, head: &CopyHead, body: &mut RequestBody
     };
     if too_large {
         gate.skip(Skip::BodyTooLarge);
-        return;
+        return None;
     }
-    let Some(slot) = gate.admit() else {
-        return;
-    };
+    let slot = gate.admit()?;
+    let pair = PairSlot::new(shadow.pairs.clone());
     let source = match &head.body {
         Some(b) => Source::Known(b.clone()),
         None => Source::Tee(body.tee(shadow.max_body)),
@@ -273,9 +280,11 @@ pub fn start(shadow: &Arc<ShadowWiring>, head: &CopyHead, body: &mut RequestBody
         peer: head.peer.clone(),
         proto: head.proto,
         deadline: Instant::now() + shadow.timeout,
+        pair: pair.clone(),
         _slot: slot,
     };
     tokio::spawn(copy.run(source));
+    Some(pair)
 }
 
 enum Source {
@@ -293,6 +302,8 @@ struct ShadowCopy {
     peer: HeaderValue,
     proto: &'static str,
     deadline: Instant,
+    /// The copy's side of its pair with the primary twin.
+    pair: Arc<PairSlot>,
     /// Released when the copy ends, whichever way.
     _slot: Slot,
 }
@@ -304,16 +315,22 @@ impl ShadowCopy {
             Source::Known(b) => b,
             Source::Tee(rx) => match tokio::time::timeout_at(self.deadline, rx).await {
                 Ok(Ok(Ok(frames))) => join(frames),
-                Ok(Ok(Err(TeeCut::TooLarge))) => return s.gate.skip(Skip::BodyTooLarge),
+                Ok(Ok(Err(TeeCut::TooLarge))) => return self.skipped(Skip::BodyTooLarge),
                 // Failed, dropped before its end, or still uploading at the deadline.
-                _ => return s.gate.skip(Skip::UploadFailed),
+                _ => return self.skipped(Skip::UploadFailed),
             },
         };
         if body.len() as u64 > s.max_body {
-            return s.gate.skip(Skip::BodyTooLarge);
+            return self.skipped(Skip::BodyTooLarge);
         }
         let request = self.request(body);
         self.send(request).await;
+    }
+
+    /// A copy never sent: counted, and its pair left out.
+    fn skipped(&self, why: Skip) {
+        self.shadow.gate.skip(why);
+        self.pair.report(Side::Shadow, PairOutcome::uncounted());
     }
 
     /// The copy as its backend gets it: the head the primary would send
@@ -412,7 +429,8 @@ impl ShadowCopy {
                 let body = IdleBody::new(incoming, s.stream_idle.min(left));
                 let mut body =
                     RecordingBody::new(body, recorder.clone(), false, started, head_was_error)
-                        .scanning(scanner, target.price);
+                        .scanning(scanner, target.price)
+                        .pairing(Side::Shadow, vec![self.pair.clone()]);
                 // Frame by frame, each dropped as it arrives: nothing of the
                 // answer is held. A body still streaming at the deadline is
                 // cut and counted as the shadow's response timeout.
@@ -436,6 +454,8 @@ impl ShadowCopy {
         recorder.record_failure(false, kind, true);
         recorder.record_ttfb(false, started.elapsed());
         recorder.record_latency(false, started.elapsed());
+        self.pair
+            .report(Side::Shadow, PairOutcome::failed(started.elapsed()));
     }
 }
 

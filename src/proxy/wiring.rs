@@ -160,6 +160,7 @@ impl Published {
                             target: target(&a.backend),
                             recorder: recorder.clone(),
                             gate: gates.get(&e.name, s, recorders.telemetry()),
+                            pairs: recorders.pair_book(&e.name, &a.name),
                             model: a.model.as_deref().map(model_json),
                             max_body: s.max_body,
                             timeout: s.timeout,

@@ -606,3 +606,71 @@ experiments:
     .await;
     assert_eq!(kind("client_gone").await, 0.0);
 }
+
+static PAIR_PRIMARY_MS: AtomicU64 = AtomicU64::new(5);
+static PAIR_SHADOW_MS: AtomicU64 = AtomicU64::new(25);
+
+#[tokio::test]
+async fn each_copy_is_paired_with_its_primary_twin() {
+    let primary = FakeBackend::start("v1", Behaviour::Delayed(&PAIR_PRIMARY_MS)).await;
+    let slower = FakeBackend::start("slower", Behaviour::Delayed(&PAIR_SHADOW_MS)).await;
+    let failing = FakeBackend::start("failing", Behaviour::Fail).await;
+    let server = start_abgate(&format!(
+        r#"
+backends: {{ v1: {{ url: "{}" }}, slower: {{ url: "{}" }}, failing: {{ url: "{}" }} }}
+experiments:
+  - name: slow
+    match: {{ path_prefix: /slow }}
+    unit: {{ header: x-user-id }}
+    arms:
+      - {{ name: stable, backend: v1, weight: 100 }}
+      - {{ name: candidate, backend: slower, shadow: {{ percent: 100 }} }}
+  - name: failing
+    match: {{ path_prefix: /failing }}
+    unit: {{ header: x-user-id }}
+    arms:
+      - {{ name: stable, backend: v1, weight: 100 }}
+      - {{ name: candidate, backend: failing, shadow: {{ percent: 100 }} }}
+"#,
+        primary.url(),
+        slower.url(),
+        failing.url()
+    ))
+    .await;
+    let c = client();
+    let n = 20u64;
+    for i in 0..n {
+        for path in ["slow", "failing"] {
+            let url = format!("http://{}/{path}", server.data_addr);
+            let a = get(&c, &url, &[("x-user-id", &format!("u{i}"))]).await;
+            assert_eq!(a.status, 200);
+        }
+    }
+    let paired = |name: &'static str| {
+        let admin = server.admin_addr;
+        async move { arm_of(&experiment_json(admin, name).await, "candidate")["paired"].clone() }
+    };
+    eventually(Duration::from_secs(10), "every copy paired", || async {
+        paired("slow").await["pairs"] == n && paired("failing").await["pairs"] == n
+    })
+    .await;
+    let slow = paired("slow").await;
+    let d = slow["metrics"]["latency_ms"]["mean_difference"]
+        .as_f64()
+        .unwrap();
+    // 25 ms against 5 ms, per request: the copy is about 20 ms slower.
+    assert!((15.0..40.0).contains(&d), "{slow}");
+    assert_eq!(slow["events"]["error"]["shadow_only"], 0, "{slow}");
+    let failing = paired("failing").await;
+    assert_eq!(
+        (
+            &failing["events"]["error"]["shadow_only"],
+            &failing["events"]["error"]["primary_only"]
+        ),
+        (&serde_json::json!(n), &serde_json::json!(0)),
+        "{failing}"
+    );
+    // Live arms have no pairs.
+    let v = experiment_json(server.admin_addr, "slow").await;
+    assert!(arm_of(&v, "stable").get("paired").is_none(), "{v}");
+}

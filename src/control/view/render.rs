@@ -82,6 +82,7 @@ pub fn render_status(experiments: &[ExperimentView]) -> String {
             out.push_str(&format!("  {}\n", line.join("  ").trim_end()));
         }
         out.push_str(&inference_rows(e));
+        out.push_str(&paired_rows(e));
         if let Some(j) = e.analysis.as_ref().and_then(|a| a.judgement()) {
             if let Some(step) = j.step {
                 out.push_str(&format!("  step {step}/{}\n", j.steps.len()));
@@ -100,6 +101,26 @@ pub fn render_status(experiments: &[ExperimentView]) -> String {
                 decision_summary(d)
             ));
         }
+    }
+    out
+}
+
+/// Each shadow arm's pairs with its primary twins: how many, and the mean
+/// per-pair latency difference and discordant errors.
+fn paired_rows(e: &ExperimentView) -> String {
+    let mut out = String::new();
+    for a in &e.arms {
+        let Some(p) = &a.paired else { continue };
+        let latency = p
+            .metrics
+            .get("latency_ms")
+            .and_then(|m| m.mean_difference)
+            .map_or("-".to_string(), |d| format!("{d:+.1} ms"));
+        let errors = p.events.get("error").copied().unwrap_or_default();
+        out.push_str(&format!(
+            "  {} paired with its primary twins: {} pairs ({} left out), latency {latency} per pair, errors only primary {} / only shadow {}\n",
+            a.name, p.pairs, p.dropped, errors.primary_only, errors.shadow_only
+        ));
     }
     out
 }
@@ -201,6 +222,7 @@ mod tests {
                 mirror_percent: None,
                 assigned: None,
                 forced_requests: 0,
+                paired: None,
             }
         };
         let view = ExperimentView {
