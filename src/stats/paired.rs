@@ -29,11 +29,15 @@ use super::mixture::{
 };
 use super::{check_positive, check_unit, ln_inv, p_from_log_e, StatsError};
 
-/// Below this fraction of `Σx² + Σy²`, a centred sum of squares computed from
-/// the six sums is indistinguishable from rounding (the sums cancel), so the
-/// variance is treated as zero: `NotComputable::ZeroVariance`. Without the floor,
-/// a constant difference (shadow always emits 5 more tokens) would show rounding
-/// noise as a variance of ~1e-13 and a z-statistic in the millions.
+/// Below this fraction of its raw sum of squares (`Σx² + Σy²` on the absolute
+/// scale, `Σy² + R²Σx²` on the relative one), a centred sum of squares computed
+/// from the six sums is indistinguishable from rounding (the sums cancel), so
+/// the variance is treated as zero: `NotComputable::ZeroVariance`. Without the
+/// floor, a constant difference on non-integer values (a shadow always 5.0 ms
+/// slower than a ~1000.37 ms primary) would show rounding noise as a variance
+/// and a z-statistic in the millions. A real spread of the differences that
+/// small (a standard deviation under 1e-6 of the values) is not resolvable from
+/// plain sums anyway.
 pub const VARIANCE_RESOLUTION: f64 = 1e-12;
 
 /// Running sums over the pairs of one continuous metric, as the data plane keeps
@@ -163,7 +167,8 @@ pub fn paired_difference(sums: &PairedSums, scale: Scale) -> Result<(f64, f64), 
     if !(est.is_finite() && var.is_finite()) {
         return Err(NotComputable::NonFinite);
     }
-    if !(centred > VARIANCE_RESOLUTION * raw) {
+    // `centred` is finite here (so is `var`): a plain comparison suffices.
+    if centred <= VARIANCE_RESOLUTION * raw {
         return Err(NotComputable::ZeroVariance);
     }
     Ok((est, var))
@@ -255,9 +260,15 @@ impl DiscordantPairs {
         }
     }
 
-    /// Discordant pairs `m = b + c`.
+    /// Discordant pairs `m = b + c` (saturating).
     pub fn discordant(&self) -> u64 {
-        self.primary_only + self.shadow_only
+        self.primary_only.saturating_add(self.shadow_only)
+    }
+
+    /// `b + c ≤ n`, as [`Self::new`] and [`Self::record`] keep it; the fields
+    /// are public, so the tests check it again rather than trust it.
+    fn consistent(&self) -> bool {
+        self.discordant() <= self.pairs
     }
 
     /// Risk difference `(c − b)/n` = shadow's event rate − primary's (fraction);
@@ -373,10 +384,14 @@ pub fn discordant_share_cs(pairs: &DiscordantPairs, cfg: &DiscordantConfig) -> O
 ///
 /// `n_total` is the number of pairs. Not computable: `n = 0` (`EmptyArm`);
 /// `m = 0` (`ZeroVariance`: nothing distinguishes the arms yet, and the plug-in
-/// would give a CS of width 0).
+/// would give a CS of width 0); counts with `b + c > n`, which only writing the
+/// fields directly can produce (`NonFinite`).
 pub fn discordant_two_sided(pairs: &DiscordantPairs, cfg: &DiscordantConfig) -> Comparison {
     if pairs.pairs == 0 {
         return Err(NotComputable::EmptyArm);
+    }
+    if !pairs.consistent() {
+        return Err(NotComputable::NonFinite);
     }
     let Some(q_cs) = discordant_share_cs(pairs, cfg) else {
         return Err(NotComputable::ZeroVariance);
@@ -426,7 +441,8 @@ const BETS: i32 = 20;
 /// carry an absolute margin (RD depends on the discordance rate), hence this one.
 ///
 /// `sign` is read as ±1. Not computable: `n = 0` (`EmptyArm`); `null` outside
-/// `(−1, 1)` (`NonFinite`: no bet is both safe and informative there).
+/// `(−1, 1)` (`NonFinite`: no bet is both safe and informative there), or counts
+/// with `b + c > n` (`NonFinite`).
 pub fn discordant_log_e_one_sided(
     pairs: &DiscordantPairs,
     sign: f64,
@@ -435,7 +451,7 @@ pub fn discordant_log_e_one_sided(
     if pairs.pairs == 0 {
         return Err(NotComputable::EmptyArm);
     }
-    if !(null > -1.0 && null < 1.0) {
+    if !(pairs.consistent() && null > -1.0 && null < 1.0) {
         return Err(NotComputable::NonFinite);
     }
     let s = if sign < 0.0 { -1.0 } else { 1.0 };
@@ -592,6 +608,19 @@ mod tests {
         assert!(ni > ln_inv(0.05), "{ni}");
         assert_eq!(
             discordant_log_e_one_sided(&same, 1.0, 1.0),
+            Err(NotComputable::NonFinite)
+        );
+        let corrupt = DiscordantPairs {
+            pairs: 5,
+            primary_only: 4,
+            shadow_only: 4,
+        };
+        assert_eq!(
+            discordant_log_e_one_sided(&corrupt, 1.0, 0.0),
+            Err(NotComputable::NonFinite)
+        );
+        assert_eq!(
+            discordant_two_sided(&corrupt, &DiscordantConfig::default()),
             Err(NotComputable::NonFinite)
         );
     }
