@@ -52,7 +52,8 @@ pub use evidence::{
 };
 pub use explain::{comparisons, ComparisonView};
 pub use paired::{
-    discordant_two_sided, paired_two_sided, DiscordantConfig, DiscordantPairs, PairedSums,
+    discordant_log_e_one_sided, discordant_two_sided, paired_log_e_one_sided, paired_two_sided,
+    DiscordantConfig, DiscordantPairs, PairedSums,
 };
 pub use policy::{
     Direction, ExperimentKind, GuardrailPolicy, Margin, Policy, PolicyError, PrimaryPolicy,

@@ -168,23 +168,30 @@ fn latency_pair(rng: &mut StdRng, shift: f64) -> (f64, f64) {
     (base + 10.0 * ex, base + shift + 10.0 * ey)
 }
 
-/// Fraction of runs whose continuous paired p-value ever reaches α.
-fn continuous_rejection_rate(seed: u64, shift: f64) -> f64 {
+/// Fraction of runs whose continuous paired test (two-sided, or one-sided when
+/// `one_sided = Some((sign, null))`) ever rejects at α.
+fn continuous_rejection_rate(seed: u64, shift: f64, one_sided: Option<(f64, f64)>) -> f64 {
     let mut rng = StdRng::seed_from_u64(seed);
     let cfg = MixtureConfig::new(ALPHA, f64::from(MAX_PAIRS)).unwrap();
+    let threshold = (1.0 / ALPHA).ln();
     let mut rejected = 0;
     for _ in 0..RUNS {
         let mut sums = PairedSums::default();
         for i in 1..=MAX_PAIRS {
             let (x, y) = latency_pair(&mut rng, shift);
             sums.record(x, y).unwrap();
-            if i % LOOK_EVERY == 0 {
-                if let Ok(est) = paired_two_sided(&sums, Scale::Absolute, &cfg) {
-                    if est.p_value <= ALPHA {
-                        rejected += 1;
-                        break;
-                    }
+            if i % LOOK_EVERY != 0 {
+                continue;
+            }
+            let log_e = match one_sided {
+                None => paired_two_sided(&sums, Scale::Absolute, &cfg).map(|e| e.log_e),
+                Some((sign, null)) => {
+                    paired_log_e_one_sided(&sums, Scale::Absolute, sign, null, &cfg)
                 }
+            };
+            if log_e.is_ok_and(|le| le >= threshold) {
+                rejected += 1;
+                break;
             }
         }
     }
@@ -193,11 +200,24 @@ fn continuous_rejection_rate(seed: u64, shift: f64) -> f64 {
 
 #[test]
 fn continuous_paired_test_keeps_alpha_under_peeking_and_finds_a_real_shift() {
-    let aa = continuous_rejection_rate(17, 0.0);
+    let aa = continuous_rejection_rate(17, 0.0, None);
     assert!(aa <= type_one_ceiling(), "A/A rejection rate {aa}");
     // σ_d = 10·√2 ≈ 14.1 ms; a 1.5 ms shift is 0.106 σ_d, z ≈ 4.7 at 2000 pairs.
-    let power = continuous_rejection_rate(18, 1.5);
+    let power = continuous_rejection_rate(18, 1.5, None);
     assert!(power >= 0.8, "power {power}");
+}
+
+#[test]
+fn continuous_margin_tests_keep_alpha_on_the_boundary_of_their_null() {
+    // Harm beyond 1 ms (H0: D ≤ 1) with the shadow exactly 1 ms slower.
+    let harm = continuous_rejection_rate(19, 1.0, Some((1.0, 1.0)));
+    assert!(harm <= type_one_ceiling(), "harm at D = margin: {harm}");
+    // Non-inferiority by 1 ms (H0: D ≥ 1) with the shadow exactly 1 ms slower.
+    let ni = continuous_rejection_rate(20, 1.0, Some((-1.0, -1.0)));
+    assert!(ni <= type_one_ceiling(), "NI at D = margin: {ni}");
+    // Equal latencies: non-inferior by 2 ms (0.14 σ_d) in most runs.
+    let ni_power = continuous_rejection_rate(23, 0.0, Some((-1.0, -2.0)));
+    assert!(ni_power >= 0.8, "NI power: {ni_power}");
 }
 
 /// Fraction of runs whose discordant test (two-sided McNemar, or the one-sided
