@@ -37,6 +37,7 @@ pub mod decide;
 pub mod evidence;
 pub mod explain;
 pub mod mixture;
+pub mod paired;
 pub mod policy;
 pub mod snapshot;
 pub mod srm;
@@ -50,6 +51,10 @@ pub use evidence::{
     ArmUnits, ComparisonRecord, EffectScale, ExperimentEvidence, SrmRecord, TestKind,
 };
 pub use explain::{comparisons, ComparisonView};
+pub use paired::{
+    discordant_log_e_one_sided, discordant_two_sided, paired_log_e_one_sided, paired_two_sided,
+    DiscordantConfig, DiscordantPairs, PairedSums,
+};
 pub use policy::{
     Direction, ExperimentKind, GuardrailPolicy, Margin, Policy, PolicyError, PrimaryPolicy,
     DEFAULT_MIN_EXACT_EVENTS,

@@ -26,6 +26,7 @@ mod scenarios;
 mod shadow;
 mod stats_decision;
 mod stats_montecarlo;
+mod stats_paired;
 mod stats_vectors;
 mod ui;
 mod ui_browser;
