@@ -97,7 +97,7 @@ pub struct PairedView {
     /// Continuous metrics over the pairs where both sides have them.
     pub metrics: BTreeMap<String, PairedMetricView>,
     /// Binary metrics as discordant pairs.
-    pub events: BTreeMap<String, crate::outcomes::pairs::Discordant>,
+    pub events: BTreeMap<String, PairedEventView>,
 }
 
 /// One continuous metric over pairs.
@@ -108,18 +108,60 @@ pub struct PairedMetricView {
     pub shadow_mean: Option<f64>,
     /// Mean of `shadow − primary` per pair.
     pub mean_difference: Option<f64>,
+    /// The paired sequential test of `shadow − primary` (absolute, in the
+    /// metric's units): estimate, always-valid confidence sequence and
+    /// p-value at α = 0.05; absent until it can be computed (two pairs with
+    /// some spread).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<crate::stats::SequentialEstimate>,
+}
+
+/// One binary metric over pairs: the discordant counts and the sequential
+/// McNemar test on them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairedEventView {
+    #[serde(flatten)]
+    pub counts: crate::outcomes::pairs::Discordant,
+    /// Risk difference `shadow − primary`, its confidence sequence and the
+    /// exact sequential McNemar p-value at α = 0.05; absent until a pair is
+    /// discordant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<crate::stats::SequentialEstimate>,
 }
 
 impl PairedView {
     pub fn from_snapshot(p: &crate::outcomes::pairs::PairSnapshot) -> PairedView {
+        use crate::stats::paired;
         let metric = |m: &crate::outcomes::pairs::PairMoments| {
             let n = m.n as f64;
+            let sums = paired::PairedSums {
+                n: m.n,
+                sum_x: m.sum_x,
+                sum_y: m.sum_y,
+                sum_xx: m.sum_xx,
+                sum_yy: m.sum_yy,
+                sum_xy: m.sum_xy,
+            };
             PairedMetricView {
                 pairs: m.n,
                 primary_mean: (m.n > 0).then(|| m.sum_x / n),
                 shadow_mean: (m.n > 0).then(|| m.sum_y / n),
                 mean_difference: m.mean_difference(),
+                test: paired::paired_two_sided(
+                    &sums,
+                    crate::stats::Scale::Absolute,
+                    &crate::stats::MixtureConfig::default(),
+                )
+                .ok(),
             }
+        };
+        let event = |d: crate::outcomes::pairs::Discordant| PairedEventView {
+            counts: d,
+            test: paired::DiscordantPairs::new(d.pairs, d.primary_only, d.shadow_only)
+                .ok()
+                .and_then(|pairs| {
+                    paired::discordant_two_sided(&pairs, &paired::DiscordantConfig::default()).ok()
+                }),
         };
         PairedView {
             pairs: p.pairs(),
@@ -138,7 +180,7 @@ impl PairedView {
                 ("stream_incomplete", p.stream_incomplete),
             ]
             .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
+            .map(|(k, v)| (k.to_string(), event(v)))
             .collect(),
         }
     }

@@ -660,7 +660,16 @@ experiments:
         .unwrap();
     // 25 ms against 5 ms, per request: the copy is about 20 ms slower.
     assert!((15.0..40.0).contains(&d), "{slow}");
+    // The paired test sees it: the confidence sequence excludes 0.
+    let t = &slow["metrics"]["latency_ms"]["test"];
+    assert!(t["ci"][0].as_f64().unwrap() > 0.0, "{slow}");
+    assert!(t["p_value"].as_f64().unwrap() < 0.05, "{slow}");
+    assert_eq!(t["n_total"], n, "{slow}");
     assert_eq!(slow["events"]["error"]["shadow_only"], 0, "{slow}");
+    assert!(
+        slow["events"]["error"].get("test").is_none(),
+        "no discordant pair yet: {slow}"
+    );
     let failing = paired("failing").await;
     assert_eq!(
         (
@@ -670,6 +679,10 @@ experiments:
         (&serde_json::json!(n), &serde_json::json!(0)),
         "{failing}"
     );
+    // Every pair discordant the same way: the sequential McNemar test rejects.
+    let t = &failing["events"]["error"]["test"];
+    assert_eq!(t["estimate"], 1.0, "{failing}");
+    assert!(t["p_value"].as_f64().unwrap() < 0.05, "{failing}");
     // Live arms have no pairs.
     let v = experiment_json(server.admin_addr, "slow").await;
     assert!(arm_of(&v, "stable").get("paired").is_none(), "{v}");

@@ -111,12 +111,18 @@ fn paired_rows(e: &ExperimentView) -> String {
     let mut out = String::new();
     for a in &e.arms {
         let Some(p) = &a.paired else { continue };
-        let latency = p
-            .metrics
-            .get("latency_ms")
-            .and_then(|m| m.mean_difference)
-            .map_or("-".to_string(), |d| format!("{d:+.1} ms"));
-        let errors = p.events.get("error").copied().unwrap_or_default();
+        let latency = match p.metrics.get("latency_ms") {
+            Some(m) => match (&m.test, m.mean_difference) {
+                (Some(t), _) => format!(
+                    "{:+.1} ms [{:+.1}, {:+.1}] p={:.3}",
+                    t.estimate, t.ci[0], t.ci[1], t.p_value
+                ),
+                (None, Some(d)) => format!("{d:+.1} ms"),
+                (None, None) => "-".to_string(),
+            },
+            None => "-".to_string(),
+        };
+        let errors = p.events.get("error").map(|e| e.counts).unwrap_or_default();
         out.push_str(&format!(
             "  {} paired with its primary twins: {} pairs ({} left out), latency {latency} per pair, errors only primary {} / only shadow {}\n",
             a.name, p.pairs, p.dropped, errors.primary_only, errors.shadow_only
