@@ -124,7 +124,11 @@ impl H1Pool {
         loop {
             let (mut conn, reused) = match self.checkout() {
                 Some(conn) => (conn, true),
-                None => (self.dial().await?, false),
+                // Boxed: dialing (TCP, maybe TLS) is most of this future's
+                // size, and every request's future is moved whole into
+                // hyper's connection task; only a request that dials pays
+                // for the box.
+                None => (Box::pin(self.dial()).await?, false),
             };
             let sending = conn.sender.try_send_request(req);
             match drive(sending, &mut conn.dispatcher).await {
