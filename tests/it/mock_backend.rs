@@ -175,21 +175,26 @@ async fn lognormal_latency_median_within_tolerance() {
         );
     }
     // The sample median of ln(latency) has sd ≈ 1.2533·σ/√n = 0.031; ±4σ ≈ ×/÷ 1.14.
-    let drawn_median = median(drawn);
+    let drawn_median = median(drawn.clone());
     assert!(
         (20.0 / 1.14..=20.0 * 1.14).contains(&drawn_median),
         "drawn median {drawn_median:.2} ms"
     );
-    // Client-side, add headroom for timer rounding and a busy 2-core machine.
-    let seen_median = median(
+    // Client-side, the time over the draw is timer rounding plus scheduling,
+    // which a busy 2-core machine stretches (the check above already holds
+    // each request to at least its draw). The bound is loose so the test
+    // stays deterministic under load; it still catches a mock that sleeps
+    // a request's latency twice (+20 ms at the median) or more.
+    let overshoot_median = median(
         answers
             .iter()
-            .map(|a| a.elapsed.as_secs_f64() * 1000.0)
+            .zip(&drawn)
+            .map(|(a, d)| a.elapsed.as_secs_f64() * 1000.0 - d)
             .collect(),
     );
     assert!(
-        (20.0 / 1.14..=20.0 * 1.14 + 10.0).contains(&seen_median),
-        "client-side median {seen_median:.2} ms"
+        overshoot_median < 19.0,
+        "client-side median {overshoot_median:.2} ms over the drawn latency"
     );
     server.shutdown().await.unwrap();
 }

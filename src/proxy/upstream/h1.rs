@@ -156,14 +156,18 @@ impl H1Pool {
         loop {
             let idle = self.idle.lock().ok()?.pop()?;
             let now = Instant::now();
-            if now.duration_since(idle.since) > self.limits.idle_timeout
-                || now.duration_since(idle.conn.born) > self.limits.max_lifetime
-            {
-                // Everything below it is older still.
+            if now.duration_since(idle.since) > self.limits.idle_timeout {
+                // The stack is LIFO by check-in time: everything below this
+                // one has been idle longer still.
                 if let Ok(mut v) = self.idle.lock() {
                     v.clear();
                 }
                 return None;
+            }
+            if now.duration_since(idle.conn.born) > self.limits.max_lifetime {
+                // Birth order is not check-in order: an old connection can sit
+                // on top of younger ones, so drop only this one.
+                continue;
             }
             let mut conn = idle.conn;
             if alive(&mut conn) {
@@ -369,5 +373,175 @@ impl Drop for PooledBody {
         if self.inner.is_end_stream() {
             self.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::proxy::guarded_body::{RequestBody, TripWire};
+
+    /// A keep-alive backend on 127.0.0.1 that answers every request with
+    /// "ok" and counts the connections it accepted.
+    async fn backend() -> (Uri, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        let Ok(n) = sock.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        // Requests here have no body: each ends at its blank line.
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if sock.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let uri = format!("http://{addr}/").parse().unwrap();
+        (uri, accepted)
+    }
+
+    fn pool(dial: Uri, limits: PoolLimits) -> Arc<H1Pool> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(crate::proxy::tls::plain_client_config())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Arc::new(H1Pool::new(connector, dial, limits))
+    }
+
+    fn get() -> Request<RequestBody> {
+        let wire = TripWire::new(true);
+        Request::get("/")
+            .header(http::header::HOST, "backend")
+            .body(RequestBody::buffered(Bytes::new(), wire))
+            .unwrap()
+    }
+
+    /// Sends one request and reads its body to the end (which checks the
+    /// connection back in).
+    async fn round_trip(pool: &Arc<H1Pool>) {
+        let response = pool.send(get()).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+    }
+
+    fn limits(idle_timeout: Duration, max_lifetime: Duration, max_idle: usize) -> PoolLimits {
+        PoolLimits {
+            idle_timeout,
+            max_lifetime,
+            max_idle,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_while_within_its_limits() {
+        let (uri, accepted) = backend().await;
+        let pool = pool(
+            uri,
+            limits(Duration::from_secs(60), Duration::from_secs(60), 4),
+        );
+        for _ in 0..5 {
+            round_trip(&pool).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn connections_past_their_idle_time_or_lifetime_are_not_reused() {
+        // Idle timeout: zero, so every checked-in connection is stale by the
+        // next checkout.
+        let (uri, accepted) = backend().await;
+        let idle = pool(uri, limits(Duration::ZERO, Duration::from_secs(60), 4));
+        round_trip(&idle).await;
+        std::thread::sleep(Duration::from_millis(2));
+        round_trip(&idle).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+        // Lifetime: zero, so no connection is ever checked back in.
+        let (uri, accepted) = backend().await;
+        let old = pool(uri, limits(Duration::from_secs(60), Duration::ZERO, 4));
+        round_trip(&old).await;
+        std::thread::sleep(Duration::from_millis(2));
+        round_trip(&old).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(old.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_expired_connection_on_top_does_not_discard_younger_ones() {
+        // Two connections: the older (born first) is checked in last, so it
+        // sits on top. Once it is past its lifetime, the younger one below
+        // it is still reused.
+        let (uri, accepted) = backend().await;
+        let pool = pool(
+            uri,
+            limits(Duration::from_secs(60), Duration::from_millis(1000), 4),
+        );
+        let first = pool.send(get()).await.unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+        let second = pool.send(get()).await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        second.into_body().collect().await.unwrap();
+        first.into_body().collect().await.unwrap();
+        assert_eq!(pool.idle_count(), 2);
+        // The first is 600+ ms older than the second: after 500 ms more,
+        // only the first is past its lifetime (the second has 500 ms of slack
+        // for a slow machine).
+        std::thread::sleep(Duration::from_millis(500));
+        round_trip(&pool).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "the younger connection was reused"
+        );
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn at_most_max_idle_connections_are_kept() {
+        let (uri, accepted) = backend().await;
+        let pool = pool(
+            uri,
+            limits(Duration::from_secs(60), Duration::from_secs(60), 2),
+        );
+        let mut open = Vec::new();
+        for _ in 0..4 {
+            open.push(pool.send(get()).await.unwrap());
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+        for response in open {
+            response.into_body().collect().await.unwrap();
+        }
+        assert_eq!(pool.idle_count(), 2);
     }
 }
