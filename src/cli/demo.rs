@@ -1,6 +1,7 @@
-//! `abgate demo`: the product in one process and under a minute, as one of two
-//! embedded scenarios (`load/scenarios/demo-inference-canary.yaml`, an LLM
-//! canary that truncates streams and costs more; `good-canary.yaml`).
+//! `abgate demo`: the product in one process and under a minute, as one of
+//! three embedded scenarios (`load/scenarios/demo-inference-canary.yaml`, an
+//! LLM canary that truncates streams and costs more; `good-canary.yaml`;
+//! `shadow-slow-candidate.yaml`, a slow candidate caught in its shadow step).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -14,6 +15,9 @@ pub enum CanaryQuality {
     Bad,
     /// As good as stable: expect the canary to walk every step and be promoted.
     Good,
+    /// 40% slower than stable, behind a shadow step: expect a rollback on
+    /// mirrored copies alone, with no user ever served by the candidate.
+    Shadow,
 }
 
 #[derive(clap::Args)]
@@ -31,11 +35,13 @@ pub struct DemoArgs {
 
 const BAD: &str = include_str!("../../load/scenarios/demo-inference-canary.yaml");
 const GOOD: &str = include_str!("../../load/scenarios/good-canary.yaml");
+const SHADOW: &str = include_str!("../../load/scenarios/shadow-slow-candidate.yaml");
 
 pub fn run(args: DemoArgs) -> ExitCode {
     let text = match args.canary {
         CanaryQuality::Bad => BAD,
         CanaryQuality::Good => GOOD,
+        CanaryQuality::Shadow => SHADOW,
     };
     let scenario = match Scenario::parse(text) {
         Ok(s) => s,
@@ -62,21 +68,38 @@ pub fn run(args: DemoArgs) -> ExitCode {
 /// the one `config/example.yaml` listens on, since the demo's own listeners are
 /// gone once it ends.
 fn next_steps(shown: CanaryQuality) -> Vec<String> {
-    let other = match shown {
-        CanaryQuality::Bad => "the other story, a healthy canary promoted step by step:\n    cargo run --release -- demo --canary good",
-        CanaryQuality::Good => "the other story, a flawed canary rolled back:\n    cargo run --release -- demo",
-    };
-    vec![
-        String::new(),
-        "what next:".to_string(),
-        format!("  {other}"),
-        "  run it yourself (mock backends as in the README, then):".to_string(),
-        "    ./target/release/abgate serve --config config/example.yaml".to_string(),
-        "  admin API:    http://127.0.0.1:9901/v1/experiments".to_string(),
-        "  web page:     http://127.0.0.1:9901/ui".to_string(),
-        "  live status:  ./target/release/abgate status --watch".to_string(),
-        "  metrics:      curl -s http://127.0.0.1:9901/metrics | grep abgate_".to_string(),
-        "  scenarios:    ./target/release/abgate scenario load/scenarios/ab-better-treatment.yaml"
-            .to_string(),
-    ]
+    let stories = [
+        (
+            CanaryQuality::Bad,
+            "a flawed LLM canary rolled back:\n    cargo run --release -- demo",
+        ),
+        (
+            CanaryQuality::Good,
+            "a healthy canary promoted step by step:\n    cargo run --release -- demo --canary good",
+        ),
+        (
+            CanaryQuality::Shadow,
+            "a slow candidate caught in shadow, before any user sees it:\n    cargo run --release -- demo --canary shadow",
+        ),
+    ];
+    let mut lines = vec![String::new(), "what next:".to_string()];
+    lines.extend(
+        stories
+            .iter()
+            .filter(|(q, _)| *q != shown)
+            .map(|(_, story)| format!("  another story, {story}")),
+    );
+    lines.extend(
+        [
+            "  run it yourself (mock backends as in the README, then):",
+            "    ./target/release/abgate serve --config config/example.yaml",
+            "  admin API:    http://127.0.0.1:9901/v1/experiments",
+            "  web page:     http://127.0.0.1:9901/ui",
+            "  live status:  ./target/release/abgate status --watch",
+            "  metrics:      curl -s http://127.0.0.1:9901/metrics | grep abgate_",
+            "  scenarios:    ./target/release/abgate scenario load/scenarios/ab-better-treatment.yaml",
+        ]
+        .map(String::from),
+    );
+    lines
 }

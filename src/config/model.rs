@@ -258,9 +258,11 @@ pub struct Experiment {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ControlPolicy {
     pub kind: ExperimentKind,
-    /// Canary: the candidate's weight (basis points) at each step, increasing.
-    pub steps: Vec<BasisPoints>,
-    /// A step may advance only after this many candidate requests...
+    /// Canary: its steps in order. A shadow step can only be the first, and
+    /// at least one live step follows it; live weights increase.
+    pub steps: Vec<Step>,
+    /// A step may advance only after this many candidate requests (in a
+    /// shadow step: pairs of a mirrored request and its copy)...
     pub step_min_samples: u64,
     /// ...and this long at the step.
     pub step_min_duration: Duration,
@@ -456,6 +458,62 @@ pub struct ShadowArm {
     /// Everything a copy may take, from the routing decision to the last byte
     /// of the shadow's answer.
     pub timeout: Duration,
+}
+
+/// How a shadow arm (or a canary's shadow step) is mirrored: everything in
+/// `shadow: { ... }` but the arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mirror {
+    pub percent: BasisPoints,
+    pub max_body: u64,
+    pub max_in_flight: usize,
+    pub timeout: Duration,
+}
+
+impl ShadowArm {
+    pub fn new(arm: Arm, m: Mirror) -> ShadowArm {
+        ShadowArm {
+            arm,
+            percent: m.percent,
+            max_body: m.max_body,
+            max_in_flight: m.max_in_flight,
+            timeout: m.timeout,
+        }
+    }
+}
+
+/// The name a canary's candidate has while it is mirrored in a shadow step:
+/// its copies' outcomes and pairs are recorded under it, apart from what the
+/// candidate later does for users under its own name.
+pub fn step_shadow_name(candidate: &str) -> String {
+    format!("{candidate}/shadow")
+}
+
+/// One step of a canary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The candidate serves nobody: it gets copies of a share of the
+    /// requests, and each copy is compared with the request it copies.
+    Shadow(Mirror),
+    /// The candidate serves this share of the requests.
+    Live(BasisPoints),
+}
+
+impl Step {
+    /// The candidate's live weight at this step (a shadow step serves nobody).
+    pub fn live_weight(self) -> BasisPoints {
+        match self {
+            Step::Shadow(_) => 0,
+            Step::Live(w) => w,
+        }
+    }
+
+    pub fn mirror(self) -> Option<Mirror> {
+        match self {
+            Step::Shadow(m) => Some(m),
+            Step::Live(_) => None,
+        }
+    }
 }
 
 /// Default `shadow.max_body`: 1 MiB covers chat requests with long prompts;

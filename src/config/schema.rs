@@ -756,23 +756,45 @@ fn control_policy(
             let path = f.path_of("steps");
             let mut out = Vec::new();
             if let Some(items) = d.seq(n, &path) {
+                let mut prev: Option<BasisPoints> = None;
                 for (i, item) in items.iter().enumerate() {
-                    if let Some(w) = weight(d, item, &index(&path, i)) {
-                        if out.last().is_some_and(|&prev| w <= prev) || w == 0 {
-                            d.error(
-                                index(&path, i),
-                                item.line,
-                                "steps must be increasing percentages above 0",
-                            );
-                            ok = false;
+                    let ipath = index(&path, i);
+                    match canary_step(d, item, &ipath) {
+                        Some(Step::Shadow(m)) => {
+                            if i > 0 {
+                                d.error(
+                                    &ipath,
+                                    item.line,
+                                    "a shadow step can only be the first: once users see the candidate, copies tell nothing new",
+                                );
+                                ok = false;
+                            }
+                            out.push(Step::Shadow(m));
                         }
-                        out.push(w);
-                    } else {
-                        ok = false;
+                        Some(Step::Live(w)) => {
+                            if prev.is_some_and(|p| w <= p) || w == 0 {
+                                d.error(
+                                    &ipath,
+                                    item.line,
+                                    "steps must be increasing percentages above 0",
+                                );
+                                ok = false;
+                            }
+                            prev = Some(w);
+                            out.push(Step::Live(w));
+                        }
+                        None => ok = false,
                     }
                 }
                 if items.is_empty() {
                     d.error(&path, n.line, "a canary needs at least one step");
+                    ok = false;
+                } else if ok && prev.is_none() {
+                    d.error(
+                        &path,
+                        n.line,
+                        "a shadow step needs live steps after it, e.g. [shadow, 5, 25, 100]",
+                    );
                     ok = false;
                 }
             }
@@ -1280,14 +1302,14 @@ fn arms(
             }
             let mirror = shadow(d, sn, &f.path_of("shadow"));
             match (name, backend, mirror, model_ok) {
-                (Some(name), Some(backend), Some(mut s), true) => {
-                    s.arm = Arm {
+                (Some(name), Some(backend), Some(m), true) => {
+                    let arm = Arm {
                         name,
                         backend,
                         weight: 0,
                         model,
                     };
-                    shadows.push(s);
+                    shadows.push(ShadowArm::new(arm, m));
                 }
                 _ => ok = false,
             }
@@ -1338,9 +1360,38 @@ fn arms(
     ok.then_some((out, shadows))
 }
 
-/// An arm's `shadow: { percent, max_body, max_in_flight, timeout }` (the
-/// arm itself is filled in by the caller).
-fn shadow(d: &mut Decoder, node: &Node, path: &str) -> Option<ShadowArm> {
+/// One item of a canary's `steps`: a percentage, `shadow` (copies of every
+/// request, the other bounds at their defaults) or `{ shadow: { percent,
+/// max_body, max_in_flight, timeout } }`.
+fn canary_step(d: &mut Decoder, node: &Node, path: &str) -> Option<Step> {
+    match &node.value {
+        Value::Scalar(s) if s.text == "shadow" => Some(Step::Shadow(Mirror {
+            percent: BUCKETS,
+            max_body: DEFAULT_SHADOW_MAX_BODY,
+            max_in_flight: DEFAULT_SHADOW_MAX_IN_FLIGHT,
+            timeout: DEFAULT_SHADOW_TIMEOUT,
+        })),
+        Value::Map(_) => {
+            let f = d.fields(node, path, &["shadow"])?;
+            let sn = required(d, &f, "shadow")?;
+            let m = shadow(d, sn, &f.path_of("shadow"))?;
+            if m.percent == 0 {
+                d.error(
+                    f.path_of("shadow.percent"),
+                    node.line,
+                    "a shadow step copies more than 0% of the requests",
+                );
+                return None;
+            }
+            Some(Step::Shadow(m))
+        }
+        _ => weight(d, node, path).map(Step::Live),
+    }
+}
+
+/// An arm's (or a shadow step's) `shadow: { percent, max_body,
+/// max_in_flight, timeout }`.
+fn shadow(d: &mut Decoder, node: &Node, path: &str) -> Option<Mirror> {
     let f = d.fields(node, path, SHADOW)?;
     let percent = required(d, &f, "percent").and_then(|n| weight(d, n, &f.path_of("percent")));
     let max_body = match f.get("max_body") {
@@ -1376,13 +1427,7 @@ fn shadow(d: &mut Decoder, node: &Node, path: &str) -> Option<ShadowArm> {
         }
         None => Some(DEFAULT_SHADOW_TIMEOUT),
     };
-    Some(ShadowArm {
-        arm: Arm {
-            name: String::new(),
-            backend: String::new(),
-            weight: 0,
-            model: None,
-        },
+    Some(Mirror {
         percent: percent?,
         max_body: max_body?,
         max_in_flight: max_in_flight?,

@@ -488,3 +488,57 @@ experiments:
     assert_eq!(e.shadows[0].arm.name, "candidate");
     assert!(e.policy.is_some());
 }
+
+fn canary_with_steps(steps: &str) -> String {
+    format!(
+        r#"
+backends: {{ v1: {{ url: "http://127.0.0.1:1" }}, v2: {{ url: "http://127.0.0.1:2" }} }}
+experiments:
+  - name: exp
+    kind: canary
+    baseline: stable
+    steps: {steps}
+    arms:
+      - {{ name: stable, backend: v1, weight: 100 }}
+      - {{ name: canary, backend: v2, weight: 0 }}
+"#
+    )
+}
+
+#[test]
+fn a_canary_may_begin_with_a_shadow_step() {
+    let c = parse(&canary_with_steps("[shadow, 5, 100]")).unwrap();
+    let p = c.experiments[0].policy.as_ref().unwrap();
+    assert_eq!(p.steps.len(), 3);
+    let m = p.steps[0].mirror().unwrap();
+    assert_eq!(m.percent, BUCKETS, "a bare `shadow` copies every request");
+    assert_eq!(m.max_in_flight, DEFAULT_SHADOW_MAX_IN_FLIGHT);
+    assert_eq!(p.steps[1], Step::Live(500));
+    let c = parse(&canary_with_steps(
+        "[{ shadow: { percent: 20, timeout: 5s } }, 50, 100]",
+    ))
+    .unwrap();
+    let m = c.experiments[0].policy.as_ref().unwrap().steps[0]
+        .mirror()
+        .unwrap();
+    assert_eq!(
+        (m.percent, m.timeout),
+        (2000, std::time::Duration::from_secs(5))
+    );
+}
+
+#[test]
+fn a_shadow_step_elsewhere_or_alone_is_refused_with_its_place() {
+    let err = |steps: &str| parse(&canary_with_steps(steps)).unwrap_err().to_string();
+    let e = err("[5, shadow, 100]");
+    assert!(
+        e.contains("experiments[0].steps[1]") && e.contains("only be the first"),
+        "{e}"
+    );
+    let e = err("[shadow]");
+    assert!(e.contains("live steps after it"), "{e}");
+    let e = err("[{ shadow: { percent: 0 } }, 10]");
+    assert!(e.contains("more than 0%"), "{e}");
+    let e = err("[{ shadow: { percent: 20, bogus: 1 } }, 10]");
+    assert!(e.contains("bogus"), "{e}");
+}

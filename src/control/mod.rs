@@ -40,7 +40,7 @@ use crate::clock::now_ms;
 use crate::config::{self, Config};
 use crate::outcomes::RecorderRegistry;
 use crate::proxy::plane::DataPlane;
-use crate::store::{ConfigRecord, ExperimentState, Store, StoreError};
+use crate::store::{ConfigRecord, ExperimentPhase, ExperimentState, Store, StoreError};
 use crate::telemetry::Telemetry;
 
 pub use actions::{Action, ActionError};
@@ -128,17 +128,54 @@ pub fn arms_fingerprint(e: &config::Experiment) -> String {
         .collect()
 }
 
-/// The config with each experiment's recorded weights laid over it.
+/// The config with each experiment's recorded weights laid over it, and a
+/// canary in its shadow step mirrored to its candidate.
 fn effective(config: &Config, states: &HashMap<String, ExperimentState>) -> Config {
     let mut c = config.clone();
     for e in &mut c.experiments {
-        if let Some(w) = states.get(&e.name).and_then(|s| s.weights.as_ref()) {
+        let state = states.get(&e.name);
+        if let Some(w) = state.and_then(|s| s.weights.as_ref()) {
             for a in &mut e.arms {
                 a.weight = w.get(&a.name).copied().unwrap_or(0);
             }
         }
+        add_step_shadow(e, state);
     }
     c
+}
+
+/// In a canary's shadow step (running or paused), its candidate's backend is
+/// also a shadow arm ([`config::step_shadow_name`]), mirrored as the step
+/// says, while the candidate serves nobody (its live weight is 0). Once the
+/// canary goes live or ends, the step's shadow is gone with it.
+pub(crate) fn add_step_shadow(e: &mut config::Experiment, state: Option<&ExperimentState>) {
+    let Some(state) = state else { return };
+    if !matches!(
+        state.phase,
+        ExperimentPhase::Running | ExperimentPhase::Paused
+    ) {
+        return;
+    }
+    let mirror = e
+        .policy
+        .as_ref()
+        .zip(state.step)
+        .and_then(|(p, i)| p.steps.get(i))
+        .and_then(|s| s.mirror());
+    let Some(mirror) = mirror else { return };
+    let Some(candidate) = e.arms.iter().find(|a| a.name != e.baseline) else {
+        return;
+    };
+    let name = config::step_shadow_name(&candidate.name);
+    if e.shadows.iter().any(|s| s.arm.name == name) {
+        return;
+    }
+    let arm = config::Arm {
+        name,
+        weight: 0,
+        ..candidate.clone()
+    };
+    e.shadows.push(config::ShadowArm::new(arm, mirror));
 }
 
 impl Current {

@@ -132,23 +132,15 @@ pub struct PairedEventView {
 impl PairedView {
     pub fn from_snapshot(p: &crate::outcomes::pairs::PairSnapshot) -> PairedView {
         use crate::stats::paired;
-        let metric = |m: &crate::outcomes::pairs::PairMoments| {
-            let n = m.n as f64;
-            let sums = paired::PairedSums {
-                n: m.n,
-                sum_x: m.sum_x,
-                sum_y: m.sum_y,
-                sum_xx: m.sum_xx,
-                sum_yy: m.sum_yy,
-                sum_xy: m.sum_xy,
-            };
+        let metric = |m: &paired::PairedSums| {
+            let some = m.n > 0;
             PairedMetricView {
                 pairs: m.n,
-                primary_mean: (m.n > 0).then(|| m.sum_x / n),
-                shadow_mean: (m.n > 0).then(|| m.sum_y / n),
-                mean_difference: m.mean_difference(),
+                primary_mean: some.then(|| m.mean_primary()),
+                shadow_mean: some.then(|| m.mean_shadow()),
+                mean_difference: some.then(|| m.mean_shadow() - m.mean_primary()),
                 test: paired::paired_two_sided(
-                    &sums,
+                    m,
                     crate::stats::Scale::Absolute,
                     &crate::stats::MixtureConfig::default(),
                 )
@@ -297,6 +289,23 @@ pub struct Judgement {
     pub comparisons: Vec<ComparisonView>,
     /// Units per arm the evidence has seen.
     pub samples: BTreeMap<String, u64>,
+    /// Canary in its shadow step: the pairs and each guardrail on them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowStepView>,
+}
+
+/// A canary's shadow step: the candidate serves nobody, `arm` (its backend
+/// under [`crate::config::step_shadow_name`]) gets copies of
+/// `mirror_percent` of the requests, and each copy is compared with the
+/// request it copies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowStepView {
+    pub arm: String,
+    pub mirror_percent: f64,
+    /// Pairs since the step began, and pairs left out.
+    pub pairs: u64,
+    pub dropped: u64,
+    pub guardrails: Vec<crate::stats::ShadowGuardrail>,
 }
 
 impl AnalysisView {
@@ -387,8 +396,11 @@ impl ControlPlane {
     pub async fn experiment_view(&self, name: &str) -> Option<ExperimentView> {
         let (config_version, phase, baseline, arms_cfg, experiment) = {
             let cur = self.current.lock().await;
-            let e = cur.config.experiment(name)?;
-            let experiment = e.clone();
+            let mut experiment = cur.config.experiment(name)?.clone();
+            // A canary in its shadow step shows the shadow its candidate
+            // has for now.
+            super::add_step_shadow(&mut experiment, cur.states.get(name));
+            let e = &experiment;
             let phase = cur
                 .states
                 .get(name)

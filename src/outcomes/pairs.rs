@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
 use super::metrics::AtomicF64;
+use crate::stats::paired::PairedSums;
 
 /// What one side of a pair did.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -123,24 +124,6 @@ struct PairCell {
     sxy: AtomicF64,
 }
 
-/// A copy of a [`PairCell`] (x primary, y shadow).
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PairMoments {
-    pub n: u64,
-    pub sum_x: f64,
-    pub sum_y: f64,
-    pub sum_xx: f64,
-    pub sum_yy: f64,
-    pub sum_xy: f64,
-}
-
-impl PairMoments {
-    /// Mean of `y − x`, if there are pairs.
-    pub fn mean_difference(&self) -> Option<f64> {
-        (self.n > 0).then(|| (self.sum_y - self.sum_x) / self.n as f64)
-    }
-}
-
 impl PairCell {
     fn record(&self, x: f64, y: f64) {
         self.n.fetch_add(1, Relaxed);
@@ -151,8 +134,8 @@ impl PairCell {
         self.sxy.add(x * y);
     }
 
-    fn get(&self) -> PairMoments {
-        PairMoments {
+    fn get(&self) -> PairedSums {
+        PairedSums {
             n: self.n.load(Relaxed),
             sum_x: self.sx.get(),
             sum_y: self.sy.get(),
@@ -169,6 +152,7 @@ struct DiscordantCell {
     pairs: AtomicU64,
     primary_only: AtomicU64,
     shadow_only: AtomicU64,
+    both: AtomicU64,
 }
 
 /// A copy of a [`DiscordantCell`].
@@ -180,6 +164,22 @@ pub struct Discordant {
     pub primary_only: u64,
     /// Pairs where only the shadow had it.
     pub shadow_only: u64,
+    /// Pairs where both had it (a relative margin on the rate needs them:
+    /// the primary's rate is `(primary_only + both) / pairs`).
+    #[serde(default)]
+    pub both: u64,
+}
+
+impl Discordant {
+    /// What accrued since `base` (an earlier copy of the same cell).
+    pub fn since(&self, base: &Discordant) -> Discordant {
+        Discordant {
+            pairs: self.pairs.saturating_sub(base.pairs),
+            primary_only: self.primary_only.saturating_sub(base.primary_only),
+            shadow_only: self.shadow_only.saturating_sub(base.shadow_only),
+            both: self.both.saturating_sub(base.both),
+        }
+    }
 }
 
 impl DiscordantCell {
@@ -188,7 +188,8 @@ impl DiscordantCell {
         match (x, y) {
             (true, false) => self.primary_only.fetch_add(1, Relaxed),
             (false, true) => self.shadow_only.fetch_add(1, Relaxed),
-            _ => 0,
+            (true, true) => self.both.fetch_add(1, Relaxed),
+            (false, false) => 0,
         };
     }
 
@@ -197,6 +198,7 @@ impl DiscordantCell {
             pairs: self.pairs.load(Relaxed),
             primary_only: self.primary_only.load(Relaxed),
             shadow_only: self.shadow_only.load(Relaxed),
+            both: self.both.load(Relaxed),
         }
     }
 }
@@ -218,10 +220,10 @@ pub struct PairBook {
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PairSnapshot {
     pub dropped: u64,
-    pub latency_ms: PairMoments,
-    pub ttfb_ms: PairMoments,
-    pub ttft_ms: PairMoments,
-    pub completion_tokens: PairMoments,
+    pub latency_ms: PairedSums,
+    pub ttfb_ms: PairedSums,
+    pub ttft_ms: PairedSums,
+    pub completion_tokens: PairedSums,
     pub error: Discordant,
     pub stream_incomplete: Discordant,
 }
@@ -230,6 +232,43 @@ impl PairSnapshot {
     /// Pairs recorded (each has a latency on both sides).
     pub fn pairs(&self) -> u64 {
         self.latency_ms.n
+    }
+
+    /// What accrued since `base`, an earlier snapshot of the same book. A
+    /// book that restarted below it (a new process) is taken whole.
+    pub fn since(&self, base: &PairSnapshot) -> PairSnapshot {
+        if self.pairs() < base.pairs() || self.dropped < base.dropped {
+            return *self;
+        }
+        PairSnapshot {
+            dropped: self.dropped - base.dropped,
+            latency_ms: self.latency_ms.minus(&base.latency_ms),
+            ttfb_ms: self.ttfb_ms.minus(&base.ttfb_ms),
+            ttft_ms: self.ttft_ms.minus(&base.ttft_ms),
+            completion_tokens: self.completion_tokens.minus(&base.completion_tokens),
+            error: self.error.since(&base.error),
+            stream_incomplete: self.stream_incomplete.since(&base.stream_incomplete),
+        }
+    }
+
+    /// A continuous metric's sums by name (the names the view uses).
+    pub fn continuous(&self, metric: &str) -> Option<&PairedSums> {
+        match metric {
+            "latency_ms" => Some(&self.latency_ms),
+            "ttfb_ms" => Some(&self.ttfb_ms),
+            "ttft_ms" => Some(&self.ttft_ms),
+            "completion_tokens" => Some(&self.completion_tokens),
+            _ => None,
+        }
+    }
+
+    /// A binary metric's counts by name.
+    pub fn binary(&self, metric: &str) -> Option<&Discordant> {
+        match metric {
+            "error" => Some(&self.error),
+            "stream_incomplete" => Some(&self.stream_incomplete),
+            _ => None,
+        }
     }
 }
 
@@ -298,7 +337,10 @@ mod tests {
         b.report(Side::Primary, side(true, 99.0));
         let s = book.snapshot();
         assert_eq!(s.pairs(), 2);
-        assert_eq!(s.latency_ms.mean_difference(), Some(4.0));
+        assert_eq!(
+            s.latency_ms.mean_shadow() - s.latency_ms.mean_primary(),
+            4.0
+        );
         assert_eq!(
             (s.latency_ms.sum_xy, s.latency_ms.sum_xx),
             (10.0 * 14.0 + 16.0 * 20.0, 100.0 + 256.0)
@@ -308,7 +350,8 @@ mod tests {
             Discordant {
                 pairs: 2,
                 primary_only: 1,
-                shadow_only: 1
+                shadow_only: 1,
+                both: 0,
             }
         );
         assert_eq!(s.ttfb_ms.n, 2);

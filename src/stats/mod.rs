@@ -39,6 +39,7 @@ pub mod explain;
 pub mod mixture;
 pub mod paired;
 pub mod policy;
+pub mod shadow_gate;
 pub mod snapshot;
 pub mod srm;
 pub mod strata;
@@ -58,6 +59,10 @@ pub use paired::{
 pub use policy::{
     Direction, ExperimentKind, GuardrailPolicy, Margin, Policy, PolicyError, PrimaryPolicy,
     DEFAULT_MIN_EXACT_EVENTS,
+};
+pub use shadow_gate::{
+    GuardrailStatus, PairedData, ShadowEvidence, ShadowFacts, ShadowGuardrail, ShadowLook,
+    ShadowVerdict,
 };
 pub use snapshot::{ArmSnapshot, MetricData, MetricSnapshot, Snapshot, StepFacts};
 

@@ -93,6 +93,19 @@ impl PairedSums {
         }
     }
 
+    /// What `self` holds beyond `base`, an earlier copy of the same running
+    /// sums (the pairs of one period). The count saturates.
+    pub fn minus(&self, base: &Self) -> Self {
+        Self {
+            n: self.n.saturating_sub(base.n),
+            sum_x: self.sum_x - base.sum_x,
+            sum_y: self.sum_y - base.sum_y,
+            sum_xx: self.sum_xx - base.sum_xx,
+            sum_yy: self.sum_yy - base.sum_yy,
+            sum_xy: self.sum_xy - base.sum_xy,
+        }
+    }
+
     /// Mean of the primary outcomes `x̄`; 0 when there is no pair.
     pub fn mean_primary(&self) -> f64 {
         if self.n == 0 {
@@ -457,19 +470,26 @@ pub fn discordant_log_e_one_sided(
     let s = if sign < 0.0 { -1.0 } else { 1.0 };
     let (c, b) = (pairs.shadow_only as f64, pairs.primary_only as f64);
     let concordant = (pairs.pairs - pairs.discordant()) as f64;
-    let lambda_max = 1.0 / (1.0 + null);
+    // Each pair's bet is on `s·D − null`.
+    betting_log_e(
+        &[(c, s - null), (b, -s - null), (concordant, -null)],
+        1.0 / (1.0 + null),
+    )
+}
+
+/// `ln` of the equal-weight average over the bets `λ_k = λ_max·2^−k` of
+/// `Π (1 + λ_k·v)^count` over `(count, v)`, the outcomes of the pairs and how
+/// many pairs had each. `λ_max` keeps every factor positive.
+fn betting_log_e(outcomes: &[(f64, f64)], lambda_max: f64) -> Result<f64, NotComputable> {
     let logs: Vec<f64> = (1..=BETS)
         .map(|k| {
             let lambda = lambda_max * 2f64.powi(-k);
-            // Counts of zero contribute nothing, even where the factor would be 0.
-            let term = |count: f64, outcome: f64| {
-                if count == 0.0 {
-                    0.0
-                } else {
-                    count * (lambda * (outcome - null)).ln_1p()
-                }
-            };
-            term(c, s) + term(b, -s) + term(concordant, 0.0)
+            outcomes
+                .iter()
+                // Counts of zero contribute nothing, even where the factor would be 0.
+                .filter(|(count, _)| *count > 0.0)
+                .map(|(count, v)| count * (lambda * v).ln_1p())
+                .sum::<f64>()
         })
         .collect();
     let log_e = super::attribution::log_sum_exp(&logs) - f64::from(BETS).ln();
@@ -480,9 +500,81 @@ pub fn discordant_log_e_one_sided(
     }
 }
 
+/// One-sided log e-value on the *ratio* of the two event rates, for a
+/// relative margin: `H0: s·(p_shadow − r·p_primary) ≤ 0` against `> 0`, with
+/// `r = 1 + margin` the largest tolerated rate ratio:
+/// * "shadow harmed beyond the margin": `sign = +1` (rejects `p_y ≤ r·p_x`);
+/// * "shadow non-inferior": `sign = −1` (rejects `p_y ≥ r·p_x`).
+///
+/// Construction, as [`discordant_log_e_one_sided`] but on `D′ = y − r·x`,
+/// whose mean is `p_y − r·p_x`: a pair with only the shadow's event gives
+/// `1`, only the primary's `−r`, both `1 − r`, neither `0`. A bet
+/// `λ ≤ 1/max(−s·D′)` (`1/r` for harm, `1` for non-inferiority) keeps every
+/// factor `1 + λ·s·D′` nonnegative, and under `H0` each has mean `≤ 1`.
+/// Guarantee, **exact**: by Ville's inequality `P(∃ look: ln E ≥ ln(1/α)) ≤ α`
+/// for i.i.d. pairs (or any whose conditional mean of `s·D′` stays `≤ 0`),
+/// with no plug-in of the primary's rate. At `r = 1` it is
+/// [`discordant_log_e_one_sided`] with `null = 0`.
+///
+/// `both` is the number of pairs where both sides had the event. Not
+/// computable: `n = 0` (`EmptyArm`); `ratio < 1` or not finite, or counts with
+/// `b + c + both > n` (`NonFinite`).
+pub fn ratio_log_e_one_sided(
+    pairs: &DiscordantPairs,
+    both: u64,
+    ratio: f64,
+    sign: f64,
+) -> Result<f64, NotComputable> {
+    if pairs.pairs == 0 {
+        return Err(NotComputable::EmptyArm);
+    }
+    let events = pairs.discordant().checked_add(both);
+    let counts_ok = pairs.consistent() && events.is_some_and(|e| e <= pairs.pairs);
+    if !(counts_ok && ratio.is_finite() && ratio >= 1.0) {
+        return Err(NotComputable::NonFinite);
+    }
+    let s = if sign < 0.0 { -1.0 } else { 1.0 };
+    let (c, b, a) = (
+        pairs.shadow_only as f64,
+        pairs.primary_only as f64,
+        both as f64,
+    );
+    let lambda_max = if s > 0.0 { 1.0 / ratio } else { 1.0 };
+    betting_log_e(
+        &[(c, s), (b, -s * ratio), (a, s * (1.0 - ratio))],
+        lambda_max,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ratio_test_at_ratio_one_is_the_risk_difference_test_at_null_zero() {
+        let pairs = DiscordantPairs::new(500, 7, 19).unwrap();
+        for sign in [1.0, -1.0] {
+            let ratio = ratio_log_e_one_sided(&pairs, 4, 1.0, sign).unwrap();
+            let rd = discordant_log_e_one_sided(&pairs, sign, 0.0).unwrap();
+            assert!((ratio - rd).abs() < 1e-12, "{ratio} vs {rd}");
+        }
+    }
+
+    #[test]
+    fn the_ratio_test_matches_a_direct_evaluation() {
+        // Reference: the average over λ_k = λ_max·2^−k (k = 1..20) of
+        // Π(1 + λ_k·s·D′), evaluated term by term in Python 3 (math.log1p,
+        // a max-shifted log-sum-exp): harm with r = 1.5 on n=100, b=2,
+        // c=10, both=1; non-inferiority on n=400, b=12, c=3, both=2.
+        let harm = ratio_log_e_one_sided(&DiscordantPairs::new(100, 2, 10).unwrap(), 1, 1.5, 1.0);
+        assert!((harm.unwrap() - 0.23567199553247464).abs() < 1e-12);
+        let ni = ratio_log_e_one_sided(&DiscordantPairs::new(400, 12, 3).unwrap(), 2, 1.5, -1.0);
+        assert!((ni.unwrap() - 2.3570618304834183).abs() < 1e-12);
+        // Counts that cannot be, and a ratio below 1.
+        let p = DiscordantPairs::new(10, 4, 4).unwrap();
+        assert!(ratio_log_e_one_sided(&p, 3, 1.5, 1.0).is_err());
+        assert!(ratio_log_e_one_sided(&p, 0, 0.9, 1.0).is_err());
+    }
 
     fn sums(pairs: &[(f64, f64)]) -> PairedSums {
         let mut s = PairedSums::default();

@@ -54,3 +54,20 @@ fn a_good_canary_is_promoted() {
         .expect("a `what next:` section");
     assert!(tail.contains("cargo run --release -- demo\n"), "{tail}");
 }
+
+#[test]
+fn the_shadow_story_catches_a_slow_candidate_before_any_user_sees_it() {
+    let _load = decision_load_blocking();
+    let (ok, out) = demo(&["--canary", "shadow", "--duration", "40s"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("decision: rollback"), "{out}");
+    // Caught on the mirrored copies: the live canary served nobody.
+    assert!(out.contains("and 0 canary requests"), "{out}");
+    assert!(out.contains("caught in shadow"), "{out}");
+    let tail = out
+        .split("what next:")
+        .nth(1)
+        .expect("a `what next:` section");
+    assert!(tail.contains("cargo run --release -- demo\n"), "{tail}");
+    assert!(tail.contains("demo --canary good"), "{tail}");
+}

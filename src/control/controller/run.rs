@@ -8,16 +8,20 @@ use serde_json::{json, Value};
 
 use crate::clock::{now_ms, thread_cpu_time};
 use crate::config::{stats_policy, uses_events};
-use crate::config::{ControlPolicy, Experiment, ExperimentKind, OnFailure, OnSuccess, BUCKETS};
+use crate::config::{
+    ControlPolicy, Experiment, ExperimentKind, OnFailure, OnSuccess, Step, BUCKETS,
+};
 use crate::control::decision::{all_to, DecisionKind};
 use crate::control::{arms_fingerprint, ControlPlane};
+use crate::outcomes::pairs::PairSnapshot;
 use crate::outcomes::recorder::ArmRecorder;
 use crate::outcomes::summary::{experiment_sums_of, ArmMetrics, ArmSums, MetricStats};
 use crate::stats::{
     self, decide, ArmSnapshot, ErrorAttribution, ExperimentEvidence, MetricData, MetricSnapshot,
-    Snapshot, SrmMonitor, StepFacts, Verdict,
+    PairedData, ShadowEvidence, ShadowFacts, ShadowVerdict, Snapshot, SrmMonitor, StepFacts,
+    Verdict,
 };
-use crate::store::{ExperimentPhase, Weights};
+use crate::store::{ExperimentPhase, ExperimentState, Weights};
 
 use super::periods::Periods;
 
@@ -54,6 +58,18 @@ struct Carried {
     periods: Periods,
     /// When this loop first looked at the experiment (Unix ms).
     first_seen_ms: Option<u64>,
+    /// A canary's shadow step: its pairs and tests (None outside one).
+    #[serde(default)]
+    shadow: Option<ShadowRun>,
+}
+
+/// What a shadow step carries: the candidate's pair book when the step
+/// began (earlier pairs belong to an earlier run) and the tests' evidence.
+#[derive(Default, Serialize, Deserialize)]
+struct ShadowRun {
+    step: usize,
+    base: PairSnapshot,
+    evidence: ShadowEvidence,
 }
 
 impl Carried {
@@ -312,7 +328,18 @@ impl Run {
         // look's own work starts here.
         self.look_clock = thread_cpu_time().map(|t| (std::thread::current().id(), t));
         let phase = state.as_ref().map_or(ExperimentPhase::Running, |s| s.phase);
-        self.watch_candidate(control, name, &e, cfg, phase == ExperimentPhase::Running);
+        let shadow_step = state
+            .as_ref()
+            .and_then(|s| s.step)
+            .filter(|&i| matches!(cfg.steps.get(i), Some(Step::Shadow(_))));
+        self.watch_candidate(
+            control,
+            name,
+            &e,
+            cfg,
+            phase == ExperimentPhase::Running,
+            shadow_step.is_some(),
+        );
         if phase != ExperimentPhase::Running {
             control.set_analysis(name, json!({"status": format!("{phase:?}").to_lowercase(), "note": "automatic decisions are off"}));
             return Ok(());
@@ -325,11 +352,11 @@ impl Run {
         // A canary starts at its first step.
         if cfg.kind == ExperimentKind::Canary && state.as_ref().and_then(|s| s.step).is_none() {
             let cand = candidate.clone().ok_or(TickError::NoCandidate)?;
-            let to = canary_weights(&e, &cand, cfg.steps[0]);
+            let to = canary_weights(&e, &cand, cfg.steps[0].live_weight());
             let summary = format!(
-                "started: step 1/{} ({}% to {cand})",
+                "started: step 1/{} ({})",
                 cfg.steps.len(),
-                crate::config::percent(cfg.steps[0])
+                step_words(cfg.steps[0], &cand)
             );
             control
                 .controller_decide(
@@ -344,6 +371,14 @@ impl Run {
             return Box::pin(self.tick(control, name, cfg)).await;
         }
         self.adopt(control, name, &e, state.as_ref().map(|s| s.started_ms));
+        // A canary's shadow step is judged on its pairs alone.
+        if let (Some(st), Some(cand), Some(i)) = (state.as_ref(), candidate.as_deref(), shadow_step)
+        {
+            return self
+                .shadow_look(control, name, cfg, &e, st, &weights, cand, i)
+                .await;
+        }
+        self.c.shadow = None;
         let needed = &self.needed;
         let now_sums =
             experiment_sums_of(&control.recorders, &e, |m| needed.iter().any(|n| n == m));
@@ -419,7 +454,7 @@ impl Run {
                     "explain": verdict.explain(),
                     "details": serde_json::to_value(&verdict).unwrap_or(Value::Null),
                     "step": step.map(|s| s + 1),
-                    "steps": cfg.steps.iter().map(|s| f64::from(*s) / 100.0).collect::<Vec<_>>(),
+                    "steps": cfg.steps.iter().map(|s| f64::from(s.live_weight()) / 100.0).collect::<Vec<_>>(),
                     "step_units": step_units,
                     "step_minimums_met": facts.step_minimums_met,
                     "looks": self.c.evidence.looks,
@@ -451,6 +486,152 @@ impl Run {
         acted.map(|_| ())
     }
 
+    /// A look at a canary in its shadow step (`step`): the candidate serves
+    /// nobody and gets copies, and each copy is compared with the request it
+    /// copies. Every guardrail the pairs carry non-inferior on
+    /// `step.min_samples` pairs (and `step.min_duration` in the step) goes
+    /// live; harm on one removes the shadow (a rollback no user saw).
+    #[allow(clippy::too_many_arguments)]
+    async fn shadow_look(
+        &mut self,
+        control: &ControlPlane,
+        name: &str,
+        cfg: &ControlPolicy,
+        e: &Experiment,
+        state: &ExperimentState,
+        weights: &Weights,
+        cand: &str,
+        step: usize,
+    ) -> Result<(), TickError> {
+        let shadow_arm = crate::config::step_shadow_name(cand);
+        let book = control
+            .recorders
+            .pairs(name, &shadow_arm)
+            .unwrap_or_default();
+        let run = match &mut self.c.shadow {
+            Some(r) if r.step == step => r,
+            slot => slot.insert(ShadowRun {
+                step,
+                base: book,
+                evidence: ShadowEvidence::default(),
+            }),
+        };
+        let since = book.since(&run.base);
+        let now = now_ms();
+        let facts = ShadowFacts {
+            minimums_met: since.pairs() >= cfg.step_min_samples
+                && now.saturating_sub(state.step_started_ms)
+                    >= cfg.step_min_duration.as_millis() as u64,
+            budget_exhausted: now.saturating_sub(state.started_ms)
+                >= cfg.max_duration.as_millis() as u64,
+        };
+        let look = stats::shadow_gate::look(
+            &self.policy,
+            &mut run.evidence,
+            since.pairs(),
+            |m| {
+                if let Some(s) = since.continuous(m) {
+                    return Some(PairedData::Continuous(*s));
+                }
+                let d = since.binary(m)?;
+                let pairs =
+                    stats::DiscordantPairs::new(d.pairs, d.primary_only, d.shadow_only).ok()?;
+                Some(PairedData::Events(pairs, d.both))
+            },
+            facts,
+        );
+        let looks = run.evidence.looks;
+        self.unpublished = true;
+        let mirror = cfg.steps[step].mirror().map_or(0, |m| m.percent);
+        control.set_analysis(
+            name,
+            json!({
+                "status": "running",
+                "verdict": look.verdict.name(),
+                "explain": look.explain,
+                "details": null,
+                "step": step + 1,
+                "steps": cfg.steps.iter().map(|s| f64::from(s.live_weight()) / 100.0).collect::<Vec<_>>(),
+                "step_units": since.pairs(),
+                "step_minimums_met": facts.minimums_met,
+                "looks": looks,
+                "comparisons": [],
+                "samples": {&shadow_arm: since.pairs()},
+                "shadow": {
+                    "arm": shadow_arm,
+                    "mirror_percent": f64::from(mirror) / 100.0,
+                    "pairs": since.pairs(),
+                    "dropped": since.dropped,
+                    "guardrails": &look.guardrails,
+                },
+            }),
+        );
+        let reason = |summary: String| json!({"summary": summary, "shadow": {"pairs": since.pairs(), "guardrails": &look.guardrails}});
+        let decision = match look.verdict {
+            ShadowVerdict::Continue => None,
+            ShadowVerdict::Advance => {
+                let next = cfg.steps[step + 1];
+                let mut r = reason(format!(
+                    "advanced to step {}/{} ({}): {}",
+                    step + 2,
+                    cfg.steps.len(),
+                    step_words(next, cand),
+                    look.explain
+                ));
+                r["step"] = json!(step + 1);
+                Some((
+                    DecisionKind::Advance,
+                    canary_weights(e, cand, next.live_weight()),
+                    r,
+                ))
+            }
+            ShadowVerdict::Rollback => match cfg.on_failure {
+                OnFailure::Pause => Some((
+                    DecisionKind::Pause,
+                    weights.clone(),
+                    reason(look.explain.clone()),
+                )),
+                OnFailure::Rollback => Some((
+                    DecisionKind::Rollback,
+                    all_to(e, &e.baseline),
+                    reason(format!(
+                        "{} (caught in shadow: no user was served by {cand})",
+                        look.explain
+                    )),
+                )),
+            },
+            ShadowVerdict::Inconclusive => Some((
+                DecisionKind::Conclude,
+                all_to(e, &e.baseline),
+                reason(look.explain.clone()),
+            )),
+        };
+        let Some((kind, to, reason)) = decision else {
+            return Ok(());
+        };
+        self.look_clock = None; // waits on the store: not a measured look
+        let id = control
+            .controller_decide(name, kind, to, reason.clone())
+            .await?;
+        tracing::info!(
+            experiment = name,
+            kind = kind.as_str(),
+            id,
+            "{}",
+            reason["summary"].as_str().unwrap_or("")
+        );
+        if kind == DecisionKind::Advance {
+            // The live steps' evidence starts at the first live look: what
+            // the candidate's recorder holds from its copies is not what it
+            // does for users (`periods` begin there; the per-period counts
+            // start from zero).
+            self.c.shadow = None;
+            self.c.step_base = None;
+            self.rebase_periods = true;
+        }
+        Ok(())
+    }
+
     /// Hands the run to the next store snapshot, if it changed.
     fn publish(&mut self, control: &ControlPlane, name: &str) {
         if !self.unpublished {
@@ -480,11 +661,19 @@ impl Run {
         e: &Experiment,
         cfg: &ControlPolicy,
         running: bool,
+        shadow_step: bool,
     ) {
         let candidate = e.arms.iter().find(|a| a.name != e.baseline);
-        let wanted = candidate.filter(|_| running && cfg.look_every > 0);
-        let same = match (&self.watch, wanted) {
-            (Some(w), Some(c)) => w.experiment == name && w.arm == c.name,
+        // In a shadow step the candidate's outcomes are its copies'.
+        let wanted =
+            candidate
+                .filter(|_| running && cfg.look_every > 0)
+                .map(|c| match shadow_step {
+                    true => std::borrow::Cow::Owned(crate::config::step_shadow_name(&c.name)),
+                    false => std::borrow::Cow::Borrowed(c.name.as_str()),
+                });
+        let same = match (&self.watch, &wanted) {
+            (Some(w), Some(c)) => w.experiment == name && w.arm == **c,
             (None, None) => true,
             _ => false,
         };
@@ -495,7 +684,7 @@ impl Run {
             old.set_look_every(0);
         }
         if let Some(c) = wanted {
-            let rec = control.recorders.arm(name, &c.name);
+            let rec = control.recorders.arm(name, &c);
             rec.set_look_every(cfg.look_every);
             self.watch = Some(rec);
         }
@@ -735,9 +924,9 @@ impl Run {
                     let next = cfg.steps[s + 1];
                     Some((
                         DecisionKind::Advance,
-                        canary_weights(e, cand, next),
+                        canary_weights(e, cand, next.live_weight()),
                         reason(
-                            json!({"step": s + 1, "summary": format!("advanced to step {}/{} ({}% to {cand}): {}", s + 2, cfg.steps.len(), crate::config::percent(next), verdict.explain())}),
+                            json!({"step": s + 1, "summary": format!("advanced to step {}/{} ({}): {}", s + 2, cfg.steps.len(), step_words(next, cand), verdict.explain())}),
                         ),
                     ))
                 } else if cfg.on_success == OnSuccess::Promote {
@@ -833,6 +1022,18 @@ impl Run {
             .await?;
         self.c.last_once = Some(kind);
         Ok(())
+    }
+}
+
+/// A step in words, for decisions: "5% to canary", "shadow: 20% of requests
+/// copied to canary".
+fn step_words(step: Step, candidate: &str) -> String {
+    match step {
+        Step::Live(w) => format!("{}% to {candidate}", crate::config::percent(w)),
+        Step::Shadow(m) => format!(
+            "shadow: {}% of requests copied to {candidate}, which serves nobody",
+            crate::config::percent(m.percent)
+        ),
     }
 }
 

@@ -85,12 +85,22 @@ pub fn render_status(experiments: &[ExperimentView]) -> String {
         out.push_str(&paired_rows(e));
         if let Some(j) = e.analysis.as_ref().and_then(|a| a.judgement()) {
             if let Some(step) = j.step {
-                out.push_str(&format!("  step {step}/{}\n", j.steps.len()));
+                out.push_str(&format!("  step {step}/{}", j.steps.len()));
+                match &j.shadow {
+                    Some(s) => out.push_str(&format!(
+                        " (shadow: {}% of requests copied to {}, {} pairs)\n",
+                        s.mirror_percent, s.arm, s.pairs
+                    )),
+                    None => out.push('\n'),
+                }
             }
             // The explanation starts with the verdict in words.
             out.push_str(&format!("  verdict: {}\n", j.explain));
             for view in &j.comparisons {
                 out.push_str(&format!("    {}\n", view.describe()));
+            }
+            for g in j.shadow.iter().flat_map(|s| &s.guardrails) {
+                out.push_str(&format!("    {}\n", shadow_guardrail(g)));
             }
         }
         if let Some(d) = &e.last_decision {
@@ -103,6 +113,38 @@ pub fn render_status(experiments: &[ExperimentView]) -> String {
         }
     }
     out
+}
+
+/// One guardrail of a shadow step, e.g. `latency_ms on pairs: harm, +32.1%
+/// [+20.3%, +44.0%], harm p=1.2e-5 ≤ 0.025, 412 pairs`.
+fn shadow_guardrail(g: &crate::stats::ShadowGuardrail) -> String {
+    use crate::stats::GuardrailStatus as S;
+    let status = match g.status {
+        S::Pending => "pending",
+        S::NonInferior => "non-inferior",
+        S::Harm => "harm",
+        S::LiveOnly => {
+            return format!(
+                "{}: not carried by the pairs; judged from the first live step",
+                g.metric
+            )
+        }
+    };
+    let estimate = g.estimate.as_ref().map_or(String::new(), |t| {
+        let pct = t.scale == crate::stats::Scale::Relative;
+        let f = |v: f64| {
+            if pct {
+                format!("{:+.1}%", v * 100.0)
+            } else {
+                format!("{v:+.4}")
+            }
+        };
+        format!(", {} [{}, {}]", f(t.estimate), f(t.ci[0]), f(t.ci[1]))
+    });
+    format!(
+        "{} on pairs: {status}{estimate}, harm p={:.2e} (≤ {:.3}), non-inferiority p={:.2e} (≤ {:.3}), {} pairs",
+        g.metric, g.harm_p, g.harm_threshold, g.non_inferiority_p, g.non_inferiority_threshold, g.pairs
+    )
 }
 
 /// Each shadow arm's pairs with its primary twins: how many, and the mean
@@ -313,6 +355,7 @@ mod tests {
                 looks: 3,
                 comparisons: vec![view],
                 samples: Default::default(),
+                shadow: None,
             }))),
         };
         let text = render_status(&[experiment]);
