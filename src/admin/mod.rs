@@ -172,11 +172,9 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
                         .set(mean);
                 }
             }
-            Ok(text(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                c.telemetry.render(),
-            ))
+            let mut body = c.telemetry.render();
+            c.recorders.render_prometheus(&mut body);
+            Ok(text(StatusCode::OK, "text/plain; version=0.0.4", body))
         }
         (&Method::GET, ["healthz"]) => Ok(json_ok(&json!({"status": "ok"}))),
         (&Method::GET, ["readyz"]) => Ok(json_ok(

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
+use super::exposition::{ArmSeries, SecondsHistogram, GRPC_CODES};
 use super::histogram::{AtomicHistogram, HistogramSnapshot, HistogramState};
 use super::metrics::{MetricCell, MetricSums};
 use super::scan::{Finish, Inference};
@@ -404,22 +405,52 @@ impl OutcomeSet {
     }
 }
 
-/// Prometheus handles of one arm, registered once so the hot path only increments.
-struct PromHandles {
-    classes: [metrics::Counter; 5],
-    failures: [metrics::Counter; 6],
-    forced: metrics::Counter,
-    duration: metrics::Histogram,
-    ttfb: metrics::Histogram,
-    /// `abgate_tokens_total` by kind: prompt, completion.
-    tokens: [metrics::Counter; 2],
-    /// A gauge that only grows: the exporter's counters are whole numbers.
-    cost: metrics::Gauge,
-    ttft: metrics::Histogram,
-    itl: metrics::Histogram,
-    streams: metrics::Counter,
-    stream_incomplete: metrics::Counter,
-    unparsed: metrics::Counter,
+/// What `/metrics` shows of one arm beyond the sets' own counts: the seconds
+/// histograms (Prometheus' bucket bounds), gRPC statuses, and what was
+/// restored at startup (subtracted, so counters count from process start).
+#[derive(Default)]
+struct Exposed {
+    duration: SecondsHistogram,
+    ttfb: SecondsHistogram,
+    ttft: SecondsHistogram,
+    itl: SecondsHistogram,
+    grpc: [AtomicU64; GRPC_CODES],
+    /// Locked at restore and at scrape only, never by a request.
+    restored: std::sync::Mutex<Restored>,
+}
+
+/// The restored counts `/metrics` leaves out, both populations together.
+#[derive(Debug, Clone, Copy, Default)]
+struct Restored {
+    classes: [u64; 5],
+    failures: [u64; 6],
+    forced: u64,
+    tokens: [f64; 2],
+    cost: f64,
+    streams: u64,
+    incomplete: u64,
+    unparsed: u64,
+}
+
+impl Restored {
+    fn add(&mut self, s: &ArmState) {
+        for o in [&s.assigned, &s.forced] {
+            for (slot, v) in self.classes.iter_mut().zip(o.classes) {
+                *slot += v;
+            }
+            for (slot, v) in self.failures.iter_mut().zip(o.failures) {
+                *slot += v;
+            }
+            let i = &o.inference;
+            self.tokens[0] += i.prompt_tokens.sum;
+            self.tokens[1] += i.completion_tokens.sum;
+            self.cost += i.cost.sum;
+            self.streams += i.streams;
+            self.incomplete += i.incomplete;
+            self.unparsed += i.unparsed;
+        }
+        self.forced += s.forced.classes.iter().sum::<u64>();
+    }
 }
 
 /// Everything recorded for one (experiment, arm).
@@ -428,7 +459,7 @@ pub struct ArmRecorder {
     pub arm: String,
     assigned: OutcomeSet,
     forced: OutcomeSet,
-    prom: PromHandles,
+    exposed: Exposed,
     /// Set from the experiment's config at each table build.
     slow_threshold_us: AtomicU64,
     /// Assigned requests completed (latency recorded), for [`Self::look`].
@@ -439,15 +470,7 @@ pub struct ArmRecorder {
     /// Woken every `look_every` completed assigned requests, so the controller
     /// looks when enough new evidence has arrived rather than on a timer.
     look: tokio::sync::Notify,
-    /// `abgate_grpc_errors_total{code}`, registered the first time a code is
-    /// seen (most arms never answer gRPC, and 17 empty series per arm would
-    /// bury the ones that matter); index 0 is for codes above 16.
-    grpc: [std::sync::OnceLock<metrics::Counter>; GRPC_CODES],
-    telemetry: Arc<Telemetry>,
 }
-
-/// gRPC status codes 1..=16 plus one slot for anything else.
-const GRPC_CODES: usize = 17;
 
 /// A point-in-time copy of an arm's recorder.
 #[derive(Debug, Clone)]
@@ -461,83 +484,17 @@ pub struct ArmSnapshot {
 }
 
 impl ArmRecorder {
-    fn new(experiment: &str, arm: &str, telemetry: &Arc<Telemetry>) -> Self {
-        let prom = PromHandles {
-            classes: StatusClass::ALL.map(|c| {
-                telemetry.counter(
-                    "abgate_requests_total",
-                    &[
-                        ("experiment", experiment),
-                        ("arm", arm),
-                        ("class", c.label()),
-                    ],
-                )
-            }),
-            failures: FailureKind::ALL.map(|k| {
-                telemetry.counter(
-                    "abgate_upstream_errors_total",
-                    &[
-                        ("experiment", experiment),
-                        ("arm", arm),
-                        ("kind", k.label()),
-                    ],
-                )
-            }),
-            forced: telemetry.counter(
-                "abgate_forced_requests_total",
-                &[("experiment", experiment), ("arm", arm)],
-            ),
-            duration: telemetry.histogram(
-                "abgate_request_duration_seconds",
-                &[("experiment", experiment), ("arm", arm)],
-            ),
-            ttfb: telemetry.histogram(
-                "abgate_time_to_first_byte_seconds",
-                &[("experiment", experiment), ("arm", arm)],
-            ),
-            tokens: ["prompt", "completion"].map(|kind| {
-                telemetry.counter(
-                    "abgate_tokens_total",
-                    &[("experiment", experiment), ("arm", arm), ("kind", kind)],
-                )
-            }),
-            cost: telemetry.gauge(
-                "abgate_cost_total",
-                &[("experiment", experiment), ("arm", arm)],
-            ),
-            ttft: telemetry.histogram(
-                "abgate_time_to_first_token_seconds",
-                &[("experiment", experiment), ("arm", arm)],
-            ),
-            itl: telemetry.histogram(
-                "abgate_inter_token_latency_seconds",
-                &[("experiment", experiment), ("arm", arm)],
-            ),
-            streams: telemetry.counter(
-                "abgate_streams_total",
-                &[("experiment", experiment), ("arm", arm)],
-            ),
-            stream_incomplete: telemetry.counter(
-                "abgate_stream_incomplete_total",
-                &[("experiment", experiment), ("arm", arm)],
-            ),
-            unparsed: telemetry.counter(
-                "abgate_unparsed_responses_total",
-                &[("experiment", experiment), ("arm", arm)],
-            ),
-        };
+    fn new(experiment: &str, arm: &str) -> Self {
         ArmRecorder {
             experiment: experiment.to_string(),
             arm: arm.to_string(),
             assigned: OutcomeSet::default(),
             forced: OutcomeSet::default(),
-            prom,
+            exposed: Exposed::default(),
             slow_threshold_us: AtomicU64::new(u64::MAX),
             completed: AtomicU64::new(0),
             look_every: AtomicU64::new(0),
             look: tokio::sync::Notify::new(),
-            grpc: Default::default(),
-            telemetry: telemetry.clone(),
         }
     }
 
@@ -557,10 +514,6 @@ impl ArmRecorder {
         if class == StatusClass::ServerError {
             set.errors.fetch_add(1, Relaxed);
         }
-        self.prom.classes[class as usize].increment(1);
-        if forced {
-            self.prom.forced.increment(1);
-        }
     }
 
     /// A transport failure or client disconnect. `counted_as_error` is false when
@@ -571,7 +524,6 @@ impl ArmRecorder {
         if kind.is_upstream_fault() && !counted_as_error {
             set.errors.fetch_add(1, Relaxed);
         }
-        self.prom.failures[kind as usize].increment(1);
     }
 
     /// A response (HTTP 200, as gRPC answers) whose `grpc-status` was `code`,
@@ -586,23 +538,7 @@ impl ArmRecorder {
         } else {
             0
         };
-        self.grpc[slot]
-            .get_or_init(|| {
-                let label = if slot == 0 {
-                    "other".to_string()
-                } else {
-                    slot.to_string()
-                };
-                self.telemetry.counter(
-                    "abgate_grpc_errors_total",
-                    &[
-                        ("experiment", &self.experiment),
-                        ("arm", &self.arm),
-                        ("code", &label),
-                    ],
-                )
-            })
-            .increment(1);
+        self.exposed.grpc[slot].fetch_add(1, Relaxed);
     }
 
     /// The client left before a response head was sent: not the arm's fault.
@@ -610,13 +546,13 @@ impl ArmRecorder {
         let set = self.set(forced);
         set.abandoned.fetch_add(1, Relaxed);
         set.failures[FailureKind::ClientGone as usize].fetch_add(1, Relaxed);
-        self.prom.failures[FailureKind::ClientGone as usize].increment(1);
     }
 
     /// Time to the first response body byte.
     pub fn record_ttfb(&self, forced: bool, elapsed: Duration) {
-        self.set(forced).ttfb.record(elapsed.as_micros() as u64);
-        self.prom.ttfb.record(elapsed.as_secs_f64());
+        let us = elapsed.as_micros() as u64;
+        self.set(forced).ttfb.record(us);
+        self.exposed.ttfb.record(us);
     }
 
     /// What the response scanner read from one response; `cost` is its price
@@ -624,27 +560,11 @@ impl ArmRecorder {
     /// response reported usage.
     pub fn record_inference(&self, forced: bool, r: &Inference, cost: Option<f64>) {
         self.set(forced).inference.record(r, cost);
-        let p = &self.prom;
-        if let Some(t) = r.prompt_tokens {
-            p.tokens[0].increment(t);
-        }
-        if let Some(t) = r.completion_tokens {
-            p.tokens[1].increment(t);
-        }
-        if let Some(c) = cost {
-            p.cost.increment(c);
-        }
         if let Some(us) = r.ttft_us {
-            p.ttft.record(us as f64 / 1e6);
+            self.exposed.ttft.record(us);
         }
         if let Some(us) = r.itl_us {
-            p.itl.record(us as f64 / 1e6);
-        }
-        if let Some(complete) = r.complete {
-            p.streams.increment(1);
-            if !complete {
-                p.stream_incomplete.increment(1);
-            }
+            self.exposed.itl.record(us);
         }
     }
 
@@ -652,7 +572,6 @@ impl ArmRecorder {
     /// out; its HTTP outcome is counted as usual.
     pub fn record_unparsed(&self, forced: bool) {
         self.set(forced).inference.unparsed.fetch_add(1, Relaxed);
-        self.prom.unparsed.increment(1);
     }
 
     /// Latency above `threshold` counts as slow from now on.
@@ -669,7 +588,7 @@ impl ArmRecorder {
         if us > self.slow_threshold_us.load(Relaxed) {
             set.slow.fetch_add(1, Relaxed);
         }
-        self.prom.duration.record(elapsed.as_secs_f64());
+        self.exposed.duration.record(us);
         if !forced {
             // Two relaxed atomics and a modulo per request; the wake-up itself
             // (no allocation, no lock while the controller waits or a permit
@@ -705,10 +624,59 @@ impl ArmRecorder {
     }
 
     /// Adds persisted counts (at startup, before traffic). Prometheus counters
-    /// are process-lifetime and start from zero, as Prometheus expects.
+    /// are process-lifetime and start from zero, as Prometheus expects: what
+    /// was restored is kept and left out of [`Self::series`].
     pub fn restore(&self, s: &ArmState) {
         self.assigned.restore(&s.assigned);
         self.forced.restore(&s.forced);
+        self.exposed
+            .restored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(s);
+    }
+
+    /// What `/metrics` shows of this arm: both populations, since process
+    /// start.
+    pub fn series(&self) -> ArmSeries<'_> {
+        let r = *self
+            .exposed
+            .restored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (a, f) = (&self.assigned, &self.forced);
+        let both = |x: &AtomicU64, y: &AtomicU64, restored: u64| {
+            (x.load(Relaxed) + y.load(Relaxed)).saturating_sub(restored)
+        };
+        let sum = |x: &MetricCell, y: &MetricCell, restored: f64| {
+            (x.sums().sum + y.sums().sum - restored).max(0.0)
+        };
+        let (ai, fi) = (&a.inference, &f.inference);
+        ArmSeries {
+            experiment: &self.experiment,
+            arm: &self.arm,
+            classes: std::array::from_fn(|i| both(&a.classes[i], &f.classes[i], r.classes[i])),
+            failures: std::array::from_fn(|i| both(&a.failures[i], &f.failures[i], r.failures[i])),
+            forced: f
+                .classes
+                .iter()
+                .map(|c| c.load(Relaxed))
+                .sum::<u64>()
+                .saturating_sub(r.forced),
+            tokens: [
+                sum(&ai.prompt_tokens, &fi.prompt_tokens, r.tokens[0]),
+                sum(&ai.completion_tokens, &fi.completion_tokens, r.tokens[1]),
+            ],
+            cost: sum(&ai.cost, &fi.cost, r.cost),
+            streams: both(&ai.streams, &fi.streams, r.streams),
+            incomplete: both(&ai.incomplete, &fi.incomplete, r.incomplete),
+            unparsed: both(&ai.unparsed, &fi.unparsed, r.unparsed),
+            grpc: std::array::from_fn(|i| self.exposed.grpc[i].load(Relaxed)),
+            duration: &self.exposed.duration,
+            ttfb: &self.exposed.ttfb,
+            ttft: &self.exposed.ttft,
+            itl: &self.exposed.itl,
+        }
     }
 
     pub fn snapshot(&self) -> ArmSnapshot {
@@ -765,7 +733,7 @@ impl RecorderRegistry {
         }
         self.arms
             .entry((experiment.to_string(), arm.to_string()))
-            .or_insert_with(|| Arc::new(ArmRecorder::new(experiment, arm, &self.telemetry)))
+            .or_insert_with(|| Arc::new(ArmRecorder::new(experiment, arm)))
             .clone()
     }
 
@@ -799,6 +767,15 @@ impl RecorderRegistry {
     pub fn telemetry(&self) -> &Arc<Telemetry> {
         &self.telemetry
     }
+
+    /// Appends every arm's Prometheus series to `out` (the `/metrics` body
+    /// after the exporter's own), arms by (experiment, arm).
+    pub fn render_prometheus(&self, out: &mut String) {
+        let mut arms: Vec<Arc<ArmRecorder>> = self.arms.iter().map(|e| e.value().clone()).collect();
+        arms.sort_by(|a, b| (&a.experiment, &a.arm).cmp(&(&b.experiment, &b.arm)));
+        let series: Vec<ArmSeries> = arms.iter().map(|a| a.series()).collect();
+        super::exposition::render(&series, out);
+    }
 }
 
 #[cfg(test)]
@@ -808,8 +785,8 @@ mod tests {
 
     #[test]
     fn inference_outcomes_survive_a_restart_and_stay_apart_from_forced_requests() {
-        let t = Telemetry::new();
-        let a = ArmRecorder::new("exp", "canary", &t);
+        let registry = RecorderRegistry::new(Telemetry::new());
+        let a = registry.arm("exp", "canary");
         let stream = Inference {
             streamed: true,
             prompt_tokens: Some(12),
@@ -829,7 +806,7 @@ mod tests {
         assert_eq!(inf.ttft.count(), 1);
         // Saved as JSON, restored into a fresh recorder.
         let json = serde_json::to_string(&a.state()).unwrap();
-        let b = ArmRecorder::new("exp", "canary", &Telemetry::new());
+        let b = ArmRecorder::new("exp", "canary");
         b.restore(&serde_json::from_str(&json).unwrap());
         assert_eq!(b.state(), a.state());
         // State saved before the scanner existed reads back with none of it.
@@ -843,7 +820,8 @@ mod tests {
         .unwrap();
         assert_eq!(old.assigned.inference, InferenceState::default());
         // Prometheus counts both populations.
-        let text = t.render();
+        let mut text = String::new();
+        registry.render_prometheus(&mut text);
         assert!(
             text.contains(
                 "abgate_tokens_total{experiment=\"exp\",arm=\"canary\",kind=\"completion\"} 80"

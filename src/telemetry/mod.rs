@@ -1,6 +1,8 @@
 //! Prometheus metrics owned by one server instance.
 //!
-//! Owns: the exporter's recorder and rendering `/metrics`.
+//! Owns: the exporter's recorder and rendering its part of `/metrics` (the
+//! per-arm outcome series are rendered from the recorders themselves, after
+//! it: `outcomes::exposition`).
 //! Why per instance and not the global `metrics` recorder: several servers run in
 //! one test process, and each `/metrics` must show exactly its own counts.
 //! Hot-path code never looks metrics up by name: it registers handles once (per
@@ -10,17 +12,8 @@
 
 use std::sync::Arc;
 
-use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, Unit};
-use metrics_exporter_prometheus::{
-    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
-
-/// Upper bounds (seconds) of the duration histograms: sub-millisecond proxy
-/// overhead up to minute-long streamed completions.
-pub const DURATION_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0, 300.0,
-];
+use metrics::{Counter, Gauge, Key, KeyName, Label, Level, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 pub struct Telemetry {
     recorder: PrometheusRecorder,
@@ -43,10 +36,7 @@ fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
 
 impl Telemetry {
     pub fn new() -> Arc<Self> {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
-            .expect("bucket list is not empty")
-            .build_recorder();
+        let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         let t = Telemetry {
             recorder,
@@ -59,42 +49,12 @@ impl Telemetry {
 
     fn describe(&self) {
         let counters = [
-            ("abgate_requests_total", "Responses sent to clients, by experiment, arm and status class."),
-            ("abgate_upstream_errors_total", "Transport failures and client disconnects, by experiment, arm and kind."),
-            ("abgate_forced_requests_total", "Requests whose arm was forced by the x-abgate-arm header (excluded from statistics)."),
             ("abgate_rejected_requests_total", "Requests rejected before routing, by reason."),
-            ("abgate_tokens_total", "Tokens reported in responses' usage, by experiment, arm and kind (prompt, completion)."),
-            ("abgate_streams_total", "Event streams whose end the backend decided (client disconnects excluded), by experiment and arm."),
-            ("abgate_stream_incomplete_total", "Event streams that ended before [DONE], a finish reason or a terminal event, by experiment and arm."),
-            ("abgate_grpc_errors_total", "Responses whose grpc-status (trailer, or header of a trailers-only response) was not 0, by experiment, arm and code (1-16, or other)."),
             ("abgate_controller_looks_total", "Controller looks (evidence read, verdict computed) measured for their CPU time, by experiment."),
-            ("abgate_unparsed_responses_total", "Responses the inference scanner could not read (their HTTP outcome still counts), by experiment and arm."),
         ];
         for (name, help) in counters {
             self.recorder
                 .describe_counter(KeyName::from(name), Some(Unit::Count), help.into());
-        }
-        let histograms = [
-            (
-                "abgate_request_duration_seconds",
-                "Time from request received to last response byte.",
-            ),
-            (
-                "abgate_time_to_first_byte_seconds",
-                "Time from request received to the first response body byte.",
-            ),
-            (
-                "abgate_time_to_first_token_seconds",
-                "Time from request received to the first event with generated content (streams).",
-            ),
-            (
-                "abgate_inter_token_latency_seconds",
-                "Per stream, the mean gap between events with generated content.",
-            ),
-        ];
-        for (name, help) in histograms {
-            self.recorder
-                .describe_histogram(KeyName::from(name), Some(Unit::Seconds), help.into());
         }
         self.recorder.describe_gauge(
             KeyName::from("abgate_controller_look_cpu_seconds_total"),
@@ -108,12 +68,6 @@ impl Telemetry {
             "1 for each arm of a model-aware experiment: the model its backend is sent (the arm's rewrite, else the client model matched), by experiment, arm, backend and model."
                 .into(),
         );
-        self.recorder.describe_gauge(
-            KeyName::from("abgate_cost_total"),
-            None,
-            "Cost of responses from their usage and the backend's price table, in the config's currency, by experiment and arm (only grows; a gauge because it is fractional)."
-                .into(),
-        );
     }
 
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
@@ -123,11 +77,6 @@ impl Telemetry {
 
     pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
         self.recorder.register_gauge(&key(name, labels), &METADATA)
-    }
-
-    pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
-        self.recorder
-            .register_histogram(&key(name, labels), &METADATA)
     }
 
     /// Counts a request rejected before routing (bad Host, limits, ...).
