@@ -30,6 +30,8 @@ pub enum AdminBody {
     Plain(ProxyBody),
     /// The event stream.
     Events(EventStream),
+    /// A training-data export (`admin::dataset`).
+    Dataset(super::dataset::DatasetBody),
 }
 
 /// A subscriber's queue as a response body; leaves the hub when dropped.
@@ -64,20 +66,21 @@ impl Body for AdminBody {
                     .poll_recv(cx)
                     .map(|e| e.map(|b| Ok(Frame::data(b))))
             }
+            AdminBody::Dataset(d) => Pin::new(d).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             AdminBody::Plain(b) => b.is_end_stream(),
-            AdminBody::Events(_) => false,
+            AdminBody::Events(_) | AdminBody::Dataset(_) => false,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             AdminBody::Plain(b) => b.size_hint(),
-            AdminBody::Events(_) => SizeHint::default(),
+            AdminBody::Events(_) | AdminBody::Dataset(_) => SizeHint::default(),
         }
     }
 }

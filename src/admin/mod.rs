@@ -5,6 +5,7 @@
 //! Never: serves data-plane traffic.
 
 pub mod auth;
+pub mod dataset;
 pub mod events;
 pub mod precondition;
 pub mod runtime;
@@ -111,6 +112,9 @@ async fn handle(
         Ok(()) if ui::is_ui_path(req.uri().path()) => {
             ui::serve(req.method(), req.uri().path()).map(|r| r.map(events::AdminBody::Plain))
         }
+        Ok(()) if dataset_experiment(req.uri().path()).is_some() => export(&admin, &req)
+            .await
+            .map(|r| r.map(events::AdminBody::Dataset)),
         Ok(()) => route(&admin, peer, req)
             .await
             .map(|r| r.map(events::AdminBody::Plain)),
@@ -121,6 +125,42 @@ async fn handle(
             .to_response()
             .map(|b| events::AdminBody::Plain(ProxyBody::full(b))),
     })
+}
+
+/// `NAME` of `/v1/experiments/NAME/dataset`.
+fn dataset_experiment(path: &str) -> Option<&str> {
+    let name = path
+        .strip_prefix("/v1/experiments/")?
+        .strip_suffix("/dataset")?;
+    (!name.is_empty() && !name.contains('/')).then_some(name)
+}
+
+/// The training-data export: the token is needed (corrections are people's
+/// words, often about users' requests), the experiment must be configured.
+async fn export(
+    admin: &Admin,
+    req: &Request<Incoming>,
+) -> Result<Response<dataset::DatasetBody>, Problem> {
+    if req.method() != Method::GET {
+        return Err(Problem::client(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "GET the dataset".into(),
+        ));
+    }
+    authorize(admin, req)?;
+    let name = dataset_experiment(req.uri().path()).unwrap_or_default();
+    if !admin
+        .control
+        .experiment_names()
+        .await
+        .iter()
+        .any(|n| n == name)
+    {
+        return Err(unknown_experiment(name));
+    }
+    let range = dataset::range(req.uri().query(), crate::clock::now_ms())?;
+    Ok(dataset::serve(&admin.control.plane.feedback, name, range))
 }
 
 /// 403 for a request whose `Host` names another server (DNS rebinding: a
@@ -232,6 +272,29 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
                 .await
                 .map_or(json!({}), |v| json!(v));
             Ok(json_ok(&json!({"decision_id": id, "experiment": view})))
+        }
+        (&Method::POST, ["v1", "feedback"]) => {
+            // A label must be traceable to who gave it: a reviewer needs a
+            // named token even on a loopback listener that runs without one.
+            if !admin.auth.is_configured() {
+                return Err(Problem::client(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "reviewer feedback needs admin tokens (ABGATE_ADMIN_TOKEN or admin.token_file) so each label names who gave it".into(),
+                ));
+            }
+            let table = c.plane.table.load_full();
+            Ok(crate::proxy::feedback::serve(
+                &c.plane.feedback,
+                req,
+                &table.routes,
+                table.feedback_max_body,
+                crate::outcomes::feedback::Poster {
+                    actor: &actor.name,
+                    max_correction: table.feedback_max_correction,
+                },
+            )
+            .await)
         }
         (&Method::GET, ["v1", "decisions"]) => {
             let query = req.uri().query().unwrap_or("");

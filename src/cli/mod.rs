@@ -9,6 +9,7 @@ mod check;
 mod control;
 mod demo;
 mod diff;
+mod export;
 mod remote;
 mod scenario;
 mod serve;
@@ -51,6 +52,8 @@ enum Command {
     Rollback(control::ActionArgs),
     /// Send all traffic to one arm (ends the experiment).
     Promote(control::PromoteArgs),
+    /// Write an experiment's training data (requests with feedback, labels or corrections) as JSON Lines to stdout.
+    Export(export::ExportArgs),
     /// Read, replace, list, diff or revert the running config.
     #[command(subcommand)]
     Config(control::ConfigCommand),
@@ -71,5 +74,6 @@ pub fn run() -> ExitCode {
         Command::Rollback(args) => control::action("rollback", args),
         Command::Promote(args) => control::promote(args),
         Command::Config(cmd) => control::config(cmd),
+        Command::Export(args) => export::run(args),
     }
 }

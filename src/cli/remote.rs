@@ -137,6 +137,70 @@ impl Remote {
     }
 }
 
+impl Remote {
+    /// GETs `path` and copies a 2xx body to `out` as it arrives (an export
+    /// of millions of lines is never held whole); anything else is a Failure
+    /// with the server's problem detail. A body cut short is a Failure too,
+    /// so a script never takes a truncated export for a complete one.
+    pub async fn stream(&self, path: &str, out: &mut impl std::io::Write) -> Result<u64, Failure> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = Request::builder().method(Method::GET).uri(&url);
+        if let Some(t) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req.body(Full::new(Bytes::new())).map_err(|e| Failure {
+            message: format!("bad admin URL {url}: {e}"),
+            code: 2,
+        })?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+            .await
+            .map_err(|_| Failure {
+                message: format!("the admin API at {} did not answer within 10s", self.base),
+                code: 3,
+            })?
+            .map_err(|e| Failure {
+                message: format!("cannot reach the admin API at {}: {e}", self.base),
+                code: 3,
+            })?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        if !(200..300).contains(&status) {
+            let bytes = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            return Err(Failure {
+                message: format!(
+                    "{status}: {}",
+                    v["detail"].as_str().unwrap_or("request refused")
+                ),
+                code: 1,
+            });
+        }
+        let mut written = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Failure {
+                message: format!("the export was cut short after {written} bytes: {e}"),
+                code: 1,
+            })?;
+            if let Ok(data) = frame.into_data() {
+                out.write_all(&data).map_err(|e| Failure {
+                    message: format!("cannot write the export: {e}"),
+                    code: 1,
+                })?;
+                written += data.len() as u64;
+            }
+        }
+        out.flush().map_err(|e| Failure {
+            message: format!("cannot write the export: {e}"),
+            code: 1,
+        })?;
+        Ok(written)
+    }
+}
+
 /// Runs an async CLI body on a small runtime.
 pub fn block_on<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {
     match tokio::runtime::Builder::new_current_thread()

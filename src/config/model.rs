@@ -48,6 +48,8 @@ pub struct FeedbackConfig {
     pub path: String,
     /// Largest request body accepted (413 above), bytes.
     pub max_body: usize,
+    /// Largest `correction` of one event, in bytes of its JSON (413 above).
+    pub max_correction: usize,
 }
 
 impl Default for FeedbackConfig {
@@ -56,6 +58,8 @@ impl Default for FeedbackConfig {
             path: "/_abgate/v1/feedback".into(),
             // 1,000 events of ~200 bytes fit with room; larger is a misuse.
             max_body: 1024 * 1024,
+            // A reviewer's corrected answer: a long completion fits.
+            max_correction: 16 * 1024,
         }
     }
 }

@@ -29,7 +29,7 @@ const TOP: &[&str] = &[
     "tls",
     "currency",
 ];
-const FEEDBACK: &[&str] = &["path", "max_body"];
+const FEEDBACK: &[&str] = &["path", "max_body", "max_correction"];
 const TOKENS: &[&str] = &["key_file"];
 const METRIC: &[&str] = &["name", "source", "type", "header", "min", "max"];
 const ADMIN: &[&str] = &["listen", "token_file"];
@@ -227,6 +227,18 @@ fn feedback(d: &mut Decoder, top: &Fields) -> Option<FeedbackConfig> {
     }
     if let Some(n) = f.get("max_body") {
         fb.max_body = d.integer(n, "feedback.max_body", 1024, 64 * 1024 * 1024)? as usize;
+    }
+    if let Some(n) = f.get("max_correction") {
+        let v = d.size(n, "feedback.max_correction")?;
+        if v == 0 || v > 16 << 20 {
+            d.error(
+                "feedback.max_correction",
+                n.line,
+                format!("must be in 1..=16MiB, got {v}"),
+            );
+            return None;
+        }
+        fb.max_correction = v as usize;
     }
     Some(fb)
 }

@@ -542,3 +542,17 @@ fn a_shadow_step_elsewhere_or_alone_is_refused_with_its_place() {
     let e = err("[{ shadow: { percent: 20, bogus: 1 } }, 10]");
     assert!(e.contains("bogus"), "{e}");
 }
+
+#[test]
+fn feedback_corrections_have_a_size_limit_with_a_default() {
+    assert_eq!(parse("").unwrap().feedback.max_correction, 16 * 1024);
+    let c = parse("feedback: { max_correction: 64KiB }\n").unwrap();
+    assert_eq!(c.feedback.max_correction, 64 * 1024);
+    let err = parse("feedback:\n  max_correction: 0\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("feedback.max_correction") && err.contains("line 2"),
+        "{err}"
+    );
+}

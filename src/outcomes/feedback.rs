@@ -2,10 +2,18 @@
 //! signed token. (The HTTP half, `proxy::feedback`, reads the body and maps the
 //! results to statuses.)
 //!
-//! Owns: validating each event (token, window, metric, value), making accepted
-//! events durable with group commit *before* the caller may answer 2xx,
-//! counting each event once per (token id, metric), and updating the per-arm
-//! sums afterwards.
+//! Owns: validating each event (token, window, metric, value, label,
+//! correction), making accepted events durable with group commit *before* the
+//! caller may answer 2xx, counting each event once per (token id, metric),
+//! and updating the per-arm sums afterwards.
+//!
+//! An event carries a metric and its value, a `label` (a string of at most
+//! [`MAX_LABEL`] bytes) and a `correction` (any JSON value, at most the
+//! configured size), or several of them. A label or correction alone counts
+//! towards no statistic; it is deduplicated per (token id, actor), so a
+//! retried post counts once and two reviewers are both kept. It is accepted
+//! whenever the token verifies: the attribution window bounds what the
+//! statistics count, and a reviewer may take longer than that.
 //!
 //! Never: names an HTTP type. Rejections carry a [`RejectReason`]; the HTTP
 //! half chooses the status.
@@ -26,11 +34,13 @@ use super::token::{TokenError, TokenKeys};
 use crate::clock::now_ms;
 use crate::config::{MetricKind, MetricSource};
 use crate::routing::RoutingTable;
-use crate::store::feedback::{FeedbackEvent, FeedbackLog};
+use crate::store::feedback::{annotation_key, FeedbackEvent, FeedbackLog};
 use crate::telemetry::Telemetry;
 
 /// Most events in one POST.
 pub const MAX_EVENTS: usize = 1000;
+/// Longest label, in bytes.
+pub const MAX_LABEL: usize = 256;
 /// Most events one transaction takes (bounds a commit's duration).
 const MAX_BATCH: usize = 5000;
 /// Queued requests beyond this are answered 503 (memory stays bounded).
@@ -43,6 +53,8 @@ struct Job {
 
 pub struct FeedbackService {
     queue: mpsc::Sender<Job>,
+    /// The log's database file, for exports (each on its own connection).
+    db: std::path::PathBuf,
     keys: Arc<TokenKeys>,
     book: Arc<MetricBook>,
     telemetry: Arc<Telemetry>,
@@ -63,6 +75,8 @@ pub enum RejectReason {
     Expired,
     /// The value is outside the metric's declared range (or not 0/1).
     OutOfRange,
+    /// The label or the correction is over its size limit.
+    TooLarge,
 }
 
 impl RejectReason {
@@ -75,6 +89,7 @@ impl RejectReason {
             RejectReason::UnknownMetric => "unknown-metric",
             RejectReason::Expired => "expired",
             RejectReason::OutOfRange => "out-of-range",
+            RejectReason::TooLarge => "too-large",
         }
     }
 }
@@ -120,6 +135,32 @@ pub enum FeedbackError {
     Overloaded,
     #[error("the events could not be made durable; nothing was recorded, retry")]
     StoreUnavailable,
+}
+
+/// What ingestion needs of an arm's carry: its backend and the model it is
+/// sent, recorded with each event for the training-data export.
+pub trait ArmOrigin {
+    fn backend(&self) -> &str;
+    /// The arm's `model` rewrite, if it has one.
+    fn model(&self) -> Option<String>;
+}
+
+impl ArmOrigin for () {
+    fn backend(&self) -> &str {
+        ""
+    }
+    fn model(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Who posts, and the limits that apply to them.
+#[derive(Debug, Clone, Copy)]
+pub struct Poster<'a> {
+    /// `client` on the data plane; the admin token's name for a reviewer.
+    pub actor: &'a str,
+    /// Largest `correction`, in bytes of its JSON text.
+    pub max_correction: usize,
 }
 
 /// A parsed submission: one event or a batch of them.
@@ -172,6 +213,7 @@ impl FeedbackService {
                 });
         }
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
+        let db = log.path().to_path_buf();
         let writer_book = book.clone();
         // The checkpointer lives as long as the writer.
         let alive = Arc::new(());
@@ -197,8 +239,8 @@ impl FeedbackService {
                         Ok(inserted) => {
                             // Durable now: count, then answer.
                             for (e, new) in all.iter().zip(&inserted) {
-                                if *new && !e.forced {
-                                    writer_book.cell(&e.experiment, &e.arm, &e.metric).record(e.value);
+                                if let (true, false, Some(v)) = (*new, e.forced, e.value) {
+                                    writer_book.cell(&e.experiment, &e.arm, &e.metric).record(v);
                                 }
                             }
                             let mut offset = 0;
@@ -220,6 +262,7 @@ impl FeedbackService {
             .expect("spawning the feedback writer thread");
         Ok(Arc::new(FeedbackService {
             queue: tx,
+            db,
             keys,
             book,
             telemetry,
@@ -228,6 +271,18 @@ impl FeedbackService {
 
     pub fn book(&self) -> &Arc<MetricBook> {
         &self.book
+    }
+
+    /// Streams the training-data export (see [`crate::store::feedback::export`]).
+    /// Blocking: call it off the async workers.
+    pub fn export(
+        &self,
+        experiment: &str,
+        since_ms: u64,
+        until_ms: u64,
+        sink: impl FnMut(crate::store::feedback::DatasetRow) -> bool,
+    ) -> Result<(), crate::store::StoreError> {
+        crate::store::feedback::export(&self.db, experiment, since_ms, until_ms, sink)
     }
 
     fn count(&self, experiment: &str, arm: &str, metric: &str, result: &'static str) {
@@ -247,16 +302,17 @@ impl FeedbackService {
     /// Validates every event, makes the valid ones durable (one group commit),
     /// and returns each event's result in order. `Err` means nothing was
     /// recorded and the client should retry.
-    pub async fn ingest<A>(
+    pub async fn ingest<A: ArmOrigin>(
         &self,
         submission: Submission,
         table: &RoutingTable<A>,
+        poster: Poster<'_>,
     ) -> Result<Vec<EventResult>, FeedbackError> {
         let now = now_ms();
         let checked: Vec<Result<FeedbackEvent, Rejection>> = submission
             .items
             .iter()
-            .map(|v| self.validate(v, table, now))
+            .map(|v| self.validate(v, table, now, poster))
             .collect();
         let valid: Vec<FeedbackEvent> = checked
             .iter()
@@ -303,11 +359,12 @@ impl FeedbackService {
         Ok(results)
     }
 
-    fn validate<A>(
+    fn validate<A: ArmOrigin>(
         &self,
         v: &Value,
         table: &RoutingTable<A>,
         now: u64,
+        poster: Poster<'_>,
     ) -> Result<FeedbackEvent, Rejection> {
         let reject = |reason, detail: String, e: &str, a: &str, m: &str| Rejection {
             reason,
@@ -333,17 +390,37 @@ impl FeedbackService {
             .get("token")
             .and_then(Value::as_str)
             .ok_or_else(|| malformed("`token` must be a string"))?;
-        let metric = obj
-            .get("metric")
-            .and_then(Value::as_str)
-            .ok_or_else(|| malformed("`metric` must be a string"))?;
-        let value = match obj.get("value") {
-            Some(Value::Number(n)) => n
-                .as_f64()
-                .ok_or_else(|| malformed("`value` must be a finite number"))?,
-            Some(Value::Bool(b)) => f64::from(u8::from(*b)),
+        let metric = match obj.get("metric") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(m)) => Some(m.as_str()),
+            Some(_) => return Err(malformed("`metric` must be a string")),
+        };
+        let value = match (metric, obj.get("value")) {
+            (_, Some(Value::Number(n))) => Some(
+                n.as_f64()
+                    .ok_or_else(|| malformed("`value` must be a finite number"))?,
+            ),
+            (_, Some(Value::Bool(b))) => Some(f64::from(u8::from(*b))),
+            (None, None | Some(Value::Null)) => None,
             _ => return Err(malformed("`value` must be a number")),
         };
+        if metric.is_none() && value.is_some() {
+            return Err(malformed("a `value` needs the `metric` it is a value of"));
+        }
+        let label = match obj.get("label") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(l)) => Some(l.clone()),
+            Some(_) => return Err(malformed("`label` must be a string")),
+        };
+        let correction = match obj.get("correction") {
+            None | Some(Value::Null) => None,
+            Some(c) => Some(c.to_string()),
+        };
+        if metric.is_none() && label.is_none() && correction.is_none() {
+            return Err(malformed(
+                "an event carries a `metric` and its `value`, a `label` or a `correction`",
+            ));
+        }
         let claims = self.keys.verify(token).map_err(|e| {
             let reason = match e {
                 TokenError::UnknownKey(_) => RejectReason::UnknownKey,
@@ -360,6 +437,73 @@ impl FeedbackService {
                 arm,
                 "_undeclared",
             ));
+        };
+        let too_large = |detail: String| {
+            reject(
+                RejectReason::TooLarge,
+                detail,
+                exp,
+                arm,
+                metric.unwrap_or("_annotation"),
+            )
+        };
+        if let Some(l) = &label {
+            if l.len() > MAX_LABEL {
+                return Err(too_large(format!(
+                    "`label` is {} bytes; at most {MAX_LABEL}",
+                    l.len()
+                )));
+            }
+        }
+        if let Some(c) = &correction {
+            if c.len() > poster.max_correction {
+                return Err(too_large(format!(
+                    "`correction` is {} bytes of JSON; at most {} (feedback.max_correction)",
+                    c.len(),
+                    poster.max_correction
+                )));
+            }
+        }
+        if let Some(metric) = metric {
+            let value = value.ok_or_else(|| malformed("`value` must be a number"))?;
+            self.check_metric(route, exp, arm, metric, value, claims.issued_at_ms, now)?;
+        }
+        let origin = route.arms.iter().find(|a| a.name == arm).map(|a| &a.carry);
+        Ok(FeedbackEvent {
+            token_id: claims.id_hex(),
+            metric: metric.map_or_else(|| annotation_key(poster.actor), str::to_string),
+            experiment: claims.experiment.clone(),
+            arm: claims.arm.clone(),
+            value,
+            forced: claims.forced,
+            issued_at_ms: claims.issued_at_ms,
+            table_version: claims.table_version,
+            actor: poster.actor.to_string(),
+            label,
+            correction,
+            backend: origin.map(|o| o.backend().to_string()),
+            model: origin.and_then(ArmOrigin::model),
+        })
+    }
+
+    /// A metric event's checks: declared, within the attribution window, in range.
+    #[allow(clippy::too_many_arguments)]
+    fn check_metric<A>(
+        &self,
+        route: &crate::routing::ExperimentRoute<A>,
+        exp: &str,
+        arm: &str,
+        metric: &str,
+        value: f64,
+        issued_at_ms: u64,
+        now: u64,
+    ) -> Result<(), Rejection> {
+        let reject = |reason, detail: String, e: &str, a: &str, m: &str| Rejection {
+            reason,
+            detail,
+            experiment: e.to_string(),
+            arm: a.to_string(),
+            metric: m.to_string(),
         };
         let def =
             route
@@ -384,7 +528,7 @@ impl FeedbackService {
                         "_undeclared",
                     )
                 })?;
-        let age = now.saturating_sub(claims.issued_at_ms);
+        let age = now.saturating_sub(issued_at_ms);
         if u128::from(age) > route.attribution_window.as_millis() {
             return Err(reject(
                 RejectReason::Expired,
@@ -417,14 +561,6 @@ impl FeedbackService {
             }
             MetricKind::Binary => {}
         }
-        Ok(FeedbackEvent {
-            token_id: claims.id_hex(),
-            metric: metric.to_string(),
-            experiment: claims.experiment.clone(),
-            arm: claims.arm.clone(),
-            value,
-            forced: claims.forced,
-            issued_at_ms: claims.issued_at_ms,
-        })
+        Ok(())
     }
 }

@@ -17,28 +17,32 @@ use serde_json::{json, Value};
 use super::body::ProxyBody;
 use super::problem::Problem;
 use crate::outcomes::feedback::{
-    EventResult, FeedbackError, FeedbackService, RejectReason, Rejection, Submission,
+    ArmOrigin, EventResult, FeedbackError, FeedbackService, Poster, RejectReason, Rejection,
+    Submission,
 };
 use crate::routing::RoutingTable;
 
-/// Serves one feedback request.
-pub async fn serve<A>(
+/// Serves one feedback request: from a client on the data plane (`actor`
+/// `client`), or from a reviewer on the admin listener (the token's name).
+pub async fn serve<A: ArmOrigin>(
     service: &FeedbackService,
     req: Request<Incoming>,
     table: &RoutingTable<A>,
     max_body: usize,
+    poster: Poster<'_>,
 ) -> Response<ProxyBody> {
-    match answer(service, req, table, max_body).await {
+    match answer(service, req, table, max_body, poster).await {
         Ok(resp) => resp,
         Err(p) => p.to_response().map(ProxyBody::full),
     }
 }
 
-async fn answer<A>(
+async fn answer<A: ArmOrigin>(
     service: &FeedbackService,
     req: Request<Incoming>,
     table: &RoutingTable<A>,
     max_body: usize,
+    poster: Poster<'_>,
 ) -> Result<Response<ProxyBody>, Problem> {
     if req.method() != Method::POST {
         return Err(Problem::client(
@@ -69,7 +73,7 @@ async fn answer<A>(
     let submission = Submission::parse(&body).map_err(|e| submission_problem(&e))?;
     let batch = submission.batch;
     let mut results = service
-        .ingest(submission, table)
+        .ingest(submission, table, poster)
         .await
         .map_err(|e| submission_problem(&e))?;
     if !batch {
@@ -116,6 +120,7 @@ fn rejection_problem(r: &Rejection) -> Problem {
         RejectReason::UnknownKey | RejectReason::BadToken => StatusCode::UNAUTHORIZED,
         RejectReason::UnknownMetric | RejectReason::OutOfRange => StatusCode::UNPROCESSABLE_ENTITY,
         RejectReason::Expired => StatusCode::GONE,
+        RejectReason::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
     };
     Problem::client(status, r.reason.slug(), r.detail.clone())
 }

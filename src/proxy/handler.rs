@@ -50,8 +50,16 @@ pub async fn handle(
         // exchange gets `request_body_idle`. A timed-out event that was already
         // durable is deduplicated when the client retries.
         let limit = plane.limits.body_idle;
-        let handled =
-            super::feedback::serve(&plane.feedback, req, &table.routes, table.feedback_max_body);
+        let handled = super::feedback::serve(
+            &plane.feedback,
+            req,
+            &table.routes,
+            table.feedback_max_body,
+            crate::outcomes::feedback::Poster {
+                actor: "client",
+                max_correction: table.feedback_max_correction,
+            },
+        );
         return Ok(match tokio::time::timeout(limit, handled).await {
             Ok(resp) => resp,
             Err(_) => {

@@ -68,6 +68,22 @@ pub struct Published {
     pub feedback_path: String,
     /// Largest feedback body accepted, in bytes.
     pub feedback_max_body: usize,
+    /// Largest `correction` in a feedback event, in bytes of JSON.
+    pub feedback_max_correction: usize,
+}
+
+impl crate::outcomes::feedback::ArmOrigin for ArmWiring {
+    fn backend(&self) -> &str {
+        &self.target.backend
+    }
+
+    /// The rewrite is kept as JSON string content (escaped, unquoted) for
+    /// the request path; unescaped here, once per feedback event.
+    fn model(&self) -> Option<String> {
+        let m = self.model.as_ref()?;
+        let quoted = [&b"\""[..], m, &b"\""[..]].concat();
+        serde_json::from_slice(&quoted).ok()
+    }
 }
 
 impl Published {
@@ -184,6 +200,7 @@ impl Published {
             routes,
             feedback_path: config.feedback.path.clone(),
             feedback_max_body: config.feedback.max_body,
+            feedback_max_correction: config.feedback.max_correction,
         }
     }
 }

@@ -1,7 +1,11 @@
-//! The feedback log: every accepted outcome event, unique per (token id, metric).
+//! The feedback log: every accepted outcome event, unique per (token id, metric),
+//! with the labels and corrections people gave, and the training-data export
+//! that reads it back.
 //!
-//! Used only by the group-commit writer thread (one connection, batched
-//! transactions) and once at startup to rebuild per-arm sums.
+//! Written only by the group-commit writer thread (one connection, batched
+//! transactions); read once at startup to rebuild per-arm sums, and by each
+//! dataset export on a connection of its own (WAL: readers never block the
+//! writer).
 
 use std::path::{Path, PathBuf};
 use std::sync::Weak;
@@ -15,12 +19,34 @@ use super::StoreError;
 #[derive(Debug, Clone)]
 pub struct FeedbackEvent {
     pub token_id: String,
+    /// The dedup key beside the token id: the metric's name, or for an
+    /// event with no metric [`annotation_key`] of its actor.
     pub metric: String,
     pub experiment: String,
     pub arm: String,
-    pub value: f64,
+    /// The metric's value; `None` for a label or correction alone, which
+    /// counts towards no statistic.
+    pub value: Option<f64>,
     pub forced: bool,
     pub issued_at_ms: u64,
+    pub table_version: u64,
+    /// Who gave it: `client` on the data plane, the admin token's name for
+    /// a reviewer.
+    pub actor: String,
+    pub label: Option<String>,
+    /// Any JSON value, as its text.
+    pub correction: Option<String>,
+    /// The arm's backend and model rewrite when the event was accepted.
+    pub backend: Option<String>,
+    pub model: Option<String>,
+}
+
+/// The dedup key of an event that carries no metric: one label and
+/// correction per (request, actor), so a retried post counts once and two
+/// reviewers of the same answer are both kept. Config names start with a
+/// letter or digit, so no metric is ever named so.
+pub fn annotation_key(actor: &str) -> String {
+    format!("_annotation/{actor}")
 }
 
 pub struct FeedbackLog {
@@ -61,7 +87,13 @@ impl FeedbackLog {
                 PRIMARY KEY (token_id, metric)
             ) WITHOUT ROWID;",
         )?;
+        migrate(&conn)?;
         Ok(FeedbackLog { conn, path })
+    }
+
+    /// The database file (what [`export`] opens).
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Starts the thread that checkpoints the WAL every `CHECKPOINT_EVERY`
@@ -91,8 +123,9 @@ impl FeedbackLog {
         {
             let mut st = tx.prepare_cached(
                 "INSERT OR IGNORE INTO feedback
-                 (token_id, metric, experiment, arm, value, forced, issued_at_ms, received_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 (token_id, metric, experiment, arm, value, forced, issued_at_ms, received_at_ms,
+                  counted, table_version, actor, label, correction, backend, model)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?;
             let now = crate::clock::now_ms() as i64;
             for e in events {
@@ -101,10 +134,17 @@ impl FeedbackLog {
                     e.metric,
                     e.experiment,
                     e.arm,
-                    e.value,
+                    e.value.unwrap_or(0.0),
                     e.forced as i64,
                     e.issued_at_ms as i64,
-                    now
+                    now,
+                    e.value.is_some() as i64,
+                    e.table_version as i64,
+                    e.actor,
+                    e.label,
+                    e.correction,
+                    e.backend,
+                    e.model,
                 ])?;
                 inserted.push(n == 1);
             }
@@ -118,7 +158,7 @@ impl FeedbackLog {
     pub fn sums(&self) -> Result<Vec<FeedbackTotal>, StoreError> {
         let mut st = self.conn.prepare(
             "SELECT experiment, arm, metric, COUNT(*), SUM(value), SUM(value * value)
-             FROM feedback WHERE forced = 0 GROUP BY experiment, arm, metric",
+             FROM feedback WHERE forced = 0 AND counted = 1 GROUP BY experiment, arm, metric",
         )?;
         let rows = st
             .query_map([], |r| {
@@ -134,6 +174,172 @@ impl FeedbackLog {
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
+}
+
+/// Columns added after the first release, for labels, corrections and the
+/// export: added in place (`ALTER TABLE ... ADD COLUMN` keeps every row; old
+/// rows read as counted metric events from the data plane), then the index
+/// the export reads in time order.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let mut have = Vec::new();
+    {
+        let mut st = conn.prepare("PRAGMA table_info(feedback)")?;
+        let rows = st.query_map([], |r| r.get::<_, String>(1))?;
+        for r in rows {
+            have.push(r?);
+        }
+    }
+    let columns = [
+        ("counted", "INTEGER NOT NULL DEFAULT 1"),
+        ("table_version", "INTEGER NOT NULL DEFAULT 0"),
+        ("actor", "TEXT NOT NULL DEFAULT 'client'"),
+        ("label", "TEXT"),
+        ("correction", "TEXT"),
+        ("backend", "TEXT"),
+        ("model", "TEXT"),
+    ];
+    for (name, decl) in columns {
+        if !have.iter().any(|h| h == name) {
+            conn.execute_batch(&format!("ALTER TABLE feedback ADD COLUMN {name} {decl}"))?;
+        }
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS feedback_by_time ON feedback (experiment, issued_at_ms, token_id)",
+    )?;
+    Ok(())
+}
+
+/// One request's feedback as one line of the training-data export.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DatasetRow {
+    pub token_id: String,
+    /// When the request was answered (the token's issue time), RFC 3339 UTC...
+    pub time: String,
+    /// ...and in ms since the epoch.
+    pub issued_at_ms: u64,
+    pub experiment: String,
+    pub arm: String,
+    pub backend: Option<String>,
+    /// The arm's model rewrite (`null`: the client's model went through).
+    pub model: Option<String>,
+    pub table_version: u64,
+    /// Routed by the override header (never in the statistics).
+    pub forced: bool,
+    /// Metric name to value.
+    pub metrics: std::collections::BTreeMap<String, f64>,
+    pub labels: Vec<Given<String>>,
+    pub corrections: Vec<Given<serde_json::Value>>,
+}
+
+/// A label or correction and who gave it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Given<T> {
+    pub value: T,
+    pub actor: String,
+    pub received_at_ms: u64,
+}
+
+/// Streams the export of `experiment` for requests issued in
+/// `[since_ms, until_ms)`: one [`DatasetRow`] per request that has feedback,
+/// in time order, handed to `sink` as it is complete, until `sink` returns
+/// false. Memory holds one request's rows, however many there are in all:
+/// the index orders rows by (time, token), so a request's rows are adjacent.
+pub fn export(
+    db: &Path,
+    experiment: &str,
+    since_ms: u64,
+    until_ms: u64,
+    mut sink: impl FnMut(DatasetRow) -> bool,
+) -> Result<(), StoreError> {
+    let conn = Connection::open_with_flags(
+        db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mut st = conn.prepare(
+        "SELECT token_id, metric, arm, value, forced, issued_at_ms, received_at_ms, counted,
+                table_version, actor, label, correction, backend, model
+         FROM feedback INDEXED BY feedback_by_time
+         WHERE experiment = ?1 AND issued_at_ms >= ?2 AND issued_at_ms < ?3
+         ORDER BY issued_at_ms, token_id",
+    )?;
+    let mut rows = st.query(params![
+        experiment,
+        since_ms.min(i64::MAX as u64) as i64,
+        until_ms.min(i64::MAX as u64) as i64
+    ])?;
+    let mut current: Option<DatasetRow> = None;
+    while let Some(r) = rows.next()? {
+        let token_id: String = r.get(0)?;
+        if current.as_ref().is_some_and(|c| c.token_id != token_id)
+            && !sink(finish(current.take().expect("checked")))
+        {
+            return Ok(());
+        }
+        let row = current.get_or_insert_with(|| DatasetRow {
+            token_id: token_id.clone(),
+            time: String::new(),
+            issued_at_ms: 0,
+            experiment: experiment.to_string(),
+            arm: String::new(),
+            backend: None,
+            model: None,
+            table_version: 0,
+            forced: false,
+            metrics: Default::default(),
+            labels: Vec::new(),
+            corrections: Vec::new(),
+        });
+        row.arm = r.get(2)?;
+        row.forced = r.get::<_, i64>(4)? != 0;
+        row.issued_at_ms = r.get::<_, i64>(5)? as u64;
+        row.table_version = r.get::<_, i64>(8)? as u64;
+        // Rows from before the columns existed have none: keep what another
+        // row of the same request said.
+        if let Some(b) = r.get::<_, Option<String>>(12)? {
+            row.backend = Some(b);
+        }
+        if let Some(m) = r.get::<_, Option<String>>(13)? {
+            row.model = Some(m);
+        }
+        let received_at_ms = r.get::<_, i64>(6)? as u64;
+        let actor: String = r.get(9)?;
+        if r.get::<_, i64>(7)? != 0 {
+            row.metrics.insert(r.get(1)?, r.get(3)?);
+        }
+        if let Some(label) = r.get::<_, Option<String>>(10)? {
+            row.labels.push(Given {
+                value: label,
+                actor: actor.clone(),
+                received_at_ms,
+            });
+        }
+        if let Some(text) = r.get::<_, Option<String>>(11)? {
+            // Written by ingestion from a parsed value, so it parses back.
+            let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+            row.corrections.push(Given {
+                value,
+                actor,
+                received_at_ms,
+            });
+        }
+    }
+    if let Some(last) = current {
+        sink(finish(last));
+    }
+    Ok(())
+}
+
+fn finish(mut row: DatasetRow) -> DatasetRow {
+    row.time = rfc3339(row.issued_at_ms);
+    row
+}
+
+/// `ms` since the epoch as RFC 3339 UTC (fractional seconds when not whole).
+pub fn rfc3339(ms: u64) -> String {
+    let t = time::OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(ms as i64);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// The recorded (non-forced) feedback of one metric of one arm.
@@ -160,9 +366,15 @@ mod tests {
             metric: "accepted".into(),
             experiment: "exp".into(),
             arm: "a".into(),
-            value: 1.0,
+            value: Some(1.0),
             forced: false,
             issued_at_ms: 0,
+            table_version: 1,
+            actor: "client".into(),
+            label: None,
+            correction: None,
+            backend: Some("v1".into()),
+            model: None,
         }
     }
 
@@ -192,6 +404,106 @@ mod tests {
         }
         drop(alive);
         assert_eq!(log.sums().unwrap()[0].n, 2000);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "abgate-{name}-{}-{}",
+            std::process::id(),
+            crate::clock::now_ms()
+        ))
+    }
+
+    #[test]
+    fn an_old_log_gains_the_new_columns_and_keeps_its_rows() {
+        let dir = temp("fb-migrate");
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let old = Connection::open(dir.join("abgate.db")).unwrap();
+            old.execute_batch(
+                "CREATE TABLE feedback (token_id TEXT NOT NULL, metric TEXT NOT NULL,
+                   experiment TEXT NOT NULL, arm TEXT NOT NULL, value REAL NOT NULL,
+                   forced INTEGER NOT NULL, issued_at_ms INTEGER NOT NULL,
+                   received_at_ms INTEGER NOT NULL, PRIMARY KEY (token_id, metric)) WITHOUT ROWID;
+                 INSERT INTO feedback VALUES ('t1', 'accepted', 'exp', 'a', 1.0, 0, 5, 6);",
+            )
+            .unwrap();
+        }
+        let log = FeedbackLog::open(&dir).unwrap();
+        assert_eq!(log.sums().unwrap()[0].n, 1);
+        drop(log);
+        // Opening again finds the columns there already.
+        let log = FeedbackLog::open(&dir).unwrap();
+        let mut rows = Vec::new();
+        export(log.path(), "exp", 0, 100, |r| {
+            rows.push(r);
+            true
+        })
+        .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].metrics.get("accepted"), Some(&1.0));
+        assert_eq!((rows[0].backend.clone(), rows[0].table_version), (None, 0));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_export_gives_each_request_once_in_time_order_and_stops_when_asked() {
+        let dir = temp("fb-export");
+        let mut log = FeedbackLog::open(&dir).unwrap();
+        let at = |token: &str, metric: &str, t: u64| FeedbackEvent {
+            token_id: token.into(),
+            metric: metric.into(),
+            issued_at_ms: t,
+            ..event(0)
+        };
+        let note = |token: &str, actor: &str, t: u64| FeedbackEvent {
+            value: None,
+            actor: actor.into(),
+            label: Some(format!("{token} by {actor}")),
+            correction: Some("{\"fixed\":true}".into()),
+            ..at(token, &annotation_key(actor), t)
+        };
+        // Token "b" was answered first; its rows arrive in several batches.
+        log.insert_batch(&[at("a", "accepted", 200), note("b", "ann", 100)])
+            .unwrap();
+        log.insert_batch(&[at("b", "accepted", 100), note("a", "client", 200)])
+            .unwrap();
+        log.insert_batch(&[at("c", "rating", 300), note("b", "bob", 100)])
+            .unwrap();
+        let mut rows = Vec::new();
+        export(log.path(), "exp", 0, u64::MAX, |r| {
+            rows.push(r);
+            true
+        })
+        .unwrap();
+        let tokens: Vec<&str> = rows.iter().map(|r| r.token_id.as_str()).collect();
+        assert_eq!(tokens, ["b", "a", "c"]);
+        assert_eq!(rows[0].labels.len(), 2);
+        assert_eq!(
+            rows[0].corrections[0].value,
+            serde_json::json!({"fixed": true})
+        );
+        assert_eq!(rows[0].metrics.len(), 1, "annotations are not metrics");
+        assert_eq!(rows[0].time, "1970-01-01T00:00:00.1Z");
+        // The annotation rows count towards no sum.
+        let sums = log.sums().unwrap();
+        assert!(sums.iter().all(|t| !t.metric.starts_with('_')), "{sums:?}");
+        // A range, and a sink that stops.
+        let mut n = 0;
+        export(log.path(), "exp", 150, 300, |_| {
+            n += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(n, 1);
+        let mut n = 0;
+        export(log.path(), "exp", 0, u64::MAX, |_| {
+            n += 1;
+            false
+        })
+        .unwrap();
+        assert_eq!(n, 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

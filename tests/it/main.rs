@@ -13,6 +13,7 @@ mod demo;
 mod failures_and_streaming;
 mod feedback;
 mod feedback_durability;
+mod feedback_loop;
 mod hardening_framing;
 mod hardening_h2;
 mod hardening_limits;
