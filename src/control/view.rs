@@ -642,10 +642,17 @@ impl ControlPlane {
                 .experiments
                 .iter()
                 .flat_map(|e| {
-                    let live = e.arms.iter().map(|a| (&a.name, PRIMARY));
-                    let shadow = e.shadows.iter().map(|s| (&s.arm.name, SHADOW));
+                    // A canary's shadow step adds its `CANDIDATE/shadow` arm
+                    // for the step's length: labelled like a configured one.
+                    let state = cur.states.get(&e.name);
+                    let mut e = e.clone();
+                    super::add_step_shadow(&mut e, state);
+                    let live = e.arms.iter().map(|a| (a.name.clone(), PRIMARY));
+                    let shadow = e.shadows.iter().map(|s| (s.arm.name.clone(), SHADOW));
+                    let name = e.name.clone();
                     live.chain(shadow)
-                        .map(|(a, r)| [e.name.clone(), a.clone(), r.to_string()])
+                        .map(move |(a, r)| [name.clone(), a, r.to_string()])
+                        .collect::<Vec<_>>()
                 })
                 .collect()
         };

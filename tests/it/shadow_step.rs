@@ -225,11 +225,29 @@ async fn a_healthy_candidate_advances_from_shadow_into_the_live_steps() {
             && text.contains("latency_ms on pairs:"),
         "{text}"
     );
+    // The step's shadow is labelled in Prometheus like a configured one. A
+    // step only moves forward, so a view still in shadow after the scrape
+    // means the scrape saw the shadow step too.
+    let role = |text: &str| {
+        metric_value(
+            text,
+            "abgate_arm_role",
+            &[("arm", "canary/shadow"), ("role", "shadow")],
+        )
+    };
+    let during = metrics(server.admin_addr).await;
+    let scraped_in_shadow = view(server.admin_addr).await["analysis"]["step"] == 1;
+    if scraped_in_shadow {
+        assert_eq!(role(&during), 1.0, "{during}");
+    }
     let v = wait_view(server.admin_addr, Duration::from_secs(60), "live", |v| {
         v["analysis"]["step"].as_u64().unwrap_or(0) >= 2 || v["state"] != "running"
     })
     .await;
     traffic.abort();
+    if scraped_in_shadow {
+        assert_eq!(role(&metrics(server.admin_addr).await), 0.0);
+    }
     assert_eq!(v["state"], "running", "{v:#}");
     let d = decisions(server.admin_addr).await;
     assert_eq!(d[0]["kind"], "start");
