@@ -134,6 +134,15 @@ impl PairCell {
         self.sxy.add(x * y);
     }
 
+    fn restore(&self, s: &PairedSums) {
+        self.n.fetch_add(s.n, Relaxed);
+        self.sx.add(s.sum_x);
+        self.sy.add(s.sum_y);
+        self.sxx.add(s.sum_xx);
+        self.syy.add(s.sum_yy);
+        self.sxy.add(s.sum_xy);
+    }
+
     fn get(&self) -> PairedSums {
         PairedSums {
             n: self.n.load(Relaxed),
@@ -235,7 +244,8 @@ impl PairSnapshot {
     }
 
     /// What accrued since `base`, an earlier snapshot of the same book. A
-    /// book that restarted below it (a new process) is taken whole.
+    /// book that restarted below it (state saved before pairs were, or
+    /// lost) is taken whole.
     pub fn since(&self, base: &PairSnapshot) -> PairSnapshot {
         if self.pairs() < base.pairs() || self.dropped < base.dropped {
             return *self;
@@ -291,6 +301,28 @@ impl PairBook {
         }
         if let (Some(x), Some(y)) = (p.incomplete, s.incomplete) {
             self.stream_incomplete.record(x, y);
+        }
+    }
+
+    /// Adds saved pairs (at startup, before traffic).
+    pub fn restore(&self, s: &PairSnapshot) {
+        self.dropped.fetch_add(s.dropped, Relaxed);
+        for (cell, sums) in [
+            (&self.latency_ms, &s.latency_ms),
+            (&self.ttfb_ms, &s.ttfb_ms),
+            (&self.ttft_ms, &s.ttft_ms),
+            (&self.completion_tokens, &s.completion_tokens),
+        ] {
+            cell.restore(sums);
+        }
+        for (cell, d) in [
+            (&self.error, &s.error),
+            (&self.stream_incomplete, &s.stream_incomplete),
+        ] {
+            cell.pairs.fetch_add(d.pairs, Relaxed);
+            cell.primary_only.fetch_add(d.primary_only, Relaxed);
+            cell.shadow_only.fetch_add(d.shadow_only, Relaxed);
+            cell.both.fetch_add(d.both, Relaxed);
         }
     }
 
@@ -379,5 +411,37 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(book.snapshot().pairs(), 200);
+    }
+
+    #[test]
+    fn saved_pairs_restore_whole_so_a_step_base_still_subtracts_after_a_restart() {
+        let book = Arc::new(PairBook::default());
+        for i in 0..3 {
+            let slot = PairSlot::new(book.clone());
+            slot.report(Side::Primary, side(i == 0, 10.0 + i as f64));
+            slot.report(Side::Shadow, side(false, 12.0));
+        }
+        let saved = book.snapshot();
+        // Through the store's JSON, as the snapshot writes it.
+        let state = crate::outcomes::recorder::ArmState {
+            pairs: Some(saved),
+            ..Default::default()
+        };
+        let state: crate::outcomes::recorder::ArmState =
+            serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+        let fresh = Arc::new(PairBook::default());
+        fresh.restore(&state.pairs.unwrap());
+        assert_eq!(fresh.snapshot(), saved);
+        // A shadow step's base taken before the restart: one new pair after it.
+        let slot = PairSlot::new(fresh.clone());
+        slot.report(Side::Primary, side(false, 10.0));
+        slot.report(Side::Shadow, side(true, 15.0));
+        let since = fresh.snapshot().since(&saved);
+        assert_eq!(since.pairs(), 1);
+        assert_eq!(since.latency_ms.sum_y, 15.0);
+        assert_eq!((since.error.pairs, since.error.shadow_only), (1, 1));
+        // Arms without pairs save no `pairs` field.
+        let plain = serde_json::to_string(&crate::outcomes::recorder::ArmState::default()).unwrap();
+        assert!(!plain.contains("pairs"), "{plain}");
     }
 }

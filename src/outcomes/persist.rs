@@ -15,6 +15,9 @@ pub fn restore(recorders: &RecorderRegistry, store: &dyn Store) -> Result<usize,
     for (experiment, arm, json) in &saved {
         let state: ArmState = serde_json::from_str(json)?;
         recorders.arm(experiment, arm).restore(&state);
+        if let Some(pairs) = &state.pairs {
+            recorders.pair_book(experiment, arm).restore(pairs);
+        }
         for (metric, sums) in &state.header_metrics {
             recorders
                 .metrics
@@ -35,6 +38,7 @@ pub fn rows<A>(
         .states()
         .into_iter()
         .map(|(e, a, mut s)| {
+            s.pairs = recorders.pairs(&e, &a);
             if let Some(route) = table.experiment(&e) {
                 for m in route
                     .metrics

@@ -339,6 +339,10 @@ pub struct ArmState {
     /// from the feedback log instead, so they are not saved here).
     #[serde(default)]
     pub header_metrics: std::collections::BTreeMap<String, super::metrics::MetricSums>,
+    /// A shadow arm's pairs with its primary twins, so a canary's shadow
+    /// step keeps its evidence across a restart like a live step does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairs: Option<super::pairs::PairSnapshot>,
 }
 
 impl OutcomeSet {
@@ -620,6 +624,7 @@ impl ArmRecorder {
             assigned: self.assigned.state(),
             forced: self.forced.state(),
             header_metrics: Default::default(),
+            pairs: None,
         }
     }
 

@@ -227,7 +227,11 @@ pub fn look(
         let best = ev
             .max_log_e
             .entry(g.metric.clone())
-            .or_insert([f64::NEG_INFINITY; 2]);
+            // An e-process starts at E = 1, so its running maximum is at least
+            // ln 1 = 0. Starting there (not at -inf) also keeps the carried
+            // evidence finite: JSON has no -inf, and a run saved with one
+            // would not read back after a restart.
+            .or_insert([0.0; 2]);
         if let (true, Some(h)) = (ready[0], harm) {
             best[0] = best[0].max(h);
         }

@@ -271,3 +271,45 @@ async fn a_healthy_candidate_advances_from_shadow_into_the_live_steps() {
         .all(|a| a["name"] != "canary/shadow"));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_step_keeps_its_pairs_across_a_restart() {
+    let _load = decision_load().await;
+    let hook = RecordingBackend::start().await;
+    let stable = mock("name=stable,latency=normal:10:1,seed=7").await;
+    let canary = mock("name=canary,latency=normal:10:1,seed=8").await;
+    // A step that cannot end in this test: it needs a million pairs.
+    let yaml = shadow_canary(&stable.url(), &canary.url(), &hook.url())
+        .replace("min_samples: 200", "min_samples: 1000000");
+    let dir = temp_state_dir();
+    let server = start_abgate_opts(&yaml, None, None, &dir).await;
+    let mut spec = open_loop(server.data_addr, RequestKind::Predict, 300.0, 40);
+    spec.seed = 9;
+    let traffic = spawn_load(spec);
+    wait_view(
+        server.admin_addr,
+        Duration::from_secs(20),
+        "100 pairs",
+        |v| v["analysis"]["shadow"]["pairs"].as_u64().unwrap_or(0) >= 100,
+    )
+    .await;
+    traffic.abort();
+    // In-flight copies settle, then the shutdown saves the run and the pairs.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = view(server.admin_addr).await["analysis"]["shadow"]["pairs"]
+        .as_u64()
+        .unwrap();
+    server.shutdown().await;
+    let server = start_abgate_opts(&yaml, None, None, &dir).await;
+    let v = wait_view(server.admin_addr, Duration::from_secs(20), "a look", |v| {
+        v["analysis"]["shadow"]["pairs"].is_u64()
+    })
+    .await;
+    assert_eq!(v["analysis"]["step"], 1, "{v:#}");
+    let after = v["analysis"]["shadow"]["pairs"].as_u64().unwrap();
+    assert!(
+        after >= before,
+        "pairs {before} before the restart, {after} after"
+    );
+    server.shutdown().await;
+}
