@@ -10,10 +10,12 @@ set -euo pipefail
 N=${1:-1000}
 P=${BASE_PORT:-28530}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-WORK=$(mktemp -d)
-trap 'kill ${AP:-} ${MP:-} ${NP:-} 2>/dev/null || true; rm -rf "$WORK"' EXIT
+LOG_TAG=idle-rss
+# shellcheck source=load/lib.sh
+. "$ROOT/load/lib.sh"
+make_work_dir abgate-idle.XXXXXX
 "$ROOT/target/release/abgate-mock" --serve "127.0.0.1:$((P + 2)),name=m,latency=fixed:0" >"$WORK/mock.log" 2>&1 &
-MP=$!
+PIDS+=($!)
 cat >"$WORK/c.yaml" <<YAML
 listen: 127.0.0.1:$P
 admin: { listen: 127.0.0.1:$((P + 1)) }
@@ -27,8 +29,9 @@ experiments:
 YAML
 ABGATE_LOG=warn "$ROOT/target/release/abgate" serve --no-watch --config "$WORK/c.yaml" >"$WORK/abgate.log" 2>&1 &
 AP=$!
-for _ in $(seq 100); do curl -s "127.0.0.1:$((P + 1))/healthz" >/dev/null && break; sleep 0.1; done
-for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$((P + 2))) 2>/dev/null && break; sleep 0.1; done
+PIDS+=("$AP")
+wait_port $((P + 2))
+wait_port "$P"
 
 # Opens N connections, one request each, then holds them for HOLD seconds
 # while the caller reads RSS; prints "ready" once all answered.
@@ -89,6 +92,7 @@ http {
 NGX
     nginx -c "$WORK/nginx.conf" -g 'daemon off; master_process off;' &
     NP=$!
-    for _ in $(seq 50); do (echo >/dev/tcp/127.0.0.1/$((P + 3))) 2>/dev/null && break; sleep 0.1; done
+    PIDS+=("$NP")
+    wait_port $((P + 3))
     measure nginx "$NP" $((P + 3))
 fi

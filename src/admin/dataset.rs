@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame};
 use tokio::sync::mpsc;
 
 use crate::outcomes::feedback::FeedbackService;
@@ -44,16 +44,9 @@ impl Body for DatasetBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(Ok(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| c.map(Frame::data).map_err(BoxError::from)))
     }
 }
 
@@ -73,11 +66,10 @@ pub fn range(query: Option<&str>, now: u64) -> Result<Range, Problem> {
         since_ms: 0,
         until_ms: now.saturating_add(1),
     };
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(v);
+    // Decoded as a form: `%2B` is an RFC 3339 offset's `+`, a bare `+` a space.
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let at = instant(&v, now).map_err(|e| bad(format!("{k}: {e}")));
-        match k {
+        match k.as_ref() {
             "since" => r.since_ms = at?,
             "until" => r.until_ms = at?,
             _ => {
@@ -112,33 +104,6 @@ fn instant(v: &str, now: u64) -> Result<u64, String> {
             "{v:?} is not ms since the epoch, an RFC 3339 time (2026-12-01T00:00:00Z) or a duration ago (24h)"
         )),
     }
-}
-
-/// `%XX` and `+` in a query value (an RFC 3339 offset's `+` arrives as
-/// `%2B`; a bare `+` is a space, which no valid value holds).
-fn percent_decode(v: &str) -> String {
-    let b = v.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(c) => {
-                        out.push(c);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Starts the export of `experiment` over `range` and answers with its stream.

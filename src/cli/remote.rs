@@ -70,6 +70,60 @@ impl Remote {
         body: Option<(String, &'static str)>,
         if_match: Option<u64>,
     ) -> Result<Reply, Failure> {
+        let resp = self.send(method, path, body, if_match).await?;
+        let status = resp.status().as_u16();
+        let etag = resp
+            .headers()
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.trim_matches('"').to_string());
+        let bytes = read_all(resp.into_body()).await;
+        if !(200..300).contains(&status) {
+            return Err(refusal(status, &bytes));
+        }
+        let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        Ok(Reply { etag, body })
+    }
+
+    /// GETs `path` and copies a 2xx body to `out` as it arrives (an export
+    /// of millions of lines is never held whole); anything else is a Failure
+    /// with the server's problem detail. A body cut short is a Failure too,
+    /// so a script never takes a truncated export for a complete one.
+    pub async fn stream(&self, path: &str, out: &mut impl std::io::Write) -> Result<u64, Failure> {
+        let resp = self.send(Method::GET, path, None, None).await?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        if !(200..300).contains(&status) {
+            return Err(refusal(status, &read_all(body).await));
+        }
+        let cannot_write = |e: std::io::Error| Failure {
+            message: format!("cannot write the export: {e}"),
+            code: 1,
+        };
+        let mut written = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Failure {
+                message: format!("the export was cut short after {written} bytes: {e}"),
+                code: 1,
+            })?;
+            if let Ok(data) = frame.into_data() {
+                out.write_all(&data).map_err(cannot_write)?;
+                written += data.len() as u64;
+            }
+        }
+        out.flush().map_err(cannot_write)?;
+        Ok(written)
+    }
+
+    /// One request with the token, `If-Match` and body as given, answered
+    /// within 10 s (its head; the body is the caller's to read).
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(String, &'static str)>,
+        if_match: Option<u64>,
+    ) -> Result<http::Response<hyper::body::Incoming>, Failure> {
         let url = format!("{}{}", self.base, path);
         let mut req = Request::builder().method(method).uri(&url);
         if let Some(t) = &self.token {
@@ -89,7 +143,7 @@ impl Remote {
             message: format!("bad admin URL {url}: {e}"),
             code: 2,
         })?;
-        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+        tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
             .await
             .map_err(|_| Failure {
                 message: format!("the admin API at {} did not answer within 10s", self.base),
@@ -98,107 +152,40 @@ impl Remote {
             .map_err(|e| Failure {
                 message: format!("cannot reach the admin API at {}: {e}", self.base),
                 code: 3,
-            })?;
-        let status = resp.status().as_u16();
-        let etag = resp
-            .headers()
-            .get(header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.trim_matches('"').to_string());
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let body: serde_json::Value =
-            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        if (200..300).contains(&status) {
-            return Ok(Reply { etag, body });
-        }
-        let mut message = format!(
-            "{status}: {}",
-            body["detail"].as_str().unwrap_or("request refused")
-        );
-        if let Some(errors) = body["errors"].as_array() {
-            for e in errors {
-                let line = e["line"]
-                    .as_u64()
-                    .map(|l| format!(" (line {l})"))
-                    .unwrap_or_default();
-                message.push_str(&format!(
-                    "\n  {}: {}{line}",
-                    e["path"].as_str().unwrap_or(""),
-                    e["message"].as_str().unwrap_or("")
-                ));
-            }
-        }
-        Err(Failure { message, code: 1 })
+            })
     }
 }
 
-impl Remote {
-    /// GETs `path` and copies a 2xx body to `out` as it arrives (an export
-    /// of millions of lines is never held whole); anything else is a Failure
-    /// with the server's problem detail. A body cut short is a Failure too,
-    /// so a script never takes a truncated export for a complete one.
-    pub async fn stream(&self, path: &str, out: &mut impl std::io::Write) -> Result<u64, Failure> {
-        let url = format!("{}{}", self.base, path);
-        let mut req = Request::builder().method(Method::GET).uri(&url);
-        if let Some(t) = &self.token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let req = req.body(Full::new(Bytes::new())).map_err(|e| Failure {
-            message: format!("bad admin URL {url}: {e}"),
-            code: 2,
-        })?;
-        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
-            .await
-            .map_err(|_| Failure {
-                message: format!("the admin API at {} did not answer within 10s", self.base),
-                code: 3,
-            })?
-            .map_err(|e| Failure {
-                message: format!("cannot reach the admin API at {}: {e}", self.base),
-                code: 3,
-            })?;
-        let status = resp.status().as_u16();
-        let mut body = resp.into_body();
-        if !(200..300).contains(&status) {
-            let bytes = body
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
+/// A whole body (one that breaks off reads as what arrived: nothing).
+async fn read_all(body: hyper::body::Incoming) -> Bytes {
+    body.collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default()
+}
+
+/// A non-2xx answer as a Failure: the problem's detail, and each config
+/// error with its path and line when the body lists them.
+fn refusal(status: u16, bytes: &[u8]) -> Failure {
+    let body: serde_json::Value = serde_json::from_slice(bytes).unwrap_or(serde_json::Value::Null);
+    let mut message = format!(
+        "{status}: {}",
+        body["detail"].as_str().unwrap_or("request refused")
+    );
+    if let Some(errors) = body["errors"].as_array() {
+        for e in errors {
+            let line = e["line"]
+                .as_u64()
+                .map(|l| format!(" (line {l})"))
                 .unwrap_or_default();
-            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            return Err(Failure {
-                message: format!(
-                    "{status}: {}",
-                    v["detail"].as_str().unwrap_or("request refused")
-                ),
-                code: 1,
-            });
+            message.push_str(&format!(
+                "\n  {}: {}{line}",
+                e["path"].as_str().unwrap_or(""),
+                e["message"].as_str().unwrap_or("")
+            ));
         }
-        let mut written = 0u64;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| Failure {
-                message: format!("the export was cut short after {written} bytes: {e}"),
-                code: 1,
-            })?;
-            if let Ok(data) = frame.into_data() {
-                out.write_all(&data).map_err(|e| Failure {
-                    message: format!("cannot write the export: {e}"),
-                    code: 1,
-                })?;
-                written += data.len() as u64;
-            }
-        }
-        out.flush().map_err(|e| Failure {
-            message: format!("cannot write the export: {e}"),
-            code: 1,
-        })?;
-        Ok(written)
     }
+    Failure { message, code: 1 }
 }
 
 /// Runs an async CLI body on a small runtime.

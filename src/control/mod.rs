@@ -149,21 +149,7 @@ fn effective(config: &Config, states: &HashMap<String, ExperimentState>) -> Conf
 /// says, while the candidate serves nobody (its live weight is 0). Once the
 /// canary goes live or ends, the step's shadow is gone with it.
 pub(crate) fn add_step_shadow(e: &mut config::Experiment, state: Option<&ExperimentState>) {
-    let Some(state) = state else { return };
-    if !matches!(
-        state.phase,
-        ExperimentPhase::Running | ExperimentPhase::Paused
-    ) {
-        return;
-    }
-    let mirror = e
-        .policy
-        .as_ref()
-        .zip(state.step)
-        .and_then(|(p, i)| p.steps.get(i))
-        .and_then(|s| s.mirror());
-    let Some(mirror) = mirror else { return };
-    let Some(candidate) = e.arms.iter().find(|a| a.name != e.baseline) else {
+    let Some((candidate, mirror)) = step_shadow(e, state) else {
         return;
     };
     let name = config::step_shadow_name(&candidate.name);
@@ -176,6 +162,29 @@ pub(crate) fn add_step_shadow(e: &mut config::Experiment, state: Option<&Experim
         ..candidate.clone()
     };
     e.shadows.push(config::ShadowArm::new(arm, mirror));
+}
+
+/// The candidate a canary's shadow step mirrors, and how, while the
+/// experiment is in that step (running or paused).
+pub(crate) fn step_shadow<'e>(
+    e: &'e config::Experiment,
+    state: Option<&ExperimentState>,
+) -> Option<(&'e config::Arm, config::Mirror)> {
+    let state = state?;
+    if !matches!(
+        state.phase,
+        ExperimentPhase::Running | ExperimentPhase::Paused
+    ) {
+        return None;
+    }
+    let mirror = e
+        .policy
+        .as_ref()
+        .zip(state.step)
+        .and_then(|(p, i)| p.steps.get(i))
+        .and_then(|s| s.mirror())?;
+    let candidate = e.arms.iter().find(|a| a.name != e.baseline)?;
+    Some((candidate, mirror))
 }
 
 impl Current {

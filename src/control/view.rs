@@ -644,14 +644,13 @@ impl ControlPlane {
                 .flat_map(|e| {
                     // A canary's shadow step adds its `CANDIDATE/shadow` arm
                     // for the step's length: labelled like a configured one.
-                    let state = cur.states.get(&e.name);
-                    let mut e = e.clone();
-                    super::add_step_shadow(&mut e, state);
+                    let step = super::step_shadow(e, cur.states.get(&e.name))
+                        .map(|(c, _)| (crate::config::step_shadow_name(&c.name), SHADOW));
                     let live = e.arms.iter().map(|a| (a.name.clone(), PRIMARY));
                     let shadow = e.shadows.iter().map(|s| (s.arm.name.clone(), SHADOW));
-                    let name = e.name.clone();
                     live.chain(shadow)
-                        .map(move |(a, r)| [name.clone(), a, r.to_string()])
+                        .chain(step)
+                        .map(|(a, r)| [e.name.clone(), a, r.to_string()])
                         .collect::<Vec<_>>()
                 })
                 .collect()

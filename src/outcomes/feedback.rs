@@ -105,6 +105,24 @@ pub struct Rejection {
     metric: String,
 }
 
+impl Rejection {
+    fn new(
+        reason: RejectReason,
+        detail: String,
+        experiment: &str,
+        arm: &str,
+        metric: &str,
+    ) -> Self {
+        Rejection {
+            reason,
+            detail,
+            experiment: experiment.to_string(),
+            arm: arm.to_string(),
+            metric: metric.to_string(),
+        }
+    }
+}
+
 /// What became of one event.
 #[derive(Debug, Clone)]
 pub enum EventResult {
@@ -143,15 +161,6 @@ pub trait ArmOrigin {
     fn backend(&self) -> &str;
     /// The arm's `model` rewrite, if it has one.
     fn model(&self) -> Option<String>;
-}
-
-impl ArmOrigin for () {
-    fn backend(&self) -> &str {
-        ""
-    }
-    fn model(&self) -> Option<String> {
-        None
-    }
 }
 
 /// Who posts, and the limits that apply to them.
@@ -366,13 +375,7 @@ impl FeedbackService {
         now: u64,
         poster: Poster<'_>,
     ) -> Result<FeedbackEvent, Rejection> {
-        let reject = |reason, detail: String, e: &str, a: &str, m: &str| Rejection {
-            reason,
-            detail,
-            experiment: e.to_string(),
-            arm: a.to_string(),
-            metric: m.to_string(),
-        };
+        let reject = Rejection::new;
         const UNKNOWN: &str = "_unknown";
         let malformed = |detail: &str| {
             reject(
@@ -498,13 +501,7 @@ impl FeedbackService {
         issued_at_ms: u64,
         now: u64,
     ) -> Result<(), Rejection> {
-        let reject = |reason, detail: String, e: &str, a: &str, m: &str| Rejection {
-            reason,
-            detail,
-            experiment: e.to_string(),
-            arm: a.to_string(),
-            metric: m.to_string(),
-        };
+        let reject = Rejection::new;
         let def =
             route
                 .metrics

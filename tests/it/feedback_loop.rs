@@ -218,6 +218,20 @@ async fn labels_and_corrections_reach_the_export_with_who_gave_them() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("400"));
 }
 
+/// The export of `exp`, keyed by label (each exported once).
+async fn exported(admin: std::net::SocketAddr) -> BTreeMap<String, Value> {
+    let a = admin_call(
+        "GET",
+        &format!("http://{admin}/v1/experiments/exp/dataset"),
+        Some(REVIEWER),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    by_label(&lines(&a.body))
+}
+
 /// What a reviewer learned about one label.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Fate {
@@ -226,22 +240,10 @@ enum Fate {
     Unknown,
 }
 
+/// A reviewer's post: its answer, or `None` once the server is gone.
 async fn post_opt(url: &str, body: String) -> Option<(u16, Value)> {
-    use http_body_util::{BodyExt, Full};
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-    let c: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let req = http::Request::post(url)
-        .header("authorization", format!("Bearer {REVIEWER}"))
-        .body(Full::new(bytes::Bytes::from(body)))
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), c.request(req))
-        .await
-        .ok()?
-        .ok()?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.ok()?.to_bytes();
-    Some((status, serde_json::from_slice(&body).ok()?))
+    let v = admin_call_opt("POST", url, Some(REVIEWER), &body).await?;
+    Some((v["_status"].as_u64()? as u16, v))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,20 +328,11 @@ async fn labels_reach_the_export_exactly_once_across_a_kill_9() {
     let fates = fates.lock().unwrap().clone();
 
     let p = Proc::start(&cfg, &["--no-watch"], &env);
-    let export = admin_call(
-        "GET",
-        &format!("http://{}/v1/experiments/exp/dataset", p.admin_addr),
-        Some(REVIEWER),
-        &[],
-        "",
-    )
-    .await;
-    assert_eq!(export.status, 200);
     // by_label fails on any label exported twice.
-    let exported = by_label(&lines(&export.body));
+    let export = exported(p.admin_addr).await;
     let mut acked_n = 0;
     for (i, fate) in fates.iter().enumerate() {
-        let there = exported.get(&label(i));
+        let there = export.get(&label(i));
         match fate {
             Fate::Acked => {
                 acked_n += 1;
@@ -368,16 +361,7 @@ async fn labels_reach_the_export_exactly_once_across_a_kill_9() {
             }
         }
     }
-    let again = admin_call(
-        "GET",
-        &format!("http://{}/v1/experiments/exp/dataset", p.admin_addr),
-        Some(REVIEWER),
-        &[],
-        "",
-    )
-    .await;
-    let exported = by_label(&lines(&again.body));
     let expected = (0..t.len()).filter(|i| i % 10 != 9).count();
-    assert_eq!(exported.len(), expected);
+    assert_eq!(exported(p.admin_addr).await.len(), expected);
     eprintln!("killed after {kill_after} acks; {acked_n} acked before the kill; {expected} labels exported once each");
 }

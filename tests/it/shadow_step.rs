@@ -39,14 +39,9 @@ experiments:
     )
 }
 
+/// The experiment's view (`GET /v1/experiments/exp`).
 async fn view(admin: SocketAddr) -> Value {
-    get(
-        &client(),
-        &format!("http://{admin}/v1/experiments/exp"),
-        &[],
-    )
-    .await
-    .json()
+    experiment_json(admin, "exp").await
 }
 
 async fn decisions(admin: SocketAddr) -> Vec<Value> {
@@ -62,15 +57,6 @@ async fn decisions(admin: SocketAddr) -> Vec<Value> {
         .clone();
     d.reverse();
     d
-}
-
-fn arm<'a>(v: &'a Value, name: &str) -> &'a Value {
-    v["arms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == name)
-        .unwrap_or_else(|| panic!("no arm {name} in {v:#}"))
 }
 
 /// Polls the view until `done` holds for it (or fails after `within`).
@@ -111,9 +97,9 @@ async fn a_candidate_40_percent_slower_is_caught_in_shadow_before_any_user_sees_
     .await;
     if shadowing["state"] == "running" {
         assert_eq!(shadowing["analysis"]["step"], 1);
-        assert_eq!(arm(&shadowing, "canary/shadow")["role"], "shadow");
-        assert_eq!(arm(&shadowing, "canary/shadow")["mirror_percent"], 50.0);
-        assert_eq!(arm(&shadowing, "canary")["weight"], 0.0);
+        assert_eq!(arm_of(&shadowing, "canary/shadow")["role"], "shadow");
+        assert_eq!(arm_of(&shadowing, "canary/shadow")["mirror_percent"], 50.0);
+        assert_eq!(arm_of(&shadowing, "canary")["weight"], 0.0);
     }
     let v = wait_view(
         server.admin_addr,
@@ -125,7 +111,7 @@ async fn a_candidate_40_percent_slower_is_caught_in_shadow_before_any_user_sees_
     traffic.abort();
     // No user was served by the candidate: its live arm has no request, and
     // everything its backend saw were copies.
-    let live = arm(&v, "canary")["assigned"]["requests"]
+    let live = arm_of(&v, "canary")["assigned"]["requests"]
         .as_u64()
         .unwrap_or(0);
     assert_eq!(live, 0, "{v:#}");
@@ -214,9 +200,9 @@ async fn a_healthy_candidate_advances_from_shadow_into_the_live_steps() {
     )
     .await;
     assert_eq!(shadowing["analysis"]["step"], 1);
-    assert_eq!(arm(&shadowing, "canary")["weight"], 0.0);
-    assert_eq!(arm(&shadowing, "canary/shadow")["role"], "shadow");
-    assert_eq!(arm(&shadowing, "canary/shadow")["mirror_percent"], 50.0);
+    assert_eq!(arm_of(&shadowing, "canary")["weight"], 0.0);
+    assert_eq!(arm_of(&shadowing, "canary/shadow")["role"], "shadow");
+    assert_eq!(arm_of(&shadowing, "canary/shadow")["mirror_percent"], 50.0);
     let parsed: abgate::control::view::ExperimentView =
         serde_json::from_value(shadowing.clone()).unwrap();
     let text = abgate::control::view::render_status(&[parsed]);
@@ -261,7 +247,7 @@ async fn a_healthy_candidate_advances_from_shadow_into_the_live_steps() {
     assert!(d[1]["reason"]["shadow"]["pairs"].as_u64().unwrap() >= 200);
     // Live now: the candidate serves users, and the shadow is gone.
     let live = wait_view(server.admin_addr, Duration::from_secs(10), "serving", |v| {
-        arm(v, "canary")["weight"] == 20.0
+        arm_of(v, "canary")["weight"] == 20.0
     })
     .await;
     assert!(live["arms"]

@@ -468,6 +468,32 @@ pub async fn admin_call(
     Answer::read(resp).await
 }
 
+/// Like [`admin_call`], but a dead server is `None` instead of a panic, and
+/// the JSON answer carries its status as `_status`.
+pub async fn admin_call_opt(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Option<serde_json::Value> {
+    let c: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::builder().method(method).uri(url);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), c.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    let mut v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    v["_status"] = serde_json::json!(status);
+    Some(v)
+}
+
 // ---- Hardening fixtures (appended) ----
 
 /// What a [`RecordingBackend`] saw of one request.

@@ -609,17 +609,7 @@ impl Run {
         let Some((kind, to, reason)) = decision else {
             return Ok(());
         };
-        self.look_clock = None; // waits on the store: not a measured look
-        let id = control
-            .controller_decide(name, kind, to, reason.clone())
-            .await?;
-        tracing::info!(
-            experiment = name,
-            kind = kind.as_str(),
-            id,
-            "{}",
-            reason["summary"].as_str().unwrap_or("")
-        );
+        self.decide(control, name, kind, to, reason).await?;
         if kind == DecisionKind::Advance {
             // The live steps' evidence starts at the first live look: what
             // the candidate's recorder holds from its copies is not what it
@@ -983,17 +973,7 @@ impl Run {
             }
         };
         if let Some((kind, to, reason)) = decision {
-            self.look_clock = None; // waits on the store: not a measured look
-            let id = control
-                .controller_decide(name, kind, to.clone(), reason.clone())
-                .await?;
-            tracing::info!(
-                experiment = name,
-                kind = kind.as_str(),
-                id,
-                "{}",
-                reason["summary"].as_str().unwrap_or("")
-            );
+            self.decide(control, name, kind, to.clone(), reason).await?;
             self.c.last_once = None;
             if matches!(kind, DecisionKind::Advance | DecisionKind::RollbackArm) {
                 // A new step: its minimums count from now.
@@ -1002,6 +982,23 @@ impl Run {
             return Ok(Some(to));
         }
         Ok(None)
+    }
+
+    /// Records an automatic decision (write-ahead, then the table swap) and
+    /// logs it with its summary.
+    async fn decide(
+        &mut self,
+        control: &ControlPlane,
+        name: &str,
+        kind: DecisionKind,
+        to: Weights,
+        reason: Value,
+    ) -> Result<(), TickError> {
+        self.look_clock = None; // waits on the store: not a measured look
+        let summary = reason["summary"].as_str().unwrap_or("").to_string();
+        let id = control.controller_decide(name, kind, to, reason).await?;
+        tracing::info!(experiment = name, kind = kind.as_str(), id, "{summary}");
+        Ok(())
     }
 
     /// Records a decision that does not change weights once per episode.
