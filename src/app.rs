@@ -202,6 +202,7 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
     let series_task = admin_rt.spawn(crate::control::series::run(control.clone()));
     let data_addr = data.local_addr().expect("bound socket has an address");
     let admin_addr = admin.local_addr().expect("bound socket has an address");
+    control.set_admin_addr(admin_addr);
     let admin_state = Arc::new(Admin {
         control: control.clone(),
         auth,

@@ -11,6 +11,7 @@ pub mod policy;
 pub mod redact;
 mod schema;
 mod secret;
+mod watch;
 pub mod yaml;
 
 use std::path::Path;

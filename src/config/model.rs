@@ -256,6 +256,60 @@ pub struct Experiment {
     /// that lack it (and hide the extra usage chunk from their clients), so
     /// every stream reports its tokens.
     pub inject_usage: bool,
+    /// The drift watch on the arm in force (`watch:`), or the default one a
+    /// promotion turns on; `None` with `watch: false` or for a manually run
+    /// experiment that declares none.
+    pub watch: Option<Watch>,
+    /// What a drift alarm does besides its decision, gauge and `notify`.
+    pub on_drift: OnDrift,
+}
+
+/// The drift watch: the arm in force tested against a reference period of
+/// its own, for as long as no test runs on the experiment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Watch {
+    pub metrics: Vec<WatchMetric>,
+    /// `Some(d)`: the reference is the first `d` of watching. `None`: the
+    /// promoted arm's evidence window (everything it served before its
+    /// promotion), or the first [`DEFAULT_WATCH_REFERENCE`] of watching
+    /// when there is none.
+    pub reference: Option<Duration>,
+    /// The least average time to a false alarm (the detector's threshold is
+    /// `arl / interval` looks).
+    pub arl: Duration,
+    /// One look (one batch of the detector).
+    pub interval: Duration,
+    /// A relative move smaller than this (0.1 = 10%) is not drift.
+    pub tolerance: f64,
+    /// Declared under `watch:` (watches whenever no test runs) rather than
+    /// the default after a promotion (watches only a promoted arm).
+    pub declared: bool,
+}
+
+/// One watched metric and the moves that count as drift (`None`: either).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchMetric {
+    pub metric: String,
+    pub harm: Option<Direction>,
+}
+
+/// Default `watch.reference` when there is no evidence window: an hour
+/// covers a day's traffic pattern poorly but a restart's warm-up well, and
+/// the tolerance absorbs the rest.
+pub const DEFAULT_WATCH_REFERENCE: Duration = Duration::from_secs(3600);
+/// Default `watch.arl`: a false alarm a month at most, on average.
+pub const DEFAULT_WATCH_ARL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Default `watch.interval`.
+pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `watch.tolerance`.
+pub const DEFAULT_WATCH_TOLERANCE: f64 = 0.1;
+
+/// `on_drift:`: a retraining pipeline's webhook, and whether to go back to
+/// the previous baseline.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OnDrift {
+    pub webhook: Option<String>,
+    pub revert: bool,
 }
 
 /// How the controller runs an experiment.

@@ -73,6 +73,8 @@ const EXPERIMENT: &[&str] = &[
     "max_duration",
     "notify",
     "inject_usage",
+    "watch",
+    "on_drift",
 ];
 /// Default `analysis.look_every`: the controller looks after every 10 completed
 /// candidate outcomes (or each `interval`, whichever comes first). Every look is
@@ -684,9 +686,17 @@ fn experiment(
             Some(None)
         }
     };
+    let policy = policy?;
+    let watch = match (&metrics, &arms) {
+        (Some(m), Some(a)) => super::watch::decode(d, &f, m, policy.as_ref(), a.len()),
+        _ => None,
+    };
     let name = name?;
+    let (watch, on_drift) = watch?;
     Some(Experiment {
-        policy: policy?,
+        watch,
+        on_drift,
+        policy,
         baseline: baseline?,
         salt: salt.unwrap_or_else(|| name.clone()),
         name,

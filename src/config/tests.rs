@@ -556,3 +556,98 @@ fn feedback_corrections_have_a_size_limit_with_a_default() {
         "{err}"
     );
 }
+
+fn watched(extra: &str) -> String {
+    format!(
+        r#"
+backends: {{ v1: {{ url: "http://127.0.0.1:1" }}, v2: {{ url: "http://127.0.0.1:2" }} }}
+experiments:
+  - name: exp
+    metrics:
+      - {{ name: accepted, source: feedback, type: binary }}
+{extra}
+    arms:
+      - {{ name: stable, backend: v1, weight: 100 }}
+      - {{ name: canary, backend: v2, weight: 0 }}
+"#
+    )
+}
+
+#[test]
+fn a_watch_reads_its_metrics_directions_and_bounds() {
+    let c = parse(&watched(
+        "    watch: { metrics: [error, accepted, {metric: prompt_tokens}, {metric: latency_ms, harm: either}], reference: 10m, arl: 7d, interval: 2s, tolerance: 0.2 }\n    on_drift: { webhook: \"http://127.0.0.1:7/retrain\", revert: true }",
+    ))
+    .unwrap();
+    let e = &c.experiments[0];
+    let w = e.watch.as_ref().unwrap();
+    let harm: Vec<(&str, Option<Direction>)> = w
+        .metrics
+        .iter()
+        .map(|m| (m.metric.as_str(), m.harm))
+        .collect();
+    assert_eq!(
+        harm,
+        [
+            ("error", Some(Direction::Increase)),
+            ("accepted", None),
+            ("prompt_tokens", None),
+            ("latency_ms", None)
+        ]
+    );
+    assert_eq!(w.reference, Some(std::time::Duration::from_secs(600)));
+    assert_eq!(w.arl, std::time::Duration::from_secs(7 * 86400));
+    assert_eq!(w.interval, std::time::Duration::from_secs(2));
+    assert!(w.declared && (w.tolerance - 0.2).abs() < 1e-12);
+    assert_eq!(
+        e.on_drift,
+        OnDrift {
+            webhook: Some("http://127.0.0.1:7/retrain".into()),
+            revert: true
+        }
+    );
+    let c = parse(&watched(
+        "    watch: { metrics: [error] }\n    on_drift: revert",
+    ))
+    .unwrap();
+    assert!(c.experiments[0].on_drift.revert);
+}
+
+#[test]
+fn a_canary_watches_its_guardrails_after_a_promotion_unless_told_not_to() {
+    let c = parse(&canary_with_steps("[5, 100]")).unwrap();
+    let w = c.experiments[0].watch.as_ref().unwrap();
+    assert!(!w.declared && w.reference.is_none());
+    assert_eq!(w.metrics.len(), 2, "error and latency without guardrails");
+    let off = canary_with_steps("[5, 100]").replace("steps:", "watch: false\n    steps:");
+    assert!(parse(&off).unwrap().experiments[0].watch.is_none());
+    // A manually run experiment watches only what it declares.
+    assert!(parse(&watched("")).unwrap().experiments[0].watch.is_none());
+}
+
+#[test]
+fn bad_watches_are_refused_with_their_place() {
+    let err = |extra: &str| parse(&watched(extra)).unwrap_err().to_string();
+    let e = err("    watch: { metrics: [nope] }");
+    assert!(
+        e.contains("experiments[0].watch.metrics[0]") && e.contains("unknown metric"),
+        "{e}"
+    );
+    let e = err("    watch: { metrics: [error], tolerance: 1.5 }");
+    assert!(e.contains("watch.tolerance") && e.contains("line 7"), "{e}");
+    let e = err("    watch: { metrics: [error], arl: 10s }");
+    assert!(e.contains("watch.arl: must be at least 100s"), "{e}");
+    let e = err("    watch: { metrics: [] }");
+    assert!(e.contains("at least one metric"), "{e}");
+    let e = err("    watch: { metrics: [{metric: error, harm: sideways}] }");
+    assert!(e.contains("watch.metrics[0].harm"), "{e}");
+    let e = err("    on_drift: revert");
+    assert!(
+        e.contains("experiments[0].on_drift") && e.contains("no watch"),
+        "{e}"
+    );
+    let e = err("    watch: { metrics: [error] }\n    on_drift: { webhook: \"ftp://x\" }");
+    assert!(e.contains("on_drift.webhook"), "{e}");
+    let e = err("    watch: { metrics: [error] }\n    on_drift: restart");
+    assert!(e.contains("expected `revert`"), "{e}");
+}

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::actions::{phase_name, ActionError};
 use super::decision::{Change, DecisionKind};
 use super::ControlPlane;
-use crate::config::{ControlPolicy, Experiment};
+use crate::config::{ControlPolicy, Experiment, Watch};
 use crate::store::{ExperimentPhase, ExperimentState, Weights};
 
 impl ControlPlane {
@@ -20,6 +20,17 @@ impl ControlPlane {
             .experiments
             .iter()
             .filter_map(|e| e.policy.clone().map(|p| (e.name.clone(), p)))
+            .collect()
+    }
+
+    /// Experiments with a drift watch (declared, or the default a promotion
+    /// starts), with their watches.
+    pub async fn watched_experiments(&self) -> Vec<(String, Watch)> {
+        let cur = self.current.lock().await;
+        cur.config
+            .experiments
+            .iter()
+            .filter_map(|e| e.watch.clone().map(|w| (e.name.clone(), w)))
             .collect()
     }
 
@@ -44,6 +55,38 @@ impl ControlPlane {
         to: Weights,
         reason: Value,
     ) -> Result<i64, ActionError> {
+        self.decide_when(name, kind, to, reason, "decide automatically on", |p| {
+            p == ExperimentPhase::Running
+        })
+        .await
+    }
+
+    /// Records what the drift watch found (`drift`, weights unchanged, in
+    /// any phase) or did (`revert`, in any phase but paused: a person who
+    /// paused the experiment is looking, and a revert would undo what they
+    /// froze).
+    pub async fn watch_decide(
+        &self,
+        name: &str,
+        kind: DecisionKind,
+        to: Weights,
+        reason: Value,
+    ) -> Result<i64, ActionError> {
+        self.decide_when(name, kind, to, reason, "revert on drift", |p| {
+            kind != DecisionKind::Revert || p != ExperimentPhase::Paused
+        })
+        .await
+    }
+
+    async fn decide_when(
+        &self,
+        name: &str,
+        kind: DecisionKind,
+        to: Weights,
+        reason: Value,
+        action: &'static str,
+        allowed: impl Fn(ExperimentPhase) -> bool,
+    ) -> Result<i64, ActionError> {
         let mut cur = self.current.lock().await;
         let e = cur
             .config
@@ -54,9 +97,9 @@ impl ControlPlane {
             .states
             .get(name)
             .map_or(ExperimentPhase::Running, |s| s.phase);
-        if phase != ExperimentPhase::Running {
+        if !allowed(phase) {
             return Err(ActionError::Conflict {
-                action: "decide automatically on",
+                action,
                 experiment: name.to_string(),
                 phase: phase_name(phase),
             });
@@ -78,6 +121,37 @@ impl ControlPlane {
             tokio::spawn(notify(url, body));
         }
         Ok(id)
+    }
+
+    /// Publishes a drift watch's latest view.
+    pub fn set_watch_view(&self, name: &str, view: Value) {
+        self.watch_views.insert(name.to_string(), view);
+    }
+
+    /// A drift watch's latest view.
+    pub fn watch_view(&self, name: &str) -> Option<Value> {
+        self.watch_views.get(name).map(|v| v.clone())
+    }
+
+    /// Forgets a saved run: the next snapshot saves `null` in its place.
+    pub fn clear_run(&self, key: &str) {
+        self.unsaved_runs
+            .insert(key.to_string(), "null".to_string());
+    }
+
+    /// Records the admin listener's address once it is bound.
+    pub fn set_admin_addr(&self, addr: std::net::SocketAddr) {
+        let _ = self.admin_url.set(format!("http://{addr}"));
+    }
+
+    /// The admin listener's base URL, once bound.
+    pub fn admin_url(&self) -> Option<&str> {
+        self.admin_url.get().map(String::as_str)
+    }
+
+    /// POSTs `body` to a webhook in the background (three tries).
+    pub fn post_webhook(&self, url: String, body: Value) {
+        tokio::spawn(notify(url, body));
     }
 
     /// Publishes the latest analysis of an experiment (shown by the admin API).

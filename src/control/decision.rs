@@ -43,6 +43,12 @@ pub enum DecisionKind {
     Hold,
     Pause,
     Resume,
+    /// The drift watch found the arm in force moved from its reference;
+    /// weights unchanged.
+    Drift,
+    /// All traffic back to the previous baseline after a drift (`on_drift:
+    /// revert`); the experiment ends rolled back.
+    Revert,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,7 +57,7 @@ pub struct UnknownDecisionKind(pub String);
 
 impl DecisionKind {
     /// Every kind, in no particular order.
-    pub const ALL: [DecisionKind; 10] = [
+    pub const ALL: [DecisionKind; 12] = [
         DecisionKind::Start,
         DecisionKind::Advance,
         DecisionKind::Promote,
@@ -62,6 +68,8 @@ impl DecisionKind {
         DecisionKind::Hold,
         DecisionKind::Pause,
         DecisionKind::Resume,
+        DecisionKind::Drift,
+        DecisionKind::Revert,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +84,8 @@ impl DecisionKind {
             DecisionKind::Hold => "hold",
             DecisionKind::Pause => "pause",
             DecisionKind::Resume => "resume",
+            DecisionKind::Drift => "drift",
+            DecisionKind::Revert => "revert",
         }
     }
 
@@ -84,13 +94,13 @@ impl DecisionKind {
     pub fn phase_after(self) -> Option<ExperimentPhase> {
         match self {
             DecisionKind::Pause | DecisionKind::Winner => Some(ExperimentPhase::Paused),
-            DecisionKind::Rollback => Some(ExperimentPhase::RolledBack),
+            DecisionKind::Rollback | DecisionKind::Revert => Some(ExperimentPhase::RolledBack),
             DecisionKind::Promote => Some(ExperimentPhase::Promoted),
             DecisionKind::Conclude => Some(ExperimentPhase::Concluded),
             DecisionKind::Resume | DecisionKind::Advance | DecisionKind::Start => {
                 Some(ExperimentPhase::Running)
             }
-            DecisionKind::Hold | DecisionKind::RollbackArm => None,
+            DecisionKind::Hold | DecisionKind::RollbackArm | DecisionKind::Drift => None,
         }
     }
 }

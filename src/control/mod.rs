@@ -92,6 +92,11 @@ pub struct ControlPlane {
     pub series: series::SeriesBook,
     /// Live updates for `GET /v1/events`.
     pub events: events::EventHub,
+    /// Each drift watch's latest view (for people to read).
+    watch_views: dashmap::DashMap<String, serde_json::Value>,
+    /// The admin listener's base URL once bound (`http://127.0.0.1:9901`),
+    /// for links handed to webhooks.
+    admin_url: std::sync::OnceLock<String>,
 }
 
 /// Who asked for a change, for the audit log.
@@ -368,6 +373,8 @@ impl ControlPlane {
             role_info: std::sync::Mutex::new(Vec::new()),
             unsaved_runs: dashmap::DashMap::new(),
             runs_taken: std::sync::atomic::AtomicU64::new(0),
+            watch_views: dashmap::DashMap::new(),
+            admin_url: std::sync::OnceLock::new(),
             restored_runs: std::sync::Mutex::new(restored_runs),
             series,
             events: events::EventHub::default(),

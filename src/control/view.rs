@@ -50,6 +50,10 @@ pub struct ExperimentView {
     /// The controller's latest look; `null` for an experiment without a `kind`
     /// or before the first look.
     pub analysis: Option<AnalysisView>,
+    /// The drift watch on the arm in force: its status, reference, each
+    /// metric's detector and any alarm; absent for an unwatched experiment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<Value>,
 }
 
 /// One configured arm.
@@ -509,6 +513,7 @@ impl ControlPlane {
             removed_arms,
             last_decision,
             analysis,
+            watch: self.watch_view(name),
         })
     }
 }
@@ -712,6 +717,12 @@ impl ControlPlane {
             .await
             .into_iter()
             .map(|(name, _)| name)
+            .chain(
+                self.watched_experiments()
+                    .await
+                    .into_iter()
+                    .map(|(name, _)| super::controller::watch_run_key(&name)),
+            )
             .collect();
         let c = self.clone();
         let saved = tokio::task::spawn_blocking(move || {

@@ -14,6 +14,8 @@
 //!   non-inferiority tests), two-sample comparisons, Wald SPRT helpers.
 //! * [`attribution`]: the error/slow-request attribution test on event counts,
 //!   valid while the canary share is ramped.
+//! * [`drift`]: the drift watch's e-detector (average run length to a false
+//!   alarm bounded below, however long it runs).
 //! * [`srm`]: sample-ratio-mismatch tests (chi-square for display, sequential
 //!   Dirichlet-multinomial for decisions).
 //! * [`policy`]: what the decision rule is configured with, and its validation.
@@ -34,6 +36,7 @@
 pub mod analyze;
 pub mod attribution;
 pub mod decide;
+pub mod drift;
 pub mod evidence;
 pub mod explain;
 pub mod mixture;

@@ -6,10 +6,15 @@
 //! decision, swap the table, mark it applied). Manual control wins: a paused or
 //! ended experiment is only observed, never changed.
 //!
+//! Beside them, one drift watch per watched experiment (see [`drift`]).
+//!
 //! Never: computes statistics itself (see `stats`) or touches the hot path.
 
+mod drift;
 mod periods;
 mod run;
+
+pub use drift::run_key as watch_run_key;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::ControlPolicy;
+use crate::config::{ControlPolicy, Watch};
 use crate::control::ControlPlane;
 
 pub use crate::config::stats_policy;
@@ -36,6 +41,7 @@ pub fn spawn(control: Arc<ControlPlane>, stop: watch::Receiver<bool>) -> JoinHan
     tokio::spawn(async move {
         // Dropping the supervisor (an abort) drops these, stopping every task.
         let mut tasks: HashMap<String, (ControlPolicy, AbortOnDrop)> = HashMap::new();
+        let mut watches: HashMap<String, (Watch, AbortOnDrop)> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut stopping = stop.clone();
         loop {
@@ -58,9 +64,24 @@ pub fn spawn(control: Arc<ControlPlane>, stop: watch::Receiver<bool>) -> JoinHan
                     slot.insert((policy, AbortOnDrop(handle)));
                 }
             }
+            let watched = control.watched_experiments().await;
+            watches.retain(|name, (w, handle)| {
+                watched.iter().any(|(n, x)| n == name && x == w) && !handle.0.is_finished()
+            });
+            for (name, w) in watched {
+                if let std::collections::hash_map::Entry::Vacant(slot) = watches.entry(name.clone())
+                {
+                    let handle =
+                        tokio::spawn(drift::run(control.clone(), name, w.clone(), stop.clone()));
+                    slot.insert((w, AbortOnDrop(handle)));
+                }
+            }
         }
         let finished = async {
             for (_, (_, task)) in tasks.iter_mut() {
+                let _ = (&mut task.0).await;
+            }
+            for (_, (_, task)) in watches.iter_mut() {
                 let _ = (&mut task.0).await;
             }
         };

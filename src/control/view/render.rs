@@ -103,6 +103,9 @@ pub fn render_status(experiments: &[ExperimentView]) -> String {
                 out.push_str(&format!("    {}\n", shadow_guardrail(g)));
             }
         }
+        if let Some(w) = &e.watch {
+            out.push_str(&watch_rows(w));
+        }
         if let Some(d) = &e.last_decision {
             out.push_str(&format!(
                 "  last decision: {} by {} ({})\n",
@@ -111,6 +114,51 @@ pub fn render_status(experiments: &[ExperimentView]) -> String {
                 decision_summary(d)
             ));
         }
+    }
+    out
+}
+
+/// The drift watch: its status and arm, the reference, and a line per
+/// metric, e.g. `error (increase): ok, e=1.8 of 2592000, reference 0.0100
+/// over 1500, recent 0.0120 over 600`.
+fn watch_rows(w: &serde_json::Value) -> String {
+    let status = w["status"].as_str().unwrap_or("-");
+    let mut out = match w["arm"].as_str() {
+        Some(arm) => {
+            let r = &w["reference"];
+            let source = match r["source"].as_str() {
+                Some("promoted") => "the promoted arm's evidence window",
+                _ => "the first period of watching",
+            };
+            format!("  watch: {status} on {arm}, reference: {source}\n")
+        }
+        None => format!("  watch: {status} ({})\n", w["note"].as_str().unwrap_or("")),
+    };
+    let mean = |v: &serde_json::Value| {
+        v["mean"]
+            .as_f64()
+            .map_or("-".to_string(), |m| format!("{m:.4} over {}", v["n"]))
+    };
+    for m in w["metrics"].as_array().into_iter().flatten() {
+        let name = m["metric"].as_str().unwrap_or("?");
+        let harm = m["harm"].as_str().unwrap_or("either");
+        let line = match m["state"].as_str() {
+            Some(state @ ("ok" | "drift")) => format!(
+                "{name} ({harm}): {state}, e={} of {}, reference {}, recent {}",
+                num(m["statistic"].as_f64(), 1),
+                num(m["threshold"].as_f64(), 0),
+                mean(&m["reference"]),
+                mean(&m["recent"]),
+            ),
+            Some(state) => format!(
+                "{name} ({harm}): {state}{}",
+                m["note"]
+                    .as_str()
+                    .map_or(String::new(), |n| format!(" ({n})"))
+            ),
+            None => format!("{name}: -"),
+        };
+        out.push_str(&format!("    {line}\n"));
     }
     out
 }
@@ -283,6 +331,7 @@ mod tests {
             removed_arms: vec![],
             last_decision: None,
             analysis: None,
+            watch: None,
         };
         let text = render_status(std::slice::from_ref(&view));
         assert!(text.contains("TOKENS OUT"), "{text}");
@@ -357,6 +406,7 @@ mod tests {
                 samples: Default::default(),
                 shadow: None,
             }))),
+            watch: None,
         };
         let text = render_status(&[experiment]);
         assert!(
@@ -371,5 +421,46 @@ mod tests {
         assert!(line.contains("2.40"), "{line}");
         assert!(line.contains("272 canary units"), "{line}");
         assert!(line.ends_with("not yet shown non-inferior"), "{line}");
+    }
+
+    #[test]
+    fn status_shows_the_watch_and_each_metric() {
+        let view = ExperimentView {
+            name: "exp".into(),
+            state: "promoted".into(),
+            baseline: "stable".into(),
+            table_version: 4,
+            config_version: 1,
+            arms: vec![],
+            removed_arms: vec![],
+            last_decision: None,
+            analysis: None,
+            watch: Some(serde_json::json!({
+                "status": "drift", "arm": "canary",
+                "reference": {"source": "promoted"},
+                "metrics": [
+                    {"metric": "error", "harm": "increase", "state": "drift", "statistic": 3.1e6,
+                     "threshold": 2592000.0, "reference": {"n": 1500, "mean": 0.01},
+                     "recent": {"n": 900, "mean": 0.041}},
+                    {"metric": "ttft_ms", "harm": "increase", "state": "unavailable",
+                     "note": "the reference has 0 observations; at least 30 are needed"}
+                ]
+            })),
+        };
+        let text = render_status(&[view]);
+        assert!(
+            text.contains(
+                "  watch: drift on canary, reference: the promoted arm's evidence window\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("    error (increase): drift, e=3100000.0 of 2592000, reference 0.0100 over 1500, recent 0.0410 over 900\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ttft_ms (increase): unavailable (the reference has 0"),
+            "{text}"
+        );
     }
 }

@@ -42,7 +42,9 @@ pub struct Decision {
 /// Thread-safe source of [`Decision`]s for one server.
 #[derive(Debug)]
 pub struct Decider {
-    rng: Mutex<StdRng>,
+    /// The RNG and how many decisions it has drawn.
+    rng: Mutex<(StdRng, u64)>,
+    error_rate_after: Option<super::spec::RateAfter>,
     latency: LatencySampler,
     reward: RewardSampler,
     error_rate: f64,
@@ -90,7 +92,8 @@ impl Decider {
                 .unwrap_or(RewardSampler::Fixed(mean)),
         };
         Decider {
-            rng: Mutex::new(StdRng::seed_from_u64(spec.seed)),
+            rng: Mutex::new((StdRng::seed_from_u64(spec.seed), 0)),
+            error_rate_after: spec.error_rate_after,
             latency,
             reward,
             error_rate: spec.error_rate,
@@ -106,9 +109,15 @@ impl Decider {
     /// Draws the next decision (always the same number and order of draws).
     pub fn next(&self) -> Decision {
         // A poisoned lock only means another request panicked mid-draw; the RNG state is still valid.
-        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let (rng, drawn) = &mut *guard;
+        *drawn += 1;
+        let error_rate = match self.error_rate_after {
+            Some(a) if *drawn > a.requests => a.rate,
+            _ => self.error_rate,
+        };
         let reset = rng.random::<f64>() < self.reset_rate;
-        let error = rng.random::<f64>() < self.error_rate;
+        let error = rng.random::<f64>() < error_rate;
         let latency_ms = match &self.latency {
             LatencySampler::Fixed(ms) => *ms,
             LatencySampler::Normal(d) => d.sample(&mut *rng),

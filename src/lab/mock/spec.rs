@@ -4,8 +4,9 @@
 //! `127.0.0.1:9001,name=canary,latency=lognormal:20:0.5,error_rate=0.1,reset_rate=0,
 //! outcome_p=0.3,reward=normal:1:0.2,bytes=512,chunks=16,token_delay_ms=20,seed=7`
 //! plus, for inference outcomes, `first_token_ms=150,truncate_rate=0.05,
-//! length_rate=0.1,prompt_tokens=40,tokens_jitter=0.3`, and `content_type=...` for
-//! successful non-streaming answers.
+//! length_rate=0.1,prompt_tokens=40,tokens_jitter=0.3`, `content_type=...` for
+//! successful non-streaming answers, and `error_rate_after=4000:0.04` for an
+//! error rate that drifts after the 4,000th request.
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -122,6 +123,20 @@ pub struct MockSpec {
     /// not read them: a load harness's baseline for the cost of scanning JSON.
     #[serde(default)]
     pub content_type: Option<String>,
+    /// A drift: from the given request on (counted from 1 in arrival order),
+    /// the error rate is `rate` instead of `error_rate`. A count rather than
+    /// a time, so a seeded run drifts at the same request every time.
+    #[serde(default)]
+    pub error_rate_after: Option<RateAfter>,
+}
+
+/// A rate that takes over after a number of requests.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RateAfter {
+    /// Requests served at the old rate.
+    pub requests: u64,
+    /// The new rate (0..=1).
+    pub rate: f64,
 }
 
 impl Default for MockSpec {
@@ -143,6 +158,7 @@ impl Default for MockSpec {
             prompt_tokens: 0,
             tokens_jitter: 0.0,
             content_type: None,
+            error_rate_after: None,
         }
     }
 }
@@ -161,6 +177,9 @@ impl MockSpec {
             }
         };
         prob("error_rate", self.error_rate)?;
+        if let Some(a) = self.error_rate_after {
+            prob("error_rate_after", a.rate)?;
+        }
         prob("reset_rate", self.reset_rate)?;
         prob("hang_rate", self.hang_rate)?;
         prob("outcome_p", self.outcome_p)?;
@@ -278,6 +297,17 @@ fn apply_key(spec: &mut MockSpec, key: &str, value: &str) -> Result<(), SpecErro
         "length_rate" => spec.length_rate = num(key, value)?,
         "prompt_tokens" => spec.prompt_tokens = num(key, value)?,
         "tokens_jitter" => spec.tokens_jitter = num(key, value)?,
+        // `error_rate_after=REQUESTS:RATE`
+        "error_rate_after" => {
+            let (n, r) = value.split_once(':').ok_or_else(|| SpecError::BadValue {
+                key: key.to_string(),
+                value: value.to_string(),
+            })?;
+            spec.error_rate_after = Some(RateAfter {
+                requests: num(key, n)?,
+                rate: num(key, r)?,
+            });
+        }
         _ => return Err(SpecError::UnknownKey(key.to_string())),
     }
     Ok(())
