@@ -263,3 +263,59 @@ async fn a_promoted_canary_that_drifts_is_reverted_to_the_model_it_replaced() {
     assert!(text.contains("  watch: "), "{text}");
     server.shutdown().await;
 }
+
+/// A watch resumes after a restart with its reference and its evidence: it
+/// does not collect a new reference, and its looks go on from where they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_keeps_its_reference_and_evidence_across_a_restart() {
+    let _load = decision_load().await;
+    let model = mock("name=prod,error_rate=0.01,latency=fixed:1,seed=31").await;
+    let yaml = format!(
+        r#"
+backends:
+  m: {{ url: "{url}" }}
+experiments:
+  - name: exp
+    watch: {{ metrics: [error], reference: 2s, interval: 200ms }}
+    arms:
+      - {{ name: prod, backend: m, weight: 100 }}
+"#,
+        url = model.url()
+    );
+    let dir = temp_state_dir();
+    let server = start_abgate_opts(&yaml, None, None, &dir).await;
+    let traffic = spawn_load(open_loop(server.data_addr, RequestKind::Predict, 200.0, 20));
+    eventually(
+        Duration::from_secs(15),
+        "the watch tests after its reference",
+        || {
+            let admin = server.admin_addr;
+            async move {
+                let w = experiment_json(admin, "exp").await["watch"].clone();
+                w["status"] == "watching" && w["metrics"][0]["looks"].as_u64().unwrap_or(0) >= 5
+            }
+        },
+    )
+    .await;
+    traffic.abort();
+    let before = experiment_json(server.admin_addr, "exp").await["watch"].clone();
+    server.shutdown().await;
+    let server = start_abgate_opts(&yaml, None, None, &dir).await;
+    eventually(Duration::from_secs(5), "the watch looks again", || {
+        let admin = server.admin_addr;
+        async move { experiment_json(admin, "exp").await["watch"]["metrics"][0]["looks"].is_u64() }
+    })
+    .await;
+    let after = experiment_json(server.admin_addr, "exp").await["watch"].clone();
+    assert_eq!(after["status"], "watching", "{after:#}");
+    assert_eq!(
+        after["reference"], before["reference"],
+        "{before:#} / {after:#}"
+    );
+    assert_eq!(after["since_ms"], before["since_ms"]);
+    assert!(
+        after["metrics"][0]["looks"].as_u64() >= before["metrics"][0]["looks"].as_u64(),
+        "{before:#} / {after:#}"
+    );
+    server.shutdown().await;
+}
