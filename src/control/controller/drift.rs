@@ -122,8 +122,11 @@ pub async fn run(
     }
 }
 
+/// A watch's run belongs to its arms and its `watch:` as configured; what an
+/// alarm does (`on_drift`) is read at the alarm, so changing a webhook keeps
+/// the reference and the evidence.
 fn owner(e: &Experiment, w: &Watch) -> String {
-    let h = xxhash_rust::xxh3::xxh3_64(format!("{w:?}{:?}", e.on_drift).as_bytes());
+    let h = xxhash_rust::xxh3::xxh3_64(format!("{w:?}").as_bytes());
     format!("{}-{h:016x}", arms_fingerprint(e))
 }
 
@@ -564,4 +567,40 @@ fn view(w: &Watch, r: &WatchRun, e: &Experiment) -> Value {
         "tolerance": w.tolerance,
         "metrics": metrics,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn experiment(extra: &str) -> Experiment {
+        let yaml = format!(
+            "backends: {{ a: {{ url: \"http://127.0.0.1:1\" }} }}\nexperiments:\n  - name: exp\n    watch: {{ metrics: [error]{extra} }}\n    on_drift: {{ webhook: \"http://127.0.0.1:2/x\" }}\n    arms: [ {{ name: only, backend: a, weight: 100 }} ]\n"
+        );
+        crate::config::parse(&yaml).unwrap().experiments.remove(0)
+    }
+
+    #[test]
+    fn a_run_belongs_to_its_watch_not_to_what_an_alarm_does() {
+        let e = experiment("");
+        let mut other_hook = e.clone();
+        other_hook.on_drift.webhook = Some("http://127.0.0.1:3/y".into());
+        let w = e.watch.clone().unwrap();
+        assert_eq!(owner(&e, &w), owner(&other_hook, &w));
+        let e2 = experiment(", tolerance: 0.2");
+        assert_ne!(owner(&e, &w), owner(&e2, e2.watch.as_ref().unwrap()));
+    }
+
+    #[test]
+    fn the_arm_in_force_serves_the_most_and_the_baseline_wins_a_tie() {
+        let mut e = experiment("");
+        e.arms.push(crate::config::Arm {
+            name: "new".into(),
+            ..e.arms[0].clone()
+        });
+        let w = |a: u32, b: u32| Weights::from([("only".into(), a), ("new".into(), b)]);
+        assert_eq!(arm_in_force(&e, &w(5000, 5000)).as_deref(), Some("only"));
+        assert_eq!(arm_in_force(&e, &w(0, 10000)).as_deref(), Some("new"));
+        assert_eq!(arm_in_force(&e, &w(0, 0)), None);
+    }
 }
