@@ -310,8 +310,14 @@ async fn ui_browser_stays_responsive_with_fifty_experiments() {
         b.url()
     );
     for i in 0..50 {
+        // The one shown is watched for drift; the page shows its watch.
+        let watch = if i == 49 {
+            "    watch: { metrics: [error], reference: 1h }\n"
+        } else {
+            ""
+        };
         yaml.push_str(&format!(
-            "  - name: e{i:02}\n    match: {{ path_prefix: /e{i:02} }}\n    arms:\n      - {{ name: stable, backend: v1, weight: 90 }}\n      - {{ name: canary, backend: v2, weight: 10 }}\n"
+            "  - name: e{i:02}\n    match: {{ path_prefix: /e{i:02} }}\n{watch}    arms:\n      - {{ name: stable, backend: v1, weight: 90 }}\n      - {{ name: canary, backend: v2, weight: 10 }}\n"
         ));
     }
     let server = start_abgate(&yaml).await;
@@ -331,6 +337,13 @@ async fn ui_browser_stays_responsive_with_fifty_experiments() {
         .await
         .unwrap();
     eprintln!("fifty experiments: list redraws {r}");
+    until(
+        &c,
+        Duration::from_secs(10),
+        "the watch is shown",
+        "const w = document.getElementById('detail-watch'); return !w.hidden && w.textContent.startsWith('Drift watch: collecting reference on stable') && w.textContent.includes('error: pending');",
+    )
+    .await;
     // A generous bound (a loaded CI machine): a redraw a second must never
     // take the page's whole second.
     assert!(r["maxMs"].as_f64().unwrap() < 500.0, "{r}");

@@ -139,11 +139,32 @@
     const parts = ['state ' + e.state.replace('_', ' '), 'baseline ' + e.baseline, 'weights ' + weightsText(e)];
     if (a && a.explain) parts.push(a.explain);
     $('detail-summary').textContent = parts.join(' — ');
+    renderWatch(e.watch);
     const sel = $('promote-arm');
     const names = e.arms.map((x) => x.name);
     if (Array.from(sel.options).map((o) => o.value).join() !== names.join()) {
       sel.replaceChildren(...names.map((n) => { const o = el('option', null, n); o.value = n; return o; }));
     }
+  }
+
+  // The drift watch on the arm in force: its status, then each metric with
+  // its e-statistic against the threshold and the means it compares.
+  function renderWatch(w) {
+    const box = $('detail-watch');
+    box.hidden = !w;
+    if (!w) return;
+    const head = w.arm
+      ? 'Drift watch: ' + w.status + ' on ' + w.arm + ' (reference: ' +
+        (w.reference && w.reference.source === 'promoted' ? "the promoted arm's evidence window" : 'the first period of watching') + ')'
+      : 'Drift watch: ' + w.status + (w.note ? ' (' + w.note + ')' : '');
+    const lines = (w.metrics || []).map((m) => {
+      if (m.state !== 'ok' && m.state !== 'drift') return m.metric + ': ' + m.state + (m.note ? ' (' + m.note + ')' : '');
+      const mean = (x) => (x ? fmt(x.mean, 4) + ' over ' + x.n : '–');
+      return m.metric + ' (' + m.harm + '): ' + m.state + ', e = ' + fmt(m.statistic) + ' of ' + fmt(m.threshold) +
+        ', reference ' + mean(m.reference) + ', recent ' + mean(m.recent);
+    });
+    box.textContent = [head].concat(lines).join('\n');
+    box.classList.toggle('alarm', w.status === 'drift');
   }
 
   // ---- evidence, for people ----
@@ -155,8 +176,14 @@
     return out;
   }
   function evidenceText(reason) {
-    const items = evidenceItems(reason && reason.verdict, []);
+    const items = evidenceItems(reason && (reason.verdict || reason.drift), []);
     return items.map((x) => {
+      if (Array.isArray(x.ci95)) {
+        // A drift: the reference and the current mean, and the change.
+        return x.metric + ' ' + x.direction + ': ' + fmt(x.reference.mean, 4) + ' → ' + fmt(x.now.mean, 4) +
+          ', change ' + fmt(x.estimate) + ' [' + fmt(x.ci95[0]) + ', ' + fmt(x.ci95[1]) + '] (95%), e = ' +
+          fmt(x.statistic) + ' of ' + fmt(x.threshold);
+      }
       const ci = Array.isArray(x.ci) ? ' CS [' + fmt(x.ci[0]) + ', ' + (Math.abs(x.ci[1]) > 1e12 ? '∞' : fmt(x.ci[1])) + ']' : '';
       return x.metric + ' on ' + x.arm + ': ' + fmt(x.estimate) + ' (' + (x.effect || '') + ')' + ci +
         ', p = ' + fmt(x.p_value) + ' vs ' + fmt(x.threshold) + ', n = ' + x.units_arm + '/' + x.units_baseline;
