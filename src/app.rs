@@ -21,6 +21,7 @@ use crate::admin::Admin;
 use crate::config::{self, ConfigErrors};
 use crate::control::publish::Publisher;
 use crate::control::{ControlPlane, PlaneHandles};
+use crate::outcomes::capture::CaptureSink;
 use crate::outcomes::feedback::FeedbackService;
 use crate::outcomes::token::{KeyError, TokenKeys};
 use crate::outcomes::RecorderRegistry;
@@ -30,6 +31,7 @@ use crate::proxy::plane::DataPlane;
 use crate::proxy::tls::{TlsError, TlsTerminator};
 use crate::proxy::upstream::UpstreamPool;
 use crate::proxy::wiring::Published;
+use crate::store::capture::CaptureDb;
 use crate::store::feedback::FeedbackLog;
 use crate::store::{SqliteStore, StoreError};
 use crate::telemetry::Telemetry;
@@ -59,6 +61,8 @@ pub enum StartError {
     Tls(TlsError),
     #[error("cannot start the admin runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot start the capture writer thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// What to start from.
@@ -120,7 +124,7 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
     let recorders = Arc::new(RecorderRegistry::new(telemetry.clone()));
     // Opening the store and reading back saved counts blocks (SQLite): it runs
     // on the blocking pool like every other store call.
-    let (store, feedback_log) = {
+    let (store, feedback_log, captures) = {
         let (dir, recorders) = (file_config.state_dir.clone(), recorders.clone());
         crate::control::off_thread(move || -> Result<_, StartError> {
             let store = SqliteStore::open(&dir)?;
@@ -128,7 +132,11 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
             if restored > 0 {
                 tracing::info!(arms = restored, "restored per-arm outcome counts");
             }
-            Ok((Arc::new(store), FeedbackLog::open(&dir)?))
+            Ok((
+                Arc::new(store),
+                FeedbackLog::open(&dir)?,
+                CaptureDb::open(&dir)?,
+            ))
         })
         .await?
     };
@@ -146,11 +154,13 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
         recorders.metrics.clone(),
         telemetry.clone(),
     )?;
+    let capture = CaptureSink::start(captures, telemetry.clone()).map_err(StartError::Thread)?;
     let plane = Arc::new(DataPlane {
         table: ArcSwap::from_pointee(Published::build(&empty, 0, &pools, &recorders)),
         telemetry: telemetry.clone(),
         tokens,
         feedback,
+        capture,
         limits: RequestLimits::new(&file_config.limits, &file_config.timeouts),
     });
     let settings = ListenerSettings::from_config(&file_config, tls.clone());

@@ -4,6 +4,7 @@
 //! at once with its path and line, including what the statistics engine would
 //! refuse (see [`policy`]). Never: touches sockets or routing state.
 
+mod capture;
 mod decode;
 pub mod model;
 pub mod pem;

@@ -262,7 +262,47 @@ pub struct Experiment {
     pub watch: Option<Watch>,
     /// What a drift alarm does besides its decision, gauge and `notify`.
     pub on_drift: OnDrift,
+    /// Sampled examples of requests and answers kept for training
+    /// (`capture:`); `None`: nothing is kept.
+    pub capture: Option<Capture>,
 }
+
+/// `capture:`: a share of an experiment's routed requests kept with their
+/// answers, redacted, within a disk budget, for the training-data export.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Capture {
+    /// Share of routed requests captured, in basis points; which ones is
+    /// decided by the token id, so the sample is uniform over requests.
+    pub percent: BasisPoints,
+    /// Largest request or response body kept; a larger one is left out of
+    /// its example (the rest of the example is kept).
+    pub max_body: u64,
+    /// Bytes of stored examples this experiment may use; the oldest go first.
+    pub max_total: u64,
+    /// Headers whose values are replaced before anything is written, besides
+    /// [`ALWAYS_REDACTED_HEADERS`] (lower-case, validated header names).
+    pub redact_headers: Vec<String>,
+    /// JSON object keys removed at any depth of a body (and of each SSE
+    /// event's data) before anything is written.
+    pub drop_fields: Vec<String>,
+}
+
+/// Default `capture.max_body`: a chat request with a long prompt, or a long
+/// completion, fits.
+pub const DEFAULT_CAPTURE_MAX_BODY: u64 = 64 << 10;
+/// Default `capture.max_total`.
+pub const DEFAULT_CAPTURE_MAX_TOTAL: u64 = 1 << 30;
+/// Headers a capture never keeps the value of, whatever `redact_headers`
+/// says: credentials and session cookies.
+pub const ALWAYS_REDACTED_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "api-key",
+    "x-abgate-token",
+];
 
 /// The drift watch: the arm in force tested against a reference period of
 /// its own, for as long as no test runs on the experiment.

@@ -75,6 +75,7 @@ const EXPERIMENT: &[&str] = &[
     "inject_usage",
     "watch",
     "on_drift",
+    "capture",
 ];
 /// Default `analysis.look_every`: the controller looks after every 10 completed
 /// candidate outcomes (or each `interval`, whichever comes first). Every look is
@@ -691,9 +692,14 @@ fn experiment(
         (Some(m), Some(a)) => super::watch::decode(d, &f, m, policy.as_ref(), a.len()),
         _ => None,
     };
+    let capture = match f.get("capture") {
+        Some(n) => super::capture::decode(d, n, &f.path_of("capture")).map(Some),
+        None => Some(None),
+    };
     let name = name?;
     let (watch, on_drift) = watch?;
     Some(Experiment {
+        capture: capture?,
         watch,
         on_drift,
         policy,
@@ -1466,7 +1472,7 @@ fn required<'a>(d: &mut Decoder, f: &Fields<'a>, key: &str) -> Option<&'a Node> 
 }
 
 /// Reads a percentage with at most two decimals into basis points.
-fn weight(d: &mut Decoder, node: &Node, path: &str) -> Option<BasisPoints> {
+pub(super) fn weight(d: &mut Decoder, node: &Node, path: &str) -> Option<BasisPoints> {
     let v = d.number(node, path)?;
     let bp = v * 100.0;
     if !(0.0..=100.0).contains(&v) || (bp - bp.round()).abs() > 1e-6 {

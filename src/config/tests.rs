@@ -651,3 +651,68 @@ fn bad_watches_are_refused_with_their_place() {
     let e = err("    watch: { metrics: [error] }\n    on_drift: restart");
     assert!(e.contains("expected `revert`"), "{e}");
 }
+
+#[test]
+fn a_capture_reads_its_share_bounds_and_redaction() {
+    let c = parse(&watched(
+        "    capture: { percent: 0.5, max_body: 16KiB, max_total: 10MiB, redact_headers: [X-User-Email], drop_fields: [user, email] }",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.experiments[0].capture,
+        Some(Capture {
+            percent: 50,
+            max_body: 16 << 10,
+            max_total: 10 << 20,
+            redact_headers: vec!["x-user-email".into()],
+            drop_fields: vec!["user".into(), "email".into()],
+        })
+    );
+    let c = parse(&watched("    capture: { percent: 1 }")).unwrap();
+    let cap = c.experiments[0].capture.as_ref().unwrap();
+    assert_eq!(
+        (cap.max_body, cap.max_total),
+        (DEFAULT_CAPTURE_MAX_BODY, DEFAULT_CAPTURE_MAX_TOTAL)
+    );
+    assert!(parse(&watched("")).unwrap().experiments[0]
+        .capture
+        .is_none());
+}
+
+#[test]
+fn bad_captures_are_refused_with_their_place() {
+    let err = |extra: &str| parse(&watched(extra)).unwrap_err().to_string();
+    let e = err("    capture: { max_body: 1KiB }");
+    assert!(
+        e.contains("experiments[0].capture")
+            && e.contains("missing field `percent`")
+            && e.contains("line 7"),
+        "{e}"
+    );
+    let e = err("    capture: { percent: 0 }");
+    assert!(
+        e.contains("capture.percent") && e.contains("more than 0%"),
+        "{e}"
+    );
+    let e = err("    capture: { percent: 101 }");
+    assert!(e.contains("capture.percent"), "{e}");
+    let e = err("    capture: { percent: 1, max_body: 2MiB, max_total: 1MiB }");
+    assert!(
+        e.contains("capture.max_body") && e.contains("larger than max_total"),
+        "{e}"
+    );
+    let e = err("    capture: { percent: 1, max_total: 1KiB }");
+    assert!(e.contains("capture.max_total: must be in"), "{e}");
+    let e = err("    capture: { percent: 1, redact_headers: [\"bad header\"] }");
+    assert!(
+        e.contains("capture.redact_headers[0]") && e.contains("not a valid header name"),
+        "{e}"
+    );
+    let e = err("    capture: { percent: 1, drop_fields: [\"\"] }");
+    assert!(e.contains("capture.drop_fields[0]"), "{e}");
+    let e = err("    capture: { percent: 1, sample: 2 }");
+    assert!(
+        e.contains("capture.sample") && e.contains("unknown field"),
+        "{e}"
+    );
+}

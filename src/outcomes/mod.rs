@@ -10,6 +10,7 @@
 //! proxy's `feedback` module is the endpoint's HTTP half); the only HTTP
 //! vocabulary here is a response's status code, recorded per arm.
 
+pub mod capture;
 pub mod exposition;
 pub mod feedback;
 pub mod histogram;

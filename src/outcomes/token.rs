@@ -158,8 +158,28 @@ impl TokenKeys {
         issued_at_ms: u64,
         forced: bool,
     ) -> String {
+        self.mint_with_id(
+            experiment,
+            arm,
+            table_version,
+            issued_at_ms,
+            forced,
+            rand::random(),
+        )
+    }
+
+    /// Mints a token with a given random id (chosen before the request is
+    /// forwarded when its id decides whether it is captured).
+    pub fn mint_with_id(
+        &self,
+        experiment: &str,
+        arm: &str,
+        table_version: u64,
+        issued_at_ms: u64,
+        forced: bool,
+        id: [u8; 16],
+    ) -> String {
         let key = self.keys.last().expect("TokenKeys is never empty");
-        let id: [u8; 16] = rand::random();
         let mut buf = [0u8; 3 + 32 + 2 * (1 + MAX_NAME) + 8 + 8 + 16 + 1 + MAC_LEN];
         let mut n = 0;
         let mut put = |bytes: &[u8]| {

@@ -11,6 +11,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+use super::capture::ResponseTap;
 use super::guarded_body::{BoxError, IdleBody, StreamIdle};
 use super::upstream::UpstreamBody;
 use super::usage::UsageStrip;
@@ -97,6 +98,8 @@ pub struct RecordingBody {
     pairs: Vec<Arc<PairSlot>>,
     side: Side,
     ttfb_us: Option<u64>,
+    /// A sampled example's answer side (boxed: most bodies are not captured).
+    capture: Option<Box<ResponseTap>>,
 }
 
 impl RecordingBody {
@@ -123,6 +126,7 @@ impl RecordingBody {
             pairs: Vec::new(),
             side: Side::Primary,
             ttfb_us: None,
+            capture: None,
         }
     }
 
@@ -132,6 +136,11 @@ impl RecordingBody {
         self.side = side;
         self.pairs = pairs;
         self
+    }
+
+    /// Feeds every data frame to `tap` and tells it how the body ended.
+    pub fn capturing(&mut self, tap: Box<ResponseTap>) {
+        self.capture = Some(tap);
     }
 
     /// Removes the usage-only chunk `inject_usage` asked for from what the
@@ -216,6 +225,9 @@ impl RecordingBody {
         for slot in self.pairs.drain(..) {
             slot.report(self.side, pair);
         }
+        if let Some(tap) = self.capture.take() {
+            tap.finish(failure.is_none());
+        }
     }
 }
 
@@ -259,6 +271,9 @@ impl RecordingBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.first_byte();
+                    if let Some(tap) = this.capture.as_mut() {
+                        tap.push(data);
+                    }
                     if this.scanner.is_active() {
                         let now = this.elapsed_us();
                         this.scanner.feed(data, now);

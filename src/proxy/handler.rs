@@ -1,5 +1,6 @@
 //! The request path: validate, route (peeking at the body when a rule reads
-//! its `model`), assign, rewrite, start shadow copies, forward, tag, record.
+//! its `model`), assign, rewrite, start shadow copies and captures, forward,
+//! tag, record.
 //!
 //! Hot path rules: one `ArcSwap` load per request, no locks, no per-request
 //! logging above debug, allocation only where hyper or header values need it.
@@ -13,6 +14,7 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
 use super::body::ProxyBody;
+use super::capture::Pending;
 use super::forward::{forward, Tags};
 use super::guarded_body::{BodyTrip, RequestBody, TripWire};
 use super::limits::check_head;
@@ -256,6 +258,15 @@ async fn route_and_forward(
         }
     }
     drop(copy_head);
+    // A capturing experiment's token id is drawn here, since it decides
+    // whether this request is an example; others draw theirs at minting.
+    let id: Option<[u8; 16]> = routed
+        .and_then(|(_, arm)| arm.carry.capture.as_ref())
+        .map(|_| rand::random());
+    let capture = match (id, routed.and_then(|(_, arm)| arm.carry.capture.as_ref())) {
+        (Some(id), Some(c)) => Pending::begin(c, id, &parts, &mut body, table.version, forced),
+        _ => None,
+    };
     let mut resp = forward(
         plane,
         conn,
@@ -271,13 +282,20 @@ async fn route_and_forward(
     )
     .await;
     if let Some((e, arm)) = routed {
-        let token = plane.tokens.mint(
-            &e.name,
-            &arm.name,
-            table.version,
-            crate::clock::now_ms(),
-            forced,
-        );
+        let now = crate::clock::now_ms();
+        if let Some(c) = capture {
+            c.respond(&mut resp, now, plane.capture.clone());
+        }
+        let token = match id {
+            Some(id) => {
+                plane
+                    .tokens
+                    .mint_with_id(&e.name, &arm.name, table.version, now, forced, id)
+            }
+            None => plane
+                .tokens
+                .mint(&e.name, &arm.name, table.version, now, forced),
+        };
         // The token's own buffer becomes the header value (no copy).
         if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(token)) {
             resp.headers_mut().insert(X_TOKEN.clone(), v);

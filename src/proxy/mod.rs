@@ -3,7 +3,8 @@
 //! [`forward`] sends it to its upstream and streams the answer back through the
 //! [`body`] wrappers, [`classify`] names what failed, [`problem`] answers for
 //! abgate in one vocabulary, [`shadow`] copies a share of an experiment's requests
-//! to its shadow arms. [`wiring`] builds what each arm carries; [`plane`]
+//! to its shadow arms, [`capture`] keeps a sample of requests and answers for
+//! training. [`wiring`] builds what each arm carries; [`plane`]
 //! is what all of them share; [`accept`] is the accept loop every listener uses.
 //!
 //! Never: decides routing (see `routing`), judges outcomes (see `stats`), or
@@ -12,6 +13,7 @@
 pub mod accept;
 pub mod activity;
 pub mod body;
+pub mod capture;
 pub mod classify;
 pub mod feedback;
 pub mod forward;

@@ -13,6 +13,7 @@ use super::body::ProxyBody;
 use super::limits::RequestLimits;
 use super::problem::ProxyError;
 use super::wiring::Published;
+use crate::outcomes::capture::CaptureSink;
 use crate::outcomes::feedback::FeedbackService;
 use crate::outcomes::token::TokenKeys;
 use crate::telemetry::Telemetry;
@@ -25,6 +26,8 @@ pub struct DataPlane {
     /// Signs the outcome token on every routed response.
     pub tokens: Arc<TokenKeys>,
     pub feedback: Arc<FeedbackService>,
+    /// Where sampled examples go (see `proxy::capture`).
+    pub capture: Arc<CaptureSink>,
     /// Size limits and body timeouts, fixed for the listener's lifetime.
     pub limits: RequestLimits,
 }

@@ -15,10 +15,12 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::config::{Config, MetricKind, MetricSource, Price};
+use crate::outcomes::capture::{CapturePolicy, CapturedArm};
 use crate::outcomes::metrics::MetricCell;
 use crate::outcomes::{ArmRecorder, RecorderRegistry};
 use crate::routing::{Layout, RoutingTable, DEFAULT_ROUTE_EXPERIMENT};
 
+use super::capture::ArmCapture;
 use super::shadow::{ShadowGates, ShadowWiring};
 use super::upstream::{Upstream, UpstreamPool};
 
@@ -50,6 +52,8 @@ pub struct ArmWiring {
     pub model: Option<Bytes>,
     /// On a shadow arm only: what its copies need (see `proxy::shadow`).
     pub shadow: Option<Arc<ShadowWiring>>,
+    /// The experiment's `capture:`, with this arm's identity.
+    pub capture: Option<ArmCapture>,
 }
 
 /// One declared response-header metric of one arm.
@@ -148,10 +152,26 @@ impl Published {
                     .collect(),
             }
         };
+        // One policy per experiment, shared by its arms.
+        let mut captures: std::collections::HashMap<String, Arc<CapturePolicy>> =
+            Default::default();
         let routes = RoutingTable::build_with(
             config,
             layout,
             |e, a| {
+                let capture = e.capture.as_ref().map(|c| ArmCapture {
+                    policy: captures
+                        .entry(e.name.clone())
+                        .or_insert_with(|| {
+                            Arc::new(CapturePolicy::new(&e.name, c, recorders.telemetry()))
+                        })
+                        .clone(),
+                    arm: Arc::new(CapturedArm {
+                        arm: a.name.clone(),
+                        backend: a.backend.clone(),
+                        model: a.model.clone(),
+                    }),
+                });
                 let recorder = recorders.arm(&e.name, &a.name);
                 recorder.set_slow_threshold(e.slow_threshold);
                 ArmWiring {
@@ -184,6 +204,7 @@ impl Published {
                             stream_idle: config.timeouts.stream_idle,
                         })
                     }),
+                    capture,
                 }
             },
             |b| ArmWiring {
@@ -193,6 +214,7 @@ impl Published {
                 inject_usage: false,
                 model: None,
                 shadow: None,
+                capture: None,
             },
         );
         Published {

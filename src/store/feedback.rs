@@ -229,6 +229,21 @@ pub struct DatasetRow {
     pub metrics: std::collections::BTreeMap<String, f64>,
     pub labels: Vec<Given<String>>,
     pub corrections: Vec<Given<serde_json::Value>>,
+    /// The captured example (request and answer, redacted), if it was sampled.
+    pub capture: Option<CaptureDoc>,
+}
+
+/// A stored example's JSON document, written into the line as it is
+/// (validated, never re-parsed into a tree).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptureDoc(pub String);
+
+impl serde::Serialize for CaptureDoc {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let raw: &serde_json::value::RawValue =
+            serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
+    }
 }
 
 /// A label or correction and who gave it.
@@ -240,10 +255,13 @@ pub struct Given<T> {
 }
 
 /// Streams the export of `experiment` for requests issued in
-/// `[since_ms, until_ms)`: one [`DatasetRow`] per request that has feedback,
-/// in time order, handed to `sink` as it is complete, until `sink` returns
-/// false. Memory holds one request's rows, however many there are in all:
-/// the index orders rows by (time, token), so a request's rows are adjacent.
+/// `[since_ms, until_ms)`: one [`DatasetRow`] per request that has feedback
+/// or a captured example (from the capture database beside `db`, see
+/// `store::capture`), in time order, handed to `sink` as it is complete,
+/// until `sink` returns false. Memory holds one request's rows, however
+/// many there are in all: both indexes order rows by (time, token), so a
+/// request's feedback rows are adjacent and the two streams merge as they
+/// are read.
 pub fn export(
     db: &Path,
     experiment: &str,
@@ -253,9 +271,12 @@ pub fn export(
 ) -> Result<(), StoreError> {
     let conn = Connection::open_with_flags(
         db,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI,
     )?;
     conn.busy_timeout(Duration::from_secs(5))?;
+    let captured = super::capture::attach(&conn, &db.with_file_name(super::capture::FILE))?;
     let mut st = conn.prepare(
         "SELECT token_id, metric, arm, value, forced, issued_at_ms, received_at_ms, counted,
                 table_version, actor, label, correction, backend, model
@@ -263,69 +284,167 @@ pub fn export(
          WHERE experiment = ?1 AND issued_at_ms >= ?2 AND issued_at_ms < ?3
          ORDER BY issued_at_ms, token_id",
     )?;
-    let mut rows = st.query(params![
+    let rows = st.query(params![
         experiment,
         since_ms.min(i64::MAX as u64) as i64,
         until_ms.min(i64::MAX as u64) as i64
     ])?;
-    let mut current: Option<DatasetRow> = None;
-    while let Some(r) = rows.next()? {
-        let token_id: String = r.get(0)?;
-        if current.as_ref().is_some_and(|c| c.token_id != token_id)
-            && !sink(finish(current.take().expect("checked")))
-        {
+    let mut groups = Groups {
+        rows,
+        experiment,
+        current: None,
+    };
+    let mut cap_st = match captured {
+        true => Some(conn.prepare(super::capture::EXAMPLES_SQL)?),
+        false => None,
+    };
+    let mut examples = match cap_st.as_mut() {
+        Some(st) => Some(super::capture::Examples::query(
+            st, experiment, since_ms, until_ms,
+        )?),
+        None => None,
+    };
+    let mut next_example = || -> Result<Option<super::capture::StoredExample>, StoreError> {
+        match examples.as_mut() {
+            Some(e) => e.next_example(),
+            None => Ok(None),
+        }
+    };
+    let (mut fb, mut ex) = (groups.next()?, next_example()?);
+    loop {
+        let row = match (fb.take(), ex.take()) {
+            (None, None) => return Ok(()),
+            (Some(f), None) => {
+                fb = groups.next()?;
+                f
+            }
+            (None, Some(e)) => {
+                ex = next_example()?;
+                example_row(experiment, e)
+            }
+            (Some(mut f), Some(e)) => {
+                let (fk, ek) = ((f.issued_at_ms, &f.token_id), (e.issued_at_ms, &e.token_id));
+                if fk < ek {
+                    ex = Some(e);
+                    fb = groups.next()?;
+                    f
+                } else if ek < fk {
+                    fb = Some(f);
+                    ex = next_example()?;
+                    example_row(experiment, e)
+                } else {
+                    f.capture = Some(CaptureDoc(e.doc));
+                    fb = groups.next()?;
+                    ex = next_example()?;
+                    f
+                }
+            }
+        };
+        if !sink(row) {
             return Ok(());
         }
-        let row = current.get_or_insert_with(|| DatasetRow {
-            token_id: token_id.clone(),
-            time: String::new(),
-            issued_at_ms: 0,
-            experiment: experiment.to_string(),
-            arm: String::new(),
-            backend: None,
-            model: None,
-            table_version: 0,
-            forced: false,
-            metrics: Default::default(),
-            labels: Vec::new(),
-            corrections: Vec::new(),
-        });
-        row.arm = r.get(2)?;
-        row.forced = r.get::<_, i64>(4)? != 0;
-        row.issued_at_ms = r.get::<_, i64>(5)? as u64;
-        row.table_version = r.get::<_, i64>(8)? as u64;
-        // Rows from before the columns existed have none: keep what another
-        // row of the same request said.
-        if let Some(b) = r.get::<_, Option<String>>(12)? {
-            row.backend = Some(b);
-        }
-        if let Some(m) = r.get::<_, Option<String>>(13)? {
-            row.model = Some(m);
-        }
-        let received_at_ms = r.get::<_, i64>(6)? as u64;
-        let actor: String = r.get(9)?;
-        if r.get::<_, i64>(7)? != 0 {
-            row.metrics.insert(r.get(1)?, r.get(3)?);
-        }
-        if let Some(label) = r.get::<_, Option<String>>(10)? {
-            row.labels.push(Given {
-                value: label,
-                actor: actor.clone(),
-                received_at_ms,
-            });
-        }
-        if let Some(text) = r.get::<_, Option<String>>(11)? {
-            // Written by ingestion from a parsed value, so it parses back.
-            let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-            row.corrections.push(Given {
-                value,
-                actor,
-                received_at_ms,
-            });
-        }
     }
-    if let Some(last) = current {
-        sink(finish(last));
+}
+
+/// A request with an example and no feedback.
+fn example_row(experiment: &str, e: super::capture::StoredExample) -> DatasetRow {
+    finish(DatasetRow {
+        token_id: e.token_id,
+        time: String::new(),
+        issued_at_ms: e.issued_at_ms,
+        experiment: experiment.to_string(),
+        arm: e.arm,
+        backend: Some(e.backend),
+        model: e.model,
+        table_version: e.table_version,
+        forced: e.forced,
+        metrics: Default::default(),
+        labels: Vec::new(),
+        corrections: Vec::new(),
+        capture: Some(CaptureDoc(e.doc)),
+    })
+}
+
+/// The feedback rows of one experiment, gathered per request.
+struct Groups<'s, 'e> {
+    rows: rusqlite::Rows<'s>,
+    experiment: &'e str,
+    /// The request being gathered (its first row already read).
+    current: Option<DatasetRow>,
+}
+
+impl Groups<'_, '_> {
+    /// The next request's feedback, complete, or `None` at the end.
+    fn next(&mut self) -> Result<Option<DatasetRow>, StoreError> {
+        let Groups {
+            rows,
+            experiment,
+            current,
+        } = self;
+        while let Some(r) = rows.next()? {
+            let token_id: String = r.get(0)?;
+            let done = match current {
+                Some(c) if c.token_id != token_id => current.take(),
+                _ => None,
+            };
+            let row = current.get_or_insert_with(|| DatasetRow {
+                token_id,
+                time: String::new(),
+                issued_at_ms: 0,
+                experiment: experiment.to_string(),
+                arm: String::new(),
+                backend: None,
+                model: None,
+                table_version: 0,
+                forced: false,
+                metrics: Default::default(),
+                labels: Vec::new(),
+                corrections: Vec::new(),
+                capture: None,
+            });
+            add(row, r)?;
+            if let Some(d) = done {
+                return Ok(Some(finish(d)));
+            }
+        }
+        Ok(current.take().map(finish))
+    }
+}
+
+/// Adds one feedback row to its request's line.
+fn add(row: &mut DatasetRow, r: &rusqlite::Row<'_>) -> Result<(), StoreError> {
+    row.arm = r.get(2)?;
+    row.forced = r.get::<_, i64>(4)? != 0;
+    row.issued_at_ms = r.get::<_, i64>(5)? as u64;
+    row.table_version = r.get::<_, i64>(8)? as u64;
+    // Rows from before the columns existed have none: keep what another
+    // row of the same request said.
+    if let Some(b) = r.get::<_, Option<String>>(12)? {
+        row.backend = Some(b);
+    }
+    if let Some(m) = r.get::<_, Option<String>>(13)? {
+        row.model = Some(m);
+    }
+    let received_at_ms = r.get::<_, i64>(6)? as u64;
+    let actor: String = r.get(9)?;
+    if r.get::<_, i64>(7)? != 0 {
+        row.metrics.insert(r.get(1)?, r.get(3)?);
+    }
+    if let Some(label) = r.get::<_, Option<String>>(10)? {
+        row.labels.push(Given {
+            value: label,
+            actor: actor.clone(),
+            received_at_ms,
+        });
+    }
+    if let Some(text) = r.get::<_, Option<String>>(11)? {
+        // Written by ingestion from a parsed value, so it parses back.
+        let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        row.corrections.push(Given {
+            value,
+            actor,
+            received_at_ms,
+        });
     }
     Ok(())
 }

@@ -244,4 +244,5 @@ pub struct MemorySnapshot<'a> {
     pub controlled: &'a [String],
 }
 
+pub mod capture;
 pub mod feedback;

@@ -4,6 +4,7 @@
 mod support;
 
 mod architecture;
+mod capture;
 mod cli;
 mod control_binary;
 mod control_plane;
