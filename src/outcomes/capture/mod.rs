@@ -37,6 +37,8 @@ pub const MAX_QUEUED_BYTES: u64 = 32 << 20;
 pub const MAX_QUEUED: usize = 4096;
 /// Examples the writer stores in one transaction at most.
 const BATCH: usize = 256;
+/// How long the writer waits for a batch to fill once it holds an example.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One experiment's `capture:` as the proxy and the writer use it; built
 /// with each table, so a reload changes it for new requests at once.
@@ -262,8 +264,12 @@ fn run(
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
+        // Lingers for more: at a low rate, one transaction (and one wake of
+        // this thread's core) per LINGER instead of one per example.
+        let until = std::time::Instant::now() + LINGER;
         while batch.len() < BATCH {
-            match rx.try_recv() {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
                 Ok(next) => batch.push(next),
                 Err(_) => break,
             }
