@@ -122,7 +122,8 @@ pub(super) async fn forward(
         // Read whole (its length is known and bounded) to add the option;
         // a peeked (and maybe model-rewritten) body comes out of `body` as
         // it will be sent, so both rewrites compose.
-        match body.collect().await {
+        // Boxed: a rare path that would otherwise size every request's future.
+        match Box::pin(body.collect()).await {
             Ok(collected) => {
                 let mut bytes = collected.to_bytes();
                 if let Some(rewritten) = usage::inject(&bytes) {

@@ -52,7 +52,10 @@ pub async fn handle(
         // exchange gets `request_body_idle`. A timed-out event that was already
         // durable is deduplicated when the client retries.
         let limit = plane.limits.body_idle;
-        let handled = super::feedback::serve(
+        // Boxed, as is every rare path below: a request's whole future is
+        // moved into hyper's connection (a memcpy of its size, every
+        // request), so what most requests never reach must not size it.
+        let handled = Box::pin(super::feedback::serve(
             &plane.feedback,
             req,
             &table.routes,
@@ -61,7 +64,7 @@ pub async fn handle(
                 actor: "client",
                 max_correction: table.feedback_max_correction,
             },
-        );
+        ));
         return Ok(match tokio::time::timeout(limit, handled).await {
             Ok(resp) => resp,
             Err(_) => {
@@ -318,7 +321,7 @@ async fn read_peek(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    Peek::read(body, max_peek, declared, unit_field)
+    Box::pin(Peek::read(body, max_peek, declared, unit_field))
         .await
         .map_err(|_| match wire.get() {
             Some(BodyTrip::TooLarge) => ProxyError::BodyTooLarge {

@@ -20,6 +20,14 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// Removes hop-by-hop headers: the fixed set, every `proxy-*` header, and every
 /// header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names (standard ones
+    // compare by tag) instead of a hashed removal per hop-by-hop name.
+    let any = headers
+        .keys()
+        .any(|k| HOP_BY_HOP.contains(k) || k.as_str().starts_with("proxy-"));
+    if !any {
+        return;
+    }
     // Names listed in Connection must go too; collecting them only allocates when
     // a client actually lists custom hop-by-hop headers.
     let named: Vec<HeaderName> = headers
