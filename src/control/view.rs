@@ -54,6 +54,10 @@ pub struct ExperimentView {
     /// metric's detector and any alarm; absent for an unwatched experiment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<Value>,
+    /// `capture:` and what it has done (examples written, evicted, dropped,
+    /// bytes stored); absent for an experiment that captures nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<Value>,
 }
 
 /// One configured arm.
@@ -514,6 +518,13 @@ impl ControlPlane {
             last_decision,
             analysis,
             watch: self.watch_view(name),
+            capture: experiment.capture.as_ref().map(|c| {
+                let mut v = self.plane.capture.stats().view(name);
+                v["percent"] = serde_json::json!(f64::from(c.percent) / 100.0);
+                v["max_body"] = serde_json::json!(c.max_body);
+                v["max_total"] = serde_json::json!(c.max_total);
+                v
+            }),
         })
     }
 }

@@ -155,6 +155,13 @@ async fn the_sampled_requests_are_kept_redacted_and_exported_once_each() {
         written(admin).await == expect
     })
     .await;
+    // The experiment view counts what was kept.
+    let view = experiment_json(admin, "chat").await;
+    let c = &view["capture"];
+    assert_eq!(c["percent"], 30.0, "{c}");
+    assert_eq!(c["written"], want.len() as u64, "{c}");
+    assert_eq!(c["dropped"]["queue_full"], 0, "{c}");
+    assert!(c["stored_bytes"].as_u64().unwrap() > 0, "{c}");
     // Feedback on the first ten requests, captured or not.
     for t in &tokens[..10] {
         let a = admin_call(
@@ -291,6 +298,10 @@ async fn captures_stay_within_their_budget_oldest_first() {
     );
     assert!(evicted > 100.0, "{evicted}");
 
+    let c = experiment_json(admin, "chat").await["capture"].clone();
+    assert_eq!(c["evicted"].as_f64(), Some(evicted), "{c}");
+    assert_eq!(c["stored_bytes"].as_f64(), Some(stored), "{c}");
+    assert_eq!(c["max_total"], budget as u64, "{c}");
     let lines = export(admin).await;
     let kept: Vec<&str> = lines
         .iter()

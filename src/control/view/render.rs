@@ -106,6 +106,9 @@ pub fn render_status(experiments: &[ExperimentView]) -> String {
         if let Some(w) = &e.watch {
             out.push_str(&watch_rows(w));
         }
+        if let Some(c) = &e.capture {
+            out.push_str(&capture_row(c));
+        }
         if let Some(d) = &e.last_decision {
             out.push_str(&format!(
                 "  last decision: {} by {} ({})\n",
@@ -116,6 +119,26 @@ pub fn render_status(experiments: &[ExperimentView]) -> String {
         }
     }
     out
+}
+
+/// The capture, e.g. `capture: 1% of requests, 2,887 examples written
+/// (1.2 MiB stored of 1024 MiB), 0 evicted, 0 dropped`.
+fn capture_row(c: &serde_json::Value) -> String {
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let mib = |v: &serde_json::Value| n(v) as f64 / (1024.0 * 1024.0);
+    let d = &c["dropped"];
+    format!(
+        "  capture: {}% of requests, {} examples written ({:.1} MiB stored of {:.0} MiB), {} evicted, {} dropped (queue full {}, too large {}, write failed {})\n",
+        c["percent"].as_f64().unwrap_or(0.0),
+        n(&c["written"]),
+        mib(&c["stored_bytes"]),
+        mib(&c["max_total"]),
+        n(&c["evicted"]),
+        n(&d["queue_full"]) + n(&d["too_large"]) + n(&d["write_failed"]),
+        n(&d["queue_full"]),
+        n(&d["too_large"]),
+        n(&d["write_failed"]),
+    )
 }
 
 /// The drift watch: its status and arm, the reference, and a line per
@@ -332,6 +355,7 @@ mod tests {
             last_decision: None,
             analysis: None,
             watch: None,
+            capture: None,
         };
         let text = render_status(std::slice::from_ref(&view));
         assert!(text.contains("TOKENS OUT"), "{text}");
@@ -407,6 +431,7 @@ mod tests {
                 shadow: None,
             }))),
             watch: None,
+            capture: None,
         };
         let text = render_status(&[experiment]);
         assert!(
@@ -446,6 +471,7 @@ mod tests {
                      "note": "the reference has 0 observations; at least 30 are needed"}
                 ]
             })),
+            capture: None,
         };
         let text = render_status(&[view]);
         assert!(
@@ -461,6 +487,19 @@ mod tests {
         assert!(
             text.contains("ttft_ms (increase): unavailable (the reference has 0"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_capture_row_says_what_was_kept_and_dropped() {
+        let c = serde_json::json!({
+            "percent": 1.0, "max_body": 65536, "max_total": 1073741824u64,
+            "written": 2887, "evicted": 3, "stored_bytes": 1258291,
+            "dropped": {"queue_full": 5, "too_large": 1, "write_failed": 0},
+        });
+        assert_eq!(
+            capture_row(&c),
+            "  capture: 1% of requests, 2887 examples written (1.2 MiB stored of 1024 MiB), 3 evicted, 6 dropped (queue full 5, too large 1, write failed 0)\n"
         );
     }
 }

@@ -190,19 +190,67 @@ impl Example {
     }
 }
 
+/// What one experiment's capture has done since the process started
+/// (`stored_bytes`: what is on disk now).
+#[derive(Debug, Default)]
+pub struct CaptureCounts {
+    pub written: AtomicU64,
+    pub evicted: AtomicU64,
+    pub stored_bytes: AtomicU64,
+    pub dropped_queue_full: AtomicU64,
+    pub dropped_too_large: AtomicU64,
+    pub dropped_write_failed: AtomicU64,
+}
+
+/// Every experiment's [`CaptureCounts`], shared by the sink and its writer.
+#[derive(Debug, Default)]
+pub struct CaptureStats {
+    by_experiment: dashmap::DashMap<String, Arc<CaptureCounts>>,
+}
+
+impl CaptureStats {
+    pub fn of(&self, experiment: &str) -> Arc<CaptureCounts> {
+        if let Some(c) = self.by_experiment.get(experiment) {
+            return c.clone();
+        }
+        self.by_experiment
+            .entry(experiment.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The counts as JSON, for the experiment view.
+    pub fn view(&self, experiment: &str) -> Value {
+        let c = self.of(experiment);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        json!({
+            "written": get(&c.written),
+            "evicted": get(&c.evicted),
+            "stored_bytes": get(&c.stored_bytes),
+            "dropped": {
+                "queue_full": get(&c.dropped_queue_full),
+                "too_large": get(&c.dropped_too_large),
+                "write_failed": get(&c.dropped_write_failed),
+            },
+        })
+    }
+}
+
 /// The hand-off from requests to the writer thread.
 pub struct CaptureSink {
     tx: SyncSender<(Example, u64)>,
     queued_bytes: Arc<AtomicU64>,
     queued: Arc<AtomicUsize>,
     max_bytes: u64,
+    stats: Arc<CaptureStats>,
 }
 
 impl CaptureSink {
     /// Starts the writer thread on `db`. It runs until the sink is dropped.
     pub fn start(db: CaptureDb, telemetry: Arc<Telemetry>) -> std::io::Result<Arc<CaptureSink>> {
-        let mut writer = Writer::new(db, telemetry);
-        Self::start_with(MAX_QUEUED, MAX_QUEUED_BYTES, move |batch| {
+        let stats = Arc::new(CaptureStats::default());
+        let mut writer = Writer::new(db, telemetry, stats.clone());
+        Self::start_with_stats(MAX_QUEUED, MAX_QUEUED_BYTES, stats, move |batch| {
             writer.write(batch)
         })
     }
@@ -212,6 +260,15 @@ impl CaptureSink {
     pub fn start_with(
         max_queued: usize,
         max_bytes: u64,
+        write: impl FnMut(Vec<Example>) + Send + 'static,
+    ) -> std::io::Result<Arc<CaptureSink>> {
+        Self::start_with_stats(max_queued, max_bytes, Default::default(), write)
+    }
+
+    fn start_with_stats(
+        max_queued: usize,
+        max_bytes: u64,
+        stats: Arc<CaptureStats>,
         mut write: impl FnMut(Vec<Example>) + Send + 'static,
     ) -> std::io::Result<Arc<CaptureSink>> {
         let (tx, rx) = sync_channel::<(Example, u64)>(max_queued);
@@ -226,7 +283,21 @@ impl CaptureSink {
             queued_bytes,
             queued,
             max_bytes,
+            stats,
         }))
+    }
+
+    /// What each experiment's capture has done.
+    pub fn stats(&self) -> &CaptureStats {
+        &self.stats
+    }
+
+    fn dropped(&self, policy: &CapturePolicy) {
+        policy.queue_full.increment(1);
+        self.stats
+            .of(&policy.experiment)
+            .dropped_queue_full
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Hands an example to the writer, or drops it (counted) when the writer
@@ -236,7 +307,7 @@ impl CaptureSink {
         let before = self.queued_bytes.fetch_add(w, Ordering::AcqRel);
         if before + w > self.max_bytes {
             self.queued_bytes.fetch_sub(w, Ordering::AcqRel);
-            example.policy.queue_full.increment(1);
+            self.dropped(&example.policy);
             return;
         }
         // Counted before the send: the writer may take and release it first.
@@ -246,7 +317,7 @@ impl CaptureSink {
         {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             self.queued_bytes.fetch_sub(w, Ordering::AcqRel);
-            e.policy.queue_full.increment(1);
+            self.dropped(&e.policy);
         }
     }
 
@@ -287,20 +358,23 @@ fn run(
 struct Writer {
     db: CaptureDb,
     telemetry: Arc<Telemetry>,
+    stats: Arc<CaptureStats>,
     /// The newest budget seen per experiment.
     budgets: HashMap<String, u64>,
 }
 
 impl Writer {
-    fn new(db: CaptureDb, telemetry: Arc<Telemetry>) -> Writer {
+    fn new(db: CaptureDb, telemetry: Arc<Telemetry>, stats: Arc<CaptureStats>) -> Writer {
         for (e, bytes) in db.totals() {
             telemetry
                 .gauge("abgate_capture_bytes", &[("experiment", e)])
                 .set(*bytes as f64);
+            stats.of(e).stored_bytes.store(*bytes, Ordering::Relaxed);
         }
         Writer {
             db,
             telemetry,
+            stats,
             budgets: HashMap::new(),
         }
     }
@@ -327,6 +401,10 @@ impl Writer {
                     *per.entry(r.experiment.as_str()).or_default() += 1;
                 }
                 for (e, n) in per {
+                    self.stats
+                        .of(e)
+                        .dropped_write_failed
+                        .fetch_add(n, Ordering::Relaxed);
                     self.telemetry
                         .counter(
                             "abgate_capture_dropped_total",
@@ -343,12 +421,18 @@ impl Writer {
         for (e, n) in &w.stored {
             t.counter("abgate_capture_written_total", &[("experiment", e)])
                 .increment(*n);
+            self.stats.of(e).written.fetch_add(*n, Ordering::Relaxed);
         }
         for (e, n) in &w.evicted {
             t.counter("abgate_capture_evicted_total", &[("experiment", e)])
                 .increment(*n);
+            self.stats.of(e).evicted.fetch_add(*n, Ordering::Relaxed);
         }
         for (e, n) in &w.too_large {
+            self.stats
+                .of(e)
+                .dropped_too_large
+                .fetch_add(*n, Ordering::Relaxed);
             t.counter(
                 "abgate_capture_dropped_total",
                 &[("experiment", e), ("reason", "too_large")],
@@ -356,8 +440,13 @@ impl Writer {
             .increment(*n);
         }
         for e in w.stored.keys().chain(w.evicted.keys()) {
+            let total = self.db.total(e);
             t.gauge("abgate_capture_bytes", &[("experiment", e)])
-                .set(self.db.total(e) as f64);
+                .set(total as f64);
+            self.stats
+                .of(e)
+                .stored_bytes
+                .store(total, Ordering::Relaxed);
         }
     }
 }
