@@ -270,7 +270,9 @@ async fn route_and_forward(
         (Some(id), Some(c)) => Pending::begin(c, id, &parts, &mut body, table.version, forced),
         _ => None,
     };
-    let mut resp = forward(
+    // Boxed: forwarding's state (~3 KiB) would otherwise be copied at every
+    // level above it each time a request's future is built and moved.
+    let mut resp = Box::pin(forward(
         plane,
         conn,
         Request::from_parts(parts, body),
@@ -282,7 +284,7 @@ async fn route_and_forward(
         &tags,
         started,
         pairs,
-    )
+    ))
     .await;
     if let Some((e, arm)) = routed {
         let now = crate::clock::now_ms();

@@ -10,7 +10,10 @@
 
 pub mod h1;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -84,6 +87,43 @@ impl std::error::Error for UpstreamError {
             UpstreamError::Hyper(e) => Some(e),
             UpstreamError::Closed => None,
             UpstreamError::Pooled(e) => Some(e),
+        }
+    }
+}
+
+/// A request on its way to its backend, until the response head.
+///
+/// Not an `async fn`: one would keep the request beside the pool's future
+/// that holds it too, in every request's state. The HTTP/1 send is boxed:
+/// a request's future is moved whole at each level of the call (hyper's
+/// connection task, the handler, forwarding), so a pointer here keeps ~1 KiB
+/// out of every one of those moves for one allocation.
+pub enum Sending<'u> {
+    H1(
+        Pin<
+            Box<
+                dyn Future<Output = Result<http::Response<h1::PooledBody>, UpstreamError>>
+                    + Send
+                    + 'u,
+            >,
+        >,
+    ),
+    H2(hyper_util::client::legacy::ResponseFuture),
+}
+
+impl Future for Sending<'_> {
+    type Output = Result<http::Response<UpstreamBody>, UpstreamError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Sending::H1(f) => f
+                .as_mut()
+                .poll(cx)
+                .map(|r| r.map(|resp| resp.map(UpstreamBody::H1))),
+            Sending::H2(f) => Pin::new(f).poll(cx).map(|r| {
+                r.map(|resp| resp.map(UpstreamBody::H2))
+                    .map_err(UpstreamError::Pooled)
+            }),
         }
     }
 }
@@ -215,17 +255,10 @@ impl Upstream {
     }
 
     /// Sends `req` (its URI from [`Self::uri_for`]) and waits for the head.
-    pub async fn request(
-        &self,
-        req: http::Request<UpstreamRequestBody>,
-    ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
+    pub fn request(&self, req: http::Request<UpstreamRequestBody>) -> Sending<'_> {
         match &self.client {
-            Transport::H1(pool) => Ok(pool.send(req).await?.map(UpstreamBody::H1)),
-            Transport::H2(client) => client
-                .request(req)
-                .await
-                .map(|r| r.map(UpstreamBody::H2))
-                .map_err(UpstreamError::Pooled),
+            Transport::H1(pool) => Sending::H1(Box::pin(pool.send(req))),
+            Transport::H2(client) => Sending::H2(client.request(req)),
         }
     }
 
