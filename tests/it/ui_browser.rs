@@ -312,7 +312,7 @@ async fn ui_browser_stays_responsive_with_fifty_experiments() {
     for i in 0..50 {
         // The one shown is watched for drift; the page shows its watch.
         let watch = if i == 49 {
-            "    watch: { metrics: [error], reference: 1h }\n"
+            "    watch: { metrics: [error], reference: 1h }\n    capture: { percent: 5, max_total: 1MiB }\n"
         } else {
             ""
         };
@@ -342,6 +342,13 @@ async fn ui_browser_stays_responsive_with_fifty_experiments() {
         Duration::from_secs(10),
         "the watch is shown",
         "const w = document.getElementById('detail-watch'); return !w.hidden && w.textContent.startsWith('Drift watch: collecting reference on stable') && w.textContent.includes('error: pending');",
+    )
+    .await;
+    until(
+        &c,
+        Duration::from_secs(10),
+        "the capture is shown",
+        "const p = document.getElementById('detail-capture'); return !p.hidden && p.textContent.startsWith('Capture: 5% of requests, 0 examples written (0.0 MiB of 1.0 MiB), 0 evicted, 0 dropped');",
     )
     .await;
     // A generous bound (a loaded CI machine): a redraw a second must never

@@ -140,6 +140,7 @@
     if (a && a.explain) parts.push(a.explain);
     $('detail-summary').textContent = parts.join(' — ');
     renderWatch(e.watch);
+    renderCapture(e.capture);
     const sel = $('promote-arm');
     const names = e.arms.map((x) => x.name);
     if (Array.from(sel.options).map((o) => o.value).join() !== names.join()) {
@@ -165,6 +166,20 @@
     });
     box.textContent = [head].concat(lines).join('\n');
     box.classList.toggle('alarm', w.status === 'drift');
+  }
+
+  // The capture of examples: its share and what it has kept or dropped.
+  function renderCapture(c) {
+    const box = $('detail-capture');
+    box.hidden = !c;
+    if (!c) return;
+    const d = c.dropped || {};
+    const dropped = (d.queue_full || 0) + (d.too_large || 0) + (d.write_failed || 0);
+    const mib = (b) => ((b || 0) / 1048576).toFixed(1) + ' MiB';
+    box.textContent = 'Capture: ' + c.percent + '% of requests, ' + c.written + ' examples written (' +
+      mib(c.stored_bytes) + ' of ' + mib(c.max_total) + '), ' + c.evicted + ' evicted, ' + dropped + ' dropped' +
+      (dropped ? ' (queue full ' + (d.queue_full || 0) + ', too large ' + (d.too_large || 0) +
+        ', write failed ' + (d.write_failed || 0) + ')' : '');
   }
 
   // ---- evidence, for people ----
