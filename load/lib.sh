@@ -55,6 +55,22 @@ cpu_ticks() {
     echo "$sum"
 }
 
+# closed_chat_cpu PID URL REQUESTS OUT [SETTLE]: one closed loop of REQUESTS
+# chat requests over 16 connections against URL ($B/abgate-load on core 1,
+# seed 7, at most 60 s; its report in OUT); prints PID's CPU-µs per ok request
+# and the ok count. The CPU is read SETTLE seconds after the last answer, so
+# work the process finishes after it (a writer thread's) counts.
+closed_chat_cpu() {
+    local pid=$1 url=$2 requests=$3 out=$4 settle=${5:-0} t0 t1 ok
+    t0=$(cpu_ticks "$pid")
+    taskset -c 1 "${B:?}/abgate-load" --target "$url" --kind chat \
+        --connections 16 --max-requests "$requests" --duration 60s --seed 7 --json >"$out" 2>/dev/null
+    [ "$settle" = 0 ] || sleep "$settle"
+    t1=$(cpu_ticks "$pid")
+    ok=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["requests_ok"])' "$out")
+    python3 -c 'import sys; t,n=float(sys.argv[1]),int(sys.argv[2]); print(f"{t*1e6/100/max(n,1):.1f} {n}")' "$((t1 - t0))" "$ok"
+}
+
 # thread_ticks PID REGEX: utime+stime (clock ticks) of PID's threads whose name
 # (comm) matches REGEX; `-v REGEX` sums the others.
 thread_ticks() {

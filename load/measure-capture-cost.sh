@@ -54,17 +54,9 @@ start_leg one 20 "    capture: { percent: 1, redact_headers: [x-user-id], drop_f
 start_leg all 30 "    capture: { percent: 100, redact_headers: [x-user-id], drop_fields: [user] }"
 
 # run_leg NAME OFFSET: prints abgate's CPU-µs per request for one closed loop.
+# The writer may still be storing the last examples: their CPU counts.
 run_leg() {
-    local name=$1 off=$2 pid t0 t1 done_n
-    pid=$(eval echo "\$PID_$name")
-    t0=$(cpu_ticks "$pid")
-    taskset -c 1 "$B/abgate-load" --target "http://127.0.0.1:$((P + off))" --kind chat \
-        --connections 16 --max-requests "$REQUESTS" --duration 60s --seed 7 --json >"load-$name.json" 2>/dev/null
-    # The writer may still be storing the last examples: their CPU counts.
-    sleep 0.5
-    t1=$(cpu_ticks "$pid")
-    done_n=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["requests_ok"])' "load-$name.json")
-    python3 -c 'import sys; t,n=float(sys.argv[1]),int(sys.argv[2]); print(f"{t*1e6/100/max(n,1):.1f} {n}")' "$((t1 - t0))" "$done_n"
+    closed_chat_cpu "$(eval echo "\$PID_$1")" "http://127.0.0.1:$((P + $2))" "$REQUESTS" "load-$1.json" 0.5
 }
 
 run_leg off 10 >/dev/null

@@ -47,8 +47,14 @@ pub struct TokenClaims {
 impl TokenClaims {
     /// The random id as hex (the dedupe key in the store).
     pub fn id_hex(&self) -> String {
-        self.id.iter().map(|b| format!("{b:02x}")).collect()
+        id_hex(&self.id)
     }
+}
+
+/// A token's random id as hex: how the feedback log and the capture store
+/// key a request.
+pub fn id_hex(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -144,10 +144,12 @@ impl ResponseTap {
         let request_body = match p.body {
             RequestSide::Known(c) => c,
             RequestSide::Tee(mut rx) => match rx.try_recv() {
-                Ok(Ok(frames)) if frames.iter().map(|f| f.len() as u64).sum::<u64>() <= max => {
-                    Captured::Whole(frames)
-                }
-                Ok(Ok(_)) | Ok(Err(TeeCut::TooLarge)) => Captured::TooLarge,
+                // A shadow copy may have raised the tee's limit above ours.
+                Ok(Ok(frames)) => match Captured::Whole(frames) {
+                    whole if whole.bytes() <= max => whole,
+                    _ => Captured::TooLarge,
+                },
+                Ok(Err(TeeCut::TooLarge)) => Captured::TooLarge,
                 // Failed, or still uploading when the answer ended.
                 _ => Captured::Missing,
             },

@@ -263,12 +263,13 @@ async fn route_and_forward(
     drop(copy_head);
     // A capturing experiment's token id is drawn here, since it decides
     // whether this request is an example; others draw theirs at minting.
-    let id: Option<[u8; 16]> = routed
-        .and_then(|(_, arm)| arm.carry.capture.as_ref())
-        .map(|_| rand::random());
-    let capture = match (id, routed.and_then(|(_, arm)| arm.carry.capture.as_ref())) {
-        (Some(id), Some(c)) => Pending::begin(c, id, &parts, &mut body, table.version, forced),
-        _ => None,
+    let (id, capture) = match routed.and_then(|(_, arm)| arm.carry.capture.as_ref()) {
+        Some(c) => {
+            let id: [u8; 16] = rand::random();
+            let pending = Pending::begin(c, id, &parts, &mut body, table.version, forced);
+            (Some(id), pending)
+        }
+        None => (None, None),
     };
     // Boxed: forwarding's state (~3 KiB) would otherwise be copied at every
     // level above it each time a request's future is built and moved.

@@ -22,7 +22,7 @@ use super::StoreError;
 /// The file, in the state directory.
 pub const FILE: &str = "captures.db";
 
-/// One example to keep.
+/// One example, as it is kept and as the export reads it back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CaptureRow {
     pub token_id: String,
@@ -193,23 +193,10 @@ pub struct Examples<'c> {
     rows: rusqlite::Rows<'c>,
 }
 
-/// One stored example as the export reads it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredExample {
-    pub token_id: String,
-    pub arm: String,
-    pub backend: String,
-    pub model: Option<String>,
-    pub table_version: u64,
-    pub forced: bool,
-    pub issued_at_ms: u64,
-    pub doc: String,
-}
-
 /// The query behind [`Examples`], on a connection where the capture
 /// database is attached as `cap`.
 pub const EXAMPLES_SQL: &str =
-    "SELECT token_id, arm, backend, model, table_version, forced, issued_at_ms, doc
+    "SELECT token_id, experiment, arm, backend, model, table_version, forced, issued_at_ms, doc
      FROM cap.captures INDEXED BY captures_by_time
      WHERE experiment = ?1 AND issued_at_ms >= ?2 AND issued_at_ms < ?3
      ORDER BY issued_at_ms, token_id";
@@ -240,20 +227,21 @@ impl<'c> Examples<'c> {
         Ok(Examples { rows })
     }
 
-    /// The next example, or `None` at the end.
-    pub fn next_example(&mut self) -> Result<Option<StoredExample>, StoreError> {
+    /// The next example, as it was stored, or `None` at the end.
+    pub fn next_example(&mut self) -> Result<Option<CaptureRow>, StoreError> {
         let Some(r) = self.rows.next()? else {
             return Ok(None);
         };
-        Ok(Some(StoredExample {
+        Ok(Some(CaptureRow {
             token_id: r.get(0)?,
-            arm: r.get(1)?,
-            backend: r.get(2)?,
-            model: r.get(3)?,
-            table_version: r.get::<_, i64>(4)? as u64,
-            forced: r.get::<_, i64>(5)? != 0,
-            issued_at_ms: r.get::<_, i64>(6)? as u64,
-            doc: r.get(7)?,
+            experiment: r.get(1)?,
+            arm: r.get(2)?,
+            backend: r.get(3)?,
+            model: r.get(4)?,
+            table_version: r.get::<_, i64>(5)? as u64,
+            forced: r.get::<_, i64>(6)? != 0,
+            issued_at_ms: r.get::<_, i64>(7)? as u64,
+            doc: r.get(8)?,
         }))
     }
 }

@@ -304,7 +304,7 @@ pub fn export(
         )?),
         None => None,
     };
-    let mut next_example = || -> Result<Option<super::capture::StoredExample>, StoreError> {
+    let mut next_example = || -> Result<Option<super::capture::CaptureRow>, StoreError> {
         match examples.as_mut() {
             Some(e) => e.next_example(),
             None => Ok(None),
@@ -320,7 +320,7 @@ pub fn export(
             }
             (None, Some(e)) => {
                 ex = next_example()?;
-                example_row(experiment, e)
+                example_row(e)
             }
             (Some(mut f), Some(e)) => {
                 let (fk, ek) = ((f.issued_at_ms, &f.token_id), (e.issued_at_ms, &e.token_id));
@@ -331,7 +331,7 @@ pub fn export(
                 } else if ek < fk {
                     fb = Some(f);
                     ex = next_example()?;
-                    example_row(experiment, e)
+                    example_row(e)
                 } else {
                     f.capture = Some(CaptureDoc(e.doc));
                     fb = groups.next()?;
@@ -347,12 +347,12 @@ pub fn export(
 }
 
 /// A request with an example and no feedback.
-fn example_row(experiment: &str, e: super::capture::StoredExample) -> DatasetRow {
+fn example_row(e: super::capture::CaptureRow) -> DatasetRow {
     finish(DatasetRow {
         token_id: e.token_id,
         time: String::new(),
         issued_at_ms: e.issued_at_ms,
-        experiment: experiment.to_string(),
+        experiment: e.experiment,
         arm: e.arm,
         backend: Some(e.backend),
         model: e.model,

@@ -43,7 +43,23 @@ fn token_id(token: &str) -> [u8; 16] {
 }
 
 fn hex(id: &[u8; 16]) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
+    abgate::outcomes::token::id_hex(id)
+}
+
+/// A mock model backend and abgate in front of it, capturing as `capture`
+/// says, with the state directory to look into.
+async fn start(
+    mock_spec: &str,
+    capture: &str,
+) -> (
+    abgate::lab::mock::MockServer,
+    std::path::PathBuf,
+    abgate::app::RunningServer,
+) {
+    let backend = mock(mock_spec).await;
+    let dir = temp_state_dir();
+    let server = start_abgate_opts(&yaml(&backend.url(), capture), None, None, &dir).await;
+    (backend, dir, server)
 }
 
 /// Whether a capture of `percent` (basis points) keeps the request with this id.
@@ -122,16 +138,9 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sampled_requests_are_kept_redacted_and_exported_once_each() {
-    let backend = mock("name=m,chunks=4").await;
-    let dir = temp_state_dir();
-    let server = start_abgate_opts(
-        &yaml(
-            &backend.url(),
-            "{ percent: 30, redact_headers: [x-user-email], drop_fields: [user, email, usage] }",
-        ),
-        None,
-        None,
-        &dir,
+    let (_backend, dir, server) = start(
+        "name=m,chunks=4",
+        "{ percent: 30, redact_headers: [x-user-email], drop_fields: [user, email, usage] }",
     )
     .await;
     let (data, admin) = (server.data_addr, server.admin_addr);
@@ -261,17 +270,10 @@ async fn the_sampled_requests_are_kept_redacted_and_exported_once_each() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn captures_stay_within_their_budget_oldest_first() {
-    let backend = mock("name=m,chunks=2").await;
-    let dir = temp_state_dir();
     let budget = 64 * 1024;
-    let server = start_abgate_opts(
-        &yaml(
-            &backend.url(),
-            "{ percent: 100, max_body: 4KiB, max_total: 64KiB }",
-        ),
-        None,
-        None,
-        &dir,
+    let (_backend, dir, server) = start(
+        "name=m,chunks=2",
+        "{ percent: 100, max_body: 4KiB, max_total: 64KiB }",
     )
     .await;
     let (data, admin) = (server.data_addr, server.admin_addr);

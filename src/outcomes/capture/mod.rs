@@ -98,7 +98,8 @@ pub enum Captured {
 }
 
 impl Captured {
-    fn len(&self) -> u64 {
+    /// Bytes held (0 for a body that is not there).
+    pub fn bytes(&self) -> u64 {
         match self {
             Captured::Whole(f) => f.iter().map(|b| b.len() as u64).sum(),
             _ => 0,
@@ -134,8 +135,8 @@ impl Example {
                 .map(|(k, v)| (k.as_str().len() + v.len() + 32) as u64)
                 .sum::<u64>()
         };
-        256 + self.request_body.len()
-            + self.response_body.len()
+        256 + self.request_body.bytes()
+            + self.response_body.bytes()
             + headers(&self.request_headers)
             + headers(&self.response_headers)
     }
@@ -177,7 +178,7 @@ impl Example {
         response[sk] = sv;
         let doc = json!({ "request": request, "response": response }).to_string();
         CaptureRow {
-            token_id: self.token_id.iter().map(|b| format!("{b:02x}")).collect(),
+            token_id: super::token::id_hex(&self.token_id),
             experiment: self.policy.experiment.clone(),
             arm: self.arm.arm.clone(),
             backend: self.arm.backend.clone(),
