@@ -6,7 +6,7 @@
 //! can run several servers in one process.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::admin::auth::{AdminAuth, AuthError};
 use crate::admin::runtime::AdminRuntime;
 use crate::admin::Admin;
-use crate::config::{self, ConfigErrors};
+use crate::config::{self, ConfigErrors, StoreConfig};
 use crate::control::publish::Publisher;
 use crate::control::{ControlPlane, PlaneHandles};
 use crate::outcomes::capture::CaptureSink;
@@ -33,7 +33,7 @@ use crate::proxy::upstream::UpstreamPool;
 use crate::proxy::wiring::Published;
 use crate::store::capture::CaptureDb;
 use crate::store::feedback::FeedbackLog;
-use crate::store::{SqliteStore, StoreError};
+use crate::store::{PgStore, SqliteStore, Store, StoreError};
 use crate::telemetry::Telemetry;
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +102,18 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Start
         .map_err(|source| StartError::Bind { addr, what, source })
 }
 
+/// The store the file's `store:` names. Blocks: call it off the async workers.
+fn open_store(kind: &StoreConfig, state_dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match kind {
+        StoreConfig::Sqlite => Arc::new(SqliteStore::open(state_dir)?),
+        StoreConfig::Postgres(pg) => {
+            let store = PgStore::open(&pg.url, pg.pool)?;
+            tracing::info!(url = %config::without_credentials(&pg.url), "using the postgres store");
+            Arc::new(store)
+        }
+    })
+}
+
 /// Validates the config, opens the store, binds both listeners and serves.
 pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
     let file_config = config::parse(&opts.config_text).map_err(StartError::Config)?;
@@ -126,17 +138,14 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
     // on the blocking pool like every other store call.
     let (store, feedback_log, captures) = {
         let (dir, recorders) = (file_config.state_dir.clone(), recorders.clone());
+        let kind = file_config.store.clone();
         crate::control::off_thread(move || -> Result<_, StartError> {
-            let store = SqliteStore::open(&dir)?;
-            let restored = crate::outcomes::persist::restore(&recorders, &store)?;
+            let store = open_store(&kind, &dir)?;
+            let restored = crate::outcomes::persist::restore(&recorders, store.as_ref())?;
             if restored > 0 {
                 tracing::info!(arms = restored, "restored per-arm outcome counts");
             }
-            Ok((
-                Arc::new(store),
-                FeedbackLog::open(&dir)?,
-                CaptureDb::open(&dir)?,
-            ))
+            Ok((store, FeedbackLog::open(&dir)?, CaptureDb::open(&dir)?))
         })
         .await?
     };

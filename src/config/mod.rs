@@ -12,6 +12,7 @@ pub mod policy;
 pub mod redact;
 mod schema;
 mod secret;
+mod store;
 mod watch;
 pub mod yaml;
 

@@ -23,8 +23,12 @@ pub struct Config {
     /// Data-plane listener address.
     pub listen: SocketAddr,
     pub admin: AdminConfig,
-    /// Where durable state lives (created on demand).
+    /// Where durable state lives (created on demand). With a postgres store
+    /// it still holds this replica's own files (token keys, the feedback log,
+    /// captures).
     pub state_dir: PathBuf,
+    /// The store of config versions, decisions, states and saved runs.
+    pub store: StoreConfig,
     /// Backends in declared order; names are unique.
     pub backends: Vec<Backend>,
     /// Backend for requests no experiment matches; `None` answers 404.
@@ -40,6 +44,47 @@ pub struct Config {
     pub tokens: TokensConfig,
     /// The currency of every backend's `price` (a label: shown, never converted).
     pub currency: Option<String>,
+}
+
+/// Where config versions, decisions, experiment states and saved runs live.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoreConfig {
+    /// SQLite in `state_dir` (embedded, no setup).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database that replicas share.
+    Postgres(PostgresConfig),
+}
+
+/// Connections in a postgres store's pool unless `store.pool` says otherwise.
+pub const DEFAULT_STORE_POOL: usize = 8;
+
+/// `store: { kind: postgres, ... }`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// The connection URL with its references resolved: it may hold a
+    /// password, so `Debug` shows it redacted.
+    pub url: String,
+    pub pool: usize,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &without_credentials(&self.url))
+            .field("pool", &self.pool)
+            .finish()
+    }
+}
+
+/// A URL with whatever stands between `://` and `@` replaced, for logs.
+pub fn without_credentials(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s + 3 => {
+            format!("{}REDACTED{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// The feedback endpoint on the data-plane listener.

@@ -133,6 +133,29 @@ fn credential_header(name: &str) -> bool {
         .any(|w| n.contains(w))
 }
 
+/// Where a URL's authority ends (at `/`, `?` or `#`), not counting those
+/// inside a `${file:/path}` reference.
+fn authority_end(rest: &str) -> usize {
+    let mut depth = false;
+    let bytes = rest.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'$' if bytes.get(i + 1) == Some(&b'{') => depth = true,
+            b'}' if depth => depth = false,
+            b'/' | b'?' | b'#' if !depth => return i,
+            _ => {}
+        }
+    }
+    rest.len()
+}
+
+/// `user:${file:...}` or `user:${env:...}`: a password given by reference only.
+fn userinfo_is_references(userinfo: &str) -> bool {
+    userinfo
+        .split_once(':')
+        .is_some_and(|(user, pw)| !user.contains("${") && super::secret::references_only(pw))
+}
+
 /// The URL with its credentials and query (and, for a webhook, its path)
 /// redacted; `None` when it is not a URL or holds nothing to redact.
 fn redact_url(u: &str, webhook: bool) -> Option<String> {
@@ -144,9 +167,12 @@ fn redact_url(u: &str, webhook: bool) -> Option<String> {
     {
         return None;
     }
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let end = authority_end(rest);
     let (authority, tail) = rest.split_at(end);
     let authority = match authority.rsplit_once('@') {
+        // `user:${file:/run/pw}` names where the password is, not what it
+        // is: shown, so `config get` -> edit -> `config apply` keeps it.
+        Some((userinfo, _)) if userinfo_is_references(userinfo) => authority.to_string(),
         Some((_, host)) => format!("{REDACTED}@{host}"),
         None => authority.to_string(),
     };
@@ -182,6 +208,17 @@ mod tests {
     #[test]
     fn urls_lose_their_credentials_and_queries_only() {
         assert_eq!(redact_url("http://127.0.0.1:9001", false), None);
+        // A password given by reference is kept; a literal one is not.
+        for kept in [
+            "postgres://abgate:${file:/run/secrets/pg}@db:5432/abgate",
+            "postgres://abgate:${env:PGPASSWORD}@db/abgate",
+        ] {
+            assert_eq!(redact_url(kept, false), None, "{kept}");
+        }
+        assert_eq!(
+            redact_url("postgres://abgate:pw${env:X}@db/abgate", false).as_deref(),
+            Some("postgres://REDACTED@db/abgate")
+        );
         assert_eq!(redact_url("http://h:1/prefix", false), None);
         assert_eq!(
             redact_url("https://bob:hunter2@h:1/p?token=x#f", false).as_deref(),

@@ -19,6 +19,7 @@ const TOP: &[&str] = &[
     "listen",
     "admin",
     "state_dir",
+    "store",
     "backends",
     "default_backend",
     "experiments",
@@ -159,6 +160,10 @@ pub fn decode(d: &mut Decoder, root: &Node) -> Option<Config> {
         Some(n) => d.name(n, "state_dir").map(PathBuf::from),
         None => Some(PathBuf::from("./abgate-state")),
     };
+    let store = match top.get("store") {
+        Some(n) => super::store::decode(d, n),
+        None => Some(StoreConfig::Sqlite),
+    };
     let backends = backends(d, &top);
     // Names count as declared even when their URL is wrong, so one mistake is
     // reported once rather than again at every arm that uses the backend.
@@ -198,6 +203,7 @@ pub fn decode(d: &mut Decoder, root: &Node) -> Option<Config> {
         listen: listen?,
         admin: admin?,
         state_dir: state_dir?,
+        store: store?,
         backends,
         default_backend,
         experiments: experiments?,

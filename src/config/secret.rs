@@ -120,7 +120,7 @@ pub(super) fn references_only(template: &str) -> bool {
 
 /// The template with its references replaced; `Ok(None)` when `read` is
 /// false (syntax checked only). Errors name the reference, never a value.
-fn resolve(template: &str, read: bool) -> Result<Option<String>, String> {
+pub(super) fn resolve(template: &str, read: bool) -> Result<Option<String>, String> {
     let mut out = String::new();
     let mut rest = template;
     while let Some(at) = rest.find("${") {

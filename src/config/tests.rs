@@ -716,3 +716,75 @@ fn bad_captures_are_refused_with_their_place() {
         "{e}"
     );
 }
+
+#[test]
+fn a_store_is_sqlite_by_default_and_postgres_reads_its_url_and_pool() {
+    assert_eq!(parse(EXAMPLE).unwrap().store, StoreConfig::Sqlite);
+    let dir = std::env::temp_dir().join(format!("abgate-store-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pw = dir.join("pg-password");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let c = parse(&format!(
+        "store: {{ kind: postgres, url: \"postgres://abgate:${{file:{}}}@db:5432/abgate\", pool: 3 }}\n",
+        pw.display()
+    ))
+    .unwrap();
+    let StoreConfig::Postgres(pg) = &c.store else {
+        panic!("{:?}", c.store)
+    };
+    assert_eq!(pg.url, "postgres://abgate:s3cret@db:5432/abgate");
+    assert_eq!(pg.pool, 3);
+    // Debug (logs) never shows the password.
+    let shown = format!("{:?}", c.store);
+    assert!(
+        !shown.contains("s3cret") && shown.contains("REDACTED@db"),
+        "{shown}"
+    );
+    let c = parse("store: { kind: postgres, url: \"postgres://db/abgate\" }").unwrap();
+    let StoreConfig::Postgres(pg) = &c.store else {
+        panic!()
+    };
+    assert_eq!(pg.pool, DEFAULT_STORE_POOL);
+    // Unresolved (`abgate check` elsewhere): the whole URL from the environment.
+    assert!(parse_unresolved("store: { kind: postgres, url: \"${env:PG_URL}\" }").is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_stores_are_refused_with_their_place() {
+    let err = |text: &str| parse(text).unwrap_err().to_string();
+    let e = err("listen: 127.0.0.1:1\nstore: { kind: postgres }");
+    assert!(
+        e.contains("line 2") && e.contains("store: missing field `url`"),
+        "{e}"
+    );
+    let e = err("store: { kind: mysql }");
+    assert!(
+        e.contains("store.kind") && e.contains("expected sqlite or postgres"),
+        "{e}"
+    );
+    let e = err("store: { url: \"postgres://db/x\" }");
+    assert!(e.contains("missing field `kind`"), "{e}");
+    let e = err("store: { kind: postgres, url: \"mysql://db/x\" }");
+    assert!(e.contains("store.url: must be a postgres://"), "{e}");
+    let e = err("store: { kind: postgres, url: \"postgres://db/x\", pool: 0 }");
+    assert!(e.contains("store.pool"), "{e}");
+    let e = err("store: { kind: sqlite, url: \"postgres://db/x\" }");
+    assert!(
+        e.contains("store.url") && e.contains("only a postgres store"),
+        "{e}"
+    );
+    let e =
+        err("store: { kind: postgres, url: \"postgres://u:${file:/nonexistent/abgate/pw}@db/x\" }");
+    assert!(
+        e.contains("store.url") && e.contains("/nonexistent/abgate/pw"),
+        "{e}"
+    );
+    let e = err("store: { kind: postgres, url: \"postgres://u:REDACTED@db/x\" }");
+    assert!(e.contains("placeholder"), "{e}");
+    let e = err("store: { kind: postgres, url: \"postgres://db/x\", poool: 2 }");
+    assert!(
+        e.contains("store.poool") && e.contains("unknown field"),
+        "{e}"
+    );
+}

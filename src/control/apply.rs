@@ -156,6 +156,10 @@ impl ControlPlane {
         if config.listen != cur.config.listen || config.admin.listen != cur.config.admin.listen {
             tracing::warn!("listen addresses changed; they take effect after a restart");
         }
+        if config.store != cur.config.store {
+            // The store holds this very version: it cannot move under it.
+            tracing::warn!("store changed; it takes effect after a restart");
+        }
         let version = cur.config_version + 1;
         let record = ConfigRecord {
             version,

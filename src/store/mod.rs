@@ -12,12 +12,14 @@
 //! log has its own writer thread. The feedback endpoint is the one request that
 //! waits for the store, through that writer's queue, never by calling it.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// One applied config version.
@@ -154,6 +156,35 @@ pub enum StoreError {
     Checkpointer(std::io::Error),
     #[error("state database holds invalid JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("postgres store: {0}")]
+    Postgres(String),
+    #[error("postgres store: no connection: {0}")]
+    Pool(String),
+    #[error("postgres store: store.url is not a valid connection URL: {0}")]
+    Url(String),
+    #[error(
+        "postgres store: the database's schema is at version {applied}, newer than this \
+         abgate knows ({known}); run a newer abgate"
+    )]
+    SchemaTooNew { applied: i32, known: i32 },
+    #[error(
+        "postgres store: another abgate replica is using this database; until replicas \
+         share one through a leader lease, each needs a database of its own"
+    )]
+    InUse,
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    /// The server's own message (tokio-postgres' `Display` alone says only
+    /// "db error"), never the connection URL.
+    fn from(e: tokio_postgres::Error) -> Self {
+        let detail = match (e.as_db_error(), std::error::Error::source(&e)) {
+            (Some(db), _) => format!("{e}: {} ({})", db.message(), db.code().code()),
+            (None, Some(source)) => format!("{e}: {source}"),
+            (None, None) => e.to_string(),
+        };
+        StoreError::Postgres(detail)
+    }
 }
 
 /// Durable state behind a small interface, so a shared store can follow.

@@ -1,6 +1,7 @@
 //! The integration tests: one binary (one link of the crate instead of one per
 //! file), one module per area, shared fixtures in `support`.
 
+mod pg;
 mod support;
 
 mod architecture;
@@ -16,6 +17,7 @@ mod failures_and_streaming;
 mod feedback;
 mod feedback_durability;
 mod feedback_loop;
+mod fleet;
 mod hardening_framing;
 mod hardening_h2;
 mod hardening_limits;

@@ -1,0 +1,691 @@
+//! The PostgreSQL store (`store: { kind: postgres }`): the same records as
+//! the embedded SQLite store, in a database that replicas can share.
+//!
+//! Owns: the pool of connections, the versioned schema migrations applied at
+//! startup, and the [`Store`] calls in SQL.
+//!
+//! The [`Store`] trait is synchronous and, by its contract, only ever called
+//! from tokio's blocking pool (`control::off_thread`). Each call therefore
+//! runs its async queries with `Handle::block_on` on that blocking thread: the
+//! connections' own tasks run on the process's runtime, and no second runtime
+//! or client library is needed.
+//!
+//! Committed means durable: PostgreSQL acknowledges a commit after its WAL is
+//! flushed (the default `synchronous_commit = on`), like SQLite's
+//! `synchronous=FULL` here.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::runtime::Handle;
+use tokio_postgres::{NoTls, Row};
+
+use super::*;
+use crate::clock::now_ms;
+
+/// A migration: its version, what it does, and its SQL (one transaction).
+struct Migration {
+    version: i32,
+    name: &'static str,
+    sql: &'static str,
+}
+
+/// Applied in order, each once, recorded in `abgate_migrations`. Never edit
+/// one that has shipped: add the next.
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "config versions, decisions, states, weight history, saved counts and runs, series",
+    sql: "
+CREATE TABLE config_versions (
+    version BIGINT PRIMARY KEY,
+    text TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    applied_at_ms BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    source TEXT NOT NULL
+);
+CREATE TABLE decisions (
+    id BIGSERIAL PRIMARY KEY,
+    experiment TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    from_weights TEXT NOT NULL,
+    to_weights TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    applied BOOLEAN NOT NULL DEFAULT false
+);
+CREATE INDEX decisions_by_experiment ON decisions (experiment, id);
+CREATE INDEX decisions_unapplied ON decisions (id) WHERE NOT applied;
+CREATE TABLE arm_stats (
+    experiment TEXT NOT NULL,
+    arm TEXT NOT NULL,
+    stats TEXT NOT NULL,
+    PRIMARY KEY (experiment, arm)
+);
+CREATE TABLE controller_runs (
+    experiment TEXT PRIMARY KEY,
+    run TEXT NOT NULL
+);
+CREATE TABLE experiment_state (
+    experiment TEXT PRIMARY KEY,
+    state TEXT NOT NULL
+);
+CREATE TABLE weight_history (
+    experiment TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    layout_key TEXT NOT NULL,
+    weights TEXT NOT NULL,
+    recorded_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (experiment, seq)
+);
+CREATE TABLE series (
+    experiment TEXT NOT NULL,
+    series TEXT NOT NULL,
+    meta TEXT NOT NULL,
+    PRIMARY KEY (experiment, series)
+);
+CREATE TABLE series_points (
+    experiment TEXT NOT NULL,
+    series TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    point TEXT NOT NULL,
+    PRIMARY KEY (experiment, series, seq)
+);
+",
+}];
+
+/// The advisory lock that serialises migrations when replicas start at once
+/// (an arbitrary constant: "abgate" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6162_6761_7465;
+
+/// The session lock one replica holds while it uses the database: until the
+/// leader lease lets several replicas share one, a second is refused rather
+/// than left to run a second controller on the same experiments.
+const REPLICA_LOCK: i64 = 0x6162_6761_7465 + 1;
+
+/// How long a starting replica waits for [`REPLICA_LOCK`].
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a call waits for a connection, and a new connection for its
+/// handshake, before it fails (the caller answers 503 or retries; it never
+/// hangs on a store that is gone).
+const WAIT: Duration = Duration::from_secs(5);
+
+pub struct PgStore {
+    pool: Pool,
+    rt: Handle,
+    /// The connection holding [`REPLICA_LOCK`]; dropping it (or the process
+    /// dying) releases the lock.
+    _replica: tokio_postgres::Client,
+}
+
+impl PgStore {
+    /// Connects, checks the server answers, and applies pending migrations.
+    /// Call from the blocking pool (inside the runtime, off its workers).
+    pub fn open(url: &str, pool_size: usize) -> Result<PgStore, StoreError> {
+        let mut config =
+            tokio_postgres::Config::from_str(url).map_err(|e| StoreError::Url(e.to_string()))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(WAIT);
+        }
+        config.application_name("abgate");
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .wait_timeout(Some(WAIT))
+            .create_timeout(Some(WAIT))
+            .recycle_timeout(Some(WAIT))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        let rt = Handle::current();
+        let replica = rt.block_on(async {
+            let (client, connection) = config.connect(NoTls).await?;
+            rt.spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "the postgres store's lock connection ended");
+                }
+            });
+            // A replica restarting right away finds its predecessor's
+            // session still closing: it waits a moment before refusing.
+            let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+            loop {
+                let held: bool = client
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&REPLICA_LOCK])
+                    .await?
+                    .get(0);
+                if held {
+                    return Ok(client);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(StoreError::InUse);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })?;
+        let store = PgStore {
+            pool,
+            rt,
+            _replica: replica,
+        };
+        store.run(async |c| migrate(c).await)?;
+        Ok(store)
+    }
+
+    /// Runs `work` on a pooled connection, blocking this (blocking-pool)
+    /// thread until it is done.
+    fn run<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        F: AsyncFnOnce(&mut deadpool_postgres::Client) -> Result<T, StoreError>,
+    {
+        self.block(async {
+            let mut client = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| StoreError::Pool(e.to_string()))?;
+            work(&mut client).await
+        })
+    }
+
+    fn block<T>(&self, f: impl Future<Output = T>) -> T {
+        self.rt.block_on(f)
+    }
+}
+
+async fn migrate(c: &mut deadpool_postgres::Client) -> Result<(), StoreError> {
+    let tx = c.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS abgate_migrations (
+            version INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )",
+    )
+    .await?;
+    let applied: i32 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM abgate_migrations",
+            &[],
+        )
+        .await?
+        .get(0);
+    let known = MIGRATIONS.last().map_or(0, |m| m.version);
+    if applied > known {
+        return Err(StoreError::SchemaTooNew { applied, known });
+    }
+    for m in MIGRATIONS.iter().filter(|m| m.version > applied) {
+        tx.batch_execute(m.sql).await?;
+        tx.execute(
+            "INSERT INTO abgate_migrations (version, name) VALUES ($1, $2)",
+            &[&m.version, &m.name],
+        )
+        .await?;
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "applied a store migration"
+        );
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn i(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}
+
+fn u(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+fn config_from_row(r: &Row) -> ConfigRecord {
+    ConfigRecord {
+        version: u(r.get(0)),
+        text: r.get(1),
+        hash: r.get(2),
+        applied_at_ms: u(r.get(3)),
+        actor: r.get(4),
+        source: r.get(5),
+    }
+}
+
+const DECISION_COLUMNS: &str =
+    "id, experiment, kind, from_weights, to_weights, reason, actor, created_at_ms, applied";
+
+fn decision_from_row(r: &Row) -> Result<Decision, StoreError> {
+    Ok(Decision {
+        id: r.get(0),
+        experiment: r.get(1),
+        kind: r.get(2),
+        from_weights: serde_json::from_str(r.get(3))?,
+        to_weights: serde_json::from_str(r.get(4))?,
+        reason: serde_json::from_str(r.get(5))?,
+        actor: r.get(6),
+        created_at_ms: u(r.get(7)),
+        applied: r.get(8),
+    })
+}
+
+impl Store for PgStore {
+    fn record_config(&self, r: &ConfigRecord) -> Result<(), StoreError> {
+        self.run(async |c| {
+            c.execute(
+                "INSERT INTO config_versions (version, text, hash, applied_at_ms, actor, source)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (version) DO UPDATE SET text = EXCLUDED.text, hash = EXCLUDED.hash,
+                   applied_at_ms = EXCLUDED.applied_at_ms, actor = EXCLUDED.actor, source = EXCLUDED.source",
+                &[&i(r.version), &r.text, &r.hash, &i(r.applied_at_ms), &r.actor, &r.source],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn latest_config(&self) -> Result<Option<ConfigRecord>, StoreError> {
+        self.run(async |c| {
+            let row = c
+                .query_opt(
+                    "SELECT version, text, hash, applied_at_ms, actor, source
+                     FROM config_versions ORDER BY version DESC LIMIT 1",
+                    &[],
+                )
+                .await?;
+            Ok(row.as_ref().map(config_from_row))
+        })
+    }
+
+    fn config_versions(
+        &self,
+        before: Option<u64>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<ConfigVersionInfo>, StoreError> {
+        let before = before.map_or(i64::MAX, i);
+        let (limit, offset) = (limit.min(10_000) as i64, i(offset as u64));
+        self.run(async |c| {
+            let rows = c
+                .query(
+                    "SELECT version, applied_at_ms, actor, source, hash FROM config_versions
+                     WHERE version < $1 ORDER BY version DESC LIMIT $2 OFFSET $3",
+                    &[&before, &limit, &offset],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| ConfigVersionInfo {
+                    version: u(r.get(0)),
+                    applied_at_ms: u(r.get(1)),
+                    actor: r.get(2),
+                    source: r.get(3),
+                    hash: r.get(4),
+                })
+                .collect())
+        })
+    }
+
+    fn config_version(&self, version: u64) -> Result<Option<ConfigRecord>, StoreError> {
+        if version > i64::MAX as u64 {
+            return Ok(None);
+        }
+        self.run(async |c| {
+            let row = c
+                .query_opt(
+                    "SELECT version, text, hash, applied_at_ms, actor, source
+                     FROM config_versions WHERE version = $1",
+                    &[&(version as i64)],
+                )
+                .await?;
+            Ok(row.as_ref().map(config_from_row))
+        })
+    }
+
+    fn config_version_range(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        self.run(async |c| {
+            let r = c
+                .query_one(
+                    "SELECT MIN(version), MAX(version) FROM config_versions",
+                    &[],
+                )
+                .await?;
+            let (min, max): (Option<i64>, Option<i64>) = (r.get(0), r.get(1));
+            Ok(min.zip(max).map(|(a, b)| (u(a), u(b))))
+        })
+    }
+
+    fn record_decision(&self, d: &NewDecision) -> Result<i64, StoreError> {
+        let (from, to) = (
+            serde_json::to_string(&d.from_weights)?,
+            serde_json::to_string(&d.to_weights)?,
+        );
+        let reason = d.reason.to_string();
+        self.run(async |c| {
+            let r = c
+                .query_one(
+                    "INSERT INTO decisions (experiment, kind, from_weights, to_weights, reason, actor, created_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                    &[&d.experiment, &d.kind, &from, &to, &reason, &d.actor, &i(now_ms())],
+                )
+                .await?;
+            Ok(r.get(0))
+        })
+    }
+
+    fn mark_applied(&self, id: i64) -> Result<(), StoreError> {
+        self.run(async |c| {
+            c.execute("UPDATE decisions SET applied = true WHERE id = $1", &[&id])
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn decisions(
+        &self,
+        experiment: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Decision>, StoreError> {
+        let limit = limit.min(10_000) as i64;
+        self.run(async |c| {
+            let rows = match experiment {
+                Some(e) => {
+                    c.query(
+                        &format!(
+                            "SELECT {DECISION_COLUMNS} FROM decisions WHERE experiment = $1 ORDER BY id DESC LIMIT $2"
+                        ),
+                        &[&e, &limit],
+                    )
+                    .await?
+                }
+                None => {
+                    c.query(
+                        &format!("SELECT {DECISION_COLUMNS} FROM decisions ORDER BY id DESC LIMIT $1"),
+                        &[&limit],
+                    )
+                    .await?
+                }
+            };
+            rows.iter().map(decision_from_row).collect()
+        })
+    }
+
+    fn unapplied_decisions(&self) -> Result<Vec<Decision>, StoreError> {
+        self.run(async |c| {
+            let rows = c
+                .query(
+                    &format!(
+                        "SELECT {DECISION_COLUMNS} FROM decisions WHERE NOT applied ORDER BY id"
+                    ),
+                    &[],
+                )
+                .await?;
+            rows.iter().map(decision_from_row).collect()
+        })
+    }
+
+    fn save_state(&self, s: &ExperimentState) -> Result<(), StoreError> {
+        let json = serde_json::to_string(s)?;
+        self.run(async |c| {
+            c.execute(
+                "INSERT INTO experiment_state (experiment, state) VALUES ($1, $2)
+                 ON CONFLICT (experiment) DO UPDATE SET state = EXCLUDED.state",
+                &[&s.experiment, &json],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn clear_state(&self, experiment: &str) -> Result<(), StoreError> {
+        self.run(async |c| {
+            c.execute(
+                "DELETE FROM experiment_state WHERE experiment = $1",
+                &[&experiment],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn states(&self) -> Result<Vec<ExperimentState>, StoreError> {
+        self.run(async |c| {
+            let rows = c
+                .query(
+                    "SELECT state FROM experiment_state ORDER BY experiment",
+                    &[],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| serde_json::from_str(r.get(0)).map_err(StoreError::from))
+                .collect()
+        })
+    }
+
+    fn record_weight_step(&self, step: &WeightStep) -> Result<(), StoreError> {
+        let weights = serde_json::to_string(&step.weights)?;
+        self.run(async |c| {
+            let tx = c.transaction().await?;
+            if step.seq == 0 {
+                tx.execute(
+                    "DELETE FROM weight_history WHERE experiment = $1",
+                    &[&step.experiment],
+                )
+                .await?;
+            }
+            tx.execute(
+                "INSERT INTO weight_history (experiment, seq, layout_key, weights, recorded_at_ms)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (experiment, seq) DO UPDATE SET layout_key = EXCLUDED.layout_key,
+                   weights = EXCLUDED.weights, recorded_at_ms = EXCLUDED.recorded_at_ms",
+                &[
+                    &step.experiment,
+                    &i(step.seq),
+                    &step.layout_key,
+                    &weights,
+                    &i(step.recorded_at_ms),
+                ],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn clear_weight_steps(&self, experiment: &str) -> Result<(), StoreError> {
+        self.run(async |c| {
+            c.execute(
+                "DELETE FROM weight_history WHERE experiment = $1",
+                &[&experiment],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn weight_steps(&self) -> Result<Vec<WeightStep>, StoreError> {
+        self.run(async |c| {
+            let rows = c
+                .query(
+                    "SELECT experiment, seq, layout_key, weights, recorded_at_ms
+                     FROM weight_history ORDER BY experiment, seq",
+                    &[],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(WeightStep {
+                        experiment: r.get(0),
+                        seq: u(r.get(1)),
+                        layout_key: r.get(2),
+                        weights: serde_json::from_str(r.get(3))?,
+                        recorded_at_ms: u(r.get(4)),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn save_snapshot(&self, snapshot: &MemorySnapshot<'_>) -> Result<(), StoreError> {
+        self.run(async |c| {
+            let tx = c.transaction().await?;
+            let put_stats = tx
+                .prepare_cached(
+                    "INSERT INTO arm_stats (experiment, arm, stats) VALUES ($1, $2, $3)
+                     ON CONFLICT (experiment, arm) DO UPDATE SET stats = EXCLUDED.stats",
+                )
+                .await?;
+            for (e, a, json) in snapshot.arm_stats {
+                tx.execute(&put_stats, &[e, a, json]).await?;
+            }
+            let put_run = tx
+                .prepare_cached(
+                    "INSERT INTO controller_runs (experiment, run) VALUES ($1, $2)
+                     ON CONFLICT (experiment) DO UPDATE SET run = EXCLUDED.run",
+                )
+                .await?;
+            for (e, json) in snapshot.controller_runs {
+                tx.execute(&put_run, &[e, json]).await?;
+            }
+            // A removed experiment's evidence must not greet a new one of the same name.
+            tx.execute(
+                "DELETE FROM controller_runs WHERE NOT (experiment = ANY($1))",
+                &[&snapshot.controlled],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn arm_stats(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        self.run(async |c| {
+            let rows = c
+                .query("SELECT experiment, arm, stats FROM arm_stats", &[])
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect())
+        })
+    }
+
+    fn controller_runs(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.run(async |c| {
+            let rows = c
+                .query("SELECT experiment, run FROM controller_runs", &[])
+                .await?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    fn save_series(&self, writes: &[SeriesWrite]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.run(async |c| {
+            let tx = c.transaction().await?;
+            let meta = tx
+                .prepare_cached(
+                    "INSERT INTO series (experiment, series, meta) VALUES ($1, $2, $3)
+                     ON CONFLICT (experiment, series) DO UPDATE SET meta = EXCLUDED.meta",
+                )
+                .await?;
+            let clear = tx
+                .prepare_cached("DELETE FROM series_points WHERE experiment = $1 AND series = $2")
+                .await?;
+            let put = tx
+                .prepare_cached(
+                    "INSERT INTO series_points (experiment, series, seq, at_ms, point)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (experiment, series, seq) DO UPDATE SET at_ms = EXCLUDED.at_ms,
+                       point = EXCLUDED.point",
+                )
+                .await?;
+            for w in writes {
+                tx.execute(&meta, &[&w.experiment, &w.series, &w.meta])
+                    .await?;
+                if w.replace {
+                    tx.execute(&clear, &[&w.experiment, &w.series]).await?;
+                }
+                for (k, (at, point)) in w.points.iter().enumerate() {
+                    let seq = i(w.first_seq + k as u64);
+                    tx.execute(&put, &[&w.experiment, &w.series, &seq, &i(*at), point])
+                        .await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn series(&self) -> Result<Vec<StoredSeries>, StoreError> {
+        self.run(async |c| {
+            let mut out: Vec<StoredSeries> = c
+                .query(
+                    "SELECT experiment, series, meta FROM series
+                     ORDER BY experiment COLLATE \"C\", series COLLATE \"C\"",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| StoredSeries {
+                    experiment: r.get(0),
+                    series: r.get(1),
+                    meta: r.get(2),
+                    points: Vec::new(),
+                })
+                .collect();
+            let rows = c
+                .query(
+                    "SELECT experiment, series, at_ms, point FROM series_points
+                     ORDER BY experiment COLLATE \"C\", series COLLATE \"C\", seq",
+                    &[],
+                )
+                .await?;
+            // Both queries are in the same byte order (COLLATE "C", whatever
+            // the database's collation): one pass pairs them.
+            let mut k = 0;
+            for r in &rows {
+                let (e, name): (&str, &str) = (r.get(0), r.get(1));
+                while k < out.len()
+                    && (out[k].experiment.as_str(), out[k].series.as_str()) < (e, name)
+                {
+                    k += 1;
+                }
+                if let Some(s) = out
+                    .get_mut(k)
+                    .filter(|s| s.experiment == e && s.series == name)
+                {
+                    s.points.push((u(r.get(2)), r.get(3)));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn clear_series(&self, experiment: &str) -> Result<(), StoreError> {
+        self.run(async |c| {
+            let tx = c.transaction().await?;
+            tx.execute("DELETE FROM series WHERE experiment = $1", &[&experiment])
+                .await?;
+            tx.execute(
+                "DELETE FROM series_points WHERE experiment = $1",
+                &[&experiment],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,368 @@
+//! Fleet mode over real sockets: the postgres store keeps what the embedded
+//! SQLite store keeps, so a replica started on the same database, with an
+//! empty state_dir of its own, finds every change another replica made.
+//! Each test runs its own PostgreSQL (see `pg`).
+
+use abgate::store::{
+    ConfigRecord, ExperimentPhase, ExperimentState, MemorySnapshot, NewDecision, PgStore,
+    SeriesWrite, SqliteStore, Store, WeightStep,
+};
+use serde_json::json;
+
+use crate::pg::PgServer;
+use crate::support::*;
+
+/// The same changes made to a store, and what it reads back after each,
+/// as one comparable text.
+fn exercise(s: &dyn Store) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut note = |what: &str, v: String| seen.push(format!("{what}: {v}"));
+    for v in 1..=3u64 {
+        s.record_config(&ConfigRecord {
+            version: v,
+            text: format!("# version {v}\nbackends: {{}}\n"),
+            hash: format!("h{v}"),
+            applied_at_ms: 1000 + v,
+            actor: "ana".into(),
+            source: "127.0.0.1:1".into(),
+        })
+        .unwrap();
+    }
+    note("latest", format!("{:?}", s.latest_config().unwrap()));
+    note(
+        "page",
+        format!("{:?}", s.config_versions(Some(3), 0, 10).unwrap()),
+    );
+    note(
+        "offset",
+        format!("{:?}", s.config_versions(None, 1, 1).unwrap()),
+    );
+    note(
+        "past end",
+        format!("{:?}", s.config_versions(None, 5, 10).unwrap()),
+    );
+    note("v2", format!("{:?}", s.config_version(2).unwrap()));
+    note("v9", format!("{:?}", s.config_version(9).unwrap()));
+    note("huge", format!("{:?}", s.config_version(u64::MAX).unwrap()));
+    note("range", format!("{:?}", s.config_version_range().unwrap()));
+
+    let mut ids = Vec::new();
+    for (e, kind) in [("exp", "pause"), ("other", "rollback"), ("exp", "resume")] {
+        ids.push(
+            s.record_decision(&NewDecision {
+                experiment: e.into(),
+                kind: kind.into(),
+                from_weights: [("a".to_string(), 9000), ("b".to_string(), 1000)].into(),
+                to_weights: [("a".to_string(), 10000), ("b".to_string(), 0)].into(),
+                reason: json!({"why": "test", "n": 1.5, "nested": {"ü": [1, null]}}),
+                actor: "bo".into(),
+            })
+            .unwrap(),
+        );
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    s.mark_applied(ids[0]).unwrap();
+    let strip = |mut d: Vec<abgate::store::Decision>| {
+        for d in &mut d {
+            // Ids and clocks differ by store; their order is compared above.
+            d.id = 0;
+            d.created_at_ms = 0;
+        }
+        format!("{d:?}")
+    };
+    note("unapplied", strip(s.unapplied_decisions().unwrap()));
+    note("of exp", strip(s.decisions(Some("exp"), 10).unwrap()));
+    note("all, 2", strip(s.decisions(None, 2).unwrap()));
+
+    for e in ["b-exp", "a-exp"] {
+        s.save_state(&ExperimentState {
+            experiment: e.into(),
+            phase: ExperimentPhase::Paused,
+            weights: Some([("a".to_string(), 5000)].into()),
+            arms_fingerprint: "fp".into(),
+            updated_at_ms: 7,
+            step: Some(1),
+            step_started_ms: 8,
+            started_ms: 9,
+        })
+        .unwrap();
+    }
+    s.clear_state("b-exp").unwrap();
+    note("states", format!("{:?}", s.states().unwrap()));
+
+    for seq in 0..3 {
+        s.record_weight_step(&WeightStep {
+            experiment: "exp".into(),
+            seq,
+            layout_key: "k".into(),
+            weights: [("a".to_string(), 10000 - seq as u32 * 100)].into(),
+            recorded_at_ms: seq,
+        })
+        .unwrap();
+    }
+    note("steps", format!("{:?}", s.weight_steps().unwrap()));
+    // A step 0 starts the history again.
+    s.record_weight_step(&WeightStep {
+        experiment: "exp".into(),
+        seq: 0,
+        layout_key: "k2".into(),
+        weights: [("b".to_string(), 10000)].into(),
+        recorded_at_ms: 50,
+    })
+    .unwrap();
+    note("restarted", format!("{:?}", s.weight_steps().unwrap()));
+    s.clear_weight_steps("exp").unwrap();
+    note("cleared", format!("{:?}", s.weight_steps().unwrap()));
+
+    let stats = [
+        ("exp".to_string(), "a".to_string(), r#"{"n":1}"#.to_string()),
+        ("exp".to_string(), "b".to_string(), r#"{"n":2}"#.to_string()),
+    ];
+    let runs = [
+        ("exp".to_string(), r#"{"run":1}"#.to_string()),
+        ("gone".to_string(), r#"{"run":2}"#.to_string()),
+    ];
+    s.save_snapshot(&MemorySnapshot {
+        arm_stats: &stats,
+        controller_runs: &runs,
+        controlled: &["exp".to_string(), "gone".to_string()],
+    })
+    .unwrap();
+    // The next snapshot no longer controls `gone`: its run is deleted.
+    s.save_snapshot(&MemorySnapshot {
+        arm_stats: &stats[..1],
+        controller_runs: &[],
+        controlled: &["exp".to_string()],
+    })
+    .unwrap();
+    let mut a = s.arm_stats().unwrap();
+    a.sort();
+    note("arm stats", format!("{a:?}"));
+    note("runs", format!("{:?}", s.controller_runs().unwrap()));
+
+    let write = |series: &str, replace: bool, first_seq: u64, n: u64| SeriesWrite {
+        experiment: "exp".into(),
+        series: series.into(),
+        meta: format!("{{\"m\":\"{series}\"}}"),
+        replace,
+        first_seq,
+        points: (0..n).map(|k| (k, format!("[{k}]"))).collect(),
+    };
+    s.save_series(&[write("Zeta", false, 0, 3), write("alpha", false, 0, 2)])
+        .unwrap();
+    s.save_series(&[write("alpha", false, 2, 2)]).unwrap();
+    s.save_series(&[write("Zeta", true, 0, 1)]).unwrap();
+    note("series", format!("{:?}", s.series().unwrap()));
+    s.clear_series("exp").unwrap();
+    note("series cleared", format!("{:?}", s.series().unwrap()));
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_store_reads_back_what_the_sqlite_store_reads_back() {
+    let Some(pg) = PgServer::start() else { return };
+    let url = pg.database("conformance");
+    let dir = temp_state_dir();
+    // Store calls block: on the blocking pool, as in the server.
+    let (sqlite, postgres) = tokio::task::spawn_blocking(move || {
+        let sqlite = exercise(&SqliteStore::open(&dir).unwrap());
+        let store = PgStore::open(&url, 2).unwrap();
+        let postgres = exercise(&store);
+        // While one holds the database another is refused; opening again
+        // after it applies no migration twice and keeps the data.
+        assert!(matches!(
+            PgStore::open(&url, 2),
+            Err(abgate::store::StoreError::InUse)
+        ));
+        drop(store);
+        let again = PgStore::open(&url, 2).unwrap();
+        assert_eq!(again.config_version_range().unwrap(), Some((1, 3)));
+        let _ = std::fs::remove_dir_all(&dir);
+        (sqlite, postgres)
+    })
+    .await
+    .unwrap();
+    assert_eq!(sqlite.len(), postgres.len());
+    for (s, p) in sqlite.iter().zip(&postgres) {
+        assert_eq!(s, p);
+    }
+    assert_eq!(
+        pg.query("conformance", "SELECT version, name FROM abgate_migrations"),
+        "1\tconfig versions, decisions, states, weight history, saved counts and runs, series\n"
+    );
+}
+
+fn fleet_yaml(url: &str, backend: &FakeBackend, extra: &str) -> String {
+    format!(
+        r#"store: {{ kind: postgres, url: "{url}", pool: 4 }}
+backends:
+  b: {{ url: "{b}" }}
+experiments:
+  - name: exp
+    unit: {{ header: x-user-id }}
+    arms:
+      - {{ name: stable, backend: b, weight: 90 }}
+      - {{ name: canary, backend: b, weight: 10 }}
+{extra}"#,
+        b = backend.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_on_the_same_database_finds_every_change_with_an_empty_state_dir() {
+    let Some(pg) = PgServer::start() else { return };
+    let url = pg.database("fleet");
+    let backend = FakeBackend::start("b", Behaviour::Ok).await;
+    let first = start_abgate(&fleet_yaml(&url, &backend, "")).await;
+    let admin = first.admin_addr;
+    // A config change and a manual action on the first replica.
+    let text = format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\n{}",
+        fleet_yaml(&url, &backend, "currency: EUR\n")
+    );
+    assert_eq!(put_config(admin, None, &text).await, 2);
+    let paused = admin_call(
+        "POST",
+        &format!("http://{admin}/v1/experiments/exp/pause"),
+        None,
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(paused.status, 200, "{}", paused.json());
+    // Two replicas on one database would run two controllers on the same
+    // experiments: refused until they share it through a leader lease.
+    let refused = abgate::app::start(abgate::app::StartOptions {
+        config_text: format!(
+            "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nstate_dir: {}\n{}",
+            temp_state_dir().display(),
+            fleet_yaml(&url, &backend, "")
+        ),
+        config_path: None,
+        watch_file: false,
+        admin_token: None,
+        token_keys: None,
+    })
+    .await
+    .err()
+    .expect("a second replica on the same database is refused");
+    assert!(
+        refused.to_string().contains("another abgate replica"),
+        "{refused}"
+    );
+    first.shutdown().await;
+    assert_eq!(
+        pg.query("fleet", "SELECT kind, applied FROM decisions ORDER BY id"),
+        "pause\tt\n"
+    );
+
+    // Another replica: its own (new, empty) state_dir, the same database.
+    let second = start_abgate(&fleet_yaml(&url, &backend, "")).await;
+    let admin = second.admin_addr;
+    let history = admin_call(
+        "GET",
+        &format!("http://{admin}/v1/config/versions"),
+        None,
+        &[],
+        "",
+    )
+    .await
+    .json();
+    let versions: Vec<u64> = history["versions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{history:#}"))
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [2, 1], "{history:#}");
+    let config = admin_call("GET", &format!("http://{admin}/v1/config"), None, &[], "").await;
+    assert_eq!(config.json()["version"], 2);
+    assert_eq!(experiment_json(admin, "exp").await["state"], "paused");
+    let decisions = get(
+        &client(),
+        &format!("http://{admin}/v1/decisions?experiment=exp"),
+        &[],
+    )
+    .await
+    .json();
+    assert_eq!(decisions["decisions"][0]["kind"], "pause", "{decisions:#}");
+    second.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_be_reached_stops_the_start_with_its_reason_and_no_password() {
+    let port = closed_port().await.port();
+    let yaml = format!(
+        "store: {{ kind: postgres, url: \"postgres://abgate:s3cr3t-pw@127.0.0.1:{port}/x\" }}\n"
+    );
+    let err = abgate::app::start(abgate::app::StartOptions {
+        config_text: format!(
+            "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nstate_dir: {}\n{yaml}",
+            temp_state_dir().display()
+        ),
+        config_path: None,
+        watch_file: false,
+        admin_token: None,
+        token_keys: None,
+    })
+    .await
+    .err()
+    .expect("a store nobody answers for cannot start");
+    let msg = format!("{err} / {err:?}");
+    assert!(msg.contains("postgres store"), "{msg}");
+    assert!(!msg.contains("s3cr3t-pw"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_store_is_down_requests_are_served_changes_refused_and_then_accepted_again() {
+    let Some(mut pg) = PgServer::start() else {
+        return;
+    };
+    let url = pg.database("outage");
+    let backend = FakeBackend::start("b", Behaviour::Ok).await;
+    let server = start_abgate(&fleet_yaml(&url, &backend, "")).await;
+    let (data, admin) = (server.data_addr, server.admin_addr);
+    let pause = format!("http://{admin}/v1/experiments/exp/pause");
+    pg.stop();
+    // The data plane never waits for the store.
+    for user in 0..20 {
+        let a = get(
+            &client(),
+            &format!("http://{data}/x"),
+            &[("x-user-id", &user.to_string())],
+        )
+        .await;
+        assert_eq!(a.status, 200);
+    }
+    // A change cannot be made durable: it is refused, not acknowledged.
+    let refused = admin_call("POST", &pause, None, &[], "").await;
+    assert!(
+        refused.status >= 500,
+        "{} {}",
+        refused.status,
+        refused.json()
+    );
+    assert_eq!(
+        refused.headers["content-type"], "application/problem+json",
+        "{:?}",
+        refused.headers
+    );
+    assert_eq!(experiment_json(admin, "exp").await["state"], "running");
+    // The store returns: the pool replaces its broken connections.
+    pg.start_again();
+    eventually(
+        std::time::Duration::from_secs(20),
+        "a pause is accepted once the store is back",
+        || {
+            let pause = pause.clone();
+            async move { admin_call("POST", &pause, None, &[], "").await.status == 200 }
+        },
+    )
+    .await;
+    assert_eq!(experiment_json(admin, "exp").await["state"], "paused");
+    assert_eq!(
+        pg.query("outage", "SELECT kind, applied FROM decisions ORDER BY id"),
+        "pause\tt\n"
+    );
+    server.shutdown().await;
+}
