@@ -6,7 +6,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -157,14 +157,11 @@ impl RecordingBody {
         self
     }
 
-    fn elapsed_us(&self) -> u64 {
-        self.started.elapsed().as_micros() as u64
-    }
-
-    fn first_byte(&mut self) {
+    /// `elapsed`: since the request started, read once per frame by the
+    /// caller (one clock read serves the first byte, the scanner and the end).
+    fn first_byte(&mut self, elapsed: Duration) {
         if !self.first_byte_seen {
             self.first_byte_seen = true;
-            let elapsed = self.started.elapsed();
             self.ttfb_us = Some(elapsed.as_micros() as u64);
             self.recorder.record_ttfb(self.forced, elapsed);
         }
@@ -177,17 +174,23 @@ impl RecordingBody {
     }
 
     fn finish(&mut self, failure: Option<FailureKind>) {
+        if !self.done {
+            let elapsed = self.started.elapsed();
+            self.finish_at(failure, elapsed);
+        }
+    }
+
+    fn finish_at(&mut self, failure: Option<FailureKind>, latency: Duration) {
         if self.done {
             return;
         }
         self.done = true;
         // An empty body's first byte is its end.
-        self.first_byte();
+        self.first_byte(latency);
         if let Some(kind) = failure {
             self.recorder
                 .record_failure(self.forced, kind, self.head_was_error);
         }
-        let latency = self.started.elapsed();
         self.recorder.record_latency(self.forced, latency);
         let end = match failure {
             None => End::Eof,
@@ -203,7 +206,7 @@ impl RecordingBody {
             completion_tokens: None,
             incomplete: None,
         };
-        match self.scanner.finish(end, self.elapsed_us()) {
+        match self.scanner.finish(end, latency.as_micros() as u64) {
             ScanReport::Skipped => {}
             ScanReport::Unparsed(_) => self.recorder.record_unparsed(self.forced),
             ScanReport::Parsed(r) => {
@@ -269,14 +272,14 @@ impl RecordingBody {
         let this = self;
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
+                let elapsed = this.started.elapsed();
                 if let Some(data) = frame.data_ref() {
-                    this.first_byte();
+                    this.first_byte(elapsed);
                     if let Some(tap) = this.capture.as_mut() {
                         tap.push(data);
                     }
                     if this.scanner.is_active() {
-                        let now = this.elapsed_us();
-                        this.scanner.feed(data, now);
+                        this.scanner.feed(data, elapsed.as_micros() as u64);
                     }
                 } else if let Some(trailers) = frame.trailers_ref() {
                     if let Some(code) = grpc_failure(trailers) {
@@ -288,7 +291,7 @@ impl RecordingBody {
                 // hyper stops polling once a sized body reports its end, so the
                 // end must be recorded here rather than only on `None`.
                 if this.inner.is_end_stream() {
-                    this.finish(None);
+                    this.finish_at(None, elapsed);
                 }
             }
             Poll::Ready(Some(Err(e))) => {

@@ -155,6 +155,7 @@ pub(super) async fn forward(
     let sent = Instant::now();
     let result = await_response(
         target.upstream.request(upstream_req),
+        sent,
         target.response_timeout,
         &wire,
     )
@@ -267,10 +268,16 @@ fn client_fault(
 /// argument and the pinned copy it awaits side by side, doubling the upstream
 /// future (~1.6 KiB) in every request's state, which is moved whole at each
 /// level of the call.
-fn await_response<F: Future>(fut: F, limit: Duration, wire: &TripWire) -> HeadDeadline<'_, F> {
+fn await_response<F: Future>(
+    fut: F,
+    sent: Instant,
+    limit: Duration,
+    wire: &TripWire,
+) -> HeadDeadline<'_, F> {
     HeadDeadline {
         fut,
-        sleep: tokio::time::sleep(limit),
+        // From `sent`, read once by the caller (a clock read per request less).
+        sleep: tokio::time::sleep_until(tokio::time::Instant::from_std(sent) + limit),
         limit,
         wire,
     }

@@ -14,11 +14,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::accept::{accept_loop, stop_requested, AcceptLimits};
-use super::activity::{Activity, ActivityBody};
+use super::activity::{Activity, ActivityBody, IdleEnd, IdleLimits, ReadNotes};
 use super::handler::handle;
 use super::limits::WriteIdleIo;
 use super::plane::{ConnInfo, DataPlane};
 use super::tls::TlsTerminator;
+use super::wake_gate::WakeGate;
 use crate::config::Config;
 
 /// Listener settings that do not change with the routing table.
@@ -80,7 +81,9 @@ fn http_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
+        // The header-read timeout is the connection's idle timer's (see
+        // `activity`): hyper's costs a timer per request.
+        .header_read_timeout(None)
         .max_buf_size((settings.max_header_bytes * 2).max(8192));
     // hyper parses up to HYPER_INLINE_HEADERS headers in arrays on the stack;
     // any explicit cap makes it allocate and fill two arrays on the heap for
@@ -182,7 +185,7 @@ impl Conn {
     /// Serves HTTP/1 or HTTP/2 until the client leaves, the connection has been
     /// idle for `keepalive_idle`, or shutdown is requested (then it finishes its
     /// in-flight requests: GOAWAY on h2, close after the response on h1).
-    async fn serve_http<I>(mut self, io: I, proto: &'static str)
+    async fn serve_http<I>(self, io: I, proto: &'static str)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -204,18 +207,37 @@ impl Conn {
                 Ok::<_, std::convert::Infallible>(resp.map(|b| ActivityBody::new(b, guard)))
             }
         });
+        let io = ReadNotes::new(io, activity.clone());
         let conn = self.builder.serve_connection(TokioIo::new(io), svc);
         tokio::pin!(conn);
-        let idle_limit = self.settings.keepalive_idle;
+        let idle = IdleLimits {
+            keepalive: self.settings.keepalive_idle,
+            header_read: self.settings.header_read_timeout,
+        };
+        // What ends the connection, polled only when one of them fired (see
+        // `wake_gate`): the connection's task is woken several times per
+        // request, these once per connection at most.
+        let mut shutdown = self.shutdown.clone();
+        let mut ending = WakeGate::new({
+            let activity = activity.clone();
+            async move {
+                tokio::select! {
+                    _ = stop_requested(&mut shutdown) => None,
+                    end = activity.idle_for(idle) => Some(end),
+                }
+            }
+        });
         let mut closing = false;
         let result = loop {
             tokio::select! {
+                biased;
                 r = conn.as_mut() => break r,
-                _ = stop_requested(&mut self.shutdown), if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                _ = activity.idle_for(idle_limit), if !closing => {
+                end = &mut ending, if !closing => {
+                    if end == Some(IdleEnd::HeadTimeout) {
+                        // As hyper did: the connection is dropped, not drained.
+                        self.plane.telemetry.rejected("header-read-timeout");
+                        break Ok(());
+                    }
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }

@@ -29,4 +29,5 @@ pub mod shadow;
 pub mod tls;
 pub mod upstream;
 pub mod usage;
+pub mod wake_gate;
 pub mod wiring;
