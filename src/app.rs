@@ -107,7 +107,7 @@ fn open_store(kind: &StoreConfig, state_dir: &Path) -> Result<Arc<dyn Store>, St
     Ok(match kind {
         StoreConfig::Sqlite => Arc::new(SqliteStore::open(state_dir)?),
         StoreConfig::Postgres(pg) => {
-            let store = PgStore::open(&pg.url, pg.pool)?;
+            let store = PgStore::open(&pg.url, pg.pool, pg.ca_file.as_deref())?;
             tracing::info!(url = %config::without_credentials(&pg.url), "using the postgres store");
             Arc::new(store)
         }

@@ -66,6 +66,10 @@ pub struct PostgresConfig {
     /// password, so `Debug` shows it redacted.
     pub url: String,
     pub pool: usize,
+    /// The CA that signs the database's certificate: TLS with verification
+    /// (also what `sslmode=require` in the URL asks for, against the system
+    /// roots when no CA is given).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -73,6 +77,7 @@ impl std::fmt::Debug for PostgresConfig {
         f.debug_struct("PostgresConfig")
             .field("url", &without_credentials(&self.url))
             .field("pool", &self.pool)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }

@@ -1550,7 +1550,7 @@ fn upstream_protocol(d: &mut Decoder, node: &Node, path: &str) -> Option<Upstrea
 
 /// Reads a PEM file path and checks now that it holds what it should, so a
 /// typo is a config error with a line rather than a failure at first request.
-fn pem_file(d: &mut Decoder, f: &Fields, key: &str, want: PemKind) -> Option<PathBuf> {
+pub(super) fn pem_file(d: &mut Decoder, f: &Fields, key: &str, want: PemKind) -> Option<PathBuf> {
     let node = f.get(key)?;
     let path = f.path_of(key);
     let file = PathBuf::from(d.name(node, &path)?);
@@ -1568,7 +1568,7 @@ fn pem_file(d: &mut Decoder, f: &Fields, key: &str, want: PemKind) -> Option<Pat
 }
 
 #[derive(Clone, Copy)]
-enum PemKind {
+pub(super) enum PemKind {
     Certs,
     Key,
 }

@@ -1,8 +1,8 @@
 //! Decoding the top-level `store:` key: where durable state lives.
 //!
 //! `store: { kind: sqlite }` (the default: `state_dir`'s embedded SQLite) or
-//! `store: { kind: postgres, url: "postgres://abgate:${file:/run/secrets/pg}@db/abgate",
-//! pool: 8 }`. The URL may hold `${file:PATH}` and `${env:NAME}`
+//! `store: { kind: postgres, url: "postgres://abgate:${file:/run/secrets/pg}@db/abgate?sslmode=require",
+//! pool: 8, ca_file: /etc/abgate/db-ca.pem }`. The URL may hold `${file:PATH}` and `${env:NAME}`
 //! references (the password from a secret file, or the whole URL from the
 //! environment); they are read when the config is loaded, and the shown
 //! config keeps the reference, never the value.
@@ -14,7 +14,7 @@ use super::decode::Decoder;
 use super::model::{PostgresConfig, StoreConfig, DEFAULT_STORE_POOL};
 use super::yaml::Node;
 
-const STORE: &[&str] = &["kind", "url", "pool"];
+const STORE: &[&str] = &["kind", "url", "pool", "ca_file"];
 
 pub(super) fn decode(d: &mut Decoder, node: &Node) -> Option<StoreConfig> {
     let f = d.fields(node, "store", STORE)?;
@@ -29,7 +29,7 @@ pub(super) fn decode(d: &mut Decoder, node: &Node) -> Option<StoreConfig> {
             return None;
         }
     };
-    let only_postgres = ["url", "pool"];
+    let only_postgres = ["url", "pool", "ca_file"];
     match kind.as_str() {
         "sqlite" => {
             let mut ok = true;
@@ -61,9 +61,15 @@ pub(super) fn decode(d: &mut Decoder, node: &Node) -> Option<StoreConfig> {
                 Some(n) => d.integer(n, "store.pool", 1, 256).map(|p| p as usize),
                 None => Some(DEFAULT_STORE_POOL),
             };
+            let ca_file = match f.get("ca_file") {
+                Some(_) => super::schema::pem_file(d, &f, "ca_file", super::schema::PemKind::Certs)
+                    .map(Some),
+                None => Some(None),
+            };
             Some(StoreConfig::Postgres(PostgresConfig {
                 url: url?,
                 pool: pool?,
+                ca_file: ca_file?,
             }))
         }
         other => {

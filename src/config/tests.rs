@@ -782,6 +782,18 @@ fn bad_stores_are_refused_with_their_place() {
     );
     let e = err("store: { kind: postgres, url: \"postgres://u:REDACTED@db/x\" }");
     assert!(e.contains("placeholder"), "{e}");
+    let e = err(
+        "store: { kind: postgres, url: \"postgres://db/x\", ca_file: /nonexistent/abgate/ca.pem }",
+    );
+    assert!(
+        e.contains("store.ca_file") && e.contains("/nonexistent/abgate/ca.pem"),
+        "{e}"
+    );
+    let e = err("store: { kind: sqlite, ca_file: /etc/ssl/ca.pem }");
+    assert!(
+        e.contains("store.ca_file") && e.contains("only a postgres store"),
+        "{e}"
+    );
     let e = err("store: { kind: postgres, url: \"postgres://db/x\", poool: 2 }");
     assert!(
         e.contains("store.poool") && e.contains("unknown field"),

@@ -162,6 +162,8 @@ pub enum StoreError {
     Pool(String),
     #[error("postgres store: store.url is not a valid connection URL: {0}")]
     Url(String),
+    #[error("postgres store: TLS: {0}")]
+    Tls(String),
     #[error(
         "postgres store: the database's schema is at version {applied}, newer than this \
          abgate knows ({known}); run a newer abgate"

@@ -15,12 +15,16 @@
 //! `synchronous=FULL` here.
 
 use std::future::Future;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::runtime::Handle;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{NoTls, Row, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::*;
 use crate::clock::now_ms;
@@ -124,18 +128,55 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    /// Connects, checks the server answers, and applies pending migrations.
-    /// Call from the blocking pool (inside the runtime, off its workers).
-    pub fn open(url: &str, pool_size: usize) -> Result<PgStore, StoreError> {
-        let mut config =
-            tokio_postgres::Config::from_str(url).map_err(|e| StoreError::Url(e.to_string()))?;
+    /// Connects, takes the replica lock, and applies pending migrations.
+    /// With `ca_file`, or `sslmode=require` in the URL, every connection is
+    /// TLS and the server's certificate is verified (against `ca_file`, or the
+    /// system roots); otherwise connections are plain TCP. Call from the
+    /// blocking pool (inside the runtime, off its workers).
+    pub fn open(
+        url: &str,
+        pool_size: usize,
+        ca_file: Option<&Path>,
+    ) -> Result<PgStore, StoreError> {
+        let mut config = tokio_postgres::Config::from_str(&libpq_sslmode(url))
+            .map_err(|e| StoreError::Url(e.to_string()))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(WAIT);
         }
         config.application_name("abgate");
+        let tls = match (config.get_ssl_mode(), ca_file) {
+            (SslMode::Disable, Some(_)) => {
+                return Err(StoreError::Url(
+                    "sslmode=disable contradicts store.ca_file (drop one)".into(),
+                ))
+            }
+            (SslMode::Require, _) | (_, Some(_)) => {
+                // Asked for: never fall back to plain TCP.
+                config.ssl_mode(SslMode::Require);
+                Some(MakeRustlsConnect::new(client_tls(ca_file)?))
+            }
+            _ => None,
+        };
+        match tls {
+            Some(tls) => Self::open_with(config, pool_size, tls),
+            None => Self::open_with(config, pool_size, NoTls),
+        }
+    }
+
+    fn open_with<T>(
+        config: tokio_postgres::Config,
+        pool_size: usize,
+        tls: T,
+    ) -> Result<PgStore, StoreError>
+    where
+        T: MakeTlsConnect<Socket> + Clone + Sync + Send + 'static,
+        T::Stream: Sync + Send + 'static,
+        T::TlsConnect: Sync + Send,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -150,7 +191,7 @@ impl PgStore {
             .map_err(|e| StoreError::Pool(e.to_string()))?;
         let rt = Handle::current();
         let replica = rt.block_on(async {
-            let (client, connection) = config.connect(NoTls).await?;
+            let (client, connection) = config.connect(tls).await?;
             rt.spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::warn!(error = %e, "the postgres store's lock connection ended");
@@ -201,6 +242,43 @@ impl PgStore {
     fn block<T>(&self, f: impl Future<Output = T>) -> T {
         self.rt.block_on(f)
     }
+}
+
+/// libpq's `sslmode=verify-full` and `verify-ca` read as `require`, which
+/// here always verifies the certificate and the host name (tokio-postgres
+/// knows only disable, prefer and require).
+fn libpq_sslmode(url: &str) -> String {
+    url.replace("sslmode=verify-full", "sslmode=require")
+        .replace("sslmode=verify-ca", "sslmode=require")
+}
+
+/// The TLS client config: trust `ca_file`, or the system roots.
+fn client_tls(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, StoreError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs =
+                crate::config::pem::load_certs(path).map_err(|e| StoreError::Tls(e.to_string()))?;
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| StoreError::Tls(format!("{}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            // Certificates the platform store holds but webpki cannot parse
+            // are skipped, as every rustls-based client does.
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 async fn migrate(c: &mut deadpool_postgres::Client) -> Result<(), StoreError> {

@@ -166,16 +166,16 @@ async fn the_postgres_store_reads_back_what_the_sqlite_store_reads_back() {
     // Store calls block: on the blocking pool, as in the server.
     let (sqlite, postgres) = tokio::task::spawn_blocking(move || {
         let sqlite = exercise(&SqliteStore::open(&dir).unwrap());
-        let store = PgStore::open(&url, 2).unwrap();
+        let store = PgStore::open(&url, 2, None).unwrap();
         let postgres = exercise(&store);
         // While one holds the database another is refused; opening again
         // after it applies no migration twice and keeps the data.
         assert!(matches!(
-            PgStore::open(&url, 2),
+            PgStore::open(&url, 2, None),
             Err(abgate::store::StoreError::InUse)
         ));
         drop(store);
-        let again = PgStore::open(&url, 2).unwrap();
+        let again = PgStore::open(&url, 2, None).unwrap();
         assert_eq!(again.config_version_range().unwrap(), Some((1, 3)));
         let _ = std::fs::remove_dir_all(&dir);
         (sqlite, postgres)
@@ -365,4 +365,52 @@ async fn while_the_store_is_down_requests_are_served_changes_refused_and_then_ac
         "pause\tt\n"
     );
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_store_verifies_the_database_certificate_and_never_falls_back_to_plain_tcp() {
+    let Some(pg) = PgServer::start_tls() else {
+        return;
+    };
+    let url = pg.database("tls");
+    let ca = pg.ca_file();
+    // The whole server: every connection of this replica is TLS.
+    let backend = FakeBackend::start("b", Behaviour::Ok).await;
+    let yaml = fleet_yaml(&format!("{url}?sslmode=verify-full"), &backend, "").replace(
+        ", pool: 4 }",
+        &format!(", pool: 4, ca_file: \"{}\" }}", ca.display()),
+    );
+    let server = start_abgate(&yaml).await;
+    let seen = |ssl: bool| {
+        pg.query(
+            "tls",
+            &format!(
+                "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+                 WHERE application_name = 'abgate' AND ssl = {ssl}"
+            ),
+        )
+    };
+    assert_ne!(seen(true).trim(), "0");
+    assert_eq!(seen(false).trim(), "0");
+    server.shutdown().await;
+
+    let dir = temp_state_dir();
+    let stranger = crate::pg::stranger_ca(&dir);
+    let plain = url.clone();
+    tokio::task::spawn_blocking(move || {
+        // A certificate signed by a CA the store does not trust: refused,
+        // and `ca_file` alone already demands TLS (no fallback to plain TCP).
+        let err = PgStore::open(&plain, 1, Some(&stranger))
+            .err()
+            .expect("an untrusted certificate is refused");
+        assert!(err.to_string().contains("certificate"), "{err}");
+        // `sslmode=disable` and a CA contradict each other.
+        let err = PgStore::open(&format!("{plain}?sslmode=disable"), 1, Some(&stranger))
+            .err()
+            .expect("contradiction refused");
+        assert!(err.to_string().contains("sslmode=disable"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await
+    .unwrap();
 }

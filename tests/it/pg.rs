@@ -21,6 +21,8 @@ pub struct PgServer {
     dir: PathBuf,
     child: Option<Child>,
     pub port: u16,
+    /// Serving TLS with `server.crt` (signed by `ca.pem`) in `dir`.
+    tls: bool,
 }
 
 fn is_root() -> bool {
@@ -89,6 +91,41 @@ fn as_server_user(program: &Path) -> Command {
     }
 }
 
+/// A CA and a server certificate for 127.0.0.1 signed by it; the key is
+/// private to its owner, as postgres demands.
+fn write_certificates(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "abgate test database CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.crt"), cert.pem()).unwrap();
+    let key_path = dir.join("server.key");
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// A CA nobody's certificate is signed by, as a PEM file in `dir`.
+pub fn stranger_ca(dir: &Path) -> PathBuf {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&key).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("stranger-ca.pem");
+    std::fs::write(&path, ca.pem()).unwrap();
+    path
+}
+
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
@@ -98,6 +135,21 @@ impl PgServer {
     /// A running server with the `abgate` superuser (trust auth on
     /// loopback), or `None` when the test must be skipped (see the module doc).
     pub fn start() -> Option<PgServer> {
+        Self::start_with(false)
+    }
+
+    /// As [`PgServer::start`], serving TLS as well, with a certificate for
+    /// 127.0.0.1 signed by a fresh CA ([`PgServer::ca_file`]).
+    pub fn start_tls() -> Option<PgServer> {
+        Self::start_with(true)
+    }
+
+    /// The CA that signed a TLS server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    fn start_with(tls: bool) -> Option<PgServer> {
         let Some(bin) = ensure_bin() else {
             if std::env::var_os("CI").is_some() {
                 panic!(
@@ -110,6 +162,9 @@ impl PgServer {
         };
         let dir = super::support::temp_state_dir().with_extension("pg");
         std::fs::create_dir_all(&dir).unwrap();
+        if tls {
+            write_certificates(&dir);
+        }
         if is_root() {
             let ok = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -136,6 +191,7 @@ impl PgServer {
             dir,
             child: None,
             port: free_port(),
+            tls,
         };
         pg.run();
         Some(pg)
@@ -145,6 +201,17 @@ impl PgServer {
     fn run(&mut self) {
         let data = self.dir.join("data");
         let log = std::fs::File::create(self.dir.join("server.log")).unwrap();
+        let mut tls = Vec::new();
+        if self.tls {
+            tls.extend([
+                "-c".to_string(),
+                "ssl=on".into(),
+                "-c".into(),
+                format!("ssl_cert_file={}", self.dir.join("server.crt").display()),
+                "-c".into(),
+                format!("ssl_key_file={}", self.dir.join("server.key").display()),
+            ]);
+        }
         let child = as_server_user(&self.bin.join("postgres"))
             .arg("-D")
             .arg(&data)
@@ -160,6 +227,7 @@ impl PgServer {
                 "-c",
                 "shared_buffers=16MB",
             ])
+            .args(&tls)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
