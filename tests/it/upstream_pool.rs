@@ -18,6 +18,9 @@ use crate::support::*;
 enum Mode {
     /// Keep-alive: answer every request on the connection.
     KeepAlive,
+    /// Keep-alive, answering each request after 50 ms (so concurrent ones
+    /// overlap and each needs a connection of its own).
+    KeepAliveSlow,
     /// Answer one request, then close without saying so (as a backend's idle
     /// timeout does, between requests).
     CloseAfterOne,
@@ -88,6 +91,9 @@ async fn serve(mut s: TcpStream, mode: Mode, requests: Arc<AtomicUsize>) {
         buf.drain(..end);
         let n = requests.fetch_add(1, Ordering::SeqCst) + 1;
         let body = format!("answer {n}");
+        if mode == Mode::KeepAliveSlow {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let answer = match mode {
             Mode::NoContent => "HTTP/1.1 204 No Content\r\n\r\n".to_string(),
             Mode::CutMidBody => {
@@ -160,6 +166,35 @@ async fn concurrent_requests_keep_as_many_connections_as_they_need() {
     assert!(
         backend.accepted() <= 8,
         "40 requests 8 at a time opened {} connections",
+        backend.accepted()
+    );
+}
+
+/// The pool keeps what a burst needed: 100 requests at once, four times, open
+/// 100 connections, not 100 and then a new one for every request past a
+/// small idle bound (with 64 kept, the first 64 were reused and 36 dialed
+/// again each round; under 256 concurrent clients that churn cut a load test
+/// at 30,000 req/s to 22,000 with a p50 of 150 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_larger_than_64_keeps_its_connections_for_the_next() {
+    let (backend, server) = through(Mode::KeepAliveSlow).await;
+    let c = client();
+    let url = format!("http://{}/x", server.data_addr);
+    for _round in 0..4 {
+        let all: Vec<_> = (0..100)
+            .map(|_| {
+                let (c, url) = (c.clone(), url.clone());
+                tokio::spawn(async move { get(&c, &url, &[]).await.status })
+            })
+            .collect();
+        for h in all {
+            assert_eq!(h.await.unwrap(), 200);
+        }
+    }
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 400);
+    assert!(
+        backend.accepted() <= 100,
+        "400 requests 100 at a time opened {} connections",
         backend.accepted()
     );
 }

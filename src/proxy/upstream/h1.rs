@@ -48,9 +48,15 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long one connection is reused at most: long-lived connections pin a
 /// backend replica, so load balancers in front of backends never rebalance.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(600);
-/// Idle connections kept per backend: covers bursts without pinning sockets
-/// after them (hyper-util's default is unbounded).
-pub const MAX_IDLE: usize = 64;
+/// Idle connections kept per backend. It must cover the concurrency a
+/// backend sees: every connection returned past the bound is closed, and the
+/// next request past it dials again. At 64, 256 concurrent clients (a few
+/// hundred streaming completions are ordinary) kept it dialing, and an open
+/// loop offered 30,000 req/s got 18,000 to 22,000 with a p50 of 150 to 190 ms
+/// (`load/results/upstream-idle-2026-12-03.md`). 1,024 still bounds what a
+/// burst pins: about 10 KiB each (the boxed dispatcher and hyper's buffers),
+/// aged out after `IDLE_TIMEOUT`. (hyper-util's default is unbounded.)
+pub const MAX_IDLE: usize = 1024;
 
 /// One HTTP/1 connection: the handle that sends on it and the dispatcher that
 /// must be polled for anything to happen.
