@@ -516,7 +516,20 @@ fn version_problem(e: crate::control::history::VersionError) -> Problem {
 }
 
 fn store_problem(e: crate::store::StoreError) -> Problem {
+    if e.is_unavailable() {
+        return store_unavailable(&e);
+    }
     Problem::internal(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string())
+}
+
+/// Nothing was changed, and the same request may succeed in a moment.
+fn store_unavailable(e: &crate::store::StoreError) -> Problem {
+    Problem::internal(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store-unavailable",
+        format!("{e}; nothing was changed: send the request again"),
+    )
+    .retry_after(1)
 }
 
 fn with_etag(mut r: Response<ProxyBody>, version: u64) -> Response<ProxyBody> {
@@ -598,6 +611,7 @@ fn action_problem(e: ActionError) -> Problem {
         ActionError::Conflict { .. } => {
             Problem::client(StatusCode::CONFLICT, "conflict", e.to_string())
         }
+        ActionError::Store(s) if s.is_unavailable() => store_unavailable(&s),
         ActionError::Store(_) => {
             Problem::internal(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string())
         }

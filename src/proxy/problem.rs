@@ -30,6 +30,9 @@ pub struct Problem {
     pub side: Side,
     /// RFC 9457 extension members (e.g. `errors` of an invalid config).
     pub extensions: Map<String, Value>,
+    /// Seconds for a `Retry-After` header: the request may succeed if sent
+    /// again (a store that cannot be reached right now).
+    pub retry_after: Option<u32>,
 }
 
 impl Problem {
@@ -40,7 +43,14 @@ impl Problem {
             detail,
             side,
             extensions: Map::new(),
+            retry_after: None,
         }
+    }
+
+    /// Asks the client to retry after `secs` seconds (`Retry-After`).
+    pub fn retry_after(mut self, secs: u32) -> Problem {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn client(status: StatusCode, slug: &'static str, detail: String) -> Problem {
@@ -82,6 +92,10 @@ impl Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         resp
     }
 }

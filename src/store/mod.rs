@@ -158,8 +158,10 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
     #[error("postgres store: {0}")]
     Postgres(String),
-    #[error("postgres store: no connection: {0}")]
-    Pool(String),
+    /// The database cannot be reached (no connection in time, or one that
+    /// broke): nothing was written, and the same call may succeed later.
+    #[error("postgres store: cannot reach the database: {0}")]
+    Unavailable(String),
     #[error("postgres store: store.url is not a valid connection URL: {0}")]
     Url(String),
     #[error("postgres store: TLS: {0}")]
@@ -178,14 +180,30 @@ pub enum StoreError {
 
 impl From<tokio_postgres::Error> for StoreError {
     /// The server's own message (tokio-postgres' `Display` alone says only
-    /// "db error"), never the connection URL.
+    /// "db error"), never the connection URL. A lost or refused connection
+    /// is [`StoreError::Unavailable`]; the server's refusals are not.
     fn from(e: tokio_postgres::Error) -> Self {
-        let detail = match (e.as_db_error(), std::error::Error::source(&e)) {
+        let source = std::error::Error::source(&e);
+        let detail = match (e.as_db_error(), source) {
             (Some(db), _) => format!("{e}: {} ({})", db.message(), db.code().code()),
             (None, Some(source)) => format!("{e}: {source}"),
             (None, None) => e.to_string(),
         };
-        StoreError::Postgres(detail)
+        let io = source.is_some_and(|s| s.is::<std::io::Error>());
+        let connection = e.is_closed() || io || e.to_string().starts_with("error connecting");
+        if e.as_db_error().is_none() && connection {
+            StoreError::Unavailable(detail)
+        } else {
+            StoreError::Postgres(detail)
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether the store could not be reached: the caller answers 503 with
+    /// `Retry-After`, since the same request may succeed shortly.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
     }
 }
 

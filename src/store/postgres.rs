@@ -188,7 +188,7 @@ impl PgStore {
             .recycle_timeout(Some(WAIT))
             .runtime(Runtime::Tokio1)
             .build()
-            .map_err(|e| StoreError::Pool(e.to_string()))?;
+            .map_err(|e| StoreError::Url(e.to_string()))?;
         let rt = Handle::current();
         let replica = rt.block_on(async {
             let (client, connection) = config.connect(tls).await?;
@@ -230,17 +230,21 @@ impl PgStore {
         F: AsyncFnOnce(&mut deadpool_postgres::Client) -> Result<T, StoreError>,
     {
         self.block(async {
-            let mut client = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| StoreError::Pool(e.to_string()))?;
+            let mut client = self.pool.get().await.map_err(pool_error)?;
             work(&mut client).await
         })
     }
 
     fn block<T>(&self, f: impl Future<Output = T>) -> T {
         self.rt.block_on(f)
+    }
+}
+
+/// A connection could not be had from the pool: in time, or at all.
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => StoreError::from(e),
+        other => StoreError::Unavailable(other.to_string()),
     }
 }
 

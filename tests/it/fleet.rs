@@ -364,6 +364,11 @@ async fn while_the_store_is_down_requests_are_served_changes_refused_and_then_ac
         pg.query("outage", "SELECT kind, applied FROM decisions ORDER BY id"),
         "pause\tt\n"
     );
+    assert_eq!(
+        pg.query("outage", "SELECT max(version) FROM config_versions"),
+        "1\n",
+        "the refused PUT left no version"
+    );
     server.shutdown().await;
 }
 
