@@ -55,6 +55,9 @@ struct WatchRun {
     recorded: BTreeSet<String>,
     /// The revert on drift was done (or refused): it is tried once.
     revert_tried: bool,
+    /// Whether a failure to save this run was logged (once per run).
+    #[serde(skip)]
+    unsaveable_logged: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -117,7 +120,7 @@ pub async fn run(
         }
         look(&control, &name, &watch, &mut run).await;
     }
-    if let Some(r) = &run {
+    if let Some(r) = &mut run {
         publish(&control, &name, r);
     }
 }
@@ -130,9 +133,19 @@ fn owner(e: &Experiment, w: &Watch) -> String {
     format!("{}-{h:016x}", arms_fingerprint(e))
 }
 
-fn publish(control: &ControlPlane, name: &str, r: &WatchRun) {
-    if let Ok(j) = serde_json::to_string(r) {
-        control.publish_run(&run_key(name), j);
+fn publish(control: &ControlPlane, name: &str, r: &mut WatchRun) {
+    match super::saved::saveable(&*r) {
+        Ok(j) => {
+            control.publish_run(&run_key(name), j);
+            r.unsaveable_logged = false;
+        }
+        // Logged once: a watch publishes at every look.
+        Err(err) if !r.unsaveable_logged => {
+            r.unsaveable_logged = true;
+            tracing::error!(experiment = name, error = %err,
+                "the drift watch's run cannot be saved; the last saved run is kept");
+        }
+        Err(_) => {}
     }
 }
 
@@ -319,6 +332,7 @@ fn begin(
         tests: BTreeMap::new(),
         recorded: BTreeSet::new(),
         revert_tried: false,
+        unsaveable_logged: false,
     };
     // A promoted arm's evidence window: everything it served before the
     // promotion (it served nothing before its experiment began).

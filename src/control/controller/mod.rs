@@ -13,6 +13,7 @@
 mod drift;
 mod periods;
 mod run;
+mod saved;
 
 pub use drift::run_key as watch_run_key;
 

@@ -124,6 +124,8 @@ struct Run {
     /// Where and when the current look's work began (thread, its CPU time),
     /// set once the look holds its view of the experiment.
     look_clock: Option<(std::thread::ThreadId, std::time::Duration)>,
+    /// Whether a run that does not read back was logged (once per run).
+    unsaveable_logged: bool,
 }
 
 /// How often the analysis shown by the admin API is rebuilt while its
@@ -191,6 +193,7 @@ pub async fn run(
         unpublished: false,
         published_at: None,
         look_clock: None,
+        unsaveable_logged: false,
         shown: None,
         owner: None,
         needed: cfg
@@ -630,15 +633,19 @@ impl Run {
         // Read before serializing: a snapshot that takes runs meanwhile makes
         // the next look publish again rather than skip one.
         let taken = control.runs_taken();
-        match serde_json::to_string(&self.c) {
+        match super::saved::saveable(&self.c) {
             Ok(json) => {
                 control.publish_run(name, json);
                 self.unpublished = false;
                 self.published_at = Some(taken);
+                self.unsaveable_logged = false;
             }
-            Err(err) => {
-                tracing::warn!(experiment = name, error = %err, "cannot save the controller run")
+            Err(err) if !self.unsaveable_logged => {
+                self.unsaveable_logged = true;
+                tracing::error!(experiment = name, error = %err,
+                    "the controller run cannot be saved; the last saved run is kept, so a restart resumes from it");
             }
+            Err(_) => {}
         }
     }
 
