@@ -216,10 +216,7 @@ async fn a_replica_on_the_same_database_finds_every_change_with_an_empty_state_d
     let first = start_abgate(&fleet_yaml(&url, &backend, "")).await;
     let admin = first.admin_addr;
     // A config change and a manual action on the first replica.
-    let text = format!(
-        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\n{}",
-        fleet_yaml(&url, &backend, "currency: EUR\n")
-    );
+    let text = with_test_listeners(&fleet_yaml(&url, &backend, "currency: EUR\n"));
     assert_eq!(put_config(admin, None, &text).await, 2);
     let paused = admin_call(
         "POST",
@@ -232,17 +229,12 @@ async fn a_replica_on_the_same_database_finds_every_change_with_an_empty_state_d
     assert_eq!(paused.status, 200, "{}", paused.json());
     // Two replicas on one database would run two controllers on the same
     // experiments: refused until they share it through a leader lease.
-    let refused = abgate::app::start(abgate::app::StartOptions {
-        config_text: format!(
-            "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nstate_dir: {}\n{}",
-            temp_state_dir().display(),
-            fleet_yaml(&url, &backend, "")
-        ),
-        config_path: None,
-        watch_file: false,
-        admin_token: None,
-        token_keys: None,
-    })
+    let refused = try_start_abgate(
+        &fleet_yaml(&url, &backend, ""),
+        None,
+        None,
+        &temp_state_dir(),
+    )
     .await
     .err()
     .expect("a second replica on the same database is refused");
@@ -295,19 +287,10 @@ async fn a_store_that_cannot_be_reached_stops_the_start_with_its_reason_and_no_p
     let yaml = format!(
         "store: {{ kind: postgres, url: \"postgres://abgate:s3cr3t-pw@127.0.0.1:{port}/x\" }}\n"
     );
-    let err = abgate::app::start(abgate::app::StartOptions {
-        config_text: format!(
-            "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nstate_dir: {}\n{yaml}",
-            temp_state_dir().display()
-        ),
-        config_path: None,
-        watch_file: false,
-        admin_token: None,
-        token_keys: None,
-    })
-    .await
-    .err()
-    .expect("a store nobody answers for cannot start");
+    let err = try_start_abgate(&yaml, None, None, &temp_state_dir())
+        .await
+        .err()
+        .expect("a store nobody answers for cannot start");
     let msg = format!("{err} / {err:?}");
     assert!(msg.contains("postgres store"), "{msg}");
     assert!(!msg.contains("s3cr3t-pw"), "{msg}");
@@ -334,19 +317,26 @@ async fn while_the_store_is_down_requests_are_served_changes_refused_and_then_ac
         .await;
         assert_eq!(a.status, 200);
     }
-    // A change cannot be made durable: it is refused, not acknowledged.
+    // A change cannot be made durable: it is refused, not acknowledged, and
+    // the client is told to send it again.
     let refused = admin_call("POST", &pause, None, &[], "").await;
-    assert!(
-        refused.status >= 500,
-        "{} {}",
-        refused.status,
-        refused.json()
+    assert_eq!(refused.status, 503, "{}", refused.json());
+    assert_eq!(
+        refused.json()["type"],
+        "urn:abgate:problem:store-unavailable"
     );
+    assert_eq!(refused.headers["retry-after"], "1");
     assert_eq!(
         refused.headers["content-type"], "application/problem+json",
         "{:?}",
         refused.headers
     );
+    // So is a config change.
+    let text = with_test_listeners(&fleet_yaml(&url, &backend, "currency: EUR\n"));
+    let cfg = format!("http://{admin}/v1/config");
+    let put = admin_call("PUT", &cfg, None, &[("if-match", "\"1\"")], &text).await;
+    assert_eq!(put.status, 503, "{}", put.json());
+    assert_eq!(put.headers["retry-after"], "1");
     assert_eq!(experiment_json(admin, "exp").await["state"], "running");
     // The store returns: the pool replaces its broken connections.
     pg.start_again();

@@ -236,19 +236,32 @@ pub async fn start_abgate_opts(
     token_keys: Option<&str>,
     state_dir: &std::path::Path,
 ) -> abgate::app::RunningServer {
-    let yaml = format!(
-        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nstate_dir: {}\n{yaml}",
-        state_dir.display()
-    );
+    try_start_abgate(yaml, token, token_keys, state_dir)
+        .await
+        .unwrap_or_else(|e| panic!("abgate did not start: {e}"))
+}
+
+/// As [`start_abgate_opts`], for a start that may be refused.
+pub async fn try_start_abgate(
+    yaml: &str,
+    token: Option<&str>,
+    token_keys: Option<&str>,
+    state_dir: &std::path::Path,
+) -> Result<abgate::app::RunningServer, abgate::app::StartError> {
     abgate::app::start(abgate::app::StartOptions {
-        config_text: yaml,
+        config_text: with_test_listeners(&format!("state_dir: {}\n{yaml}", state_dir.display())),
         config_path: None,
         watch_file: false,
         admin_token: token.map(str::to_string),
         token_keys: token_keys.map(str::to_string),
     })
     .await
-    .unwrap_or_else(|e| panic!("abgate did not start: {e}"))
+}
+
+/// `yaml` with both listeners on 127.0.0.1:0, as every test server has them
+/// (a config PUT sends the whole text, listeners included).
+pub fn with_test_listeners(yaml: &str) -> String {
+    format!("listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\n{yaml}")
 }
 
 pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
