@@ -136,13 +136,13 @@ fn credential_header(name: &str) -> bool {
 /// Where a URL's authority ends (at `/`, `?` or `#`), not counting those
 /// inside a `${file:/path}` reference.
 fn authority_end(rest: &str) -> usize {
-    let mut depth = false;
+    let mut in_reference = false;
     let bytes = rest.as_bytes();
     for (i, &b) in bytes.iter().enumerate() {
         match b {
-            b'$' if bytes.get(i + 1) == Some(&b'{') => depth = true,
-            b'}' if depth => depth = false,
-            b'/' | b'?' | b'#' if !depth => return i,
+            b'$' if bytes.get(i + 1) == Some(&b'{') => in_reference = true,
+            b'}' if in_reference => in_reference = false,
+            b'/' | b'?' | b'#' if !in_reference => return i,
             _ => {}
         }
     }

@@ -88,7 +88,8 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     /// Counts its polls; ready once `ready` is set, waking through the last
-    /// waker it was given.
+    /// waker it was given. Clones share the counters.
+    #[derive(Clone)]
     struct Probe {
         polls: Arc<AtomicUsize>,
         ready: Arc<AtomicBool>,
@@ -114,18 +115,20 @@ mod tests {
         }
     }
 
+    /// A gated probe, and a handle sharing its counters.
+    fn gated() -> (WakeGate<Probe>, Probe) {
+        let probe = Probe {
+            polls: Arc::new(AtomicUsize::new(0)),
+            ready: Arc::new(AtomicBool::new(false)),
+            waker: Arc::new(Mutex::new(None)),
+        };
+        (WakeGate::new(probe.clone()), probe)
+    }
+
     #[test]
     fn the_inner_future_is_polled_only_after_its_own_wake() {
-        let (polls, ready, inner_waker) = (
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(Mutex::new(None::<Waker>)),
-        );
-        let mut gate = WakeGate::new(Probe {
-            polls: polls.clone(),
-            ready: ready.clone(),
-            waker: inner_waker.clone(),
-        });
+        let (mut gate, probe) = gated();
+        let (polls, ready, inner_waker) = (probe.polls, probe.ready, probe.waker);
         let task = Arc::new(CountingWake(AtomicUsize::new(0)));
         let waker = Waker::from(task.clone());
         let mut cx = Context::from_waker(&waker);
@@ -147,16 +150,8 @@ mod tests {
 
     #[test]
     fn a_new_task_waker_polls_again_and_is_the_one_woken() {
-        let (polls, ready, inner_waker) = (
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(Mutex::new(None::<Waker>)),
-        );
-        let mut gate = WakeGate::new(Probe {
-            polls: polls.clone(),
-            ready,
-            waker: inner_waker.clone(),
-        });
+        let (mut gate, probe) = gated();
+        let (polls, inner_waker) = (probe.polls, probe.waker);
         let (a, b) = (
             Arc::new(CountingWake(AtomicUsize::new(0))),
             Arc::new(CountingWake(AtomicUsize::new(0))),

@@ -285,6 +285,36 @@ pub struct StoredSeries {
     pub points: Vec<(u64, String)>,
 }
 
+/// The columns both stores read a decision from, in this order.
+const DECISION_COLUMNS: &str =
+    "id, experiment, kind, from_weights, to_weights, reason, actor, created_at_ms, applied";
+
+/// Hands each stored point to its series. `series` and `points` come in the
+/// same byte order of (experiment, series), so one pass pairs them; a point
+/// of a series not listed is skipped.
+fn attach_points(
+    series: &mut [StoredSeries],
+    points: impl IntoIterator<Item = Result<(String, String, u64, String), StoreError>>,
+) -> Result<(), StoreError> {
+    let mut i = 0;
+    for point in points {
+        let (e, name, at, value) = point?;
+        while i < series.len()
+            && (series[i].experiment.as_str(), series[i].series.as_str())
+                < (e.as_str(), name.as_str())
+        {
+            i += 1;
+        }
+        if let Some(s) = series
+            .get_mut(i)
+            .filter(|s| s.experiment == e && s.series == name)
+        {
+            s.points.push((at, value));
+        }
+    }
+    Ok(())
+}
+
 /// Counts and controller evidence, saved every second and at shutdown.
 pub struct MemorySnapshot<'a> {
     /// Per-arm outcome counts to save: (experiment, arm, JSON).

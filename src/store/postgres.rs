@@ -23,6 +23,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::runtime::Handle;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -235,6 +236,14 @@ impl PgStore {
         })
     }
 
+    /// One statement on a pooled connection, for calls that are nothing more.
+    fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<(), StoreError> {
+        self.run(async |c| {
+            c.execute(sql, params).await?;
+            Ok(())
+        })
+    }
+
     fn block<T>(&self, f: impl Future<Output = T>) -> T {
         self.rt.block_on(f)
     }
@@ -344,9 +353,6 @@ fn config_from_row(r: &Row) -> ConfigRecord {
     }
 }
 
-const DECISION_COLUMNS: &str =
-    "id, experiment, kind, from_weights, to_weights, reason, actor, created_at_ms, applied";
-
 fn decision_from_row(r: &Row) -> Result<Decision, StoreError> {
     Ok(Decision {
         id: r.get(0),
@@ -363,17 +369,13 @@ fn decision_from_row(r: &Row) -> Result<Decision, StoreError> {
 
 impl Store for PgStore {
     fn record_config(&self, r: &ConfigRecord) -> Result<(), StoreError> {
-        self.run(async |c| {
-            c.execute(
-                "INSERT INTO config_versions (version, text, hash, applied_at_ms, actor, source)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (version) DO UPDATE SET text = EXCLUDED.text, hash = EXCLUDED.hash,
-                   applied_at_ms = EXCLUDED.applied_at_ms, actor = EXCLUDED.actor, source = EXCLUDED.source",
-                &[&i(r.version), &r.text, &r.hash, &i(r.applied_at_ms), &r.actor, &r.source],
-            )
-            .await?;
-            Ok(())
-        })
+        self.execute(
+            "INSERT INTO config_versions (version, text, hash, applied_at_ms, actor, source)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (version) DO UPDATE SET text = EXCLUDED.text, hash = EXCLUDED.hash,
+               applied_at_ms = EXCLUDED.applied_at_ms, actor = EXCLUDED.actor, source = EXCLUDED.source",
+            &[&i(r.version), &r.text, &r.hash, &i(r.applied_at_ms), &r.actor, &r.source],
+        )
     }
 
     fn latest_config(&self) -> Result<Option<ConfigRecord>, StoreError> {
@@ -466,11 +468,7 @@ impl Store for PgStore {
     }
 
     fn mark_applied(&self, id: i64) -> Result<(), StoreError> {
-        self.run(async |c| {
-            c.execute("UPDATE decisions SET applied = true WHERE id = $1", &[&id])
-                .await?;
-            Ok(())
-        })
+        self.execute("UPDATE decisions SET applied = true WHERE id = $1", &[&id])
     }
 
     fn decisions(
@@ -518,26 +516,18 @@ impl Store for PgStore {
 
     fn save_state(&self, s: &ExperimentState) -> Result<(), StoreError> {
         let json = serde_json::to_string(s)?;
-        self.run(async |c| {
-            c.execute(
-                "INSERT INTO experiment_state (experiment, state) VALUES ($1, $2)
-                 ON CONFLICT (experiment) DO UPDATE SET state = EXCLUDED.state",
-                &[&s.experiment, &json],
-            )
-            .await?;
-            Ok(())
-        })
+        self.execute(
+            "INSERT INTO experiment_state (experiment, state) VALUES ($1, $2)
+             ON CONFLICT (experiment) DO UPDATE SET state = EXCLUDED.state",
+            &[&s.experiment, &json],
+        )
     }
 
     fn clear_state(&self, experiment: &str) -> Result<(), StoreError> {
-        self.run(async |c| {
-            c.execute(
-                "DELETE FROM experiment_state WHERE experiment = $1",
-                &[&experiment],
-            )
-            .await?;
-            Ok(())
-        })
+        self.execute(
+            "DELETE FROM experiment_state WHERE experiment = $1",
+            &[&experiment],
+        )
     }
 
     fn states(&self) -> Result<Vec<ExperimentState>, StoreError> {
@@ -585,14 +575,10 @@ impl Store for PgStore {
     }
 
     fn clear_weight_steps(&self, experiment: &str) -> Result<(), StoreError> {
-        self.run(async |c| {
-            c.execute(
-                "DELETE FROM weight_history WHERE experiment = $1",
-                &[&experiment],
-            )
-            .await?;
-            Ok(())
-        })
+        self.execute(
+            "DELETE FROM weight_history WHERE experiment = $1",
+            &[&experiment],
+        )
     }
 
     fn weight_steps(&self) -> Result<Vec<WeightStep>, StoreError> {
@@ -735,23 +721,13 @@ impl Store for PgStore {
                     &[],
                 )
                 .await?;
-            // Both queries are in the same byte order (COLLATE "C", whatever
-            // the database's collation): one pass pairs them.
-            let mut k = 0;
-            for r in &rows {
-                let (e, name): (&str, &str) = (r.get(0), r.get(1));
-                while k < out.len()
-                    && (out[k].experiment.as_str(), out[k].series.as_str()) < (e, name)
-                {
-                    k += 1;
-                }
-                if let Some(s) = out
-                    .get_mut(k)
-                    .filter(|s| s.experiment == e && s.series == name)
-                {
-                    s.points.push((u(r.get(2)), r.get(3)));
-                }
-            }
+            // COLLATE "C": the byte order `attach_points` pairs in, whatever
+            // the database's collation.
+            attach_points(
+                &mut out,
+                rows.iter()
+                    .map(|r| Ok((r.get(0), r.get(1), u(r.get(2)), r.get(3)))),
+            )?;
             Ok(out)
         })
     }

@@ -137,9 +137,6 @@ fn finish(rows: Vec<(Decision, [String; 3])>) -> Result<Vec<Decision>, StoreErro
         .collect()
 }
 
-const DECISION_COLUMNS: &str =
-    "id, experiment, kind, from_weights, to_weights, reason, actor, created_at_ms, applied";
-
 impl Store for SqliteStore {
     fn record_config(&self, r: &ConfigRecord) -> Result<(), StoreError> {
         self.conn().execute(
@@ -389,27 +386,11 @@ impl Store for SqliteStore {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(2)?.max(0) as u64,
                 r.get::<_, String>(3)?,
             ))
         })?;
-        // Both queries are in the same order: one pass pairs them.
-        let mut i = 0;
-        for row in rows {
-            let (e, name, at, point) = row?;
-            while i < out.len()
-                && (out[i].experiment.as_str(), out[i].series.as_str())
-                    < (e.as_str(), name.as_str())
-            {
-                i += 1;
-            }
-            if let Some(s) = out
-                .get_mut(i)
-                .filter(|s| s.experiment == e && s.series == name)
-            {
-                s.points.push((at.max(0) as u64, point));
-            }
-        }
+        attach_points(&mut out, rows.map(|r| r.map_err(StoreError::from)))?;
         Ok(out)
     }
 

@@ -254,25 +254,7 @@ impl PgServer {
 
     /// A new, empty database and its URL.
     pub fn database(&self, name: &str) -> String {
-        let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "abgate",
-            ])
-            .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc"])
-            .arg(format!("CREATE DATABASE \"{name}\""))
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "create database {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.psql("postgres", &format!("CREATE DATABASE \"{name}\""));
         self.url(name)
     }
 
@@ -282,6 +264,12 @@ impl PgServer {
 
     /// One query's rows, tab-separated, through psql.
     pub fn query(&self, db: &str, sql: &str) -> String {
+        self.psql(db, sql)
+    }
+
+    /// Runs `sql` in `db` with psql (unaligned, tab-separated, tuples only)
+    /// and returns what it printed; a failure fails the test.
+    fn psql(&self, db: &str, sql: &str) -> String {
         let out = Command::new(self.bin.join("psql"))
             .args([
                 "-h",
@@ -291,7 +279,7 @@ impl PgServer {
                 "-U",
                 "abgate",
             ])
-            .args(["-d", db, "-v", "ON_ERROR_STOP=1", "-AtF", "\t", "-c", sql])
+            .args(["-d", db, "-v", "ON_ERROR_STOP=1", "-qAtF", "\t", "-c", sql])
             .stdin(Stdio::null())
             .output()
             .unwrap();

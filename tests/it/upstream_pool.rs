@@ -129,6 +129,23 @@ async fn through(mode: Mode) -> (RawBackend, abgate::app::RunningServer) {
     (backend, server)
 }
 
+/// `rounds` bursts of `at_once` concurrent requests, each answered 200.
+async fn bursts(server: &abgate::app::RunningServer, rounds: usize, at_once: usize) {
+    let c = client();
+    let url = format!("http://{}/x", server.data_addr);
+    for _round in 0..rounds {
+        let all: Vec<_> = (0..at_once)
+            .map(|_| {
+                let (c, url) = (c.clone(), url.clone());
+                tokio::spawn(async move { get(&c, &url, &[]).await.status })
+            })
+            .collect();
+        for h in all {
+            assert_eq!(h.await.unwrap(), 200);
+        }
+    }
+}
+
 #[tokio::test]
 async fn sequential_requests_reuse_one_upstream_connection() {
     let (backend, server) = through(Mode::KeepAlive).await;
@@ -149,19 +166,7 @@ async fn sequential_requests_reuse_one_upstream_connection() {
 #[tokio::test]
 async fn concurrent_requests_keep_as_many_connections_as_they_need() {
     let (backend, server) = through(Mode::KeepAlive).await;
-    let c = client();
-    let url = format!("http://{}/x", server.data_addr);
-    for _round in 0..5 {
-        let all: Vec<_> = (0..8)
-            .map(|_| {
-                let (c, url) = (c.clone(), url.clone());
-                tokio::spawn(async move { get(&c, &url, &[]).await.status })
-            })
-            .collect();
-        for h in all {
-            assert_eq!(h.await.unwrap(), 200);
-        }
-    }
+    bursts(&server, 5, 8).await;
     assert_eq!(backend.requests.load(Ordering::SeqCst), 40);
     assert!(
         backend.accepted() <= 8,
@@ -178,19 +183,7 @@ async fn concurrent_requests_keep_as_many_connections_as_they_need() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_larger_than_64_keeps_its_connections_for_the_next() {
     let (backend, server) = through(Mode::KeepAliveSlow).await;
-    let c = client();
-    let url = format!("http://{}/x", server.data_addr);
-    for _round in 0..4 {
-        let all: Vec<_> = (0..100)
-            .map(|_| {
-                let (c, url) = (c.clone(), url.clone());
-                tokio::spawn(async move { get(&c, &url, &[]).await.status })
-            })
-            .collect();
-        for h in all {
-            assert_eq!(h.await.unwrap(), 200);
-        }
-    }
+    bursts(&server, 4, 100).await;
     assert_eq!(backend.requests.load(Ordering::SeqCst), 400);
     assert!(
         backend.accepted() <= 100,
