@@ -33,7 +33,7 @@ use crate::proxy::upstream::UpstreamPool;
 use crate::proxy::wiring::Published;
 use crate::store::capture::CaptureDb;
 use crate::store::feedback::FeedbackLog;
-use crate::store::{PgStore, SqliteStore, Store, StoreError};
+use crate::store::{PgStore, ReplicaOptions, SqliteStore, Store, StoreError};
 use crate::telemetry::Telemetry;
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +91,7 @@ pub struct RunningServer {
     controller_task: JoinHandle<()>,
     snapshot_task: JoinHandle<()>,
     series_task: JoinHandle<()>,
+    fleet_task: JoinHandle<()>,
     _watcher: Option<notify::RecommendedWatcher>,
     /// Where the admin API and the page's updates run; dropped last.
     admin_rt: AdminRuntime,
@@ -107,8 +108,13 @@ fn open_store(kind: &StoreConfig, state_dir: &Path) -> Result<Arc<dyn Store>, St
     Ok(match kind {
         StoreConfig::Sqlite => Arc::new(SqliteStore::open(state_dir)?),
         StoreConfig::Postgres(pg) => {
-            let store = PgStore::open(&pg.url, pg.pool, pg.ca_file.as_deref())?;
-            tracing::info!(url = %config::without_credentials(&pg.url), "using the postgres store");
+            let who = ReplicaOptions {
+                replica: crate::store::fleet::replica_id(state_dir)?,
+                lease_ttl: pg.lease_ttl,
+            };
+            let replica = who.replica.clone();
+            let store = PgStore::open(&pg.url, pg.pool, pg.ca_file.as_deref(), who)?;
+            tracing::info!(url = %config::without_credentials(&pg.url), %replica, "using the postgres store");
             Arc::new(store)
         }
     })
@@ -181,6 +187,13 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
         telemetry: telemetry.clone(),
     };
     let (config_path, config_text) = (opts.config_path.clone(), opts.config_text);
+    // In a fleet, a starting replica restores under the change lock: two
+    // replicas starting on an empty database record one first version, and
+    // none restores from another's change half made.
+    let changes = match store.fleet() {
+        Some(fleet) => Some(fleet.lock_changes().await?),
+        None => None,
+    };
     // Restoring reads and writes the store: off the async workers.
     let control = crate::control::off_thread(move || {
         ControlPlane::restore(
@@ -193,6 +206,7 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
         )
     })
     .await?;
+    drop(changes);
     let control = Arc::new(control);
     let watcher = if opts.watch_file {
         crate::control::watch::watch_file(control.clone())
@@ -205,6 +219,7 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
 
     let (stop, stopped) = watch::channel(false);
     let controller_task = crate::control::controller::spawn(control.clone(), stopped.clone());
+    let fleet_task = crate::control::fleet::spawn(control.clone(), stopped.clone());
     let snapshot_task = {
         let control = control.clone();
         tokio::spawn(async move {
@@ -248,6 +263,7 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
         controller_task,
         snapshot_task,
         series_task,
+        fleet_task,
         _watcher: watcher,
         admin_rt,
     })
@@ -266,6 +282,7 @@ impl RunningServer {
         let _ = self.controller_task.await;
         self.snapshot_task.abort();
         self.series_task.abort();
+        self.fleet_task.abort();
         // A last snapshot once traffic has drained, so a clean stop loses nothing.
         self.control.save_outcomes().await;
         self.control.save_series().await;

@@ -217,9 +217,14 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
             Ok(text(StatusCode::OK, "text/plain; version=0.0.4", body))
         }
         (&Method::GET, ["healthz"]) => Ok(json_ok(&json!({"status": "ok"}))),
-        (&Method::GET, ["readyz"]) => Ok(json_ok(
-            &json!({"status": "ready", "table_version": c.plane.table.load().version}),
-        )),
+        (&Method::GET, ["readyz"]) => Ok(json_ok(&{
+            let mut ready =
+                json!({"status": "ready", "table_version": c.plane.table.load().version});
+            if let Some(fleet) = c.fleet_view() {
+                ready["fleet"] = fleet;
+            }
+            ready
+        })),
         (&Method::GET, ["v1", "experiments"]) => {
             let mut list = Vec::new();
             for name in c.experiment_names().await {
@@ -519,6 +524,13 @@ fn store_problem(e: crate::store::StoreError) -> Problem {
     if e.is_unavailable() {
         return store_unavailable(&e);
     }
+    if let crate::store::StoreError::Conflict(m) = &e {
+        return Problem::client(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("{m}; reload and try again"),
+        );
+    }
     Problem::internal(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string())
 }
 
@@ -608,10 +620,11 @@ fn action_problem(e: ActionError) -> Problem {
             "unknown-arm",
             e.to_string(),
         ),
-        ActionError::Conflict { .. } => {
+        ActionError::Conflict { .. } | ActionError::NotLeader => {
             Problem::client(StatusCode::CONFLICT, "conflict", e.to_string())
         }
         ActionError::Store(s) if s.is_unavailable() => store_unavailable(&s),
+        ActionError::Store(s @ crate::store::StoreError::Conflict(_)) => store_problem(s),
         ActionError::Store(_) => {
             Problem::internal(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string())
         }

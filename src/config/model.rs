@@ -70,7 +70,13 @@ pub struct PostgresConfig {
     /// (also what `sslmode=require` in the URL asks for, against the system
     /// roots when no CA is given).
     pub ca_file: Option<PathBuf>,
+    /// How long a leader that stopped answering keeps the lease before
+    /// another replica takes over (`store.lease_ttl`, 5 s by default).
+    pub lease_ttl: std::time::Duration,
 }
+
+/// `store.lease_ttl` unless the config says otherwise.
+pub const DEFAULT_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl std::fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -78,6 +84,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("url", &without_credentials(&self.url))
             .field("pool", &self.pool)
             .field("ca_file", &self.ca_file)
+            .field("lease_ttl", &self.lease_ttl)
             .finish()
     }
 }

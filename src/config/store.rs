@@ -11,10 +11,10 @@
 //! later config version cannot move it (see `control::apply`).
 
 use super::decode::Decoder;
-use super::model::{PostgresConfig, StoreConfig, DEFAULT_STORE_POOL};
+use super::model::{PostgresConfig, StoreConfig, DEFAULT_LEASE_TTL, DEFAULT_STORE_POOL};
 use super::yaml::Node;
 
-const STORE: &[&str] = &["kind", "url", "pool", "ca_file"];
+const STORE: &[&str] = &["kind", "url", "pool", "ca_file", "lease_ttl"];
 
 pub(super) fn decode(d: &mut Decoder, node: &Node) -> Option<StoreConfig> {
     let f = d.fields(node, "store", STORE)?;
@@ -29,7 +29,7 @@ pub(super) fn decode(d: &mut Decoder, node: &Node) -> Option<StoreConfig> {
             return None;
         }
     };
-    let only_postgres = ["url", "pool", "ca_file"];
+    let only_postgres = ["url", "pool", "ca_file", "lease_ttl"];
     match kind.as_str() {
         "sqlite" => {
             let mut ok = true;
@@ -66,10 +66,28 @@ pub(super) fn decode(d: &mut Decoder, node: &Node) -> Option<StoreConfig> {
                     .map(Some),
                 None => Some(None),
             };
+            let lease_ttl = match f.get("lease_ttl") {
+                Some(n) => d.duration(n, "store.lease_ttl").and_then(|t| {
+                    if (std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(300))
+                        .contains(&t)
+                    {
+                        Some(t)
+                    } else {
+                        d.error(
+                            "store.lease_ttl",
+                            n.line,
+                            "must be from 1s to 5m (how long a silent leader keeps the lease)",
+                        );
+                        None
+                    }
+                }),
+                None => Some(DEFAULT_LEASE_TTL),
+            };
             Some(StoreConfig::Postgres(PostgresConfig {
                 url: url?,
                 pool: pool?,
                 ca_file: ca_file?,
+                lease_ttl: lease_ttl?,
             }))
         }
         other => {

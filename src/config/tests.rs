@@ -740,6 +740,12 @@ fn a_store_is_sqlite_by_default_and_postgres_reads_its_url_and_pool() {
         !shown.contains("s3cret") && shown.contains("REDACTED@db"),
         "{shown}"
     );
+    let c =
+        parse("store: { kind: postgres, url: \"postgres://db/abgate\", lease_ttl: 2s }").unwrap();
+    let StoreConfig::Postgres(pg) = &c.store else {
+        panic!("{:?}", c.store)
+    };
+    assert_eq!(pg.lease_ttl, std::time::Duration::from_secs(2));
     let c = parse("store: { kind: postgres, url: \"postgres://db/abgate\" }").unwrap();
     let StoreConfig::Postgres(pg) = &c.store else {
         panic!()
@@ -792,6 +798,16 @@ fn bad_stores_are_refused_with_their_place() {
     let e = err("store: { kind: sqlite, ca_file: /etc/ssl/ca.pem }");
     assert!(
         e.contains("store.ca_file") && e.contains("only a postgres store"),
+        "{e}"
+    );
+    let e = err("store: { kind: postgres, url: \"postgres://db/x\", lease_ttl: 500ms }");
+    assert!(
+        e.contains("store.lease_ttl") && e.contains("from 1s to 5m"),
+        "{e}"
+    );
+    let e = err("store: { kind: sqlite, lease_ttl: 5s }");
+    assert!(
+        e.contains("store.lease_ttl") && e.contains("only a postgres store"),
         "{e}"
     );
     let e = err("store: { kind: postgres, url: \"postgres://db/x\", poool: 2 }");

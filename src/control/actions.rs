@@ -48,6 +48,9 @@ pub enum ActionError {
         experiment: String,
         phase: &'static str,
     },
+    /// An automatic decision by a replica that no longer leads the fleet.
+    #[error("this replica no longer leads the fleet; the leader decides")]
+    NotLeader,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -70,7 +73,7 @@ impl ControlPlane {
         action: Action,
         actor: &Actor,
     ) -> Result<i64, ActionError> {
-        let mut cur = self.current.lock().await;
+        let mut cur = self.change().await?;
         let e = cur
             .config
             .experiment(experiment)

@@ -100,7 +100,7 @@ impl ControlPlane {
         precondition: Option<IfMatch>,
     ) -> Result<u64, ApplyError> {
         let parsed = config::parse(&text).map_err(ApplyError::Invalid);
-        let mut cur = self.current.lock().await;
+        let mut cur = self.change().await?;
         self.apply_counted(&mut cur, text, parsed, actor, precondition.as_ref())
             .await
     }
@@ -202,7 +202,7 @@ impl ControlPlane {
         };
         // Held across the read: two reloads (the watcher and a SIGHUP) must not
         // interleave, or an older read could be applied after a newer one.
-        let mut cur = self.current.lock().await;
+        let mut cur = self.change().await?;
         let read_path = path.clone();
         let loaded = super::off_thread(move || std::fs::read_to_string(&read_path)).await;
         let text = loaded.map_err(|source| ApplyError::Read {

@@ -87,7 +87,11 @@ impl ControlPlane {
         action: &'static str,
         allowed: impl Fn(ExperimentPhase) -> bool,
     ) -> Result<i64, ActionError> {
-        let mut cur = self.current.lock().await;
+        let mut cur = self.change().await?;
+        if !self.leads() {
+            // Stepped down since the look: the new leader decides.
+            return Err(ActionError::NotLeader);
+        }
         let e = cur
             .config
             .experiment(name)

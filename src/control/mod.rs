@@ -24,6 +24,7 @@ mod cohorts;
 pub mod controller;
 pub mod decision;
 pub mod events;
+pub mod fleet;
 pub mod history;
 pub mod publish;
 pub mod series;
@@ -97,6 +98,8 @@ pub struct ControlPlane {
     /// The admin listener's base URL once bound (`http://127.0.0.1:9901`),
     /// for links handed to webhooks.
     admin_url: std::sync::OnceLock<String>,
+    /// This replica's part in a fleet (a shared store); `None` with SQLite.
+    pub(crate) fleet: Option<fleet::Fleet>,
 }
 
 /// Who asked for a change, for the audit log.
@@ -353,6 +356,7 @@ impl ControlPlane {
         cohorts::record(store.as_ref(), &changes)?;
         cohorts::apply(&mut cohorts, &changes, &in_force);
         publisher.publish(&in_force, |n| cohorts.get(n).map(|h| &h.layout));
+        let fleet = store.fleet().map(fleet::Fleet::new);
         Ok(ControlPlane {
             plane: handles.plane,
             recorders: handles.recorders,
@@ -376,6 +380,7 @@ impl ControlPlane {
             watch_views: dashmap::DashMap::new(),
             admin_url: std::sync::OnceLock::new(),
             restored_runs: std::sync::Mutex::new(restored_runs),
+            fleet,
             series,
             events: events::EventHub::default(),
         })

@@ -441,7 +441,9 @@ impl ControlPlane {
     /// the series are saved whole next time.
     pub async fn save_series(&self) {
         let writes = self.series.unsaved();
-        if writes.is_empty() {
+        // In a fleet the leader keeps the history (every replica's points
+        // are the same fleet-wide counts).
+        if writes.is_empty() || !self.leads() {
             return;
         }
         let (result, writes) = self

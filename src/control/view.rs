@@ -722,7 +722,14 @@ impl ControlPlane {
     pub async fn save_outcomes(self: &std::sync::Arc<Self>) {
         // Runs first, counts second: a saved run never saw counts the saved
         // counts lack, so after a restart its per-period deltas are never negative.
-        let runs = self.take_unsaved_runs();
+        // Only the leader's runs are saved: a replica that stepped down
+        // must not overwrite the new leader's.
+        let leads = self.leads();
+        let runs = if leads {
+            self.take_unsaved_runs()
+        } else {
+            Vec::new()
+        };
         let controlled: Vec<String> = self
             .controlled_experiments()
             .await
@@ -737,13 +744,25 @@ impl ControlPlane {
             .collect();
         let c = self.clone();
         let saved = tokio::task::spawn_blocking(move || {
-            let arm_stats =
-                crate::outcomes::persist::rows(&c.recorders, &c.plane.table.load_full().routes)?;
+            let states =
+                crate::outcomes::persist::states(&c.recorders, &c.plane.table.load_full().routes);
+            // In a fleet the recorders hold everyone's counts; this
+            // replica's row is its own.
+            let states = match &c.fleet {
+                Some(f) => f.counts.own(states),
+                None => states,
+            };
+            let arm_stats = crate::outcomes::persist::rows(states)?;
             c.store.save_snapshot(&crate::store::MemorySnapshot {
                 arm_stats: &arm_stats,
                 controller_runs: &runs,
-                controlled: &controlled,
-            })
+                controlled: leads.then_some(controlled.as_slice()),
+            })?;
+            if let Some(f) = &c.fleet {
+                let others = c.store.fleet_arm_stats()?;
+                f.counts.absorb(&c.recorders, &others)?;
+            }
+            Ok::<(), crate::store::StoreError>(())
         })
         .await;
         if let Ok(Err(e)) = saved {

@@ -13,6 +13,7 @@
 pub mod capture;
 pub mod exposition;
 pub mod feedback;
+pub mod fleet;
 pub mod histogram;
 pub mod metrics;
 pub mod pairs;

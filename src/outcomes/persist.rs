@@ -29,12 +29,12 @@ pub fn restore(recorders: &RecorderRegistry, store: &dyn Store) -> Result<usize,
 }
 
 /// Every arm's counts, with the sums of the response-header metrics the
-/// current table declares, as rows to save: (experiment, arm, JSON).
-pub fn rows<A>(
+/// current table declares: (experiment, arm, state).
+pub fn states<A>(
     recorders: &RecorderRegistry,
     table: &RoutingTable<A>,
-) -> Result<Vec<(String, String, String)>, serde_json::Error> {
-    let rows: Vec<(String, String, String)> = recorders
+) -> Vec<(String, String, ArmState)> {
+    recorders
         .states()
         .into_iter()
         .map(|(e, a, mut s)| {
@@ -51,8 +51,17 @@ pub fn rows<A>(
                     );
                 }
             }
-            Ok((e, a, serde_json::to_string(&s)?))
+            (e, a, s)
         })
-        .collect::<Result<_, serde_json::Error>>()?;
-    Ok(rows)
+        .collect()
+}
+
+/// `states` as rows to save: (experiment, arm, JSON).
+pub fn rows(
+    states: Vec<(String, String, ArmState)>,
+) -> Result<Vec<(String, String, String)>, serde_json::Error> {
+    states
+        .into_iter()
+        .map(|(e, a, s)| Ok((e, a, serde_json::to_string(&s)?)))
+        .collect()
 }

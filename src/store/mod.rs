@@ -12,6 +12,7 @@
 //! log has its own writer thread. The feedback endpoint is the one request that
 //! waits for the store, through that writer's queue, never by calling it.
 
+pub mod fleet;
 pub mod postgres;
 pub mod sqlite;
 
@@ -19,7 +20,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use postgres::PgStore;
+pub use postgres::{PgStore, ReplicaOptions};
 pub use sqlite::SqliteStore;
 
 /// One applied config version.
@@ -171,11 +172,10 @@ pub enum StoreError {
          abgate knows ({known}); run a newer abgate"
     )]
     SchemaTooNew { applied: i32, known: i32 },
-    #[error(
-        "postgres store: another abgate replica is using this database; until replicas \
-         share one through a leader lease, each needs a database of its own"
-    )]
-    InUse,
+    /// Another replica recorded the same thing first (e.g. the same next
+    /// config version): nothing was written.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -248,6 +248,15 @@ pub trait Store: Send + Sync {
     fn save_snapshot(&self, snapshot: &MemorySnapshot<'_>) -> Result<(), StoreError>;
     /// The saved per-arm outcome counts: (experiment, arm, JSON).
     fn arm_stats(&self) -> Result<Vec<(String, String, String)>, StoreError>;
+    /// The per-arm counts the fleet's other replicas saved: (replica,
+    /// experiment, arm, JSON). A store one process owns has none.
+    fn fleet_arm_stats(&self) -> Result<Vec<(String, String, String, String)>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// The lease, change lock and revision of a store replicas share.
+    fn fleet(&self) -> Option<std::sync::Arc<fleet::FleetLink>> {
+        None
+    }
     /// The saved controller runs: (experiment, JSON).
     fn controller_runs(&self) -> Result<Vec<(String, String)>, StoreError>;
     /// Saves what the history recorder added to its series since the last
@@ -322,7 +331,8 @@ pub struct MemorySnapshot<'a> {
     /// Controller runs that changed since the last snapshot: (experiment, JSON).
     pub controller_runs: &'a [(String, String)],
     /// Experiments the controller runs; saved runs of any other are deleted.
-    pub controlled: &'a [String],
+    /// `None`: leave the saved runs alone (a fleet replica that does not lead).
+    pub controlled: Option<&'a [String]>,
 }
 
 pub mod capture;

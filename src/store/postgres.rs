@@ -27,6 +27,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use std::sync::Arc;
+
+use super::fleet::{FleetLink, Link};
 use super::*;
 use crate::clock::now_ms;
 
@@ -39,10 +42,20 @@ struct Migration {
 
 /// Applied in order, each once, recorded in `abgate_migrations`. Never edit
 /// one that has shipped: add the next.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "config versions, decisions, states, weight history, saved counts and runs, series",
-    sql: "
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "config versions, decisions, states, weight history, saved counts and runs, series",
+        sql: V1,
+    },
+    Migration {
+        version: 2,
+        name: "per-replica saved counts; a revision bumped and notified by every recorded change",
+        sql: V2,
+    },
+];
+
+const V1: &str = "
 CREATE TABLE config_versions (
     version BIGINT PRIMARY KEY,
     text TEXT NOT NULL,
@@ -100,20 +113,43 @@ CREATE TABLE series_points (
     point TEXT NOT NULL,
     PRIMARY KEY (experiment, series, seq)
 );
-",
-}];
+";
+
+/// Each replica saves its own counts (the fleet's are the sum); rows saved
+/// before replicas were told apart belong to replica ''. The revision is
+/// what followers compare with what they applied.
+const V2: &str = "
+ALTER TABLE arm_stats ADD COLUMN replica TEXT NOT NULL DEFAULT '';
+ALTER TABLE arm_stats DROP CONSTRAINT arm_stats_pkey;
+ALTER TABLE arm_stats ADD PRIMARY KEY (replica, experiment, arm);
+CREATE TABLE abgate_revision (
+    one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
+    n BIGINT NOT NULL,
+    at_ms BIGINT NOT NULL
+);
+INSERT INTO abgate_revision (one, n, at_ms) VALUES (true, 0, 0);
+CREATE FUNCTION abgate_bump() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    v BIGINT;
+    t BIGINT := (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT;
+BEGIN
+    UPDATE abgate_revision SET n = n + 1, at_ms = t RETURNING n INTO v;
+    PERFORM pg_notify('abgate_changes', v || ':' || t || ':' || current_setting('application_name'));
+    RETURN NULL;
+END $$;
+CREATE TRIGGER config_versions_bump AFTER INSERT OR UPDATE OR DELETE ON config_versions
+    FOR EACH STATEMENT EXECUTE FUNCTION abgate_bump();
+CREATE TRIGGER decisions_bump AFTER INSERT OR UPDATE OR DELETE ON decisions
+    FOR EACH STATEMENT EXECUTE FUNCTION abgate_bump();
+CREATE TRIGGER experiment_state_bump AFTER INSERT OR UPDATE OR DELETE ON experiment_state
+    FOR EACH STATEMENT EXECUTE FUNCTION abgate_bump();
+CREATE TRIGGER weight_history_bump AFTER INSERT OR UPDATE OR DELETE ON weight_history
+    FOR EACH STATEMENT EXECUTE FUNCTION abgate_bump();
+";
 
 /// The advisory lock that serialises migrations when replicas start at once
 /// (an arbitrary constant: "abgate" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6162_6761_7465;
-
-/// The session lock one replica holds while it uses the database: until the
-/// leader lease lets several replicas share one, a second is refused rather
-/// than left to run a second controller on the same experiments.
-const REPLICA_LOCK: i64 = 0x6162_6761_7465 + 1;
-
-/// How long a starting replica waits for [`REPLICA_LOCK`].
-const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a call waits for a connection, and a new connection for its
 /// handshake, before it fails (the caller answers 503 or retries; it never
@@ -123,9 +159,17 @@ const WAIT: Duration = Duration::from_secs(5);
 pub struct PgStore {
     pool: Pool,
     rt: Handle,
-    /// The connection holding [`REPLICA_LOCK`]; dropping it (or the process
-    /// dying) releases the lock.
-    _replica: tokio_postgres::Client,
+    /// This replica's id: the key of its saved counts.
+    replica: String,
+    /// The lease, the change lock and the revision (see [`super::fleet`]).
+    fleet: Arc<FleetLink>,
+}
+
+/// Who a replica is and how it holds the lease.
+pub struct ReplicaOptions {
+    /// Persisted in the replica's state_dir, so a restart is the same replica.
+    pub replica: String,
+    pub lease_ttl: Duration,
 }
 
 impl PgStore {
@@ -138,13 +182,15 @@ impl PgStore {
         url: &str,
         pool_size: usize,
         ca_file: Option<&Path>,
+        who: ReplicaOptions,
     ) -> Result<PgStore, StoreError> {
         let mut config = tokio_postgres::Config::from_str(&libpq_sslmode(url))
             .map_err(|e| StoreError::Url(e.to_string()))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(WAIT);
         }
-        config.application_name("abgate");
+        // The triggers' notifications name who made the change.
+        config.application_name(format!("abgate/{}", who.replica));
         let tls = match (config.get_ssl_mode(), ca_file) {
             (SslMode::Disable, Some(_)) => {
                 return Err(StoreError::Url(
@@ -159,8 +205,8 @@ impl PgStore {
             _ => None,
         };
         match tls {
-            Some(tls) => Self::open_with(config, pool_size, tls),
-            None => Self::open_with(config, pool_size, NoTls),
+            Some(tls) => Self::open_with(config, pool_size, tls, who),
+            None => Self::open_with(config, pool_size, NoTls, who),
         }
     }
 
@@ -168,6 +214,7 @@ impl PgStore {
         config: tokio_postgres::Config,
         pool_size: usize,
         tls: T,
+        who: ReplicaOptions,
     ) -> Result<PgStore, StoreError>
     where
         T: MakeTlsConnect<Socket> + Clone + Sync + Send + 'static,
@@ -191,37 +238,33 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Url(e.to_string()))?;
         let rt = Handle::current();
-        let replica = rt.block_on(async {
-            let (client, connection) = config.connect(tls).await?;
-            rt.spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::warn!(error = %e, "the postgres store's lock connection ended");
-                }
-            });
-            // A replica restarting right away finds its predecessor's
-            // session still closing: it waits a moment before refusing.
-            let deadline = tokio::time::Instant::now() + LOCK_WAIT;
-            loop {
-                let held: bool = client
-                    .query_one("SELECT pg_try_advisory_lock($1)", &[&REPLICA_LOCK])
-                    .await?
-                    .get(0);
-                if held {
-                    return Ok(client);
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(StoreError::InUse);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        rt.block_on(async {
+            let mut c = pool.get().await.map_err(pool_error)?;
+            migrate(&mut c).await
         })?;
-        let store = PgStore {
+        // After the migrations: the fleet's connections poll their tables.
+        let connect: super::fleet::Connect = Arc::new(move || {
+            let (config, tls) = (config.clone(), tls.clone());
+            Box::pin(async move {
+                let (client, connection) = config.connect(tls).await?;
+                Ok(Link::drive(client, connection))
+            })
+        });
+        let fleet = {
+            let _runtime = rt.enter();
+            FleetLink::new(who.replica.clone(), who.lease_ttl, connect)
+        };
+        Ok(PgStore {
             pool,
             rt,
-            _replica: replica,
-        };
-        store.run(async |c| migrate(c).await)?;
-        Ok(store)
+            replica: who.replica,
+            fleet,
+        })
+    }
+
+    /// The lease, the change lock and the revision of this replica.
+    pub fn fleet(&self) -> Arc<FleetLink> {
+        self.fleet.clone()
     }
 
     /// Runs `work` on a pooled connection, blocking this (blocking-pool)
@@ -370,12 +413,26 @@ fn decision_from_row(r: &Row) -> Result<Decision, StoreError> {
 impl Store for PgStore {
     fn record_config(&self, r: &ConfigRecord) -> Result<(), StoreError> {
         self.execute(
+            // A plain insert: two replicas applying the same next version
+            // get one success and one conflict, never an overwrite.
             "INSERT INTO config_versions (version, text, hash, applied_at_ms, actor, source)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (version) DO UPDATE SET text = EXCLUDED.text, hash = EXCLUDED.hash,
-               applied_at_ms = EXCLUDED.applied_at_ms, actor = EXCLUDED.actor, source = EXCLUDED.source",
-            &[&i(r.version), &r.text, &r.hash, &i(r.applied_at_ms), &r.actor, &r.source],
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &i(r.version),
+                &r.text,
+                &r.hash,
+                &i(r.applied_at_ms),
+                &r.actor,
+                &r.source,
+            ],
         )
+        .map_err(|e| match e {
+            StoreError::Postgres(m) if m.contains("(23505)") => StoreError::Conflict(format!(
+                "config version {} was recorded meanwhile (by another replica)",
+                r.version
+            )),
+            other => other,
+        })
     }
 
     fn latest_config(&self) -> Result<Option<ConfigRecord>, StoreError> {
@@ -609,12 +666,12 @@ impl Store for PgStore {
             let tx = c.transaction().await?;
             let put_stats = tx
                 .prepare_cached(
-                    "INSERT INTO arm_stats (experiment, arm, stats) VALUES ($1, $2, $3)
-                     ON CONFLICT (experiment, arm) DO UPDATE SET stats = EXCLUDED.stats",
+                    "INSERT INTO arm_stats (replica, experiment, arm, stats) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (replica, experiment, arm) DO UPDATE SET stats = EXCLUDED.stats",
                 )
                 .await?;
             for (e, a, json) in snapshot.arm_stats {
-                tx.execute(&put_stats, &[e, a, json]).await?;
+                tx.execute(&put_stats, &[&self.replica, e, a, json]).await?;
             }
             let put_run = tx
                 .prepare_cached(
@@ -626,11 +683,13 @@ impl Store for PgStore {
                 tx.execute(&put_run, &[e, json]).await?;
             }
             // A removed experiment's evidence must not greet a new one of the same name.
-            tx.execute(
-                "DELETE FROM controller_runs WHERE NOT (experiment = ANY($1))",
-                &[&snapshot.controlled],
-            )
-            .await?;
+            if let Some(controlled) = snapshot.controlled {
+                tx.execute(
+                    "DELETE FROM controller_runs WHERE NOT (experiment = ANY($1))",
+                    &[&controlled],
+                )
+                .await?;
+            }
             tx.commit().await?;
             Ok(())
         })
@@ -639,13 +698,35 @@ impl Store for PgStore {
     fn arm_stats(&self) -> Result<Vec<(String, String, String)>, StoreError> {
         self.run(async |c| {
             let rows = c
-                .query("SELECT experiment, arm, stats FROM arm_stats", &[])
+                .query(
+                    "SELECT experiment, arm, stats FROM arm_stats WHERE replica = $1",
+                    &[&self.replica],
+                )
                 .await?;
             Ok(rows
                 .iter()
                 .map(|r| (r.get(0), r.get(1), r.get(2)))
                 .collect())
         })
+    }
+
+    fn fleet_arm_stats(&self) -> Result<Vec<(String, String, String, String)>, StoreError> {
+        self.run(async |c| {
+            let rows = c
+                .query(
+                    "SELECT replica, experiment, arm, stats FROM arm_stats WHERE replica <> $1",
+                    &[&self.replica],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                .collect())
+        })
+    }
+
+    fn fleet(&self) -> Option<Arc<FleetLink>> {
+        Some(self.fleet.clone())
     }
 
     fn controller_runs(&self) -> Result<Vec<(String, String)>, StoreError> {

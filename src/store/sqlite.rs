@@ -312,15 +312,17 @@ impl Store for SqliteStore {
                 st.execute(params![e, json])?;
             }
             // A removed experiment's evidence must not greet a new one of the same name.
-            let kept: Vec<&str> = snapshot.controlled.iter().map(String::as_str).collect();
-            let saved: Vec<String> = tx
-                .prepare_cached("SELECT experiment FROM controller_runs")?
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut delete =
-                tx.prepare_cached("DELETE FROM controller_runs WHERE experiment = ?1")?;
-            for e in saved.iter().filter(|e| !kept.contains(&e.as_str())) {
-                delete.execute(params![e])?;
+            if let Some(controlled) = snapshot.controlled {
+                let kept: Vec<&str> = controlled.iter().map(String::as_str).collect();
+                let saved: Vec<String> = tx
+                    .prepare_cached("SELECT experiment FROM controller_runs")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut delete =
+                    tx.prepare_cached("DELETE FROM controller_runs WHERE experiment = ?1")?;
+                for e in saved.iter().filter(|e| !kept.contains(&e.as_str())) {
+                    delete.execute(params![e])?;
+                }
             }
         }
         tx.commit()?;

@@ -5,7 +5,7 @@
 
 use abgate::store::{
     ConfigRecord, ExperimentPhase, ExperimentState, MemorySnapshot, NewDecision, PgStore,
-    SeriesWrite, SqliteStore, Store, WeightStep,
+    ReplicaOptions, SeriesWrite, SqliteStore, Store, WeightStep,
 };
 use serde_json::json;
 
@@ -125,14 +125,21 @@ fn exercise(s: &dyn Store) -> Vec<String> {
     s.save_snapshot(&MemorySnapshot {
         arm_stats: &stats,
         controller_runs: &runs,
-        controlled: &["exp".to_string(), "gone".to_string()],
+        controlled: Some(&["exp".to_string(), "gone".to_string()]),
     })
     .unwrap();
     // The next snapshot no longer controls `gone`: its run is deleted.
     s.save_snapshot(&MemorySnapshot {
         arm_stats: &stats[..1],
         controller_runs: &[],
-        controlled: &["exp".to_string()],
+        controlled: Some(&["exp".to_string()]),
+    })
+    .unwrap();
+    // A snapshot that does not say what is controlled leaves the runs alone.
+    s.save_snapshot(&MemorySnapshot {
+        arm_stats: &[],
+        controller_runs: &[],
+        controlled: None,
     })
     .unwrap();
     let mut a = s.arm_stats().unwrap();
@@ -166,17 +173,52 @@ async fn the_postgres_store_reads_back_what_the_sqlite_store_reads_back() {
     // Store calls block: on the blocking pool, as in the server.
     let (sqlite, postgres) = tokio::task::spawn_blocking(move || {
         let sqlite = exercise(&SqliteStore::open(&dir).unwrap());
-        let store = PgStore::open(&url, 2, None).unwrap();
+        let store = PgStore::open(&url, 2, None, who("r1")).unwrap();
         let postgres = exercise(&store);
-        // While one holds the database another is refused; opening again
-        // after it applies no migration twice and keeps the data.
-        assert!(matches!(
-            PgStore::open(&url, 2, None),
-            Err(abgate::store::StoreError::InUse)
-        ));
-        drop(store);
-        let again = PgStore::open(&url, 2, None).unwrap();
+        // A second replica shares the database: it applies no migration
+        // twice, reads the same records, and keeps its counts apart.
+        let again = PgStore::open(&url, 2, None, who("r2")).unwrap();
         assert_eq!(again.config_version_range().unwrap(), Some((1, 3)));
+        assert!(again.arm_stats().unwrap().is_empty());
+        let mut others = again.fleet_arm_stats().unwrap();
+        others.sort();
+        assert_eq!(
+            others,
+            [
+                (
+                    "r1".to_string(),
+                    "exp".to_string(),
+                    "a".to_string(),
+                    r#"{"n":1}"#.to_string()
+                ),
+                (
+                    "r1".to_string(),
+                    "exp".to_string(),
+                    "b".to_string(),
+                    r#"{"n":2}"#.to_string()
+                )
+            ]
+        );
+        assert!(
+            store.fleet_arm_stats().unwrap().is_empty(),
+            "its own rows are not the others'"
+        );
+        // The same next version from two replicas: one wins, one is told.
+        let rec = |actor: &str| ConfigRecord {
+            version: 4,
+            text: "backends: {}\n".into(),
+            hash: "h4".into(),
+            applied_at_ms: 1,
+            actor: actor.into(),
+            source: "x".into(),
+        };
+        store.record_config(&rec("ana")).unwrap();
+        let conflict = again.record_config(&rec("bo")).unwrap_err();
+        assert!(
+            matches!(&conflict, abgate::store::StoreError::Conflict(m) if m.contains("version 4")),
+            "{conflict}"
+        );
+        assert_eq!(again.latest_config().unwrap().unwrap().actor, "ana");
         let _ = std::fs::remove_dir_all(&dir);
         (sqlite, postgres)
     })
@@ -187,9 +229,21 @@ async fn the_postgres_store_reads_back_what_the_sqlite_store_reads_back() {
         assert_eq!(s, p);
     }
     assert_eq!(
-        pg.query("conformance", "SELECT version, name FROM abgate_migrations"),
-        "1\tconfig versions, decisions, states, weight history, saved counts and runs, series\n"
+        pg.query(
+            "conformance",
+            "SELECT version, name FROM abgate_migrations ORDER BY version"
+        ),
+        "1\tconfig versions, decisions, states, weight history, saved counts and runs, series\n\
+         2\tper-replica saved counts; a revision bumped and notified by every recorded change\n"
     );
+}
+
+/// A replica's id and the default lease.
+fn who(replica: &str) -> ReplicaOptions {
+    ReplicaOptions {
+        replica: replica.into(),
+        lease_ttl: std::time::Duration::from_secs(5),
+    }
 }
 
 fn fleet_yaml(url: &str, backend: &FakeBackend, extra: &str) -> String {
@@ -227,21 +281,6 @@ async fn a_replica_on_the_same_database_finds_every_change_with_an_empty_state_d
     )
     .await;
     assert_eq!(paused.status, 200, "{}", paused.json());
-    // Two replicas on one database would run two controllers on the same
-    // experiments: refused until they share it through a leader lease.
-    let refused = try_start_abgate(
-        &fleet_yaml(&url, &backend, ""),
-        None,
-        None,
-        &temp_state_dir(),
-    )
-    .await
-    .err()
-    .expect("a second replica on the same database is refused");
-    assert!(
-        refused.to_string().contains("another abgate replica"),
-        "{refused}"
-    );
     first.shutdown().await;
     assert_eq!(
         pg.query("fleet", "SELECT kind, applied FROM decisions ORDER BY id"),
@@ -381,7 +420,7 @@ async fn a_tls_store_verifies_the_database_certificate_and_never_falls_back_to_p
             "tls",
             &format!(
                 "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
-                 WHERE application_name = 'abgate' AND ssl = {ssl}"
+                 WHERE application_name LIKE 'abgate/%' AND ssl = {ssl}"
             ),
         )
     };
@@ -395,14 +434,19 @@ async fn a_tls_store_verifies_the_database_certificate_and_never_falls_back_to_p
     tokio::task::spawn_blocking(move || {
         // A certificate signed by a CA the store does not trust: refused,
         // and `ca_file` alone already demands TLS (no fallback to plain TCP).
-        let err = PgStore::open(&plain, 1, Some(&stranger))
+        let err = PgStore::open(&plain, 1, Some(&stranger), who("t"))
             .err()
             .expect("an untrusted certificate is refused");
         assert!(err.to_string().contains("certificate"), "{err}");
         // `sslmode=disable` and a CA contradict each other.
-        let err = PgStore::open(&format!("{plain}?sslmode=disable"), 1, Some(&stranger))
-            .err()
-            .expect("contradiction refused");
+        let err = PgStore::open(
+            &format!("{plain}?sslmode=disable"),
+            1,
+            Some(&stranger),
+            who("t"),
+        )
+        .err()
+        .expect("contradiction refused");
         assert!(err.to_string().contains("sslmode=disable"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     })

@@ -18,6 +18,7 @@ mod feedback;
 mod feedback_durability;
 mod feedback_loop;
 mod fleet;
+mod fleet_replicas;
 mod hardening_framing;
 mod hardening_h2;
 mod hardening_limits;

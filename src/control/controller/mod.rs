@@ -50,7 +50,14 @@ pub fn spawn(control: Arc<ControlPlane>, stop: watch::Receiver<bool>) -> JoinHan
                 _ = tick.tick() => {}
                 _ = stopping.wait_for(|s| *s) => break,
             }
-            let wanted = control.controlled_experiments().await;
+            // In a fleet only the leader runs them; a replica that steps
+            // down drops its tasks here, within a tick.
+            let leads = control.leads();
+            let wanted = if leads {
+                control.controlled_experiments().await
+            } else {
+                Vec::new()
+            };
             tasks.retain(|name, (policy, handle)| {
                 wanted.iter().any(|(n, p)| n == name && p == policy) && !handle.0.is_finished()
             });
@@ -65,7 +72,11 @@ pub fn spawn(control: Arc<ControlPlane>, stop: watch::Receiver<bool>) -> JoinHan
                     slot.insert((policy, AbortOnDrop(handle)));
                 }
             }
-            let watched = control.watched_experiments().await;
+            let watched = if leads {
+                control.watched_experiments().await
+            } else {
+                Vec::new()
+            };
             watches.retain(|name, (w, handle)| {
                 watched.iter().any(|(n, x)| n == name && x == w) && !handle.0.is_finished()
             });

@@ -1,0 +1,312 @@
+//! Three replicas on one PostgreSQL, over real sockets: one leader decides on
+//! the fleet's counts, every replica follows its decisions, and a leader
+//! killed with kill -9 mid-ramp is replaced within `lease_ttl` by one that
+//! goes on from the same step with the same evidence.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use abgate::lab::loadgen::RequestKind;
+use serde_json::Value;
+
+use crate::pg::PgServer;
+use crate::support::*;
+
+const ERROR_GUARDRAIL: &str = "        - { metric: error, max_relative_increase: 0.10 }";
+
+/// Shared by every replica: outcome tokens minted by one verify on another.
+const TOKEN_KEYS: &str = "k1:fleet-test-key-0123456789abcdef";
+
+async fn readyz(admin: SocketAddr) -> Option<Value> {
+    let r = admin_call_opt("GET", &format!("http://{admin}/readyz"), None, "").await?;
+    Some(r["fleet"].clone())
+}
+
+/// Waits until exactly one of `admins` leads; returns its index.
+async fn the_leader(admins: &[SocketAddr], within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut leaders = Vec::new();
+        for (i, a) in admins.iter().enumerate() {
+            if let Some(f) = readyz(*a).await {
+                if f["role"] == "leader" {
+                    leaders.push(i);
+                }
+            }
+        }
+        if leaders.len() == 1 {
+            return leaders[0];
+        }
+        assert!(leaders.len() <= 1, "two leaders at once: {leaders:?}");
+        assert!(Instant::now() < deadline, "no replica took the lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn canary_weight(view: &Value) -> f64 {
+    arm_of(view, "canary")["weight"].as_f64().unwrap_or(-1.0)
+}
+
+fn kinds(pg: &PgServer, db: &str) -> Vec<String> {
+    pg.query(
+        db,
+        "SELECT kind FROM decisions WHERE experiment = 'exp' ORDER BY id",
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_canary_is_rolled_back_once_and_every_replica_stops_routing_to_it() {
+    let Some(pg) = PgServer::start() else { return };
+    let _load = decision_load().await;
+    let url = pg.database("replicas");
+    let stable = mock("name=stable,error_rate=0.01,latency=fixed:1,seed=1").await;
+    let canary = mock("name=canary,error_rate=0.30,latency=fixed:1,seed=2").await;
+    let preamble = format!("store: {{ kind: postgres, url: \"{url}\", pool: 4 }}");
+    let yaml = CanaryYaml {
+        preamble: &preamble,
+        guardrails: ERROR_GUARDRAIL,
+        ..CanaryYaml::default()
+    }
+    .render(&stable.url(), &canary.url());
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(start_abgate_opts(&yaml, None, Some(TOKEN_KEYS), &temp_state_dir()).await);
+    }
+    let admins: Vec<SocketAddr> = replicas.iter().map(|r| r.admin_addr).collect();
+    let leader = the_leader(&admins, Duration::from_secs(10)).await;
+    // The load is spread over the replicas, as a load balancer would: no
+    // replica alone sees enough to decide as fast as the fleet's sum.
+    let traffic: Vec<_> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut spec = open_loop(r.data_addr, RequestKind::Predict, 150.0, 40);
+            spec.seed = 100 + i as u64;
+            spawn_load(spec)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let decided = loop {
+        if kinds(&pg, "replicas").iter().any(|k| k == "rollback") {
+            break Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rollback: {:?}",
+            kinds(&pg, "replicas")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Every replica routes nothing to the canary soon after.
+    let mut followed = Vec::new();
+    for (i, admin) in admins.iter().enumerate() {
+        loop {
+            let v = experiment_json(*admin, "exp").await;
+            if v["state"] == "rolled_back" && canary_weight(&v) == 0.0 {
+                followed.push(decided.elapsed());
+                break;
+            }
+            assert!(
+                decided.elapsed() < Duration::from_secs(5),
+                "replica {i} still routes to the canary: {v:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    for t in traffic {
+        t.abort();
+    }
+    // Each follower measured its own swap after the leader's commit.
+    for (i, admin) in admins.iter().enumerate() {
+        let f = readyz(*admin).await.unwrap();
+        assert_eq!(f["lag_ms"], 0, "replica {i}: {f:#}");
+        if i != leader {
+            let took = f["last_propagation_ms"].as_u64().unwrap();
+            assert!(
+                took < 1000,
+                "replica {i} swapped {took} ms after the commit: {f:#}"
+            );
+        }
+    }
+    eprintln!("rollback seen on every replica within {followed:?} of the test's first look");
+    // Exactly one decision, by the leader's controller.
+    let k = kinds(&pg, "replicas");
+    assert_eq!(k.iter().filter(|k| *k == "rollback").count(), 1, "{k:?}");
+    assert_eq!(k.iter().filter(|k| *k != "start").count(), 1, "{k:?}");
+    // No new request reaches the canary, whichever replica it goes to.
+    let before = canary.requests_served();
+    for r in &replicas {
+        for i in 0..30 {
+            get(
+                &client(),
+                &format!("http://{}/predict", r.data_addr),
+                &[("x-user-id", &format!("after-{i}"))],
+            )
+            .await;
+        }
+    }
+    assert_eq!(canary.requests_served(), before);
+    // The fleet's counts: once the last snapshots are in, every replica
+    // shows the same totals, and they are what the backends served.
+    let served = stable.requests_served() + canary.requests_served();
+    let totals = |v: &Value| -> u64 {
+        ["stable", "canary"]
+            .iter()
+            .map(|a| arm_of(v, a)["assigned"]["requests"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    eventually(
+        Duration::from_secs(10),
+        "every replica counts the fleet's requests",
+        || {
+            let admins = admins.clone();
+            async move {
+                let mut all = Vec::new();
+                for a in &admins {
+                    all.push(totals(&experiment_json(*a, "exp").await));
+                }
+                all.iter().all(|t| *t == served)
+            }
+        },
+    )
+    .await;
+    for r in replicas {
+        r.shutdown().await;
+    }
+}
+
+fn proc_yaml(dir: &std::path::Path, url: &str, stable: &str, canary: &str) -> std::path::PathBuf {
+    // A ramp slow enough to kill the leader mid-step: each step lasts at
+    // least 5 s. Both arms answer alike, so the latency guardrail proves
+    // the canary no worse quickly.
+    let yaml = CanaryYaml {
+        preamble: &format!(
+            "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nstate_dir: {}\n\
+             store: {{ kind: postgres, url: \"{url}\", pool: 4 }}",
+            dir.join("state").display()
+        ),
+        guardrails: "        - { metric: latency_ms, max_relative_increase: 0.5 }",
+        ..CanaryYaml::default()
+    }
+    .render(stable, canary)
+    .replace(
+        "step: { min_samples: 40, min_duration: 0s }",
+        "step: { min_samples: 200, min_duration: 5s }",
+    );
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("abgate.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_of_the_leader_mid_ramp_another_leads_and_the_ramp_goes_on_from_its_step() {
+    let Some(pg) = PgServer::start() else { return };
+    let _load = decision_load().await;
+    let url = pg.database("failover");
+    let stable = mock("name=stable,error_rate=0.01,latency=fixed:1,seed=3").await;
+    let canary = mock("name=canary,error_rate=0.01,latency=fixed:1,seed=4").await;
+    let env = [("ABGATE_TOKEN_KEYS", TOKEN_KEYS)];
+    let mut procs: Vec<Option<Proc>> = (0..3)
+        .map(|_| {
+            let dir = temp_state_dir();
+            let cfg = proc_yaml(&dir, &url, &stable.url(), &canary.url());
+            Some(Proc::start(&cfg, &["--no-watch"], &env))
+        })
+        .collect();
+    let admins: Vec<SocketAddr> = procs
+        .iter()
+        .map(|p| p.as_ref().unwrap().admin_addr)
+        .collect();
+    let datas: Vec<SocketAddr> = procs
+        .iter()
+        .map(|p| p.as_ref().unwrap().data_addr)
+        .collect();
+    let leader = the_leader(&admins, Duration::from_secs(10)).await;
+    let traffic: Vec<_> = datas
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let mut spec = open_loop(*d, RequestKind::Predict, 150.0, 60);
+            spec.seed = 200 + i as u64;
+            spawn_load(spec)
+        })
+        .collect();
+    // Mid-ramp: the second step (50 %) has begun and gathered evidence.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let before = loop {
+        let v = experiment_json(admins[leader], "exp").await;
+        let a = &v["analysis"];
+        if a["step"] == 2 && a["step_units"].as_u64().unwrap_or(0) >= 150 {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ramp never reached step 2: {v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let units_before = before["analysis"]["step_units"].as_u64().unwrap();
+    assert_eq!(kinds(&pg, "failover"), ["start", "advance"]);
+    procs[leader].as_mut().unwrap().kill9();
+    let killed = Instant::now();
+    procs[leader] = None;
+    let rest: Vec<SocketAddr> = (0..3).filter(|i| *i != leader).map(|i| admins[i]).collect();
+    let next = the_leader(&rest, Duration::from_secs(10)).await;
+    let took = killed.elapsed();
+    assert!(
+        took <= Duration::from_secs(5),
+        "took {took:?} to lead again (lease_ttl 5s)"
+    );
+    eprintln!("a new leader after {took:?}");
+    // It goes on from step 2 with the step's evidence, not from scratch.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = experiment_json(rest[next], "exp").await;
+        let a = &v["analysis"];
+        if a["step"].is_number() {
+            assert_eq!(a["step"], 2, "{a:#}");
+            let units = a["step_units"].as_u64().unwrap_or(0);
+            assert!(
+                units >= units_before,
+                "the step's evidence restarted: {units} < {units_before}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new leader never looked: {v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And the ramp ends in one promotion, each step decided once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !kinds(&pg, "failover").iter().any(|k| k == "promote") {
+        assert!(
+            Instant::now() < deadline,
+            "never promoted: {:?}",
+            kinds(&pg, "failover")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for t in traffic {
+        t.abort();
+    }
+    assert_eq!(
+        kinds(&pg, "failover"),
+        ["start", "advance", "advance", "promote"]
+    );
+    assert_eq!(
+        pg.query(
+            "failover",
+            "SELECT count(*) FROM decisions WHERE NOT applied"
+        ),
+        "0\n"
+    );
+    for p in procs.into_iter().flatten() {
+        p.terminate();
+    }
+}
