@@ -32,7 +32,7 @@ use crate::proxy::tls::{TlsError, TlsTerminator};
 use crate::proxy::upstream::UpstreamPool;
 use crate::proxy::wiring::Published;
 use crate::store::capture::CaptureDb;
-use crate::store::feedback::FeedbackLog;
+use crate::store::feedback::{DatasetSource, FeedbackLog, FeedbackSink, LocalDataset};
 use crate::store::{PgStore, ReplicaOptions, SqliteStore, Store, StoreError};
 use crate::telemetry::Telemetry;
 
@@ -103,10 +103,26 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Start
         .map_err(|source| StartError::Bind { addr, what, source })
 }
 
-/// The store the file's `store:` names. Blocks: call it off the async workers.
-fn open_store(kind: &StoreConfig, state_dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
+/// The durable records and the feedback log.
+struct Opened {
+    store: Arc<dyn Store>,
+    feedback: Box<dyn FeedbackSink>,
+    dataset: Arc<dyn DatasetSource>,
+}
+
+/// The store the file's `store:` names, and the feedback log beside it (in
+/// `state_dir` with SQLite, in the shared database in a fleet). Blocks: call
+/// it off the async workers.
+fn open_store(kind: &StoreConfig, state_dir: &Path) -> Result<Opened, StoreError> {
     Ok(match kind {
-        StoreConfig::Sqlite => Arc::new(SqliteStore::open(state_dir)?),
+        StoreConfig::Sqlite => {
+            let log = FeedbackLog::open(state_dir)?;
+            Opened {
+                store: Arc::new(SqliteStore::open(state_dir)?),
+                dataset: Arc::new(LocalDataset(log.path().to_path_buf())),
+                feedback: Box::new(log),
+            }
+        }
         StoreConfig::Postgres(pg) => {
             let who = ReplicaOptions {
                 replica: crate::store::fleet::replica_id(state_dir)?,
@@ -115,7 +131,14 @@ fn open_store(kind: &StoreConfig, state_dir: &Path) -> Result<Arc<dyn Store>, St
             let replica = who.replica.clone();
             let store = PgStore::open(&pg.url, pg.pool, pg.ca_file.as_deref(), who)?;
             tracing::info!(url = %config::without_credentials(&pg.url), %replica, "using the postgres store");
-            Arc::new(store)
+            let feedback = store
+                .feedback()
+                .with_captures(state_dir.join(crate::store::capture::FILE));
+            Opened {
+                store: Arc::new(store),
+                dataset: Arc::new(feedback.clone()),
+                feedback: Box::new(feedback),
+            }
         }
     })
 }
@@ -142,19 +165,20 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
     let recorders = Arc::new(RecorderRegistry::new(telemetry.clone()));
     // Opening the store and reading back saved counts blocks (SQLite): it runs
     // on the blocking pool like every other store call.
-    let (store, feedback_log, captures) = {
+    let (opened, captures) = {
         let (dir, recorders) = (file_config.state_dir.clone(), recorders.clone());
         let kind = file_config.store.clone();
         crate::control::off_thread(move || -> Result<_, StartError> {
-            let store = open_store(&kind, &dir)?;
-            let restored = crate::outcomes::persist::restore(&recorders, store.as_ref())?;
+            let opened = open_store(&kind, &dir)?;
+            let restored = crate::outcomes::persist::restore(&recorders, opened.store.as_ref())?;
             if restored > 0 {
                 tracing::info!(arms = restored, "restored per-arm outcome counts");
             }
-            Ok((store, FeedbackLog::open(&dir)?, CaptureDb::open(&dir)?))
+            Ok((opened, CaptureDb::open(&dir)?))
         })
         .await?
     };
+    let store = opened.store;
     let pools = UpstreamPool::default();
     // Placeholder until the control plane publishes the restored table.
     let empty = config::parse("").map_err(StartError::Config)?;
@@ -163,12 +187,16 @@ pub async fn start(opts: StartOptions) -> Result<RunningServer, StartError> {
         file_config.tokens.key_file.as_deref(),
         &file_config.state_dir,
     )?);
-    let feedback = FeedbackService::start(
-        feedback_log,
-        tokens.clone(),
-        recorders.metrics.clone(),
-        telemetry.clone(),
-    )?;
+    // Rebuilding the sums reads the log: off the async workers.
+    let feedback = {
+        let (tokens, book, telemetry) =
+            (tokens.clone(), recorders.metrics.clone(), telemetry.clone());
+        let (sink, dataset) = (opened.feedback, opened.dataset);
+        crate::control::off_thread(move || {
+            FeedbackService::start(sink, dataset, tokens, book, telemetry)
+        })
+        .await?
+    };
     let capture = CaptureSink::start(captures, telemetry.clone()).map_err(StartError::Thread)?;
     let plane = Arc::new(DataPlane {
         table: ArcSwap::from_pointee(Published::build(&empty, 0, &pools, &recorders)),

@@ -744,8 +744,11 @@ impl ControlPlane {
             .collect();
         let c = self.clone();
         let saved = tokio::task::spawn_blocking(move || {
-            let states =
-                crate::outcomes::persist::states(&c.recorders, &c.plane.table.load_full().routes);
+            let states = crate::outcomes::persist::states(
+                &c.recorders,
+                &c.plane.table.load_full().routes,
+                c.fleet.is_some(),
+            );
             // In a fleet the recorders hold everyone's counts; this
             // replica's row is its own.
             let states = match &c.fleet {

@@ -34,7 +34,7 @@ use super::token::{TokenError, TokenKeys};
 use crate::clock::now_ms;
 use crate::config::{MetricKind, MetricSource};
 use crate::routing::RoutingTable;
-use crate::store::feedback::{annotation_key, FeedbackEvent, FeedbackLog};
+use crate::store::feedback::{annotation_key, DatasetSource, FeedbackEvent, FeedbackSink};
 use crate::telemetry::Telemetry;
 
 /// Most events in one POST.
@@ -53,8 +53,8 @@ struct Job {
 
 pub struct FeedbackService {
     queue: mpsc::Sender<Job>,
-    /// The log's database file, for exports (each on its own connection).
-    db: std::path::PathBuf,
+    /// Where exports read the log (each on its own connection).
+    dataset: Arc<dyn DatasetSource>,
     keys: Arc<TokenKeys>,
     book: Arc<MetricBook>,
     telemetry: Arc<Telemetry>,
@@ -208,7 +208,8 @@ impl Submission {
 impl FeedbackService {
     /// Rebuilds per-arm sums from the log, then starts the writer thread.
     pub fn start(
-        mut log: FeedbackLog,
+        mut log: Box<dyn FeedbackSink>,
+        dataset: Arc<dyn DatasetSource>,
         keys: Arc<TokenKeys>,
         book: Arc<MetricBook>,
         telemetry: Arc<Telemetry>,
@@ -222,11 +223,11 @@ impl FeedbackService {
                 });
         }
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
-        let db = log.path().to_path_buf();
         let writer_book = book.clone();
-        // The checkpointer lives as long as the writer.
+        // The sink's upkeep (the embedded log's checkpointer) lives as long
+        // as the writer.
         let alive = Arc::new(());
-        log.spawn_checkpointer(Arc::downgrade(&alive))?;
+        log.start_upkeep(Arc::downgrade(&alive))?;
         std::thread::Builder::new()
             .name("abgate-feedback-writer".into())
             .spawn(move || {
@@ -271,7 +272,7 @@ impl FeedbackService {
             .expect("spawning the feedback writer thread");
         Ok(Arc::new(FeedbackService {
             queue: tx,
-            db,
+            dataset,
             keys,
             book,
             telemetry,
@@ -289,9 +290,10 @@ impl FeedbackService {
         experiment: &str,
         since_ms: u64,
         until_ms: u64,
-        sink: impl FnMut(crate::store::feedback::DatasetRow) -> bool,
+        mut sink: impl FnMut(crate::store::feedback::DatasetRow) -> bool,
     ) -> Result<(), crate::store::StoreError> {
-        crate::store::feedback::export(&self.db, experiment, since_ms, until_ms, sink)
+        self.dataset
+            .export(experiment, since_ms, until_ms, &mut sink)
     }
 
     fn count(&self, experiment: &str, arm: &str, metric: &str, result: &'static str) {

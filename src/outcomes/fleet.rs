@@ -175,6 +175,7 @@ tally!(ArmState {
     assigned,
     forced,
     header_metrics,
+    feedback_metrics,
     pairs
 });
 
@@ -225,7 +226,7 @@ impl FleetCounts {
             if let Some(pairs) = &delta.pairs {
                 recorders.pair_book(experiment, arm).restore(pairs);
             }
-            for (metric, sums) in &delta.header_metrics {
+            for (metric, sums) in delta.header_metrics.iter().chain(&delta.feedback_metrics) {
                 recorders
                     .metrics
                     .cell(experiment, arm, metric)

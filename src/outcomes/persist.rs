@@ -29,10 +29,12 @@ pub fn restore(recorders: &RecorderRegistry, store: &dyn Store) -> Result<usize,
 }
 
 /// Every arm's counts, with the sums of the response-header metrics the
-/// current table declares: (experiment, arm, state).
+/// current table declares, and with `feedback` (a fleet's replicas) those of
+/// its feedback metrics: (experiment, arm, state).
 pub fn states<A>(
     recorders: &RecorderRegistry,
     table: &RoutingTable<A>,
+    feedback: bool,
 ) -> Vec<(String, String, ArmState)> {
     recorders
         .states()
@@ -40,15 +42,17 @@ pub fn states<A>(
         .map(|(e, a, mut s)| {
             s.pairs = recorders.pairs(&e, &a);
             if let Some(route) = table.experiment(&e) {
-                for m in route
-                    .metrics
-                    .iter()
-                    .filter(|m| matches!(m.source, MetricSource::ResponseHeader(_)))
-                {
-                    s.header_metrics.insert(
-                        m.name.clone(),
-                        recorders.metrics.cell(&e, &a, &m.name).sums(),
-                    );
+                for m in &route.metrics {
+                    let sums = || recorders.metrics.cell(&e, &a, &m.name).sums();
+                    match m.source {
+                        MetricSource::ResponseHeader(_) => {
+                            s.header_metrics.insert(m.name.clone(), sums());
+                        }
+                        MetricSource::Feedback if feedback => {
+                            s.feedback_metrics.insert(m.name.clone(), sums());
+                        }
+                        MetricSource::Feedback => {}
+                    }
                 }
             }
             (e, a, s)

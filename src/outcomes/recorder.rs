@@ -339,6 +339,11 @@ pub struct ArmState {
     /// from the feedback log instead, so they are not saved here).
     #[serde(default)]
     pub header_metrics: std::collections::BTreeMap<String, super::metrics::MetricSums>,
+    /// In a fleet only: the sums of the feedback this replica accepted, for
+    /// the other replicas to add (never restored by the replica itself: its
+    /// own are rebuilt from the feedback log, which a crash never loses).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub feedback_metrics: std::collections::BTreeMap<String, super::metrics::MetricSums>,
     /// A shadow arm's pairs with its primary twins, so a canary's shadow
     /// step keeps its evidence across a restart like a live step does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -624,6 +629,7 @@ impl ArmRecorder {
             assigned: self.assigned.state(),
             forced: self.forced.state(),
             header_metrics: Default::default(),
+            feedback_metrics: Default::default(),
             pairs: None,
         }
     }

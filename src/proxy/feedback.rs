@@ -130,14 +130,17 @@ fn submission_problem(e: &FeedbackError) -> Problem {
         FeedbackError::Malformed(_) => {
             Problem::client(StatusCode::BAD_REQUEST, "malformed", e.to_string())
         }
+        // Nothing was acknowledged: the same post may succeed in a moment.
         FeedbackError::Overloaded => {
             Problem::internal(StatusCode::SERVICE_UNAVAILABLE, "overloaded", e.to_string())
+                .retry_after(1)
         }
         FeedbackError::StoreUnavailable => Problem::internal(
             StatusCode::SERVICE_UNAVAILABLE,
             "store-unavailable",
             e.to_string(),
-        ),
+        )
+        .retry_after(1),
     }
 }
 

@@ -49,9 +49,65 @@ pub fn annotation_key(actor: &str) -> String {
     format!("_annotation/{actor}")
 }
 
+/// Where accepted events are made durable: the embedded log here, or a
+/// fleet's database (`store::pg_feedback`). Owned by the feedback writer
+/// thread, which alone calls it.
+pub trait FeedbackSink: Send {
+    /// Inserts a batch in one transaction; `true` where the event is new,
+    /// `false` where (token id, metric) was already recorded (by anyone).
+    fn insert_batch(&mut self, events: &[FeedbackEvent]) -> Result<Vec<bool>, StoreError>;
+    /// The sums this process's recorders start from (see [`FeedbackLog::sums`]).
+    fn sums(&self) -> Result<Vec<FeedbackTotal>, StoreError>;
+    /// Starts whatever upkeep the sink needs beside the writer, until `alive`
+    /// is gone.
+    fn start_upkeep(&self, _alive: Weak<()>) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// What the training-data export reads (see [`export`]).
+pub trait DatasetSource: Send + Sync {
+    /// Streams `experiment`'s requests issued in `[since_ms, until_ms)` to
+    /// `sink` in time order, until it returns false. Blocking.
+    fn export(
+        &self,
+        experiment: &str,
+        since_ms: u64,
+        until_ms: u64,
+        sink: &mut dyn FnMut(DatasetRow) -> bool,
+    ) -> Result<(), StoreError>;
+}
+
+/// The embedded log's export: a read-only connection of its own.
+pub struct LocalDataset(pub PathBuf);
+
+impl DatasetSource for LocalDataset {
+    fn export(
+        &self,
+        experiment: &str,
+        since_ms: u64,
+        until_ms: u64,
+        sink: &mut dyn FnMut(DatasetRow) -> bool,
+    ) -> Result<(), StoreError> {
+        export(&self.0, experiment, since_ms, until_ms, sink)
+    }
+}
+
 pub struct FeedbackLog {
     conn: Connection,
     path: PathBuf,
+}
+
+impl FeedbackSink for FeedbackLog {
+    fn insert_batch(&mut self, events: &[FeedbackEvent]) -> Result<Vec<bool>, StoreError> {
+        FeedbackLog::insert_batch(self, events)
+    }
+    fn sums(&self) -> Result<Vec<FeedbackTotal>, StoreError> {
+        FeedbackLog::sums(self)
+    }
+    fn start_upkeep(&self, alive: Weak<()>) -> Result<(), StoreError> {
+        self.spawn_checkpointer(alive)
+    }
 }
 
 /// How often the checkpointer copies the write-ahead log into the database.
@@ -267,7 +323,7 @@ pub fn export(
     experiment: &str,
     since_ms: u64,
     until_ms: u64,
-    mut sink: impl FnMut(DatasetRow) -> bool,
+    sink: impl FnMut(DatasetRow) -> bool,
 ) -> Result<(), StoreError> {
     let conn = Connection::open_with_flags(
         db,
@@ -304,18 +360,51 @@ pub fn export(
         )?),
         None => None,
     };
-    let mut next_example = || -> Result<Option<super::capture::CaptureRow>, StoreError> {
-        match examples.as_mut() {
+    merge(
+        || groups.next(),
+        || match examples.as_mut() {
             Some(e) => e.next_example(),
             None => Ok(None),
-        }
-    };
-    let (mut fb, mut ex) = (groups.next()?, next_example()?);
+        },
+        sink,
+    )
+}
+
+/// Streams the examples of `capture_db` (this replica's captures, when the
+/// file exists) for the export of a fleet, whose feedback is elsewhere:
+/// `with(next)` reads them one at a time.
+pub fn with_examples(
+    capture_db: &Path,
+    experiment: &str,
+    since_ms: u64,
+    until_ms: u64,
+    with: impl FnOnce(
+        &mut dyn FnMut() -> Result<Option<super::capture::CaptureRow>, StoreError>,
+    ) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let conn = Connection::open_in_memory()?;
+    if !super::capture::attach(&conn, capture_db)? {
+        return with(&mut || Ok(None));
+    }
+    let mut st = conn.prepare(super::capture::EXAMPLES_SQL)?;
+    let mut examples = super::capture::Examples::query(&mut st, experiment, since_ms, until_ms)?;
+    with(&mut || examples.next_example())
+}
+
+/// Merges a request's feedback (complete per request, in (time, token)
+/// order) with the captured examples (the same order) into the export's
+/// lines, handed to `sink` until it returns false.
+pub fn merge(
+    mut next_feedback: impl FnMut() -> Result<Option<DatasetRow>, StoreError>,
+    mut next_example: impl FnMut() -> Result<Option<super::capture::CaptureRow>, StoreError>,
+    mut sink: impl FnMut(DatasetRow) -> bool,
+) -> Result<(), StoreError> {
+    let (mut fb, mut ex) = (next_feedback()?, next_example()?);
     loop {
         let row = match (fb.take(), ex.take()) {
             (None, None) => return Ok(()),
             (Some(f), None) => {
-                fb = groups.next()?;
+                fb = next_feedback()?;
                 f
             }
             (None, Some(e)) => {
@@ -326,7 +415,7 @@ pub fn export(
                 let (fk, ek) = ((f.issued_at_ms, &f.token_id), (e.issued_at_ms, &e.token_id));
                 if fk < ek {
                     ex = Some(e);
-                    fb = groups.next()?;
+                    fb = next_feedback()?;
                     f
                 } else if ek < fk {
                     fb = Some(f);
@@ -334,7 +423,7 @@ pub fn export(
                     example_row(e)
                 } else {
                     f.capture = Some(CaptureDoc(e.doc));
-                    fb = groups.next()?;
+                    fb = next_feedback()?;
                     ex = next_example()?;
                     f
                 }
@@ -382,27 +471,13 @@ impl Groups<'_, '_> {
             current,
         } = self;
         while let Some(r) = rows.next()? {
-            let token_id: String = r.get(0)?;
+            let r = StoredFeedback::read(r)?;
             let done = match current {
-                Some(c) if c.token_id != token_id => current.take(),
+                Some(c) if c.token_id != r.token_id => current.take(),
                 _ => None,
             };
-            let row = current.get_or_insert_with(|| DatasetRow {
-                token_id,
-                time: String::new(),
-                issued_at_ms: 0,
-                experiment: experiment.to_string(),
-                arm: String::new(),
-                backend: None,
-                model: None,
-                table_version: 0,
-                forced: false,
-                metrics: Default::default(),
-                labels: Vec::new(),
-                corrections: Vec::new(),
-                capture: None,
-            });
-            add(row, r)?;
+            let row = current.get_or_insert_with(|| r.start_line(experiment));
+            add(row, r);
             if let Some(d) = done {
                 return Ok(Some(finish(d)));
             }
@@ -411,33 +486,91 @@ impl Groups<'_, '_> {
     }
 }
 
+/// One stored feedback row, as either store reads it back.
+#[derive(Debug, Clone)]
+pub struct StoredFeedback {
+    pub token_id: String,
+    pub metric: String,
+    pub arm: String,
+    pub value: f64,
+    pub forced: bool,
+    pub issued_at_ms: u64,
+    pub received_at_ms: u64,
+    pub counted: bool,
+    pub table_version: u64,
+    pub actor: String,
+    pub label: Option<String>,
+    pub correction: Option<String>,
+    pub backend: Option<String>,
+    pub model: Option<String>,
+}
+
+impl StoredFeedback {
+    fn read(r: &rusqlite::Row<'_>) -> Result<StoredFeedback, StoreError> {
+        Ok(StoredFeedback {
+            token_id: r.get(0)?,
+            metric: r.get(1)?,
+            arm: r.get(2)?,
+            value: r.get(3)?,
+            forced: r.get::<_, i64>(4)? != 0,
+            issued_at_ms: r.get::<_, i64>(5)? as u64,
+            received_at_ms: r.get::<_, i64>(6)? as u64,
+            counted: r.get::<_, i64>(7)? != 0,
+            table_version: r.get::<_, i64>(8)? as u64,
+            actor: r.get(9)?,
+            label: r.get(10)?,
+            correction: r.get(11)?,
+            backend: r.get(12)?,
+            model: r.get(13)?,
+        })
+    }
+
+    /// A line of the export with only this row in it.
+    pub fn start_line(&self, experiment: &str) -> DatasetRow {
+        DatasetRow {
+            token_id: self.token_id.clone(),
+            time: String::new(),
+            issued_at_ms: 0,
+            experiment: experiment.to_string(),
+            arm: String::new(),
+            backend: None,
+            model: None,
+            table_version: 0,
+            forced: false,
+            metrics: Default::default(),
+            labels: Vec::new(),
+            corrections: Vec::new(),
+            capture: None,
+        }
+    }
+}
+
 /// Adds one feedback row to its request's line.
-fn add(row: &mut DatasetRow, r: &rusqlite::Row<'_>) -> Result<(), StoreError> {
-    row.arm = r.get(2)?;
-    row.forced = r.get::<_, i64>(4)? != 0;
-    row.issued_at_ms = r.get::<_, i64>(5)? as u64;
-    row.table_version = r.get::<_, i64>(8)? as u64;
+pub fn add(row: &mut DatasetRow, r: StoredFeedback) {
+    row.arm = r.arm;
+    row.forced = r.forced;
+    row.issued_at_ms = r.issued_at_ms;
+    row.table_version = r.table_version;
     // Rows from before the columns existed have none: keep what another
     // row of the same request said.
-    if let Some(b) = r.get::<_, Option<String>>(12)? {
+    if let Some(b) = r.backend {
         row.backend = Some(b);
     }
-    if let Some(m) = r.get::<_, Option<String>>(13)? {
+    if let Some(m) = r.model {
         row.model = Some(m);
     }
-    let received_at_ms = r.get::<_, i64>(6)? as u64;
-    let actor: String = r.get(9)?;
-    if r.get::<_, i64>(7)? != 0 {
-        row.metrics.insert(r.get(1)?, r.get(3)?);
+    let (received_at_ms, actor) = (r.received_at_ms, r.actor);
+    if r.counted {
+        row.metrics.insert(r.metric, r.value);
     }
-    if let Some(label) = r.get::<_, Option<String>>(10)? {
+    if let Some(label) = r.label {
         row.labels.push(Given {
             value: label,
             actor: actor.clone(),
             received_at_ms,
         });
     }
-    if let Some(text) = r.get::<_, Option<String>>(11)? {
+    if let Some(text) = r.correction {
         // Written by ingestion from a parsed value, so it parses back.
         let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
         row.corrections.push(Given {
@@ -446,10 +579,10 @@ fn add(row: &mut DatasetRow, r: &rusqlite::Row<'_>) -> Result<(), StoreError> {
             received_at_ms,
         });
     }
-    Ok(())
 }
 
-fn finish(mut row: DatasetRow) -> DatasetRow {
+/// The line complete: its time in words.
+pub fn finish(mut row: DatasetRow) -> DatasetRow {
     row.time = rfc3339(row.issued_at_ms);
     row
 }

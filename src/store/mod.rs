@@ -13,6 +13,7 @@
 //! waits for the store, through that writer's queue, never by calling it.
 
 pub mod fleet;
+pub mod pg_feedback;
 pub mod postgres;
 pub mod sqlite;
 

@@ -53,6 +53,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "per-replica saved counts; a revision bumped and notified by every recorded change",
         sql: V2,
     },
+    Migration {
+        version: 3,
+        name: "the fleet's feedback log",
+        sql: V3,
+    },
 ];
 
 const V1: &str = "
@@ -113,6 +118,33 @@ CREATE TABLE series_points (
     point TEXT NOT NULL,
     PRIMARY KEY (experiment, series, seq)
 );
+";
+
+/// Feedback unique per (token id, metric) across the fleet. Byte-order keys:
+/// the export pages through them in the order captures are kept.
+const V3: &str = "
+CREATE TABLE feedback (
+    token_id TEXT COLLATE \"C\" NOT NULL,
+    metric TEXT COLLATE \"C\" NOT NULL,
+    experiment TEXT NOT NULL,
+    arm TEXT NOT NULL,
+    value DOUBLE PRECISION NOT NULL,
+    forced BOOLEAN NOT NULL,
+    issued_at_ms BIGINT NOT NULL,
+    received_at_ms BIGINT NOT NULL,
+    counted BOOLEAN NOT NULL,
+    table_version BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    label TEXT,
+    correction TEXT,
+    backend TEXT,
+    model TEXT,
+    replica TEXT NOT NULL,
+    PRIMARY KEY (token_id, metric)
+);
+CREATE INDEX feedback_by_time ON feedback (experiment, issued_at_ms, token_id, metric);
+CREATE INDEX feedback_by_replica ON feedback (replica, experiment, arm, metric)
+    WHERE counted AND NOT forced;
 ";
 
 /// Each replica saves its own counts (the fleet's are the sum); rows saved
@@ -267,6 +299,16 @@ impl PgStore {
         self.fleet.clone()
     }
 
+    /// The fleet's feedback log, written and read as this replica.
+    pub fn feedback(&self) -> super::pg_feedback::PgFeedback {
+        super::pg_feedback::PgFeedback {
+            pool: self.pool.clone(),
+            rt: self.rt.clone(),
+            replica: self.replica.clone(),
+            captures: None,
+        }
+    }
+
     /// Runs `work` on a pooled connection, blocking this (blocking-pool)
     /// thread until it is done.
     fn run<T, F>(&self, work: F) -> Result<T, StoreError>
@@ -293,7 +335,7 @@ impl PgStore {
 }
 
 /// A connection could not be had from the pool: in time, or at all.
-fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+pub(super) fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => StoreError::from(e),
         other => StoreError::Unavailable(other.to_string()),

@@ -234,7 +234,8 @@ async fn the_postgres_store_reads_back_what_the_sqlite_store_reads_back() {
             "SELECT version, name FROM abgate_migrations ORDER BY version"
         ),
         "1\tconfig versions, decisions, states, weight history, saved counts and runs, series\n\
-         2\tper-replica saved counts; a revision bumped and notified by every recorded change\n"
+         2\tper-replica saved counts; a revision bumped and notified by every recorded change\n\
+         3\tthe fleet's feedback log\n"
     );
 }
 
@@ -448,6 +449,147 @@ async fn a_tls_store_verifies_the_database_certificate_and_never_falls_back_to_p
         .err()
         .expect("contradiction refused");
         assert!(err.to_string().contains("sslmode=disable"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_feedback_log_dedups_and_exports_what_the_embedded_log_does() {
+    use abgate::store::feedback::{DatasetSource, FeedbackEvent, FeedbackLog, FeedbackSink};
+    let Some(pg) = PgServer::start() else { return };
+    let url = pg.database("feedback_conformance");
+    let dir = temp_state_dir();
+    tokio::task::spawn_blocking(move || {
+        // 1,500 requests, three to a millisecond, token ids out of time
+        // order, most with two metrics, some labelled or corrected: more
+        // rows than one page of the fleet's export, with requests across
+        // its page boundaries.
+        let mut events: Vec<FeedbackEvent> = Vec::new();
+        for i in 0..1500u64 {
+            let token_id = format!("{:032x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i);
+            let base = FeedbackEvent {
+                token_id,
+                metric: "accepted".into(),
+                experiment: if i % 10 == 0 {
+                    "other".into()
+                } else {
+                    "exp".into()
+                },
+                arm: if i % 2 == 0 {
+                    "stable".into()
+                } else {
+                    "canary".into()
+                },
+                value: Some((i % 2) as f64),
+                forced: i % 17 == 0,
+                issued_at_ms: 1_700_000_000_000 + i / 3,
+                table_version: 1 + i % 4,
+                actor: "client".into(),
+                label: None,
+                correction: None,
+                backend: Some("b".into()),
+                model: (i % 5 == 0).then(|| "m-1".to_string()),
+            };
+            if i % 3 != 0 {
+                events.push(FeedbackEvent {
+                    metric: "rating".into(),
+                    value: Some((i % 5) as f64 + 0.5),
+                    ..base.clone()
+                });
+            }
+            if i % 7 == 0 {
+                events.push(FeedbackEvent {
+                    metric: "_annotation/ana".into(),
+                    value: None,
+                    actor: "ana".into(),
+                    label: Some(format!("label {i}")),
+                    correction: Some(format!("{{\"fixed\": {i}}}")),
+                    ..base.clone()
+                });
+            }
+            events.push(base);
+        }
+        // A retry inside the same batch counts once, the first time.
+        events.push(events[5].clone());
+        let mut local = FeedbackLog::open(&dir).unwrap();
+        let store = PgStore::open(&url, 2, None, who("r1")).unwrap();
+        let mut fleet = store.feedback();
+        let mut inserted = (Vec::new(), Vec::new());
+        for chunk in events.chunks(400) {
+            inserted
+                .0
+                .extend(FeedbackSink::insert_batch(&mut local, chunk).unwrap());
+            inserted
+                .1
+                .extend(FeedbackSink::insert_batch(&mut fleet, chunk).unwrap());
+        }
+        assert_eq!(inserted.0, inserted.1);
+        assert_eq!(inserted.1.iter().filter(|n| !**n).count(), 1);
+        // From another replica every event is a duplicate.
+        let mut other = PgStore::open(&url, 2, None, who("r2")).unwrap().feedback();
+        assert!(FeedbackSink::insert_batch(&mut other, &events[..50])
+            .unwrap()
+            .iter()
+            .all(|n| !n));
+        let lines = |source: &dyn DatasetSource, experiment: &str| {
+            let mut out = Vec::new();
+            source
+                .export(
+                    experiment,
+                    1_700_000_000_010,
+                    1_700_000_000_490,
+                    &mut |mut r| {
+                        // Each store stamps its own receive time.
+                        for l in &mut r.labels {
+                            l.received_at_ms = 0;
+                        }
+                        for c in &mut r.corrections {
+                            c.received_at_ms = 0;
+                        }
+                        out.push(serde_json::to_string(&r).unwrap());
+                        true
+                    },
+                )
+                .unwrap();
+            out
+        };
+        let embedded = abgate::store::feedback::LocalDataset(local.path().to_path_buf());
+        for experiment in ["exp", "other"] {
+            let (a, b) = (lines(&embedded, experiment), lines(&fleet, experiment));
+            assert!(a.len() > 100, "{}", a.len());
+            if experiment == "exp" {
+                // A stored row per metric and per annotation.
+                let rows: usize = a
+                    .iter()
+                    .map(|l| {
+                        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                        v["metrics"].as_object().unwrap().len()
+                            + v["labels"].as_array().unwrap().len()
+                    })
+                    .sum();
+                assert!(rows > 2000, "more rows than a page of 2,000: {rows}");
+            }
+            assert_eq!(a.len(), b.len(), "{experiment}");
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(x, y, "{experiment}");
+            }
+        }
+        let sorted = |mut t: Vec<abgate::store::feedback::FeedbackTotal>| {
+            t.sort_by(|x, y| {
+                (&x.experiment, &x.arm, &x.metric).cmp(&(&y.experiment, &y.arm, &y.metric))
+            });
+            format!("{t:?}")
+        };
+        assert_eq!(
+            sorted(FeedbackSink::sums(&local).unwrap()),
+            sorted(FeedbackSink::sums(&fleet).unwrap())
+        );
+        assert!(
+            FeedbackSink::sums(&other).unwrap().is_empty(),
+            "r2 accepted none"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     })
     .await

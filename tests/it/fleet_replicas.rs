@@ -310,3 +310,176 @@ async fn after_kill_9_of_the_leader_mid_ramp_another_leads_and_the_ramp_goes_on_
         p.terminate();
     }
 }
+
+fn feedback_yaml(url: &str, backend: &FakeBackend) -> String {
+    format!(
+        r#"store: {{ kind: postgres, url: "{url}", pool: 4 }}
+backends: {{ b: {{ url: "{b}" }} }}
+experiments:
+  - name: exp
+    unit: {{ header: x-user-id }}
+    metrics:
+      - {{ name: accepted, source: feedback, type: binary }}
+    arms:
+      - {{ name: stable, backend: b, weight: 50 }}
+      - {{ name: canary, backend: b, weight: 50 }}
+"#,
+        b = backend.url()
+    )
+}
+
+/// Posts one event to a replica's data plane: (status, result, Retry-After).
+async fn post_event(data: SocketAddr, token: &str) -> (u16, String, Option<String>) {
+    let a = admin_call(
+        "POST",
+        &format!("http://{data}/_abgate/v1/feedback"),
+        None,
+        &[],
+        &serde_json::json!({"token": token, "metric": "accepted", "value": 1}).to_string(),
+    )
+    .await;
+    let result = a.json()["result"].as_str().unwrap_or("").to_string();
+    (
+        a.status,
+        result,
+        a.header("retry-after").map(str::to_string),
+    )
+}
+
+/// The fleet's `accepted` count as one replica shows it.
+async fn accepted_n(admin: SocketAddr) -> u64 {
+    let v = experiment_json(admin, "exp").await;
+    ["stable", "canary"]
+        .iter()
+        .map(|a| {
+            arm_of(&v, a)["metrics"]["accepted"]["n"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_counts_once_across_the_fleet_and_survives_a_database_restart() {
+    let Some(mut pg) = PgServer::start() else {
+        return;
+    };
+    let url = pg.database("feedback");
+    let backend = FakeBackend::start("b", Behaviour::Ok).await;
+    let yaml = feedback_yaml(&url, &backend);
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(start_abgate_opts(&yaml, None, Some(TOKEN_KEYS), &temp_state_dir()).await);
+    }
+    let datas: Vec<SocketAddr> = replicas.iter().map(|r| r.data_addr).collect();
+    let admins: Vec<SocketAddr> = replicas.iter().map(|r| r.admin_addr).collect();
+    // 100 answers, from every replica in turn.
+    let mut tokens = Vec::new();
+    for i in 0..100 {
+        let a = get(
+            &client(),
+            &format!("http://{}/p", datas[i % 3]),
+            &[("x-user-id", &format!("u{i}"))],
+        )
+        .await;
+        tokens.push(a.header("x-abgate-token").expect("a token").to_string());
+    }
+    // Each event posted to a replica that did not mint its token, and
+    // retried on the third: accepted once, a duplicate on the retry.
+    for (i, t) in tokens.iter().enumerate().take(90) {
+        assert_eq!(
+            post_event(datas[(i + 1) % 3], t).await,
+            (200, "accepted".into(), None)
+        );
+        assert_eq!(
+            post_event(datas[(i + 2) % 3], t).await.1,
+            "duplicate",
+            "event {i}"
+        );
+    }
+    assert_eq!(
+        pg.query("feedback", "SELECT count(*) FROM feedback"),
+        "90\n"
+    );
+    for a in &admins {
+        let a = *a;
+        eventually(
+            Duration::from_secs(10),
+            "every replica counts 90",
+            || async move { accepted_n(a).await == 90 },
+        )
+        .await;
+    }
+
+    // The database goes away: requests are served, feedback is refused
+    // with Retry-After and never acknowledged.
+    pg.stop();
+    for (i, t) in tokens.iter().enumerate().skip(90) {
+        let a = get(
+            &client(),
+            &format!("http://{}/p", datas[i % 3]),
+            &[("x-user-id", "u1")],
+        )
+        .await;
+        assert_eq!(a.status, 200);
+        let (status, _, retry) = post_event(datas[i % 3], t).await;
+        assert_eq!((status, retry.as_deref()), (503, Some("1")), "event {i}");
+    }
+    pg.start_again();
+    // The clients retry: each is accepted once the store is back.
+    for (i, t) in tokens.iter().enumerate().skip(90) {
+        let (data, t) = (datas[(i + 2) % 3], t.clone());
+        eventually(
+            Duration::from_secs(20),
+            "a retried event is accepted",
+            || {
+                let t = t.clone();
+                async move { post_event(data, &t).await.1 == "accepted" }
+            },
+        )
+        .await;
+    }
+    assert_eq!(
+        pg.query("feedback", "SELECT count(*) FROM feedback"),
+        "100\n"
+    );
+    // The counts agree again: every replica shows the fleet's 100 events
+    // and the 110 requests the replicas served between them.
+    for a in &admins {
+        let a = *a;
+        eventually(
+            Duration::from_secs(15),
+            "every replica counts 100",
+            || async move { accepted_n(a).await == 100 },
+        )
+        .await;
+    }
+    let requests = |v: &Value| -> u64 {
+        ["stable", "canary"]
+            .iter()
+            .map(|a| arm_of(v, a)["assigned"]["requests"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    for a in &admins {
+        let a = *a;
+        eventually(
+            Duration::from_secs(15),
+            "every replica counts 110 requests",
+            || async move { requests(&experiment_json(a, "exp").await) == 110 },
+        )
+        .await;
+    }
+    // The export reads the fleet's log, whichever replica serves it.
+    let lines = get(
+        &client(),
+        &format!("http://{}/v1/experiments/exp/dataset?since=1h", admins[1]),
+        &[],
+    )
+    .await;
+    assert_eq!(lines.status, 200);
+    let body = String::from_utf8_lossy(&lines.body).to_string();
+    assert_eq!(body.lines().count(), 100, "{body}");
+    for r in replicas {
+        r.shutdown().await;
+    }
+}
