@@ -212,6 +212,13 @@ async fn route(admin: &Admin, peer: SocketAddr, req: Request<Incoming>) -> Answe
                         .set(mean);
                 }
             }
+            // A replica that stopped following (its store away) shows its lag
+            // growing here, not only when it next catches up.
+            if let Some(f) = c.fleet_view() {
+                c.telemetry
+                    .gauge("abgate_fleet_lag_seconds", &[])
+                    .set(f["lag_ms"].as_f64().unwrap_or(0.0) / 1000.0);
+            }
             let mut body = c.telemetry.render();
             c.recorders.render_prometheus(&mut body);
             Ok(text(StatusCode::OK, "text/plain; version=0.0.4", body))

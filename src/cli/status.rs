@@ -8,7 +8,7 @@ use http::Method;
 use serde_json::Value;
 
 use super::remote::{block_on, Remote, RemoteArgs};
-use crate::control::view::{render_status, ExperimentList, ExperimentView};
+use crate::control::view::{render_fleet, render_status, ExperimentList, ExperimentView};
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
@@ -48,9 +48,17 @@ pub fn run(args: StatusArgs) -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
+            // A fleet replica says which it is and how far it follows.
+            let fleet = match remote.call(Method::GET, "/readyz", None, None).await {
+                Ok(r) if r.body["fleet"].is_object() => Some(render_fleet(&r.body["fleet"])),
+                _ => None,
+            };
             if args.watch && tty {
                 // Redraw in place.
                 print!("\x1b[2J\x1b[H");
+            }
+            if let Some(line) = fleet {
+                print!("{line}");
             }
             print!("{}", render_status(&experiments));
             shown += 1;

@@ -204,9 +204,14 @@ impl ControlPlane {
             }
         }
         fleet.applied.fetch_max(revision.n, Ordering::AcqRel);
+        let applied = fleet.applied.load(Ordering::Acquire);
         self.telemetry
             .gauge("abgate_fleet_revision", &[])
-            .set(fleet.applied.load(Ordering::Acquire) as f64);
+            .set(applied as f64);
+        let latest = fleet.link.revision().borrow().clone();
+        self.telemetry
+            .gauge("abgate_fleet_lag_seconds", &[])
+            .set(lag_ms(applied, &latest) as f64 / 1000.0);
         Ok(changed)
     }
 

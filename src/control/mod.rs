@@ -79,6 +79,9 @@ pub struct ControlPlane {
     analysis: dashmap::DashMap<String, serde_json::Value>,
     /// Controller runs (experiment → JSON) published since the last snapshot.
     unsaved_runs: dashmap::DashMap<String, String>,
+    /// Each arm's counts as last saved: a snapshot writes only the rows that
+    /// changed (most arms of many experiments are idle in any one second).
+    saved_rows: std::sync::Mutex<HashMap<(String, String), String>>,
     /// How many snapshots have taken `unsaved_runs` (see `runs_taken`).
     runs_taken: std::sync::atomic::AtomicU64,
     /// Controller runs saved before this process started, each adopted (taken)
@@ -376,6 +379,7 @@ impl ControlPlane {
             model_info: std::sync::Mutex::new(Vec::new()),
             role_info: std::sync::Mutex::new(Vec::new()),
             unsaved_runs: dashmap::DashMap::new(),
+            saved_rows: std::sync::Mutex::new(HashMap::new()),
             runs_taken: std::sync::atomic::AtomicU64::new(0),
             watch_views: dashmap::DashMap::new(),
             admin_url: std::sync::OnceLock::new(),

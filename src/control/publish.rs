@@ -71,6 +71,10 @@ impl Publisher {
             &self.shadows,
         );
         self.plane.table.store(Arc::new(table));
+        self.plane
+            .telemetry
+            .gauge("abgate_table_version", &[])
+            .set(version as f64);
         self.pools.prune();
         self.shadows.prune();
         version

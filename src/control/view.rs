@@ -20,7 +20,7 @@ use crate::outcomes::summary::MetricStats;
 use crate::stats::{ComparisonView, Verdict};
 use crate::store::{Decision, ExperimentPhase};
 
-pub use render::render_status;
+pub use render::{render_fleet, render_status};
 
 /// `GET /v1/experiments`: every experiment in force, in declared order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -755,15 +755,25 @@ impl ControlPlane {
                 Some(f) => f.counts.own(states),
                 None => states,
             };
-            let arm_stats = crate::outcomes::persist::rows(states)?;
+            let mut arm_stats = crate::outcomes::persist::rows(states)?;
+            {
+                let saved = c.saved_rows.lock().unwrap_or_else(|e| e.into_inner());
+                arm_stats.retain(|(e, a, json)| saved.get(&(e.clone(), a.clone())) != Some(json));
+            }
             c.store.save_snapshot(&crate::store::MemorySnapshot {
                 arm_stats: &arm_stats,
                 controller_runs: &runs,
                 controlled: leads.then_some(controlled.as_slice()),
             })?;
+            // Only once committed: a failed save writes the rows again next time.
+            c.saved_rows
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(arm_stats.into_iter().map(|(e, a, json)| ((e, a), json)));
             if let Some(f) = &c.fleet {
-                let others = c.store.fleet_arm_stats()?;
-                f.counts.absorb(&c.recorders, &others)?;
+                let others = c.store.fleet_arm_stats(f.counts.next_read())?;
+                f.counts.absorb(&c.recorders, &others.rows)?;
+                f.counts.read_done(others.read_at_ms);
             }
             Ok::<(), crate::store::StoreError>(())
         })

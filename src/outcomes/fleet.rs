@@ -192,18 +192,48 @@ type ArmKey = (String, String);
 struct Absorbed {
     /// Each other replica's row as last added: (replica, experiment, arm).
     seen: HashMap<(String, String, String), ArmState>,
+    /// The same rows as the store sent them: an unchanged row (an idle arm,
+    /// most of them) is recognised without being parsed.
+    seen_json: HashMap<(String, String, String), String>,
     /// What was added per (experiment, arm): the sum of `seen`.
     total: HashMap<ArmKey, ArmState>,
 }
+
+/// How far back a read of the others' rows reaches before the last read: a
+/// row is stamped when its statement runs and seen once committed, so a read
+/// overlaps the last by far more than any commit takes.
+const OVERLAP_MS: u64 = 10_000;
+
+/// Every this many reads, one reads every row, whatever its stamp.
+const FULL_EVERY: u64 = 60;
 
 /// What this replica added of the others' counts (see the module doc).
 #[derive(Default)]
 pub struct FleetCounts {
     // Locked once a second by the snapshot, never by a request.
     absorbed: Mutex<Absorbed>,
+    /// Reads so far, and the store's clock at the last.
+    reads: Mutex<(u64, Option<u64>)>,
 }
 
 impl FleetCounts {
+    /// Where the next read of the others' rows starts (`None`: all of them):
+    /// rows saved since a little before the last read (an idle arm is saved
+    /// once, and read again only by the periodic full read).
+    pub fn next_read(&self) -> Option<u64> {
+        let (n, last) = *self.reads.lock().unwrap_or_else(|e| e.into_inner());
+        if n % FULL_EVERY == 0 {
+            return None;
+        }
+        last.map(|t| t.saturating_sub(OVERLAP_MS))
+    }
+
+    /// Notes a read made at `read_at_ms` (the store's clock).
+    pub fn read_done(&self, read_at_ms: u64) {
+        let mut r = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+        *r = (r.0 + 1, Some(read_at_ms));
+    }
+
     /// Adds into `recorders` what each other replica counted since its row was
     /// last added. `rows`: (replica, experiment, arm, JSON) as the store holds
     /// them. Returns how many rows had grown.
@@ -215,10 +245,16 @@ impl FleetCounts {
         let mut absorbed = self.absorbed.lock().unwrap_or_else(|e| e.into_inner());
         let mut grown = 0;
         for (replica, experiment, arm, json) in rows {
-            let now: ArmState = serde_json::from_str(json)?;
             let key = (replica.clone(), experiment.clone(), arm.clone());
+            if absorbed.seen_json.get(&key) == Some(json) {
+                continue;
+            }
+            let now: ArmState = serde_json::from_str(json)?;
             let delta = match absorbed.seen.get(&key) {
-                Some(before) if *before == now => continue,
+                Some(before) if *before == now => {
+                    absorbed.seen_json.insert(key, json.clone());
+                    continue;
+                }
                 Some(before) => minus(&now, before),
                 None => now.clone(),
             };
@@ -237,7 +273,8 @@ impl FleetCounts {
                 .entry((experiment.clone(), arm.clone()))
                 .or_default()
                 .add(&delta);
-            absorbed.seen.insert(key, now);
+            absorbed.seen.insert(key.clone(), now);
+            absorbed.seen_json.insert(key, json.clone());
             grown += 1;
         }
         Ok(grown)
@@ -354,6 +391,18 @@ mod tests {
         sum.add(&b2);
         sum.add(&c1);
         assert_eq!(sum.assigned, recorders.states()[0].2.assigned);
+    }
+
+    #[test]
+    fn reads_start_a_little_before_the_last_and_every_sixtieth_reads_all() {
+        let fleet = FleetCounts::default();
+        assert_eq!(fleet.next_read(), None, "the first read takes every row");
+        fleet.read_done(100_000);
+        assert_eq!(fleet.next_read(), Some(100_000 - OVERLAP_MS));
+        for k in 1..FULL_EVERY {
+            fleet.read_done(100_000 + k);
+        }
+        assert_eq!(fleet.next_read(), None);
     }
 
     #[test]

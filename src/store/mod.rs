@@ -249,10 +249,11 @@ pub trait Store: Send + Sync {
     fn save_snapshot(&self, snapshot: &MemorySnapshot<'_>) -> Result<(), StoreError>;
     /// The saved per-arm outcome counts: (experiment, arm, JSON).
     fn arm_stats(&self) -> Result<Vec<(String, String, String)>, StoreError>;
-    /// The per-arm counts the fleet's other replicas saved: (replica,
-    /// experiment, arm, JSON). A store one process owns has none.
-    fn fleet_arm_stats(&self) -> Result<Vec<(String, String, String, String)>, StoreError> {
-        Ok(Vec::new())
+    /// The per-arm counts the fleet's other replicas saved at or after
+    /// `since_ms` (all with `None`), by the store's clock. A store one process
+    /// owns has none.
+    fn fleet_arm_stats(&self, _since_ms: Option<u64>) -> Result<FleetRows, StoreError> {
+        Ok(FleetRows::default())
     }
     /// The lease, change lock and revision of a store replicas share.
     fn fleet(&self) -> Option<std::sync::Arc<fleet::FleetLink>> {
@@ -268,6 +269,16 @@ pub trait Store: Send + Sync {
     fn series(&self) -> Result<Vec<StoredSeries>, StoreError>;
     /// Forgets an experiment's series (the experiment was removed).
     fn clear_series(&self, experiment: &str) -> Result<(), StoreError>;
+}
+
+/// Other replicas' saved counts, and when the store read them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FleetRows {
+    /// (replica, experiment, arm, JSON).
+    pub rows: Vec<(String, String, String, String)>,
+    /// The store's clock at the read (Unix ms): the next read asks from a
+    /// little before it.
+    pub read_at_ms: u64,
 }
 
 /// Points to save for one series of one experiment.

@@ -152,8 +152,10 @@ CREATE INDEX feedback_by_replica ON feedback (replica, experiment, arm, metric)
 /// what followers compare with what they applied.
 const V2: &str = "
 ALTER TABLE arm_stats ADD COLUMN replica TEXT NOT NULL DEFAULT '';
+ALTER TABLE arm_stats ADD COLUMN saved_at_ms BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE arm_stats DROP CONSTRAINT arm_stats_pkey;
 ALTER TABLE arm_stats ADD PRIMARY KEY (replica, experiment, arm);
+CREATE INDEX arm_stats_by_time ON arm_stats (saved_at_ms);
 CREATE TABLE abgate_revision (
     one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
     n BIGINT NOT NULL,
@@ -708,8 +710,10 @@ impl Store for PgStore {
             let tx = c.transaction().await?;
             let put_stats = tx
                 .prepare_cached(
-                    "INSERT INTO arm_stats (replica, experiment, arm, stats) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (replica, experiment, arm) DO UPDATE SET stats = EXCLUDED.stats",
+                    "INSERT INTO arm_stats (replica, experiment, arm, stats, saved_at_ms)
+                     VALUES ($1, $2, $3, $4, (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT)
+                     ON CONFLICT (replica, experiment, arm)
+                     DO UPDATE SET stats = EXCLUDED.stats, saved_at_ms = EXCLUDED.saved_at_ms",
                 )
                 .await?;
             for (e, a, json) in snapshot.arm_stats {
@@ -752,18 +756,30 @@ impl Store for PgStore {
         })
     }
 
-    fn fleet_arm_stats(&self) -> Result<Vec<(String, String, String, String)>, StoreError> {
+    fn fleet_arm_stats(&self, since_ms: Option<u64>) -> Result<FleetRows, StoreError> {
+        let since = since_ms.map_or(i64::MIN, i);
         self.run(async |c| {
+            let now: i64 = c
+                .query_one(
+                    "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT",
+                    &[],
+                )
+                .await?
+                .get(0);
             let rows = c
                 .query(
-                    "SELECT replica, experiment, arm, stats FROM arm_stats WHERE replica <> $1",
-                    &[&self.replica],
+                    "SELECT replica, experiment, arm, stats FROM arm_stats
+                     WHERE replica <> $1 AND saved_at_ms >= $2",
+                    &[&self.replica, &since],
                 )
                 .await?;
-            Ok(rows
-                .iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-                .collect())
+            Ok(FleetRows {
+                rows: rows
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                    .collect(),
+                read_at_ms: u(now),
+            })
         })
     }
 

@@ -180,7 +180,8 @@ async fn the_postgres_store_reads_back_what_the_sqlite_store_reads_back() {
         let again = PgStore::open(&url, 2, None, who("r2")).unwrap();
         assert_eq!(again.config_version_range().unwrap(), Some((1, 3)));
         assert!(again.arm_stats().unwrap().is_empty());
-        let mut others = again.fleet_arm_stats().unwrap();
+        let read = again.fleet_arm_stats(None).unwrap();
+        let mut others = read.rows.clone();
         others.sort();
         assert_eq!(
             others,
@@ -200,9 +201,17 @@ async fn the_postgres_store_reads_back_what_the_sqlite_store_reads_back() {
             ]
         );
         assert!(
-            store.fleet_arm_stats().unwrap().is_empty(),
+            store.fleet_arm_stats(None).unwrap().rows.is_empty(),
             "its own rows are not the others'"
         );
+        // Read from after they were saved: none of them; from before: both.
+        let later = again.fleet_arm_stats(Some(read.read_at_ms + 1)).unwrap();
+        assert!(later.rows.is_empty(), "{later:?}");
+        assert!(later.read_at_ms >= read.read_at_ms);
+        let earlier = again
+            .fleet_arm_stats(Some(read.read_at_ms - 60_000))
+            .unwrap();
+        assert_eq!(earlier.rows.len(), 2);
         // The same next version from two replicas: one wins, one is told.
         let rec = |actor: &str| ConfigRecord {
             version: 4,

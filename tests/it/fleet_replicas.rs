@@ -132,6 +132,16 @@ async fn a_bad_canary_is_rolled_back_once_and_every_replica_stops_routing_to_it(
         }
     }
     eprintln!("rollback seen on every replica within {followed:?} of the test's first look");
+    // The same as gauges: one leader, no lag, a table version on each.
+    let mut leaders = 0.0;
+    for admin in &admins {
+        let m = metrics(*admin).await;
+        leaders += metric_value(&m, "abgate_fleet_leader", &[]);
+        assert_eq!(metric_value(&m, "abgate_fleet_lag_seconds", &[]), 0.0);
+        assert!(metric_value(&m, "abgate_table_version", &[]) >= 1.0, "{m}");
+        assert!(metric_value(&m, "abgate_fleet_revision", &[]) >= 1.0, "{m}");
+    }
+    assert_eq!(leaders, 1.0);
     // Exactly one decision, by the leader's controller.
     let k = kinds(&pg, "replicas");
     assert_eq!(k.iter().filter(|k| *k == "rollback").count(), 1, "{k:?}");

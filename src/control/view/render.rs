@@ -1,6 +1,8 @@
 //! The experiment view as text: the table `abgate status` prints and the
 //! scenario runner redraws. Pure formatting; no I/O.
 
+use serde_json::Value;
+
 use super::{decision_summary, ExperimentView};
 
 /// A percentage with at most two decimals and no trailing zeros.
@@ -13,6 +15,27 @@ fn trim(v: f64) -> String {
 
 fn num(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".to_string(), |x| format!("{x:.digits$}"))
+}
+
+/// One line for a fleet replica, from `/readyz`'s `fleet` object: who it
+/// is, its role, the store revision its table reflects and how far behind it
+/// is, and how long the last change it followed took to reach its table.
+pub fn render_fleet(fleet: &Value) -> String {
+    let n = |k: &str| fleet[k].as_u64().unwrap_or(0);
+    let mut line = format!(
+        "fleet: replica {} {}, revision {} of {} (lag {} ms), last change followed {} ms after its commit",
+        fleet["replica"].as_str().unwrap_or("?"),
+        fleet["role"].as_str().unwrap_or("?"),
+        n("revision"),
+        n("store_revision"),
+        n("lag_ms"),
+        n("last_propagation_ms"),
+    );
+    if fleet["store_reachable"] == false {
+        line.push_str("; the store cannot be reached: weights frozen, changes refused");
+    }
+    line.push('\n');
+    line
 }
 
 /// Renders experiments as aligned text tables: one header line per experiment,
@@ -308,6 +331,25 @@ fn inference_rows(e: &ExperimentView) -> String {
 mod tests {
     use super::super::{AnalysisView, ArmView, Judgement, MetricView};
     use super::*;
+
+    #[test]
+    fn a_fleet_replica_shows_its_role_revision_and_lag() {
+        let fleet = serde_json::json!({
+            "replica": "3f2a", "role": "follower", "store_reachable": true,
+            "revision": 40, "store_revision": 41, "lag_ms": 12, "last_propagation_ms": 4,
+        });
+        assert_eq!(
+            render_fleet(&fleet),
+            "fleet: replica 3f2a follower, revision 40 of 41 (lag 12 ms), last change followed 4 ms after its commit\n"
+        );
+        let away =
+            serde_json::json!({"replica": "r", "role": "follower", "store_reachable": false});
+        assert!(
+            render_fleet(&away).contains("cannot be reached"),
+            "{}",
+            render_fleet(&away)
+        );
+    }
 
     #[test]
     fn status_shows_what_the_response_scanner_read_per_arm() {
