@@ -106,6 +106,18 @@ impl ControlPlane {
             .is_none_or(|f| f.leading.load(Ordering::Acquire) && f.link.is_leader())
     }
 
+    /// How long after a weight change the counts of before it keep arriving:
+    /// in a fleet, another replica swaps its table within milliseconds, but
+    /// what it counted before then reaches this one with its next snapshot
+    /// and this one's next read, up to two seconds later. Zero with an
+    /// embedded store, whose counts are all live.
+    pub fn counts_settle(&self) -> std::time::Duration {
+        match self.fleet {
+            Some(_) => std::time::Duration::from_secs(3),
+            None => std::time::Duration::ZERO,
+        }
+    }
+
     /// What `/readyz` shows of the fleet (`None` with an embedded store).
     pub fn fleet_view(&self) -> Option<serde_json::Value> {
         self.fleet.as_ref().map(|f| f.view())

@@ -101,6 +101,14 @@ struct Run {
     looked_for_saved: bool,
     /// The next look only records counts (see [`period_deltas`]).
     rebase_periods: bool,
+    /// The weights of the last look, and until when (Unix ms) looks after
+    /// they changed only record counts: in a fleet, the other replicas'
+    /// counts from before a weight change arrive up to a couple of snapshots
+    /// later, and counted after it they would look like a sample ratio
+    /// mismatch (see `ControlPlane::counts_settle`).
+    last_weights: Vec<(String, u32)>,
+    settle_until_ms: u64,
+    counts_settle_ms: u64,
     /// Hash of the task's policy, part of every owner ([`owner_of`]).
     policy_hash: u64,
     /// The candidate arm's recorder, which wakes the loop every `look_every`
@@ -188,6 +196,9 @@ pub async fn run(
         c: Carried::default(),
         looked_for_saved: false,
         rebase_periods: false,
+        last_weights: Vec::new(),
+        settle_until_ms: 0,
+        counts_settle_ms: control.counts_settle().as_millis() as u64,
         policy_hash: xxhash_rust::xxh3::xxh3_64(format!("{cfg:?}").as_bytes()),
         watch: None,
         unpublished: false,
@@ -761,7 +772,14 @@ impl Run {
     ) -> Result<Snapshot, TickError> {
         let weight = |arm: &str| w.iter().find(|(a, _)| a == arm).map_or(0, |(_, x)| *x);
         // Per-period deltas feed the ramp-aware tests.
-        let rebase = std::mem::take(&mut self.rebase_periods);
+        let now = now_ms();
+        if self.last_weights != w {
+            if !self.last_weights.is_empty() {
+                self.settle_until_ms = now + self.counts_settle_ms;
+            }
+            self.last_weights = w.to_vec();
+        }
+        let rebase = std::mem::take(&mut self.rebase_periods) || now < self.settle_until_ms;
         let deltas = period_deltas(&mut self.c.prev, arms, rebase);
         // SRM over arms currently receiving traffic; a weight change starts a new segment.
         let live: Vec<(String, u32)> = w.iter().filter(|(_, x)| *x > 0).cloned().collect();
