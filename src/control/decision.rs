@@ -166,6 +166,30 @@ pub fn state_after(
     }
 }
 
+/// The state a decision recorded but never marked applied (its maker died
+/// between the two) leads to, applied once by whoever finds it: at a restart,
+/// or in a fleet by the next replica to take the change lock. A kind written
+/// by a newer abgate has its weights applied and its phase not guessed.
+pub(crate) fn state_of_unapplied(
+    d: &crate::store::Decision,
+    e: &config::Experiment,
+    previous: Option<&ExperimentState>,
+) -> ExperimentState {
+    match d.kind.parse::<DecisionKind>() {
+        Ok(kind) => state_after(kind, e, &d.to_weights, &d.reason, previous),
+        Err(unknown) => {
+            tracing::error!(id = d.id, experiment = %d.experiment, error = %unknown,
+                "an unapplied decision has a kind this version does not know; \
+                 its weights are applied and the experiment's phase is kept");
+            let mut s = previous.cloned().unwrap_or_else(|| {
+                state_after(DecisionKind::Hold, e, &d.to_weights, &d.reason, None)
+            });
+            s.weights = Some(d.to_weights.clone());
+            s
+        }
+    }
+}
+
 /// One decision about to be made: everything `record_and_apply` records.
 pub(crate) struct Change {
     pub kind: DecisionKind,

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{watch, MutexGuard};
 
-use super::{cohorts, drop_stale, effective, ControlPlane, Current, DecisionKind};
+use super::{cohorts, drop_stale, effective, ControlPlane, Current};
 use crate::config;
 use crate::outcomes::fleet::FleetCounts;
 use crate::store::fleet::{lag_ms, ChangeLock, FleetLink};
@@ -236,14 +236,8 @@ impl ControlPlane {
         }
         for d in unapplied {
             if let Some(e) = cur.config.experiment(&d.experiment).cloned() {
-                let kind = d.kind.parse::<DecisionKind>().unwrap_or(DecisionKind::Hold);
-                let state = super::decision::state_after(
-                    kind,
-                    &e,
-                    &d.to_weights,
-                    &d.reason,
-                    cur.states.get(&d.experiment),
-                );
+                let state =
+                    super::decision::state_of_unapplied(&d, &e, cur.states.get(&d.experiment));
                 let saved = state.clone();
                 self.blocking(move |s| s.save_state(&saved)).await?;
                 cur.states.insert(d.experiment.clone(), state);

@@ -311,33 +311,7 @@ impl ControlPlane {
         // the two) is applied now, once; applying it again is idempotent.
         for d in store.unapplied_decisions()? {
             if let Some(e) = config.experiment(&d.experiment) {
-                let state = match d.kind.parse::<DecisionKind>() {
-                    Ok(kind) => decision::state_after(
-                        kind,
-                        e,
-                        &d.to_weights,
-                        &d.reason,
-                        states.get(&d.experiment),
-                    ),
-                    Err(unknown) => {
-                        // Written by a newer abgate: its weights are applied,
-                        // its phase is not guessed.
-                        tracing::error!(id = d.id, experiment = %d.experiment, error = %unknown,
-                            "a decision recorded before the restart has a kind this version does not know; \
-                             its weights are applied and the experiment's phase is kept");
-                        let mut s = states.get(&d.experiment).cloned().unwrap_or_else(|| {
-                            decision::state_after(
-                                DecisionKind::Hold,
-                                e,
-                                &d.to_weights,
-                                &d.reason,
-                                None,
-                            )
-                        });
-                        s.weights = Some(d.to_weights.clone());
-                        s
-                    }
-                };
+                let state = decision::state_of_unapplied(&d, e, states.get(&d.experiment));
                 store.save_state(&state)?;
                 states.insert(d.experiment.clone(), state);
                 tracing::info!(id = d.id, experiment = %d.experiment, kind = %d.kind, "applied a decision recorded before a restart");

@@ -470,20 +470,33 @@ impl Groups<'_, '_> {
             experiment,
             current,
         } = self;
-        while let Some(r) = rows.next()? {
-            let r = StoredFeedback::read(r)?;
-            let done = match current {
-                Some(c) if c.token_id != r.token_id => current.take(),
-                _ => None,
-            };
-            let row = current.get_or_insert_with(|| r.start_line(experiment));
-            add(row, r);
-            if let Some(d) = done {
-                return Ok(Some(finish(d)));
-            }
-        }
-        Ok(current.take().map(finish))
+        next_line(current, experiment, || match rows.next()? {
+            Some(r) => StoredFeedback::read(r).map(Some),
+            None => Ok(None),
+        })
     }
+}
+
+/// The next request's line from stored rows in (time, token) order, either
+/// store's: `current` holds the request being gathered (its first row
+/// already read) between calls; `None` at the end.
+pub fn next_line(
+    current: &mut Option<DatasetRow>,
+    experiment: &str,
+    mut next_row: impl FnMut() -> Result<Option<StoredFeedback>, StoreError>,
+) -> Result<Option<DatasetRow>, StoreError> {
+    while let Some(r) = next_row()? {
+        let done = match current {
+            Some(c) if c.token_id != r.token_id => current.take(),
+            _ => None,
+        };
+        let row = current.get_or_insert_with(|| r.start_line(experiment));
+        add(row, r);
+        if let Some(d) = done {
+            return Ok(Some(finish(d)));
+        }
+    }
+    Ok(current.take().map(finish))
 }
 
 /// One stored feedback row, as either store reads it back.
@@ -526,7 +539,7 @@ impl StoredFeedback {
     }
 
     /// A line of the export with only this row in it.
-    pub fn start_line(&self, experiment: &str) -> DatasetRow {
+    fn start_line(&self, experiment: &str) -> DatasetRow {
         DatasetRow {
             token_id: self.token_id.clone(),
             time: String::new(),
@@ -546,7 +559,7 @@ impl StoredFeedback {
 }
 
 /// Adds one feedback row to its request's line.
-pub fn add(row: &mut DatasetRow, r: StoredFeedback) {
+fn add(row: &mut DatasetRow, r: StoredFeedback) {
     row.arm = r.arm;
     row.forced = r.forced;
     row.issued_at_ms = r.issued_at_ms;
@@ -582,7 +595,7 @@ pub fn add(row: &mut DatasetRow, r: StoredFeedback) {
 }
 
 /// The line complete: its time in words.
-pub fn finish(mut row: DatasetRow) -> DatasetRow {
+fn finish(mut row: DatasetRow) -> DatasetRow {
     row.time = rfc3339(row.issued_at_ms);
     row
 }

@@ -18,7 +18,7 @@ use deadpool_postgres::Pool;
 use tokio::runtime::Handle;
 
 use super::feedback::{
-    add, finish, merge, with_examples, DatasetRow, DatasetSource, FeedbackEvent, FeedbackSink,
+    merge, next_line, with_examples, DatasetRow, DatasetSource, FeedbackEvent, FeedbackSink,
     FeedbackTotal, StoredFeedback,
 };
 use super::StoreError;
@@ -231,20 +231,7 @@ impl DatasetSource for PgFeedback {
             page = rows.into_iter();
             Ok(page.next())
         };
-        let mut next_feedback = || -> Result<Option<DatasetRow>, StoreError> {
-            while let Some(r) = next_row()? {
-                let finished = match &current {
-                    Some(c) if c.token_id != r.token_id => current.take(),
-                    _ => None,
-                };
-                let line = current.get_or_insert_with(|| r.start_line(experiment));
-                add(line, r);
-                if let Some(f) = finished {
-                    return Ok(Some(finish(f)));
-                }
-            }
-            Ok(current.take().map(finish))
-        };
+        let mut next_feedback = || next_line(&mut current, experiment, &mut next_row);
         match &self.captures {
             Some(db) => with_examples(db, experiment, since_ms, until_ms, |next_example| {
                 merge(&mut next_feedback, next_example, &mut *sink)
